@@ -1,0 +1,192 @@
+"""The ``cnnkit`` command line: one subcommand per workflow.
+
+Flags map one-to-one onto config keys (see :data:`TRAIN_FLAGS`); only the flags a user
+gives override the recipe. Errors a user can fix print one line and exit 1 (failure) or
+2 (usage); tracebacks are kept for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cnnkit.errors import CnnkitError, UsageError
+
+# flag -> (config key, type, help)
+TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--data": ("data.name", str, "dataset name, class-per-folder path or CSV file"),
+    "--data-dir": ("data.data_dir", str, "folder holding torchvision datasets (e.g. ../shared/data)"),
+    "--model": ("model.name", str, "model name (see `cnnkit models`)"),
+    "--epochs": ("train.epochs", int, "passes over the training set"),
+    "--lr": ("train.lr", float, "peak learning rate"),
+    "--batch-size": ("data.batch_size", int, "images per training step"),
+    "--device": ("train.device", str, "auto, cpu, cuda, cuda:N or mps"),
+    "--seed": ("train.seed", int, "random seed (split, init, order)"),
+    "--image-size": ("data.image_size", int, "side of the square input the model sees"),
+    "--resize": ("data.resize", int, "resize the short side to this before the centre crop"),
+    "--channels": ("data.channels", int, "force 1 (grey) or 3 (RGB) input channels"),
+    "--augment": ("data.augment", str, "augmentation preset: none, flip, crop-flip, animals, flowers, digits"),
+    "--val-fraction": ("data.val_fraction", float, "fraction of training images held out for validation"),
+    "--test-fraction": ("data.test_fraction", float, "fraction held out for testing (folders without test/)"),
+    "--mean": ("data.mean", str, "normalisation mean, comma-separated (default: the dataset's)"),
+    "--std": ("data.std", str, "normalisation std, comma-separated (default: the dataset's)"),
+    "--workers": ("data.workers", int, "decoding worker processes for folder datasets"),
+    "--limit-train": ("data.limit_train", int, "use a random subset of N training images"),
+    "--limit-eval": ("data.limit_eval", int, "use a random subset of N validation/test images"),
+    "--optimizer": ("train.optimizer", str, "sgd, adam or adamw"),
+    "--momentum": ("train.momentum", float, "SGD momentum"),
+    "--weight-decay": ("train.weight_decay", float, "L2 weight decay"),
+    "--scheduler": ("train.scheduler", str, "none, step, cosine or onecycle"),
+    "--warmup-epochs": ("train.warmup_epochs", float, "linear warm-up length in epochs"),
+    "--label-smoothing": ("train.label_smoothing", float, "cross-entropy label smoothing"),
+    "--grad-clip": ("train.grad_clip", float, "clip the gradient norm to this value"),
+    "--amp": ("train.amp", str, "mixed precision: auto, off, bf16, fp16"),
+    "--patience": ("train.patience", int, "early stopping after N epochs without improvement"),
+    "--save-every": ("train.save_every", int, "also keep a checkpoint every N epochs"),
+    "--select-metric": ("train.select_metric", str, "metric that picks best.pt: val_acc, val_top5, val_loss"),
+    "--name": ("name", str, "run folder name (default: recipe/model + time)"),
+    "--output-dir": ("output_dir", str, "parent folder of run folders (default: runs)"),
+}
+TRAIN_SWITCHES: dict[str, tuple[str, bool, str]] = {
+    "--deterministic": ("train.deterministic", True, "deterministic kernels (reproducible, slower)"),
+    "--nesterov": ("train.nesterov", True, "Nesterov momentum for SGD"),
+    "--augment-eval": ("data.augment_eval", True, "also augment evaluation images (a seed defect)"),
+    "--no-shuffle": ("data.shuffle", False, "do not shuffle the training set"),
+    "--no-download": ("data.download", False, "never download datasets"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnnkit", description="Convolutional image classifiers, one command per workflow.")
+    parser.add_argument("--version", action="version", version=f"cnnkit {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    train = sub.add_parser("train", help="train a model (no arguments: LeNet on the embedded MNIST subset)")
+    train.add_argument("--recipe", help="a shipped recipe (see `cnnkit recipes`)")
+    train.add_argument("--config", help="YAML file of config values, layered over the recipe")
+    for flag, (key, kind, text) in TRAIN_FLAGS.items():
+        train.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS, help=text)
+    for flag, (key, value, text) in TRAIN_SWITCHES.items():
+        train.add_argument(flag, dest=key, action="store_const", const=value, default=argparse.SUPPRESS, help=text)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any config key, e.g. --set train.gamma=0.5 (repeatable)")  # fmt: skip
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run folder or checkpoint")
+    ev.add_argument("checkpoint", help="run folder or .pt checkpoint")
+    ev.add_argument("--data", help="evaluate on this dataset instead of the run's (same classes)")
+    ev.add_argument("--data-dir", help="folder holding torchvision datasets")
+    ev.add_argument("--split", default="test", help="test (default), val or train")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.set_defaults(handler=cmd_eval)
+
+    for name, handler, text in (
+        ("recipes", cmd_recipes, "list the shipped recipes and their expected results"),
+        ("models", cmd_models, "list the registered models with parameter counts"),
+        ("datasets", cmd_datasets, "list the dataset names"),
+    ):
+        sub.add_parser(name, help=text).set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cnnkit`` script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except CnnkitError as exc:
+        print(f"cnnkit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cnnkit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the user set on the command line."""
+    keys = {key for key, *_ in TRAIN_FLAGS.values()} | {key for key, *_ in TRAIN_SWITCHES.values()}
+    overrides = {key: value for key, value in vars(args).items() if key in keys}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from cnnkit.workflows import resolve_config, train
+
+    cfg = resolve_config(args.recipe, args.config, train_overrides(args))
+    run = train(config=cfg, progress=not args.no_progress)
+    print(json.dumps(run.metrics))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from cnnkit.workflows import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, data_dir=args.data_dir,
+                                 device=args.device, batch_size=args.batch_size)  # fmt: skip
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+        return
+    result = report.result
+    print(f"checkpoint: {report.checkpoint}")
+    print(f"split: {report.split} ({result.count:,} images)")
+    print(f"loss: {result.loss:.4f}")
+    print(f"top-1: {result.acc:.2%}")
+    if result.top5 is not None:
+        print(f"top-5: {result.top5:.2%}")
+    width = max(len(name) for name in report.class_names)
+    support = result.confusion.sum(dim=1).tolist()
+    print(f"{'class':<{width}}  accuracy  images")
+    for name, acc, count in zip(report.class_names, result.per_class_acc, support):
+        print(f"{name:<{width}}  {acc:8.2%}  {count:6d}")
+
+
+def cmd_recipes(args: argparse.Namespace) -> None:
+    from cnnkit.recipes import list_recipes, load_recipe
+
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        print(f"{name:<18} {recipe.get('description', '')}")
+        print(f"{'':<18} expected: {recipe.get('expected', 'n/a')}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from cnnkit.models import count_parameters, create_model, list_models, model_info
+
+    print(f"{'model':<14} {'parameters':>12}  {'input':<10} description")
+    for name in list_models():
+        info = model_info(name)
+        model = create_model(name)
+        size = "x".join(str(v) for v in (info.default_in_chans, *info.default_input_size))
+        print(f"{name:<14} {count_parameters(model):>12,}  {size:<10} {info.description}")
+    print("(parameters for 10 classes at the default input size)")
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from cnnkit.data.datasets import dataset_info, list_datasets
+
+    for name in list_datasets():
+        print(f"{name:<18} {dataset_info(name).description}")
+    print(f"{'PATH':<18} a class-per-folder tree (optionally train/ val/ test/) or a CSV with path,label columns")
+
+
+def _version() -> str:
+    from cnnkit._version import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Typed run configuration: dataclass defaults < recipe YAML < --config file < flags.
+
+A :class:`RunConfig` is the single source of truth for a run; the resolved config is
+written to ``config.yaml`` in the run folder and stored in every checkpoint, so a run can
+be re-created from it alone. Overrides always go through :func:`apply_overrides` with
+dotted keys (``"train.lr"``), whether they come from YAML, flags or Python keywords.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnkit.errors import UsageError
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are split, resized and augmented.
+
+    Attributes:
+        name: a registered dataset name (``mnist``, ``cifar10``...) or a path to a
+            class-per-folder tree or a ``path,label`` CSV file.
+        data_dir: folder holding torchvision datasets (None: ``$CNNKIT_DATA_DIR`` or the
+            user cache folder).
+        download: allow downloading torchvision datasets that are not in ``data_dir``.
+        val_fraction: fraction of the training images held out for validation when the
+            dataset has no validation split of its own; 0 validates on the test split.
+        test_fraction: fraction held out for testing when a folder dataset has no test split.
+        image_size: side of the square the model sees (None: the dataset's own size).
+        resize: short side to resize to before the centre crop (None: same as image_size).
+        augment: name of a train-time augmentation preset (see ``data.transforms``).
+        augment_eval: apply the train augmentation to evaluation too (a seed defect,
+            kept only to reproduce it).
+        mean: per-channel normalisation mean (None: the dataset's statistics).
+        std: per-channel normalisation std (None: the dataset's statistics).
+        channels: force 1 (greyscale) or 3 (RGB) channels (None: the dataset's own).
+        batch_size: images per training step.
+        eval_batch_size: images per evaluation step (None: 2 x batch_size, at least 256).
+        workers: worker processes for per-sample (folder) datasets.
+        shuffle: shuffle the training set every epoch.
+        limit_train: use only the first N training images (after the split), for quick runs.
+        limit_eval: use only the first N validation/test images.
+    """
+
+    name: str = "embedded-mnist"
+    data_dir: str | None = None
+    download: bool = True
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+    image_size: int | None = None
+    resize: int | None = None
+    augment: str = "none"
+    augment_eval: bool = False
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    channels: int | None = None
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    workers: int = 2
+    shuffle: bool = True
+    limit_train: int | None = None
+    limit_eval: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    """Which architecture to build; ``kwargs`` go to its constructor."""
+
+    name: str = "lenet"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Learning rates are per step at the configured batch size.
+
+    Attributes:
+        epochs: passes over the training set.
+        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        lr: peak learning rate.
+        momentum: SGD momentum (also Adam's beta1 is left at its default).
+        nesterov: use Nesterov momentum with SGD.
+        weight_decay: L2 penalty (decoupled for AdamW).
+        scheduler: ``none``, ``step``, ``cosine`` or ``onecycle``.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        step_size: epochs between decays for the ``step`` scheduler.
+        gamma: decay factor for the ``step`` scheduler.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        grad_clip: clip the global gradient norm to this value (None: no clipping).
+        amp: mixed precision: ``auto`` (bf16 on CUDA, off elsewhere), ``off``, ``bf16``, ``fp16``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        seed: seed for Python, NumPy and torch RNGs and the data split.
+        deterministic: ask torch for deterministic kernels (slower, reproducible).
+        patience: stop after this many epochs without improvement (None: never).
+        save_every: also keep ``epoch_NNN.pt`` every N epochs (None: only last/best).
+        select_metric: validation metric that decides ``best.pt`` (higher is better).
+        log_every: steps between progress-bar refreshes of the running loss.
+    """
+
+    epochs: int = 5
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    warmup_epochs: float = 0.0
+    step_size: int = 10
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    amp: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    patience: int | None = None
+    save_every: int | None = None
+    select_metric: str = "val_acc"
+    log_every: int = 20
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run.
+
+    Attributes:
+        name: run folder name under ``output_dir`` (None: derived from recipe/model and time).
+        output_dir: parent folder of run folders.
+        recipe: the recipe this config started from (informational).
+        expected: the result the recipe is expected to reach (informational).
+        notes: what the recipe changed from its seed tutorial and why.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str | None = None
+    output_dir: str = "runs"
+    recipe: str | None = None
+    expected: str | None = None
+    notes: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON/checkpoint safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from a nested dict, rejecting unknown keys with the valid ones listed."""
+        cfg = cls()
+        apply_overrides(cfg, flatten(values))
+        return cfg
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Turn ``{"train": {"lr": 1}}`` into ``{"train.lr": 1}``; ``model.kwargs`` stays a dict."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted != "model.kwargs" and dotted in _SECTIONS:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Set dotted keys on ``cfg`` in place, type-checking each value; returns ``cfg``.
+
+    Raises:
+        UsageError: a key that does not exist (the valid ones are listed) or a value of
+            the wrong type.
+    """
+    for dotted, value in overrides.items():
+        section, _, key = dotted.rpartition(".")
+        target = getattr(cfg, section) if section in _SECTIONS else cfg
+        if (section and section not in _SECTIONS) or not _has_field(target, key) or key in _SECTIONS:
+            raise UsageError(f"unknown config key {dotted!r}; valid keys: {', '.join(valid_keys())}")
+        setattr(target, key, _coerce(dotted, value, _field_type(target, key)))
+    return cfg
+
+
+def valid_keys() -> list[str]:
+    """All dotted config keys, for error messages and documentation."""
+    keys = [f.name for f in dataclasses.fields(RunConfig) if f.name not in _SECTIONS]
+    for section, klass in _SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(klass)]
+    return keys
+
+
+def _has_field(obj: Any, key: str) -> bool:
+    return dataclasses.is_dataclass(obj) and key in {f.name for f in dataclasses.fields(obj)}
+
+
+def _field_type(obj: Any, key: str) -> str:
+    return str(next(f.type for f in dataclasses.fields(obj) if f.name == key))
+
+
+def _coerce(key: str, value: Any, type_name: str) -> Any:
+    """Check/convert a value against the field's annotation (annotations are strings here)."""
+    if value is None:
+        if "None" in type_name:
+            return None
+        raise UsageError(f"config key {key!r} cannot be empty")
+    try:
+        if type_name.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
+                    raise ValueError(value)
+                return value.lower() in {"true", "1", "yes", "on"}
+            return bool(value)
+        if type_name.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if type_name.startswith("float"):
+            return float(value)
+        if type_name.startswith("list[float]"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [float(v) for v in items]
+        if type_name.startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+        return str(value) if not isinstance(value, str) else value
+    except (TypeError, ValueError):
+        raise UsageError(f"config key {key!r} expects {type_name}, got {value!r}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader (configs never run code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path} must hold a mapping of config keys")
+    return values
+
+
+def save_yaml(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config (keys in dataclass order)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

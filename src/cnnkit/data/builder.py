@@ -1,0 +1,370 @@
+"""Turn a :class:`~cnnkit.config.DataConfig` into loaders and a :class:`DataSpec`.
+
+Two paths, chosen by what the source is:
+
+* :class:`TensorSource` (MNIST, CIFAR, the embedded default): one uint8 tensor in memory,
+  batched augmentation (:class:`~cnnkit.data.tensor_data.TensorLoader`).
+* :class:`FileDataset` (folders, CSV files, Flowers-102): per-sample decoding in worker
+  processes with torchvision v2 transforms; unreadable files are skipped with a warning.
+
+The split actually used is described in ``DataSpec.split`` (written to ``split.json``);
+passing it back as ``split=`` rebuilds exactly the same split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cnnkit.config import DataConfig
+from cnnkit.data.datasets import (
+    Source,
+    TensorSource,
+    cache_dir,
+    dataset_info,
+    list_datasets,
+    load_source,
+)
+from cnnkit.data.folder import (
+    FileDataset,
+    FileList,
+    ImageFileDataset,
+    collate_skip_bad,
+    fingerprint,
+    load_image,
+    read_csv,
+    scan_folder,
+    stratified_split,
+)
+from cnnkit.data.spec import Batch, DataSpec, Loaders, Preprocess
+from cnnkit.data.tensor_data import TensorLoader, channel_stats, convert_channels, resize_uint8
+from cnnkit.data.transforms import eval_transform, get_augment, train_transform
+from cnnkit.errors import DataError, unknown_name
+
+# Folder datasets with no validation split of their own hold out this fraction by default.
+DEFAULT_FOLDER_VAL_FRACTION = 0.2
+DEFAULT_FILE_IMAGE_SIZE = 224
+
+
+def resolve_source(cfg: DataConfig, seed: int) -> Source:
+    """A registered name, a class-per-folder tree or a ``path,label`` CSV file."""
+    name = cfg.name
+    if name in list_datasets():
+        return load_source(name, cfg.data_dir, cfg.download)
+    path = Path(name).expanduser()
+    val_fraction = cfg.val_fraction
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return read_csv(path, val_fraction=val_fraction, test_fraction=cfg.test_fraction, seed=seed)
+    if path.is_dir():
+        return scan_folder(path, val_fraction=val_fraction, test_fraction=cfg.test_fraction, seed=seed)
+    if "/" in name or "\\" in name or path.suffix:
+        raise DataError(
+            f"data not found: {path} does not exist; give a folder with one sub-folder of images "
+            f"per class, a CSV file with path,label columns, or a dataset name ({', '.join(list_datasets())})"
+        )
+    raise unknown_name("dataset", name, list_datasets())
+
+
+def build(
+    cfg: DataConfig,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    default_image_size: int | None = None,
+    split: dict[str, Any] | None = None,
+) -> tuple[Loaders, DataSpec]:
+    """Build the train/val/test loaders described by ``cfg``.
+
+    Args:
+        cfg: the data section of a run config.
+        seed: seeds the split (when one is drawn) and the shuffling order.
+        device: where in-memory datasets keep their tensors and produce batches.
+        default_image_size: input side for file datasets when ``cfg.image_size`` is None
+            (the model's preferred size; data knows no architecture, the caller does).
+        split: a ``DataSpec.split`` from an earlier run (``split.json``) to reuse.
+
+    Raises:
+        DataError: data missing, empty or inconsistent with ``split``.
+        UsageError: unknown dataset or augmentation name.
+    """
+    get_augment(cfg.augment)  # fail on a bad preset before any slow loading
+    if cfg.name in list_datasets():
+        dataset_info(cfg.name)
+    source = resolve_source(cfg, seed)
+    if isinstance(source, TensorSource):
+        return _build_tensor(cfg, source, seed=seed, device=device, split=split)
+    return _build_files(cfg, source, seed=seed, image_size=default_image_size, split=split)
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def _build_tensor(
+    cfg: DataConfig, source: TensorSource, *, seed: int, device: str | torch.device, split: dict | None
+) -> tuple[Loaders, DataSpec]:
+    pools = {"train": source.train}
+    if source.test is not None:
+        pools["test"] = source.test
+    channels = cfg.channels or source.train[0].shape[1]
+    native = tuple(source.train[0].shape[-2:])
+    size = (cfg.image_size, cfg.image_size) if cfg.image_size else native
+    pools = {k: (resize_uint8(convert_channels(x, channels), size), y) for k, (x, y) in pools.items()}
+
+    notes: list[str] = []
+    chosen = split["indices"] if split else _draw_tensor_split(cfg, pools, seed, notes)
+    parts = {name: _take(pools[ref["from"]], ref["indices"]) for name, ref in chosen.items()}
+
+    mean, std = _stats(cfg, source, channels, parts["train"][0])
+    pre = Preprocess(channels, size, tuple(mean), tuple(std))
+    augment = get_augment(cfg.augment)
+    eval_bs = cfg.eval_batch_size or max(256, 2 * cfg.batch_size)
+
+    def loader(name: str, train: bool) -> TensorLoader:
+        images, labels = parts[name]
+        return TensorLoader(
+            images, labels, pre, cfg.batch_size if train else eval_bs,
+            shuffle=train and cfg.shuffle,
+            augment=augment if (train or cfg.augment_eval) and not augment.is_identity else None,
+            drop_last=train, seed=seed, device=device,
+        )  # fmt: skip
+
+    loaders = Loaders(loader("train", True), loader("val", False), loader("test", False) if "test" in parts else None)
+    spec = DataSpec(
+        name=cfg.name,
+        class_names=list(source.class_names),
+        preprocess=pre,
+        sizes={name: len(labels) for name, (_, labels) in parts.items()},
+        split={"kind": "indices", "indices": chosen},
+        fingerprint=_tensor_fingerprint(pools),
+        notes=notes,
+    )
+    return loaders, spec
+
+
+def _draw_tensor_split(cfg: DataConfig, pools: dict, seed: int, notes: list[str]) -> dict[str, dict]:
+    """Indices into the official train/test pools for each split the run uses."""
+    train_labels = pools["train"][1]
+    chosen: dict[str, dict] = {}
+    if cfg.val_fraction > 0 or "test" not in pools:
+        fraction = cfg.val_fraction or DEFAULT_FOLDER_VAL_FRACTION
+        parts = stratified_split(train_labels.tolist(), {"val": fraction}, seed)
+        chosen["train"] = {"from": "train", "indices": parts["train"]}
+        chosen["val"] = {"from": "train", "indices": parts["val"]}
+        notes.append(f"validating on {len(parts['val'])} images held out from the training split")
+    else:
+        chosen["train"] = {"from": "train", "indices": list(range(len(train_labels)))}
+        chosen["val"] = {"from": "test", "indices": list(range(len(pools["test"][1])))}
+        notes.append("no validation split: validating on the test split (as the seed tutorials do)")
+    if "test" in pools:
+        chosen["test"] = {"from": "test", "indices": list(range(len(pools["test"][1])))}
+    _apply_limits(cfg, chosen, seed)
+    return chosen
+
+
+def _apply_limits(cfg: DataConfig, chosen: dict[str, dict], seed: int) -> None:
+    """Keep a seeded random subset (class order in files must not bias a small subset)."""
+    for name, ref in chosen.items():
+        limit = cfg.limit_train if name == "train" else cfg.limit_eval
+        indices = ref.get("indices") if "indices" in ref else ref.get("paths")
+        if limit and len(indices) > limit:
+            generator = torch.Generator().manual_seed(seed)
+            keep = sorted(torch.randperm(len(indices), generator=generator)[:limit].tolist())
+            for key in ("indices", "paths", "labels"):
+                if key in ref:
+                    ref[key] = [ref[key][i] for i in keep]
+
+
+def _take(pool: tuple[torch.Tensor, torch.Tensor], indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return pool[0][index], pool[1][index]
+    except IndexError:
+        raise DataError("the saved split does not match this dataset (index out of range)") from None
+
+
+def _stats(cfg: DataConfig, source: TensorSource, channels: int, train_images: torch.Tensor):
+    if cfg.mean is not None and cfg.std is not None:
+        mean, std = list(cfg.mean), list(cfg.std)
+    elif source.mean is not None and len(source.mean) == channels:
+        mean, std = list(source.mean), list(source.std)
+    else:
+        mean, std = channel_stats(train_images)
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(f"mean/std must have {channels} values (one per channel), got {mean} / {std}")
+    return mean, std
+
+
+def _tensor_fingerprint(pools: dict) -> str:
+    digest = hashlib.sha1()
+    for name in sorted(pools):
+        images, labels = pools[name]
+        digest.update(name.encode())
+        digest.update(str(tuple(images.shape)).encode())
+        digest.update(labels.numpy().tobytes())
+        digest.update(images[:: max(1, len(images) // 256)].numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _build_files(
+    cfg: DataConfig, source: FileDataset, *, seed: int, image_size: int | None, split: dict | None
+) -> tuple[Loaders, DataSpec]:
+    notes: list[str] = []
+    if split:
+        lists = {name: FileList(list(v["paths"]), list(v["labels"])) for name, v in split["files"].items()}
+    else:
+        lists = _file_splits(cfg, source, seed, notes)
+    side = cfg.image_size or image_size or DEFAULT_FILE_IMAGE_SIZE
+    channels = cfg.channels or 3
+    mode = "L" if channels == 1 else "RGB"
+    pre = Preprocess(channels, (side, side), (0.0,) * channels, (1.0,) * channels, resize=cfg.resize or side)
+    mean, std = (cfg.mean, cfg.std) if cfg.mean and cfg.std else _file_stats(lists["train"], pre, mode)
+    pre = replace(pre, mean=tuple(mean), std=tuple(std))
+    augment = get_augment(cfg.augment)
+    eval_bs = cfg.eval_batch_size or max(64, 2 * cfg.batch_size)
+
+    def loader(name: str, train: bool) -> FileLoader:
+        augmented = train or cfg.augment_eval
+        transform = train_transform(pre, augment) if augmented else eval_transform(pre)
+        dataset = ImageFileDataset(lists[name].paths, lists[name].labels, transform, mode)
+        return FileLoader(dataset, cfg.batch_size if train else eval_bs, shuffle=train and cfg.shuffle,
+                          workers=cfg.workers, seed=seed, drop_last=train)  # fmt: skip
+
+    loaders = Loaders(loader("train", True), loader("val", False), loader("test", False) if "test" in lists else None)
+    spec = DataSpec(
+        name=cfg.name,
+        class_names=list(source.class_names),
+        preprocess=pre,
+        sizes={name: len(fl) for name, fl in lists.items()},
+        split={"kind": "files", "root": source.root, "files": {n: {"paths": fl.paths, "labels": fl.labels} for n, fl in lists.items()}},
+        fingerprint=fingerprint(source),
+        notes=notes + [f"ignored {len(source.ignored)} non-image files"] * bool(source.ignored),
+    )
+    return loaders, spec
+
+
+def _file_splits(cfg: DataConfig, source: FileDataset, seed: int, notes: list[str]) -> dict[str, FileList]:
+    lists = dict(source.splits)
+    if "val" not in lists:
+        if "test" in lists and cfg.val_fraction == 0:
+            lists["val"] = lists["test"]
+            notes.append("no validation split: validating on the test split")
+        else:
+            fraction = cfg.val_fraction or DEFAULT_FOLDER_VAL_FRACTION
+            parts = stratified_split(lists["train"].labels, {"val": fraction}, seed)
+            train = lists["train"]
+            lists["train"] = FileList([train.paths[i] for i in parts["train"]], [train.labels[i] for i in parts["train"]])
+            lists["val"] = FileList([train.paths[i] for i in parts["val"]], [train.labels[i] for i in parts["val"]])
+            notes.append(f"held out {fraction:.0%} of each class for validation ({len(lists['val'])} images)")
+    refs = {name: {"paths": fl.paths, "labels": fl.labels} for name, fl in lists.items()}
+    _apply_limits(cfg, refs, seed)
+    return {name: FileList(ref["paths"], ref["labels"]) for name, ref in refs.items()}
+
+
+def _file_stats(files: FileList, pre: Preprocess, mode: str, sample: int = 256) -> tuple[list[float], list[float]]:
+    """Mean/std of up to ``sample`` training images at the eval preprocessing, cached."""
+    step = max(1, len(files.paths) // sample)
+    paths = files.paths[::step][:sample]
+    key = hashlib.sha1(repr((paths, pre.input_size, pre.resize, mode)).encode()).hexdigest()[:16]
+    cached = cache_dir() / "stats" / f"{key}.json"
+    if cached.is_file():
+        values = json.loads(cached.read_text())
+        return values["mean"], values["std"]
+    plain = replace(pre, mean=(0.0,) * pre.channels, std=(1.0,) * pre.channels)
+    transform = eval_transform(plain)
+    tensors = []
+    for path in paths:
+        try:
+            tensors.append(transform(load_image(path, mode)))
+        except DataError:
+            continue
+    if not tensors:
+        raise DataError(f"none of the {len(paths)} sampled training images could be read")
+    stacked = torch.stack(tensors)  # [S, C, H, W] in [0, 1]
+    mean = [round(float(v), 4) for v in stacked.mean(dim=(0, 2, 3))]
+    std = [round(float(v), 4) for v in stacked.std(dim=(0, 2, 3))]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"mean": mean, "std": std}))
+    return mean, std
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with a seed that depends on the epoch, so data order can be restored."""
+
+    def __init__(self, count: int, shuffle: bool, seed: int) -> None:
+        self.count, self.shuffle, self.seed = count, shuffle, seed
+        self.next_epoch = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
+        if not self.shuffle:
+            return iter(range(self.count))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return iter(torch.randperm(self.count, generator=generator).tolist())
+
+
+class FileLoader:
+    """A DataLoader over image files that skips unreadable ones and has :meth:`set_epoch`."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int, drop_last: bool) -> None:
+        self.sampler = EpochSampler(len(dataset), shuffle, seed)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate_skip_bad,
+            persistent_workers=workers > 0,
+            drop_last=drop_last and len(dataset) > batch_size,
+        )
+        self.num_samples = len(dataset)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.next_epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            if batch is not None:
+                yield Batch(*batch)
+
+
+class _TensorsOf(Dataset):
+    """Adapts a user's Dataset that returns PIL images or arrays to tensors."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset[index]
+        if not isinstance(image, torch.Tensor):
+            from torchvision.transforms.v2 import functional as TF
+
+            image = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
+        return image, int(label)
+
+
+def loader_from_dataset(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int = 0, seed: int = 0) -> FileLoader:
+    """Batches from any torch ``Dataset`` returning ``(image, label)`` pairs.
+
+    Images may be float tensors ``[C, H, W]`` (used as they are: the user's transform
+    decides normalisation), PIL images or HxW(xC) arrays (converted to [0, 1] floats).
+    """
+    return FileLoader(_TensorsOf(dataset), batch_size, shuffle=shuffle, workers=workers, seed=seed, drop_last=False)

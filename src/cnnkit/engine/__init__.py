@@ -1,0 +1,18 @@
+"""Training engine: the loop, optimizers, devices and the checkpoint contract."""
+
+from cnnkit.engine.checkpoint import read_checkpoint, save_checkpoint, unwrap
+from cnnkit.engine.device import resolve_device, seed_everything
+from cnnkit.engine.loop import EvalResult, FitResult, evaluate, fit, train_one_epoch
+
+__all__ = [
+    "EvalResult",
+    "FitResult",
+    "evaluate",
+    "fit",
+    "read_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+    "train_one_epoch",
+    "unwrap",
+]

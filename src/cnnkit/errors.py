@@ -1,0 +1,31 @@
+"""Errors a user can act on.
+
+Every exception raised for bad input derives from :class:`CnnkitError`. The command line
+prints its message on one line (no traceback) and exits with its ``exit_code``:
+0 ok, 1 failure, 2 usage error (unknown names, invalid option values).
+"""
+
+from __future__ import annotations
+
+
+class CnnkitError(Exception):
+    """A failure the user can fix; the message says what was wrong and what to do."""
+
+    exit_code = 1
+
+
+class UsageError(CnnkitError):
+    """A bad name or option value given by the user (exit code 2)."""
+
+    exit_code = 2
+
+
+class DataError(CnnkitError):
+    """Data missing, empty or unreadable; the message names where it looked."""
+
+    exit_code = 1
+
+
+def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UsageError:
+    """Build the standard 'unknown X' error that lists the valid choices."""
+    return UsageError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")

@@ -1,0 +1,29 @@
+"""Model architectures and their registry: ``create_model(name, num_classes, ...)``.
+
+Every model is a :class:`ClassifierBase` (or, for outside backbones, has the same
+``forward_features`` / ``forward_head`` / ``reset_head`` surface). Importing this package
+registers the built-in families and does nothing else.
+"""
+
+from cnnkit.models import lenet, seed_cnns, vgg  # noqa: F401  (importing registers them)
+from cnnkit.models.base import ClassifierBase
+from cnnkit.models.registry import (
+    ModelInfo,
+    count_parameters,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+    smallest_input_size,
+)
+
+__all__ = [
+    "ClassifierBase",
+    "ModelInfo",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+    "smallest_input_size",
+]

@@ -1,0 +1,442 @@
+"""The workflows behind the command line, callable from Python and notebooks.
+
+``train`` resolves a :class:`RunConfig` (defaults < recipe < config file < overrides),
+builds data and model, runs :func:`cnnkit.engine.fit` and writes the run folder.
+``evaluate_checkpoint`` rebuilds model, preprocessing and split from a checkpoint alone.
+``fit`` trains any model on any torch ``Dataset`` the user wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from cnnkit._version import __version__
+from cnnkit.config import RunConfig, TrainConfig, apply_overrides, flatten, load_yaml, save_yaml
+from cnnkit.data import DataSpec, build, loader_from_dataset
+from cnnkit.engine import EvalResult, FitResult, evaluate, read_checkpoint, resolve_device
+from cnnkit.engine import fit as engine_fit
+from cnnkit.engine.device import amp_dtype
+from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.models import create_model, list_models, model_info
+from cnnkit.recipes import recipe_config_values
+
+# Short keyword names accepted by train(); every other config field is reachable by its own name.
+_ALIASES = {"data": "data.name", "model": "model.name", "model_kwargs": "model.kwargs", "name": "name"}
+
+
+def resolve_config(
+    recipe: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults < recipe (``default`` when None) < YAML file < dotted-key overrides."""
+    cfg = RunConfig()
+    apply_overrides(cfg, flatten(recipe_config_values(recipe or "default")))
+    if config_file is not None:
+        apply_overrides(cfg, flatten(load_yaml(config_file)))
+    apply_overrides(cfg, overrides or {})
+    return cfg
+
+
+def keyword_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Map keyword names (``epochs=2``, ``data_dir=...``) to dotted config keys."""
+    fields = {key.rpartition(".")[2]: key for key in _all_keys() if "." in key}
+    dotted = {}
+    for key, value in values.items():
+        if key in _ALIASES:
+            dotted[_ALIASES[key]] = value
+        elif "." in key:
+            dotted[key] = value
+        elif key in fields:
+            dotted[fields[key]] = value
+        else:
+            raise UsageError(f"unknown option {key!r}; valid: {', '.join(sorted(set(fields) | set(_ALIASES)))}")
+    return dotted
+
+
+def _all_keys() -> list[str]:
+    from cnnkit.config import valid_keys
+
+    return [k for k in valid_keys() if k not in {"data.name", "model.name", "model.kwargs"}]
+
+
+@dataclass
+class Run:
+    """A finished training run: its folder, metrics and the trained model (best weights).
+
+    Attributes:
+        dir: the run folder (``config.yaml``, ``metrics.csv``, ``checkpoints/``...).
+        config: the resolved config.
+        spec: classes, preprocessing and split sizes of the data.
+        model: the trained model with the best validation weights, in eval mode.
+        history: one metrics dict per epoch (as in ``metrics.csv``).
+        test: evaluation of the best weights on the test split (None when there is none).
+        seconds: wall time of the whole run.
+    """
+
+    dir: Path | None
+    config: RunConfig
+    spec: DataSpec
+    model: nn.Module
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    test: EvalResult | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Final figures: the best epoch's validation metrics and the test result."""
+        best = next((r for r in self.history if r["epoch"] == self.best_epoch), self.history[-1])
+        out = {"best_epoch": best["epoch"], "val_acc": best["val_acc"], "val_loss": best["val_loss"]}
+        if self.test is not None:
+            out.update(test_acc=self.test.acc, test_loss=self.test.loss, test_top5=self.test.top5)
+        out["seconds"] = round(self.seconds, 1)
+        return out
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return None if self.dir is None else self.dir / "checkpoints" / "best.pt"
+
+    def __repr__(self) -> str:
+        return f"Run(dir={str(self.dir)!r}, metrics={self.metrics})"
+
+
+def train(
+    recipe: str | None = None,
+    *,
+    config: RunConfig | None = None,
+    config_file: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> Run:
+    """Train a model as ``cnnkit train`` does and return the :class:`Run`.
+
+    Args:
+        recipe: a shipped recipe name (see ``cnnkit recipes``); None: the default run.
+        config: a ready :class:`RunConfig` (then ``recipe``/``config_file`` are ignored).
+        config_file: a YAML file of config values layered over the recipe.
+        progress: show progress bars (only on a terminal).
+        log: receives each log line (default: print); lines also go to ``log.txt``.
+        **overrides: config values by field name (``epochs=2``, ``lr=0.01``,
+            ``data="cifar10"``, ``data_dir=...``, ``model="vgg16_bn"``) or dotted key.
+
+    Example:
+        >>> run = cnnkit.train(recipe="mnist-lenet", epochs=1, data_dir="../shared/data")
+        >>> run.metrics["test_acc"]
+    """
+    cfg = config if config is not None else resolve_config(recipe, config_file, keyword_overrides(overrides))
+    _check_model_name(cfg.model.name)
+    start = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    info = model_info(cfg.model.name)
+    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(device),
+                          default_image_size=info.default_input_size[0])  # fmt: skip
+    model = create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.channels,
+                         input_size=spec.input_size, **cfg.model.kwargs)  # fmt: skip
+    run_dir = _new_run_dir(cfg)
+    say = _logger(run_dir, log)
+    _write_run_files(run_dir, cfg, spec)
+    params = sum(p.numel() for p in model.parameters())
+    say(f"run folder: {run_dir}")
+    say(f"data: {spec.name}  {spec.num_classes} classes  {_sizes(spec)}  input {spec.channels}x{spec.input_size[0]}x{spec.input_size[1]}")
+    for note in spec.notes:
+        say(f"note: {note}")
+    say(f"model: {cfg.model.name} ({params:,} parameters)  device: {device}  epochs: {cfg.train.epochs}")
+    meta = checkpoint_meta(cfg, spec, model)
+    result = engine_fit(model, loaders, cfg.train, num_classes=spec.num_classes, run_dir=run_dir,
+                        meta=meta, log=say, progress=progress)  # fmt: skip
+    best = read_checkpoint(run_dir / "checkpoints" / "best.pt")
+    model.load_state_dict(best["state_dict"])
+    test = None
+    if loaders.test is not None:
+        test = evaluate(model, loaders.test, spec.num_classes, device=device, dtype=amp_dtype(cfg.train.amp, device))
+    model.eval()
+    run = Run(run_dir, cfg, spec, model, result.history, result.best_epoch, test, time.perf_counter() - start, spec.notes)
+    _write_summary(run_dir, run, result)
+    say(_final_line(run, cfg))
+    return run
+
+
+def _check_model_name(name: str) -> None:
+    if ":" in name and name not in list_models():
+        source = name.split(":", 1)[0]
+        raise UsageError(
+            f"model {name!r}: pretrained backbones ({source}:NAME from timm/torchvision) are not "
+            f"available in this version of cnnkit yet; choose one of: {', '.join(list_models())}"
+        )
+
+
+def _data_device(device: torch.device) -> torch.device:
+    """In-memory datasets live on the GPU when training there (batches never cross PCIe)."""
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def checkpoint_meta(cfg: RunConfig, spec: DataSpec, model: nn.Module) -> dict[str, Any]:
+    """The self-describing part of a checkpoint (see :mod:`cnnkit.engine.checkpoint`)."""
+    return {
+        "model": {
+            "name": cfg.model.name,
+            "kwargs": dict(cfg.model.kwargs),
+            "num_classes": spec.num_classes,
+            "in_chans": spec.channels,
+            "input_size": list(spec.input_size),
+        },
+        "class_names": list(spec.class_names),
+        "preprocess": spec.preprocess.to_dict(),
+        "config": cfg.to_dict(),
+        "data_fingerprint": spec.fingerprint,
+        "cnnkit_version": __version__,
+    }
+
+
+def _new_run_dir(cfg: RunConfig) -> Path:
+    base = Path(cfg.output_dir)
+    name = cfg.name or f"{cfg.recipe or cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, suffix = base / name, 2
+    while path.exists() and cfg.name is None:
+        path, suffix = base / f"{name}-{suffix}", suffix + 1
+    path.mkdir(parents=True, exist_ok=cfg.name is not None)
+    return path
+
+
+def _logger(run_dir: Path, log: Callable[[str], None] | None) -> Callable[[str], None]:
+    handle = (run_dir / "log.txt").open("a", encoding="utf-8")
+
+    def say(line: str) -> None:
+        (log or print)(line)
+        handle.write(line + "\n")
+        handle.flush()
+
+    return say
+
+
+def _write_run_files(run_dir: Path, cfg: RunConfig, spec: DataSpec) -> None:
+    save_yaml(cfg, run_dir / "config.yaml")
+    (run_dir / "classes.json").write_text(json.dumps(spec.class_names, indent=1), encoding="utf-8")
+    split = {"fingerprint": spec.fingerprint, "sizes": spec.sizes, **spec.split}
+    (run_dir / "split.json").write_text(json.dumps(split), encoding="utf-8")
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "cnnkit": __version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device": resolve_device(cfg.train.device).type,
+        "argv": sys.argv,
+    }
+    (run_dir / "env.json").write_text(json.dumps(env, indent=1), encoding="utf-8")
+
+
+def _version(package: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:  # not installed: recorded as unknown
+        return None
+
+
+def _write_summary(run_dir: Path, run: Run, result: FitResult) -> None:
+    summary = {**run.metrics, "epochs_run": len(result.history), "stopped_early": result.stopped_early}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+
+
+def _sizes(spec: DataSpec) -> str:
+    return " / ".join(f"{name} {count:,}" for name, count in spec.sizes.items())
+
+
+def _final_line(run: Run, cfg: RunConfig) -> str:
+    m = run.metrics
+    parts = [f"done in {m['seconds']:.0f}s", f"best epoch {m['best_epoch']}: val acc {m['val_acc']:.2%}"]
+    if run.test is not None:
+        parts.append(f"test acc {run.test.acc:.2%}" + (f" top5 {run.test.top5:.2%}" if run.test.top5 is not None else ""))
+    if cfg.expected:
+        parts.append(f"(expected: {cfg.expected})")
+    return "  ".join(parts) + f"\nrun folder: {run.dir}"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model rebuilt from a checkpoint, with everything needed to use it."""
+
+    model: nn.Module
+    class_names: list[str]
+    preprocess: dict[str, Any]
+    config: RunConfig
+    metrics: dict[str, Any]
+    path: Path
+    payload: dict[str, Any]
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its ``best.pt``, else ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise CnnkitError(f"{path} holds no checkpoints/best.pt or last.pt; give a run folder or a .pt file")
+    if not path.exists():
+        raise CnnkitError(f"not found: {path}; give a run folder or a checkpoint .pt file")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild the model from a checkpoint (or run folder) alone, in eval mode on the CPU."""
+    path = checkpoint_path(path)
+    payload = read_checkpoint(path)
+    desc = payload["model"]
+    model = create_model(desc["name"], num_classes=desc["num_classes"], in_chans=desc["in_chans"],
+                         input_size=tuple(desc["input_size"]), **desc.get("kwargs", {}))  # fmt: skip
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    config = RunConfig.from_dict(payload.get("config", {}))
+    return LoadedCheckpoint(model, list(payload["class_names"]), payload["preprocess"], config,
+                            payload.get("metrics", {}), path, payload)  # fmt: skip
+
+
+@dataclass
+class EvalReport:
+    """What ``cnnkit eval`` prints."""
+
+    split: str
+    result: EvalResult
+    class_names: list[str]
+    checkpoint: Path
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.checkpoint),
+            "split": self.split,
+            "images": self.result.count,
+            "loss": self.result.loss,
+            "top1": self.result.acc,
+            "top5": self.result.top5,
+            "per_class_accuracy": dict(zip(self.class_names, self.result.per_class_acc)),
+        }
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    split: str = "test",
+    data: str | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> EvalReport:
+    """Evaluate a checkpoint on a split of its own data (the saved split) or of ``data``.
+
+    The checkpoint's preprocessing (size, channels, mean/std) is always used.
+    """
+    if split not in {"train", "val", "test"}:
+        raise UsageError(f"unknown split {split!r}; valid splits: test, train, val")
+    loaded = load_checkpoint(path)
+    cfg = loaded.config
+    pre = loaded.preprocess
+    cfg.data.mean, cfg.data.std = list(pre["mean"]), list(pre["std"])
+    cfg.data.channels, cfg.data.image_size = pre["channels"], pre["input_size"][0]
+    cfg.data.resize = pre.get("resize")
+    cfg.data.augment, cfg.data.shuffle = "none", False
+    if batch_size:
+        cfg.data.eval_batch_size = batch_size
+    saved_split = None
+    if data is not None:
+        cfg.data.name = data
+        cfg.data.limit_train = cfg.data.limit_eval = None
+    else:
+        saved_split = _saved_split(loaded.path)
+    if data_dir is not None:
+        cfg.data.data_dir = data_dir
+    torch_device = resolve_device(device)
+    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(torch_device), split=saved_split)
+    if spec.class_names != loaded.class_names:
+        raise CnnkitError(
+            f"the data's classes {spec.class_names[:10]} differ from the checkpoint's {loaded.class_names[:10]}"
+        )
+    loader = {"train": loaders.train, "val": loaders.val, "test": loaders.test or loaders.val}[split]
+    if split == "train":
+        loader = build_eval_train_loader(loaders)
+    model = loaded.model.to(torch_device)
+    result = evaluate(model, loader, spec.num_classes, device=torch_device)
+    return EvalReport(split, result, loaded.class_names, loaded.path)
+
+
+def build_eval_train_loader(loaders):
+    """The training split without shuffling, augmentation or dropped batches."""
+    train = loaders.train
+    if hasattr(train, "augment"):
+        from cnnkit.data.tensor_data import TensorLoader
+
+        return TensorLoader(train.images, train.labels, train.preprocess, max(256, train.batch_size))
+    return train
+
+
+def _saved_split(checkpoint: Path) -> dict[str, Any] | None:
+    """The run's ``split.json`` next to ``checkpoints/``, if there is one."""
+    split_file = checkpoint.parent.parent / "split.json"
+    if split_file.is_file():
+        return json.loads(split_file.read_text(encoding="utf-8"))
+    return None
+
+
+# ----------------------------------------------------------------------------- fit on datasets
+
+
+def fit(
+    model: nn.Module,
+    train_dataset: Dataset,
+    val_dataset: Dataset,
+    *,
+    class_names: list[str] | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    **train_options: Any,
+) -> FitResult:
+    """Train ``model`` on any torch ``Dataset`` pair (e.g. a custom class as in the seeds).
+
+    Each dataset item is ``(image, label)``: a float tensor ``[C, H, W]`` (normalised by
+    your own transform), a PIL image or an array. ``train_options`` are
+    :class:`~cnnkit.config.TrainConfig` fields (``epochs``, ``lr``, ``optimizer``...).
+    """
+    cfg = TrainConfig()
+    for key, value in train_options.items():
+        if not hasattr(cfg, key):
+            raise UsageError(f"unknown training option {key!r}; valid: {', '.join(TrainConfig.__dataclass_fields__)}")
+        setattr(cfg, key, value)
+    num_classes = len(class_names) if class_names else _count_classes(train_dataset, model)
+    loaders = (
+        loader_from_dataset(train_dataset, batch_size, shuffle=True, workers=workers, seed=cfg.seed),
+        loader_from_dataset(val_dataset, max(256, 2 * batch_size), shuffle=False, workers=workers),
+    )
+    return engine_fit(model, loaders, cfg, num_classes=num_classes, run_dir=run_dir, log=log, progress=progress)
+
+
+def _count_classes(dataset: Dataset, model: nn.Module) -> int:
+    classes = getattr(dataset, "classes", None)
+    if classes is not None:
+        return len(classes)
+    out = getattr(model, "num_classes", None)
+    if out is None:
+        raise UsageError("cannot tell the number of classes: pass class_names=[...] or give the dataset a 'classes' attribute")
+    return int(out)
