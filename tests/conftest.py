@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,31 @@ def mnist_root(shared_data: Path) -> Path:
     """Folder that holds MNIST/raw/ (pass as data_dir)."""
     _require(shared_data / "MNIST" / "raw")
     return shared_data
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cnnkit_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh ``CNNKIT_CACHE_DIR`` for the whole session: tests never read or write the
+    user's cache, and slow decodes (CIFAR-10 PNGs) happen once per session."""
+    folder = tmp_path_factory.mktemp("cnnkit-cache")
+    previous = os.environ.get("CNNKIT_CACHE_DIR")
+    os.environ["CNNKIT_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("CNNKIT_CACHE_DIR", None)
+    else:
+        os.environ["CNNKIT_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def mnist_digits(mnist_root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Real MNIST as uint8 images ``[N, 28, 28]`` and int64 labels, per official split."""
+    from torchvision.datasets import MNIST
+
+    return {
+        split: (ds.data, ds.targets)
+        for split, ds in (
+            ("train", MNIST(str(mnist_root), train=True, download=False)),
+            ("test", MNIST(str(mnist_root), train=False, download=False)),
+        )
+    }

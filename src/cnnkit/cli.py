@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +48,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--patience": ("train.patience", int, "early stopping after N epochs without improvement"),
     "--save-every": ("train.save_every", int, "also keep a checkpoint every N epochs"),
     "--select-metric": ("train.select_metric", str, "metric that picks best.pt: val_acc, val_top5, val_loss"),
+    "--threads": ("train.threads", int, "CPU threads for torch (default: one per core)"),
     "--name": ("name", str, "run folder name (default: recipe/model + time)"),
     "--output-dir": ("output_dir", str, "parent folder of run folders (default: runs)"),
 }
@@ -108,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (silences the flush at exit)
+        return 0
     return 0
 
 
@@ -127,8 +132,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from cnnkit.workflows import resolve_config, train
 
     cfg = resolve_config(args.recipe, args.config, train_overrides(args))
-    run = train(config=cfg, progress=not args.no_progress)
-    print(json.dumps(run.metrics))
+    train(config=cfg, progress=not args.no_progress)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -163,12 +167,15 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    import torch
+
     from cnnkit.models import count_parameters, create_model, list_models, model_info
 
     print(f"{'model':<14} {'parameters':>12}  {'input':<10} description")
     for name in list_models():
         info = model_info(name)
-        model = create_model(name)
+        with torch.device("meta"):  # counts only: no memory, no init time
+            model = create_model(name)
         size = "x".join(str(v) for v in (info.default_in_chans, *info.default_input_size))
         print(f"{name:<14} {count_parameters(model):>12,}  {size:<10} {info.description}")
     print("(parameters for 10 classes at the default input size)")

@@ -40,18 +40,29 @@ def resolve_config(
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Defaults < recipe (``default`` when None) < YAML file < dotted-key overrides."""
+    """Defaults < recipe < YAML file < dotted-key overrides.
+
+    With no recipe, no config file and no dataset chosen, the ``default`` recipe is used
+    (the embedded-MNIST run of a bare ``cnnkit train``); choosing a dataset without a
+    recipe starts from the plain dataclass defaults instead, so no digit-specific
+    setting leaks into training on photos.
+    """
+    overrides = overrides or {}
+    if recipe is None and config_file is None and "data.name" not in overrides:
+        recipe = "default"
     cfg = RunConfig()
-    apply_overrides(cfg, flatten(recipe_config_values(recipe or "default")))
+    if recipe is not None:
+        apply_overrides(cfg, flatten(recipe_config_values(recipe)))
     if config_file is not None:
         apply_overrides(cfg, flatten(load_yaml(config_file)))
-    apply_overrides(cfg, overrides or {})
+    apply_overrides(cfg, overrides)
     return cfg
 
 
 def keyword_overrides(values: dict[str, Any]) -> dict[str, Any]:
-    """Map keyword names (``epochs=2``, ``data_dir=...``) to dotted config keys."""
-    fields = {key.rpartition(".")[2]: key for key in _all_keys() if "." in key}
+    """Map keyword names (``epochs=2``, ``data_dir=...``, ``output_dir=...``) to config keys."""
+    # Section fields by their short name, plus the top-level ones (output_dir, recipe...).
+    fields = {key.rpartition(".")[2]: key for key in _all_keys()}
     dotted = {}
     for key, value in values.items():
         if key in _ALIASES:
@@ -204,7 +215,8 @@ def checkpoint_meta(cfg: RunConfig, spec: DataSpec, model: nn.Module) -> dict[st
 
 def _new_run_dir(cfg: RunConfig) -> Path:
     base = Path(cfg.output_dir)
-    name = cfg.name or f"{cfg.recipe or cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    label = cfg.recipe if cfg.recipe not in (None, "default") else cfg.model.name.replace(":", "-")
+    name = cfg.name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, suffix = base / name, 2
     while path.exists() and cfg.name is None:
         path, suffix = base / f"{name}-{suffix}", suffix + 1
@@ -375,7 +387,9 @@ def evaluate_checkpoint(
     if split == "train":
         loader = build_eval_train_loader(loaders)
     model = loaded.model.to(torch_device)
-    result = evaluate(model, loader, spec.num_classes, device=torch_device)
+    # The run's own precision (bf16 on CUDA under amp=auto), so the figure matches train()'s.
+    dtype = amp_dtype(cfg.train.amp, torch_device)
+    result = evaluate(model, loader, spec.num_classes, device=torch_device, dtype=dtype)
     return EvalReport(split, result, loaded.class_names, loaded.path)
 
 

@@ -193,6 +193,8 @@ def fit(
     if len(train_loader) == 0:
         raise UsageError("the training set is smaller than one batch; lower --batch-size or add data")
     seed_everything(cfg.seed, cfg.deterministic)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     dtype = amp_dtype(cfg.amp, device)
     model.to(device)

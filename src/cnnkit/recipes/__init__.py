@@ -14,7 +14,7 @@ import yaml
 
 from cnnkit.errors import unknown_name
 
-_INFO_KEYS = ("description", "expected", "notes", "seed")
+_INFO_KEYS = ("description", "expected", "notes", "seed", "requires")
 
 
 def list_recipes() -> list[str]:

@@ -1,0 +1,241 @@
+"""The command line: listings, one-line errors with the right exit codes, train then eval.
+
+Commands run in-process through ``cnnkit.cli.main`` (output captured by capsys); one
+subprocess run checks the real ``python -m cnnkit`` entry point end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
+from pathlib import Path
+
+import pytest
+
+from cnnkit.cli import main
+from cnnkit.data import list_datasets
+from cnnkit.models import list_models
+from cnnkit.recipes import list_recipes
+
+SEED_RECIPES = ("mnist-lenet", "cifar10-cnn", "cifar10-vgg16", "animals-cnn", "flowers-transfer")
+DATASETS = ("mnist", "fashion-mnist", "kmnist", "emnist-digits", "emnist-letters", "emnist-balanced",
+            "cifar10", "cifar100", "flowers102")  # fmt: skip
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("cnnkit: error: ")
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- listings
+
+
+def test_models_lists_parameter_counts(capsys) -> None:
+    code, out, _ = _run(capsys, "models")
+
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("cifar_cnn "))
+    assert "5,852,170" in line
+    assert "44,426" in next(line for line in out.splitlines() if line.startswith("lenet "))
+    for name in list_models():
+        assert re.search(rf"^{re.escape(name)}\s", out, re.M), name
+
+
+def test_recipes_lists_the_seed_recipes_with_expected_results(capsys) -> None:
+    code, out, _ = _run(capsys, "recipes")
+
+    assert code == 0
+    for name in SEED_RECIPES:
+        block = out.split(name, 1)[1].splitlines()
+        assert block[1].strip().startswith("expected:"), name
+        assert "n/a" not in block[1]
+    assert out.count("expected:") == len(list_recipes())
+
+
+def test_datasets_lists_the_names(capsys) -> None:
+    code, out, _ = _run(capsys, "datasets")
+
+    assert code == 0
+    names = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert set(DATASETS) <= names
+    assert set(list_datasets()) <= names
+    assert "PATH" in names  # folders and CSV files are explained too
+
+
+# ----------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "valid"),
+    [
+        ("--model", "resnet9000", ["lenet", "cifar_cnn", "vgg16_bn"]),
+        ("--data", "imagenet21k", ["mnist", "cifar10", "flowers102"]),
+        ("--recipe", "mnist-resnet", list(SEED_RECIPES)),
+        ("--augment", "jitter", ["crop-flip", "digits"]),
+    ],
+)
+def test_unknown_names_exit_2_listing_valid_ones(capsys, tmp_path, flag, value, valid) -> None:
+    code, out, err = _run(capsys, "train", flag, value, "--output-dir", str(tmp_path))
+
+    assert code == 2
+    line = _one_line_error(err)
+    assert repr(value) in line
+    for name in valid:
+        assert name in line
+    assert not list(tmp_path.iterdir())  # no run folder for a run that never started
+
+
+def test_bad_set_key_exits_2(capsys, tmp_path) -> None:
+    code, _, err = _run(capsys, "train", "--set", "train.learning_rate=0.1", "--output-dir", str(tmp_path))
+
+    assert code == 2
+    line = _one_line_error(err)
+    assert "'train.learning_rate'" in line and "train.lr" in line
+
+
+@pytest.mark.parametrize("item", ["train.epochs=many", "train.lr"])
+def test_bad_set_value_exits_2(capsys, tmp_path, item) -> None:
+    code, _, err = _run(capsys, "train", "--set", item, "--output-dir", str(tmp_path))
+
+    assert code == 2
+    _one_line_error(err)
+
+
+def test_flowers_transfer_stops_with_a_clear_message(capsys, tmp_path) -> None:
+    code, _, err = _run(capsys, "train", "--recipe", "flowers-transfer", "--output-dir", str(tmp_path))
+
+    assert code == 2
+    line = _one_line_error(err)
+    assert "pretrained" in line and "tv:vgg16" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_python_m_cnnkit_bad_name_has_no_traceback(tmp_path) -> None:
+    env = {**os.environ, "CNNKIT_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnkit", "train", "--model", "nope", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"cnnkit: error: unknown model 'nope'; valid models: {', '.join(list_models())}"
+    ]
+
+
+# ----------------------------------------------------------------------------- data errors
+
+
+def test_missing_data_folder_exits_1(capsys, tmp_path) -> None:
+    missing = tmp_path / "photos" / "raw-img"
+    code, _, err = _run(capsys, "train", "--data", str(missing), "--output-dir", str(tmp_path / "runs"))
+
+    assert code == 1
+    line = _one_line_error(err)
+    assert str(missing) in line and "sub-folder" in line
+
+
+def test_empty_class_folder_is_named(capsys, tmp_path, imagenette) -> None:
+    root = tmp_path / "photos"
+    for name in ("church", "tench"):
+        (root / name).mkdir(parents=True)
+        for photo in sorted((imagenette / "train" / name).glob("*.JPEG"))[:3]:
+            shutil.copy(photo, root / name / photo.name)
+    (root / "parachute").mkdir()
+
+    code, _, err = _run(capsys, "train", "--data", str(root), "--output-dir", str(tmp_path / "runs"))
+
+    assert code == 1
+    line = _one_line_error(err)
+    assert str(root / "parachute") in line and "no images" in line
+
+
+def test_csv_with_a_missing_file_is_named(capsys, tmp_path, imagenette) -> None:
+    photos = sorted((imagenette / "train" / "church").glob("*.JPEG"))[:2]
+    for photo in photos:
+        shutil.copy(photo, tmp_path / photo.name)
+    rows = [f"{photos[0].name},church", f"{photos[1].name},tench", "gone.jpg,tench"]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+
+    code, _, err = _run(capsys, "train", "--data", str(tmp_path / "labels.csv"),
+                        "--output-dir", str(tmp_path / "runs"))  # fmt: skip
+
+    assert code == 1
+    line = _one_line_error(err)
+    assert "gone.jpg" in line and "line 4" in line
+
+
+def test_eval_of_a_missing_run_exits_1(capsys, tmp_path) -> None:
+    code, _, err = _run(capsys, "eval", str(tmp_path / "no-such-run"))
+
+    assert code == 1
+    assert "no-such-run" in _one_line_error(err)
+
+
+# ----------------------------------------------------------------------------- train, then eval
+
+
+@pytest.fixture(scope="module")
+def cli_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    """``cnnkit train`` on 3,000 real MNIST digits for one epoch: (run folder, summary, stdout)."""
+    out = tmp_path_factory.mktemp("cli-runs")
+    stdout = StringIO()  # a module-scoped fixture cannot use capsys
+    with redirect_stdout(stdout), redirect_stderr(StringIO()):
+        code = main(["train", "--data", "mnist", "--data-dir", str(mnist_root), "--limit-train", "3000",
+                     "--limit-eval", "1000", "--epochs", "1", "--output-dir", str(out), "--no-progress"])  # fmt: skip
+    assert code == 0
+    (run_dir,) = out.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return run_dir, summary, stdout.getvalue()
+
+
+def test_train_reports_and_writes_a_run(cli_run) -> None:
+    run_dir, summary, stdout = cli_run
+
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert f"run folder: {run_dir}" in stdout
+    assert "epoch 1/1" in stdout
+    assert f"test acc {summary['test_acc']:.2%}" in stdout
+    assert summary["best_epoch"] == 1
+    assert summary["test_acc"] > 0.5  # one epoch on 3,000 digits; chance is 0.1
+
+
+def test_eval_prints_the_training_accuracy_and_a_class_table(capsys, cli_run) -> None:
+    run_dir, summary, _ = cli_run
+    code, out, _ = _run(capsys, "eval", str(run_dir))
+
+    assert code == 0
+    assert f"top-1: {summary['test_acc']:.2%}" in out.splitlines()
+    assert "(1,000 images)" in out
+    table = out.split("accuracy  images", 1)[1].strip().splitlines()
+    assert [row.split()[0] for row in table] == [str(d) for d in range(10)]
+    assert sum(int(row.split()[-1]) for row in table) == 1000
+
+
+def test_eval_json(capsys, cli_run) -> None:
+    run_dir, summary, _ = cli_run
+    code, out, _ = _run(capsys, "eval", str(run_dir), "--json")
+
+    assert code == 0
+    report = json.loads(out)
+    assert report["top1"] == summary["test_acc"]
+    assert report["images"] == 1000 and report["split"] == "test"
+    per_class = report["per_class_accuracy"]
+    assert list(per_class) == [str(d) for d in range(10)]
+    assert all(0.0 <= acc <= 1.0 for acc in per_class.values())
