@@ -27,6 +27,7 @@ from cnnkit.data import DataSpec, build, loader_from_dataset
 from cnnkit.engine import EvalResult, FitResult, evaluate, read_checkpoint, resolve_device
 from cnnkit.engine import fit as engine_fit
 from cnnkit.engine.device import amp_dtype
+from cnnkit.engine.optim import check_train_config
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.models import create_model, list_models, model_info
 from cnnkit.recipes import recipe_config_values
@@ -150,6 +151,7 @@ def train(
     """
     cfg = config if config is not None else resolve_config(recipe, config_file, keyword_overrides(overrides))
     _check_model_name(cfg.model.name)
+    check_train_config(cfg.train)
     start = time.perf_counter()
     device = resolve_device(cfg.train.device)
     info = model_info(cfg.model.name)

@@ -12,10 +12,27 @@ import torch
 from torch import nn
 
 from cnnkit.config import TrainConfig
-from cnnkit.errors import unknown_name
+from cnnkit.errors import UsageError, unknown_name
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Fail fast on bad names, before any data is loaded or a run folder is made."""
+    from cnnkit.engine.device import AMP_MODES
+    from cnnkit.engine.loop import SELECT_METRICS
+
+    for kind, value, valid in (
+        ("optimizer", cfg.optimizer, OPTIMIZERS),
+        ("scheduler", cfg.scheduler, SCHEDULERS),
+        ("amp mode", cfg.amp, AMP_MODES),
+        ("select metric", cfg.select_metric, SELECT_METRICS),
+    ):
+        if value not in valid:
+            raise unknown_name(kind, value, valid)
+    if cfg.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
