@@ -157,7 +157,7 @@ def _draw_tensor_split(cfg: DataConfig, pools: dict, seed: int, notes: list[str]
         parts = stratified_split(train_labels.tolist(), {"val": fraction}, seed)
         chosen["train"] = {"from": "train", "indices": parts["train"]}
         chosen["val"] = {"from": "train", "indices": parts["val"]}
-        notes.append(f"validating on {len(parts['val'])} images held out from the training split")
+        notes.append("validating on images held out from the training split")
     else:
         chosen["train"] = {"from": "train", "indices": list(range(len(train_labels)))}
         chosen["val"] = {"from": "test", "indices": list(range(len(pools["test"][1])))}
@@ -264,7 +264,7 @@ def _file_splits(cfg: DataConfig, source: FileDataset, seed: int, notes: list[st
             train = lists["train"]
             lists["train"] = FileList([train.paths[i] for i in parts["train"]], [train.labels[i] for i in parts["train"]])
             lists["val"] = FileList([train.paths[i] for i in parts["val"]], [train.labels[i] for i in parts["val"]])
-            notes.append(f"held out {fraction:.0%} of each class for validation ({len(lists['val'])} images)")
+            notes.append(f"held out {fraction:.0%} of each class for validation")
     refs = {name: {"paths": fl.paths, "labels": fl.labels} for name, fl in lists.items()}
     _apply_limits(cfg, refs, seed)
     return {name: FileList(ref["paths"], ref["labels"]) for name, ref in refs.items()}
