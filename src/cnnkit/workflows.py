@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cnnkit._version import __version__
-from cnnkit.config import RunConfig, TrainConfig, apply_overrides, flatten, load_yaml, save_yaml
+from cnnkit.config import RunConfig, TrainConfig, apply_overrides, flatten, load_yaml, save_yaml, valid_keys
 from cnnkit.data import DataSpec, build, loader_from_dataset
 from cnnkit.engine import EvalResult, FitResult, evaluate, read_checkpoint, resolve_device
 from cnnkit.engine import fit as engine_fit
@@ -78,8 +78,6 @@ def keyword_overrides(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _all_keys() -> list[str]:
-    from cnnkit.config import valid_keys
-
     return [k for k in valid_keys() if k not in {"data.name", "model.name", "model.kwargs"}]
 
 
@@ -227,12 +225,15 @@ def _new_run_dir(cfg: RunConfig) -> Path:
 
 
 def _logger(run_dir: Path, log: Callable[[str], None] | None) -> Callable[[str], None]:
-    handle = (run_dir / "log.txt").open("a", encoding="utf-8")
+    """Print a line (or hand it to ``log``) and append it to ``log.txt``.
+
+    The file is opened per line: a handful of lines per epoch, and no handle outlives the run.
+    """
 
     def say(line: str) -> None:
         (log or print)(line)
-        handle.write(line + "\n")
-        handle.flush()
+        with (run_dir / "log.txt").open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
 
     return say
 
@@ -380,29 +381,18 @@ def evaluate_checkpoint(
     if data_dir is not None:
         cfg.data.data_dir = data_dir
     torch_device = resolve_device(device)
-    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(torch_device), split=saved_split)
+    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(torch_device), split=saved_split,
+                          training=False)  # fmt: skip
     if spec.class_names != loaded.class_names:
         raise CnnkitError(
             f"the data's classes {spec.class_names[:10]} differ from the checkpoint's {loaded.class_names[:10]}"
         )
     loader = {"train": loaders.train, "val": loaders.val, "test": loaders.test or loaders.val}[split]
-    if split == "train":
-        loader = build_eval_train_loader(loaders)
     model = loaded.model.to(torch_device)
     # The run's own precision (bf16 on CUDA under amp=auto), so the figure matches train()'s.
     dtype = amp_dtype(cfg.train.amp, torch_device)
     result = evaluate(model, loader, spec.num_classes, device=torch_device, dtype=dtype)
     return EvalReport(split, result, loaded.class_names, loaded.path)
-
-
-def build_eval_train_loader(loaders):
-    """The training split without shuffling, augmentation or dropped batches."""
-    train = loaders.train
-    if hasattr(train, "augment"):
-        from cnnkit.data.tensor_data import TensorLoader
-
-        return TensorLoader(train.images, train.labels, train.preprocess, max(256, train.batch_size))
-    return train
 
 
 def _saved_split(checkpoint: Path) -> dict[str, Any] | None:

@@ -95,6 +95,13 @@ def test_evaluate_checkpoint_reproduces_the_test_accuracy(mnist_run: cnnkit.Run)
     assert torch.equal(report.result.confusion, mnist_run.test.confusion)
 
 
+def test_evaluate_on_the_train_split_sees_every_training_image(mnist_run: cnnkit.Run) -> None:
+    # Evaluation must not inherit the training loader's dropped last batch or augmentation.
+    report = cnnkit.evaluate_checkpoint(mnist_run.dir, split="train")
+    assert report.result.count == mnist_run.spec.sizes["train"]
+    assert report.result.acc > 0.95
+
+
 def test_checkpoint_round_trip_gives_identical_logits(mnist_run: cnnkit.Run) -> None:
     loaded = cnnkit.load_checkpoint(mnist_run.dir)
     images = _first_test_batch(mnist_run)  # real digits, [B, 1, 28, 28]

@@ -28,7 +28,6 @@ from cnnkit.data.datasets import (
     Source,
     TensorSource,
     cache_dir,
-    dataset_info,
     list_datasets,
     load_source,
 )
@@ -79,6 +78,7 @@ def build(
     device: str | torch.device = "cpu",
     default_image_size: int | None = None,
     split: dict[str, Any] | None = None,
+    training: bool = True,
 ) -> tuple[Loaders, DataSpec]:
     """Build the train/val/test loaders described by ``cfg``.
 
@@ -89,25 +89,26 @@ def build(
         default_image_size: input side for file datasets when ``cfg.image_size`` is None
             (the model's preferred size; data knows no architecture, the caller does).
         split: a ``DataSpec.split`` from an earlier run (``split.json``) to reuse.
+        training: False builds the train split like the evaluation splits (no shuffling,
+            augmentation or dropped last batch), for evaluating a model on it.
 
     Raises:
         DataError: data missing, empty or inconsistent with ``split``.
         UsageError: unknown dataset or augmentation name.
     """
     get_augment(cfg.augment)  # fail on a bad preset before any slow loading
-    if cfg.name in list_datasets():
-        dataset_info(cfg.name)
     source = resolve_source(cfg, seed)
     if isinstance(source, TensorSource):
-        return _build_tensor(cfg, source, seed=seed, device=device, split=split)
-    return _build_files(cfg, source, seed=seed, image_size=default_image_size, split=split)
+        return _build_tensor(cfg, source, seed=seed, device=device, split=split, training=training)
+    return _build_files(cfg, source, seed=seed, image_size=default_image_size, split=split, training=training)
 
 
 # ----------------------------------------------------------------------------- tensors
 
 
 def _build_tensor(
-    cfg: DataConfig, source: TensorSource, *, seed: int, device: str | torch.device, split: dict | None
+    cfg: DataConfig, source: TensorSource, *, seed: int, device: str | torch.device, split: dict | None,
+    training: bool,
 ) -> tuple[Loaders, DataSpec]:
     pools = {"train": source.train}
     if source.test is not None:
@@ -135,7 +136,7 @@ def _build_tensor(
             drop_last=train, seed=seed, device=device,
         )  # fmt: skip
 
-    loaders = Loaders(loader("train", True), loader("val", False), loader("test", False) if "test" in parts else None)
+    loaders = Loaders(loader("train", training), loader("val", False), loader("test", False) if "test" in parts else None)
     spec = DataSpec(
         name=cfg.name,
         class_names=list(source.class_names),
@@ -216,7 +217,8 @@ def _tensor_fingerprint(pools: dict) -> str:
 
 
 def _build_files(
-    cfg: DataConfig, source: FileDataset, *, seed: int, image_size: int | None, split: dict | None
+    cfg: DataConfig, source: FileDataset, *, seed: int, image_size: int | None, split: dict | None,
+    training: bool,
 ) -> tuple[Loaders, DataSpec]:
     notes: list[str] = []
     if split:
@@ -239,7 +241,7 @@ def _build_files(
         return FileLoader(dataset, cfg.batch_size if train else eval_bs, shuffle=train and cfg.shuffle,
                           workers=cfg.workers, seed=seed, drop_last=train)  # fmt: skip
 
-    loaders = Loaders(loader("train", True), loader("val", False), loader("test", False) if "test" in lists else None)
+    loaders = Loaders(loader("train", training), loader("val", False), loader("test", False) if "test" in lists else None)
     spec = DataSpec(
         name=cfg.name,
         class_names=list(source.class_names),
