@@ -116,12 +116,13 @@ def test_bad_set_value_exits_2(capsys, tmp_path, item) -> None:
     _one_line_error(err)
 
 
-def test_flowers_transfer_stops_with_a_clear_message(capsys, tmp_path) -> None:
+def test_flowers_transfer_offline_lists_the_weight_sources_it_tried(capsys, tmp_path) -> None:
     code, _, err = _run(capsys, "train", "--recipe", "flowers-transfer", "--output-dir", str(tmp_path))
 
-    assert code == 2
-    line = _one_line_error(err)
-    assert "pretrained" in line and "tv:vgg16" in line
+    assert code == 1
+    assert "Traceback" not in err
+    assert "no pretrained weights for tv:vgg16" in err
+    assert "torchvision hub" in err and "--weights" in err
     assert not list(tmp_path.iterdir())
 
 

@@ -20,7 +20,12 @@ from cnnkit.errors import CnnkitError, UsageError
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data.name", str, "dataset name, class-per-folder path or CSV file"),
     "--data-dir": ("data.data_dir", str, "folder holding torchvision datasets (e.g. ../shared/data)"),
-    "--model": ("model.name", str, "model name (see `cnnkit models`)"),
+    "--model": ("model.name", str, "model name (see `cnnkit models`), or timm:NAME / tv:NAME backbones"),
+    "--weights": ("model.weights", str, "start from this weights file (state dict, safetensors or checkpoint)"),
+    "--head-hidden": ("model.kwargs.head_hidden", int, "backbone models: hidden units of the new head (default: linear head)"),
+    "--head-dropout": ("model.kwargs.head_dropout", float, "backbone models: dropout in the new head"),
+    "--fine-tune": ("train.fine_tune", str, "E1,E2: head only for E1 epochs, then all layers for E2 epochs"),
+    "--backbone-lr-scale": ("train.backbone_lr_scale", float, "backbone lr as a fraction of --lr when fine-tuning (default 0.1)"),
     "--epochs": ("train.epochs", int, "passes over the training set"),
     "--lr": ("train.lr", float, "peak learning rate"),
     "--batch-size": ("data.batch_size", int, "images per training step"),
@@ -28,6 +33,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--seed": ("train.seed", int, "random seed (split, init, order)"),
     "--image-size": ("data.image_size", int, "side of the square input the model sees"),
     "--resize": ("data.resize", int, "resize the short side to this before the centre crop"),
+    "--interpolation": ("data.interpolation", str, "resampling: bilinear, bicubic or nearest"),
     "--channels": ("data.channels", int, "force 1 (grey) or 3 (RGB) input channels"),
     "--augment": ("data.augment", str, "augmentation preset: none, flip, crop-flip, animals, flowers, digits"),
     "--val-fraction": ("data.val_fraction", float, "fraction of training images held out for validation"),
@@ -52,7 +58,12 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--name": ("name", str, "run folder name (default: recipe/model + time)"),
     "--output-dir": ("output_dir", str, "parent folder of run folders (default: runs)"),
 }
-TRAIN_SWITCHES: dict[str, tuple[str, bool, str]] = {
+TRAIN_SWITCHES: dict[str, tuple[str, Any, str]] = {
+    "--pretrained": ("model.pretrained", True, "start a timm:/tv: backbone from pretrained weights"),
+    "--no-pretrained": ("model.pretrained", False, "start from random weights (overrides a recipe)"),
+    "--freeze": ("train.freeze", True, "train only the new head; the backbone stays frozen"),
+    "--cache-features": ("train.cache_features", "on", "cache frozen-backbone features even with augmentation"),
+    "--no-cache-features": ("train.cache_features", "off", "never cache backbone features"),
     "--deterministic": ("train.deterministic", True, "deterministic kernels (reproducible, slower)"),
     "--nesterov": ("train.nesterov", True, "Nesterov momentum for SGD"),
     "--augment-eval": ("data.augment_eval", True, "also augment evaluation images (a seed defect)"),
@@ -179,6 +190,8 @@ def cmd_models(args: argparse.Namespace) -> None:
         size = "x".join(str(v) for v in (info.default_in_chans, *info.default_input_size))
         print(f"{name:<14} {count_parameters(model):>12,}  {size:<10} {info.description}")
     print("(parameters for 10 classes at the default input size)")
+    print("timm:NAME      any timm model, e.g. timm:efficientnet_lite0 (pretrained: add --pretrained)")
+    print("tv:NAME        any torchvision classification model, e.g. tv:resnet18, tv:vgg16_bn")
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:

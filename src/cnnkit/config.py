@@ -33,6 +33,8 @@ class DataConfig:
         test_fraction: fraction held out for testing when a folder dataset has no test split.
         image_size: side of the square the model sees (None: the dataset's own size).
         resize: short side to resize to before the centre crop (None: same as image_size).
+        interpolation: resampling for resizing files: ``bilinear``, ``bicubic`` or
+            ``nearest`` (None: the pretrained weights' own, else bilinear).
         augment: name of a train-time augmentation preset (see ``data.transforms``).
         augment_eval: apply the train augmentation to evaluation too (a seed defect,
             kept only to reproduce it).
@@ -54,6 +56,7 @@ class DataConfig:
     test_fraction: float = 0.0
     image_size: int | None = None
     resize: int | None = None
+    interpolation: str | None = None
     augment: str = "none"
     augment_eval: bool = False
     mean: list[float] | None = None
@@ -69,10 +72,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which architecture to build; ``kwargs`` go to its constructor."""
+    """Which architecture to build and which weights to start from.
+
+    Attributes:
+        name: a registered model (``lenet``, ``vgg16_bn``...) or an outside backbone
+            ``timm:ARCH`` / ``tv:ARCH`` (its classifier replaced by a new head).
+        kwargs: the builder's own arguments (``head_hidden``, ``head_dropout``, ``dropout``...).
+        pretrained: start the backbone from pretrained weights (hub, cache or offline package).
+        weights: start from this local file instead (state dict, safetensors or checkpoint).
+    """
 
     name: str = "lenet"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    weights: str | None = None
 
 
 @dataclass
@@ -103,6 +116,14 @@ class TrainConfig:
         threads: CPU threads for torch (None: torch's default, one per core). Tiny
             models at tiny batch sizes run faster on one thread: the per-op work is too
             small to split, and idle threads spinning on a busy machine cost more.
+        freeze: train only the head of a backbone model (backbone weights and BatchNorm
+            statistics frozen).
+        fine_tune: ``[E1, E2]``: train the head alone for E1 epochs, then everything
+            for E2 epochs with the backbone at ``backbone_lr_scale`` x lr (replaces ``epochs``).
+        backbone_lr_scale: backbone learning rate as a fraction of ``lr`` when it trains.
+        cache_features: ``auto`` (compute a frozen backbone's features once when training
+            images are not augmented), ``on`` (also when they are: features of the
+            un-augmented images) or ``off``.
     """
 
     epochs: int = 10
@@ -126,6 +147,10 @@ class TrainConfig:
     select_metric: str = "val_acc"
     log_every: int = 20
     threads: int | None = None
+    freeze: bool = False
+    fine_tune: list[int] | None = None
+    backbone_lr_scale: float = 0.1
+    cache_features: str = "auto"
 
 
 @dataclass
@@ -184,12 +209,25 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             the wrong type.
     """
     for dotted, value in overrides.items():
+        if dotted.startswith("model.kwargs.") and len(dotted) > len("model.kwargs."):
+            cfg.model.kwargs[dotted[len("model.kwargs."):]] = _yaml_scalar(value)
+            continue
         section, _, key = dotted.rpartition(".")
         target = getattr(cfg, section) if section in _SECTIONS else cfg
         if (section and section not in _SECTIONS) or not _has_field(target, key) or key in _SECTIONS:
             raise UsageError(f"unknown config key {dotted!r}; valid keys: {', '.join(valid_keys())}")
         setattr(target, key, _coerce(dotted, value, _field_type(target, key)))
     return cfg
+
+
+def _yaml_scalar(value: Any) -> Any:
+    """``"256"`` -> 256, ``"0.5"`` -> 0.5, ``"true"`` -> True (strings from --set); others as given."""
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
 
 
 def valid_keys() -> list[str]:
@@ -230,6 +268,9 @@ def _coerce(key: str, value: Any, type_name: str) -> Any:
         if type_name.startswith("list[float]"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return [float(v) for v in items]
+        if type_name.startswith("list[int]"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [int(v) for v in items]
         if type_name.startswith("dict"):
             if not isinstance(value, dict):
                 raise ValueError(value)

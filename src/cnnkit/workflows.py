@@ -8,6 +8,8 @@ builds data and model, runs :func:`cnnkit.engine.fit` and writes the run folder.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import platform
 import sys
@@ -24,12 +26,15 @@ from torch.utils.data import Dataset
 from cnnkit._version import __version__
 from cnnkit.config import RunConfig, TrainConfig, apply_overrides, flatten, load_yaml, save_yaml, valid_keys
 from cnnkit.data import DataSpec, build, loader_from_dataset
+from cnnkit.data.datasets import cache_dir
+from cnnkit.data.transforms import get_augment
 from cnnkit.engine import EvalResult, FitResult, evaluate, read_checkpoint, resolve_device
 from cnnkit.engine import fit as engine_fit
 from cnnkit.engine.device import amp_dtype
+from cnnkit.engine.features import FeatureLoader, HeadOnly, cache_key, cached_features, extract_features, state_digest
 from cnnkit.engine.optim import check_train_config
 from cnnkit.errors import CnnkitError, UsageError
-from cnnkit.models import create_model, list_models, model_info
+from cnnkit.models import BackboneClassifier, Weights, create_model, find_weights, list_sources, load_weights, model_info
 from cnnkit.recipes import recipe_config_values
 
 # Short keyword names accepted by train(); every other config field is reachable by its own name.
@@ -148,11 +153,13 @@ def train(
         >>> run.metrics["test_acc"]
     """
     cfg = config if config is not None else resolve_config(recipe, config_file, keyword_overrides(overrides))
-    _check_model_name(cfg.model.name)
+    info = model_info(cfg.model.name)  # unknown names fail here, before any slow work
     check_train_config(cfg.train)
+    _check_transfer_options(cfg)
     start = time.perf_counter()
     device = resolve_device(cfg.train.device)
-    info = model_info(cfg.model.name)
+    weights = _find_weights(cfg)
+    weight_notes = _adopt_preprocess(cfg, weights)
     loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(device),
                           default_image_size=info.default_input_size[0])  # fmt: skip
     model = create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.channels,
@@ -163,12 +170,15 @@ def train(
     params = sum(p.numel() for p in model.parameters())
     say(f"run folder: {run_dir}")
     say(f"data: {spec.name}  {spec.num_classes} classes  {_sizes(spec)}  input {spec.channels}x{spec.input_size[0]}x{spec.input_size[1]}")
-    for note in spec.notes:
+    for note in spec.notes + weight_notes:
         say(f"note: {note}")
-    say(f"model: {cfg.model.name} ({params:,} parameters)  device: {device}  epochs: {cfg.train.epochs}")
-    meta = checkpoint_meta(cfg, spec, model)
-    result = engine_fit(model, loaders, cfg.train, num_classes=spec.num_classes, run_dir=run_dir,
-                        meta=meta, log=say, progress=progress)  # fmt: skip
+    epochs = sum(cfg.train.fine_tune) if cfg.train.fine_tune else cfg.train.epochs
+    say(f"model: {cfg.model.name} ({params:,} parameters)  device: {device}  epochs: {epochs}")
+    if weights is not None:
+        for line in load_weights(model, weights).lines():
+            say(line)
+    meta = checkpoint_meta(cfg, spec, model, weights_source=weights.source if weights else None)
+    result = _fit_phases(model, loaders, cfg, spec, device, run_dir, meta, say, progress)
     best = read_checkpoint(run_dir / "checkpoints" / "best.pt")
     model.load_state_dict(best["state_dict"])
     test = None
@@ -181,13 +191,119 @@ def train(
     return run
 
 
-def _check_model_name(name: str) -> None:
-    if ":" in name and name not in list_models():
-        source = name.split(":", 1)[0]
-        raise UsageError(
-            f"model {name!r}: pretrained backbones ({source}:NAME from timm/torchvision) are not "
-            f"available in this version of cnnkit yet; choose one of: {', '.join(list_models())}"
-        )
+def _is_backbone_name(name: str) -> bool:
+    return name.partition(":")[0] in list_sources() and ":" in name
+
+
+def _check_transfer_options(cfg: RunConfig) -> None:
+    """--pretrained/--freeze/--fine-tune only make sense for timm:/tv: backbones."""
+    if _is_backbone_name(cfg.model.name):
+        return
+    for used, flag in ((cfg.model.pretrained, "--pretrained"), (cfg.train.freeze, "--freeze"),
+                       (cfg.train.fine_tune, "--fine-tune")):  # fmt: skip
+        if used:
+            raise UsageError(
+                f"{flag} needs a pretrained backbone model (timm:NAME or tv:NAME, e.g. timm:efficientnet_lite0 "
+                f"or tv:{cfg.model.name if cfg.model.name.startswith('vgg') else 'resnet18'}); "
+                f"{cfg.model.name!r} is one of cnnkit's own architectures and trains from scratch"
+            )
+
+
+def _find_weights(cfg: RunConfig) -> Weights | None:
+    if cfg.model.weights:
+        return find_weights(cfg.model.name, weights=cfg.model.weights)
+    if cfg.model.pretrained:
+        return find_weights(cfg.model.name)
+    return None
+
+
+def _adopt_preprocess(cfg: RunConfig, weights: Weights | None) -> list[str]:
+    """Use the preprocessing the weights were trained with wherever the user set none.
+
+    Returns the note lines to log.
+    """
+    if weights is None or not weights.preprocess:
+        return []
+    pre, data = weights.preprocess, cfg.data
+    side = int(pre["input_size"][0])
+    if data.image_size is None:
+        data.image_size = side
+    if data.resize is None and pre.get("resize"):
+        data.resize = round(data.image_size * pre["resize"] / side)
+    if data.interpolation is None:
+        data.interpolation = pre.get("interpolation")
+    if data.mean is None and data.std is None:
+        data.mean, data.std = list(pre["mean"]), list(pre["std"])
+    return [
+        f"preprocessing as the weights were trained: {data.image_size}px centre crop of a {data.resize}px "
+        f"short side, {data.interpolation}, mean {_fmt(data.mean)} std {_fmt(data.std)}"
+    ]
+
+
+def _fmt(values: list[float] | None) -> str:
+    return "-" if values is None else "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _phases(train: TrainConfig) -> list[tuple[int, bool]]:
+    """(epochs, backbone frozen) per training phase."""
+    if train.fine_tune:
+        return [(train.fine_tune[0], True), (train.fine_tune[1], False)]
+    return [(train.epochs, train.freeze)]
+
+
+def _fit_phases(model, loaders, cfg: RunConfig, spec: DataSpec, device, run_dir, meta, say, progress) -> FitResult:
+    """Train in phases: head only (frozen backbone, cached features when possible), then all layers."""
+    phases = [(epochs, frozen) for epochs, frozen in _phases(cfg.train) if epochs > 0]
+    total = sum(epochs for epochs, _ in phases)
+    result = None
+    for epochs, frozen in phases:
+        phase_model, phase_loaders = model, loaders
+        if isinstance(model, BackboneClassifier):
+            model.freeze_backbone(frozen)
+            if len(phases) > 1:
+                lr = f"lr {cfg.train.lr:g}" + ("" if frozen else f", backbone lr {cfg.train.lr * cfg.train.backbone_lr_scale:g}")
+                say(f"phase: {'head only (backbone frozen)' if frozen else 'all layers'}, {epochs} epochs, {lr}")
+            if frozen and _use_feature_cache(cfg):
+                phase_model = HeadOnly(model)
+                phase_loaders = _feature_loaders(model, cfg, spec, device, say, progress)
+        result = engine_fit(phase_model, phase_loaders, dataclasses.replace(cfg.train, epochs=epochs),
+                            num_classes=spec.num_classes, run_dir=run_dir, meta=meta, log=say, progress=progress,
+                            previous=result, total_epochs=total)  # fmt: skip
+        if result.stopped_early:
+            break
+    return result
+
+
+def _use_feature_cache(cfg: RunConfig) -> bool:
+    mode = cfg.train.cache_features
+    return mode == "on" or (mode == "auto" and get_augment(cfg.data.augment).is_identity)
+
+
+def _feature_loaders(model, cfg: RunConfig, spec: DataSpec, device, say, progress) -> tuple:
+    """Train/val loaders of backbone features, computed once and cached on disk.
+
+    The images come from the same split, un-augmented and in order; the cache key holds
+    everything the features depend on (data, split members, preprocessing, backbone weights).
+    """
+    eval_loaders, _ = build(cfg.data, seed=cfg.train.seed, device=_data_device(device), split=spec.split,
+                            training=False)  # fmt: skip
+    model.to(device)
+    dtype = amp_dtype(cfg.train.amp, device)
+    members = spec.split.get("indices") or spec.split.get("files")
+    backbone = state_digest(model.backbone)
+    out = []
+    for name, loader in (("train", eval_loaders.train), ("val", eval_loaders.val)):
+        key = cache_key(data=spec.fingerprint, split=name, members=hashlib.sha1(json.dumps(members[name]).encode()).hexdigest(),
+                        preprocess=spec.preprocess.to_dict(), model=cfg.model.name, backbone=backbone, dtype=str(dtype))  # fmt: skip
+        path = cache_dir() / "features" / f"{key}.pt"
+        feats, labels, seconds = cached_features(path, lambda loader=loader, name=name: extract_features(
+            model, loader, device=device, dtype=dtype, progress=progress, desc=f"{name} features"))  # fmt: skip
+        how = "from the cache" if seconds is None else f"computed in {seconds:.1f}s ({len(labels) / max(seconds, 1e-9):.0f} img/s)"
+        say(f"features: {name} {len(labels):,} x {feats.shape[1]:,} {how}; cached in {path.parent}")
+        out.append(FeatureLoader(feats, labels, cfg.data.batch_size if name == "train" else 1024,
+                                 shuffle=name == "train" and cfg.data.shuffle, drop_last=name == "train",
+                                 seed=cfg.train.seed))  # fmt: skip
+    return tuple(out)
 
 
 def _data_device(device: torch.device) -> torch.device:
@@ -195,8 +311,13 @@ def _data_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
 
-def checkpoint_meta(cfg: RunConfig, spec: DataSpec, model: nn.Module) -> dict[str, Any]:
-    """The self-describing part of a checkpoint (see :mod:`cnnkit.engine.checkpoint`)."""
+def checkpoint_meta(
+    cfg: RunConfig, spec: DataSpec, model: nn.Module, weights_source: str | None = None
+) -> dict[str, Any]:
+    """The self-describing part of a checkpoint (see :mod:`cnnkit.engine.checkpoint`).
+
+    ``model.source`` says where the starting weights came from (None: random init).
+    """
     return {
         "model": {
             "name": cfg.model.name,
@@ -204,6 +325,7 @@ def checkpoint_meta(cfg: RunConfig, spec: DataSpec, model: nn.Module) -> dict[st
             "num_classes": spec.num_classes,
             "in_chans": spec.channels,
             "input_size": list(spec.input_size),
+            "source": weights_source,
         },
         "class_names": list(spec.class_names),
         "preprocess": spec.preprocess.to_dict(),
@@ -369,6 +491,7 @@ def evaluate_checkpoint(
     cfg.data.mean, cfg.data.std = list(pre["mean"]), list(pre["std"])
     cfg.data.channels, cfg.data.image_size = pre["channels"], pre["input_size"][0]
     cfg.data.resize = pre.get("resize")
+    cfg.data.interpolation = pre.get("interpolation")
     cfg.data.augment, cfg.data.shuffle = "none", False
     if batch_size:
         cfg.data.eval_batch_size = batch_size

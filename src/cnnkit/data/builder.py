@@ -116,9 +116,16 @@ def _build_tensor(
     channels = cfg.channels or source.train[0].shape[1]
     native = tuple(source.train[0].shape[-2:])
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else native
-    pools = {k: (resize_uint8(convert_channels(x, channels), size), y) for k, (x, y) in pools.items()}
-
     notes: list[str] = []
+    # Shrinking happens once, up front; enlarging happens per batch, so 28x28 digits fed
+    # to a 224x224 backbone do not take 64x the memory.
+    upsample = size[0] > native[0] or size[1] > native[1]
+    stored = native if upsample else size
+    pools = {k: (resize_uint8(convert_channels(x, channels), stored), y) for k, (x, y) in pools.items()}
+    if upsample:
+        notes.append(f"{native[0]}x{native[1]} images are resized to {size[0]}x{size[1]} per batch "
+                     f"(the model's input size; --image-size changes it)")  # fmt: skip
+
     chosen = split["indices"] if split else _draw_tensor_split(cfg, pools, seed, notes)
     parts = {name: _take(pools[ref["from"]], ref["indices"]) for name, ref in chosen.items()}
 
@@ -133,7 +140,7 @@ def _build_tensor(
             images, labels, pre, cfg.batch_size if train else eval_bs,
             shuffle=train and cfg.shuffle,
             augment=augment if (train or cfg.augment_eval) and not augment.is_identity else None,
-            drop_last=train, seed=seed, device=device,
+            drop_last=train, seed=seed, device=device, output_size=size if upsample else None,
         )  # fmt: skip
 
     loaders = Loaders(loader("train", training), loader("val", False), loader("test", False) if "test" in parts else None)
@@ -192,7 +199,7 @@ def _take(pool: tuple[torch.Tensor, torch.Tensor], indices: list[int]) -> tuple[
 
 def _stats(cfg: DataConfig, source: TensorSource, channels: int, train_images: torch.Tensor):
     if cfg.mean is not None and cfg.std is not None:
-        mean, std = list(cfg.mean), list(cfg.std)
+        mean, std = fit_stats(cfg.mean, channels), fit_stats(cfg.std, channels)
     elif source.mean is not None and len(source.mean) == channels:
         mean, std = list(source.mean), list(source.std)
     else:
@@ -200,6 +207,22 @@ def _stats(cfg: DataConfig, source: TensorSource, channels: int, train_images: t
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"mean/std must have {channels} values (one per channel), got {mean} / {std}")
     return mean, std
+
+
+def fit_stats(values: list[float], channels: int) -> list[float]:
+    """Per-channel mean or std for ``channels`` channels.
+
+    RGB statistics (e.g. ImageNet's, from a pretrained backbone) for greyscale images
+    become their average, as timm does for 1-channel inputs; one value serves every channel.
+    """
+    values = [float(v) for v in values]
+    if len(values) == channels:
+        return values
+    if len(values) == 1:
+        return values * channels
+    if channels == 1:
+        return [round(sum(values) / len(values), 6)]
+    raise DataError(f"mean/std must have {channels} values (one per channel), got {values}")
 
 
 def _tensor_fingerprint(pools: dict) -> str:
@@ -228,8 +251,12 @@ def _build_files(
     side = cfg.image_size or image_size or DEFAULT_FILE_IMAGE_SIZE
     channels = cfg.channels or 3
     mode = "L" if channels == 1 else "RGB"
-    pre = Preprocess(channels, (side, side), (0.0,) * channels, (1.0,) * channels, resize=cfg.resize or side)
-    mean, std = (cfg.mean, cfg.std) if cfg.mean and cfg.std else _file_stats(lists["train"], pre, mode)
+    pre = Preprocess(channels, (side, side), (0.0,) * channels, (1.0,) * channels, resize=cfg.resize or side,
+                     interpolation=cfg.interpolation or "bilinear")  # fmt: skip
+    if cfg.mean and cfg.std:
+        mean, std = fit_stats(cfg.mean, channels), fit_stats(cfg.std, channels)
+    else:
+        mean, std = _file_stats(lists["train"], pre, mode)
     pre = replace(pre, mean=tuple(mean), std=tuple(std))
     augment = get_augment(cfg.augment)
     eval_bs = cfg.eval_batch_size or max(64, 2 * cfg.batch_size)

@@ -33,6 +33,8 @@ class TensorLoader:
         drop_last: drop the last incomplete batch (keeps BatchNorm happy when training).
         seed: base seed of the shuffling/augmentation RNG.
         device: where the images live and batches are produced.
+        output_size: (height, width) to enlarge each batch to after augmentation
+            (None: the stored size). Small images fed to a large model stay small in memory.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class TensorLoader:
         drop_last: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        output_size: tuple[int, int] | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be a uint8 tensor [N, C, H, W]")
@@ -58,6 +61,7 @@ class TensorLoader:
         self.augment = augment
         self.drop_last = drop_last and len(labels) > batch_size
         self.seed = seed
+        self.output_size = output_size
         self._next_epoch = 0
 
     def __len__(self) -> int:
@@ -83,6 +87,9 @@ class TensorLoader:
             images = self.images[index]  # uint8 [B, C, H, W]
             if self.augment is not None:
                 images = augment_batch(images, self.augment, generator)
+            if self.output_size is not None:  # [B, C, h, w] uint8 -> [B, C, H, W] float in [0, 1]
+                images = F.interpolate(images.float().div_(255), size=self.output_size, mode="bilinear",
+                                       align_corners=False).clamp_(0, 1)  # fmt: skip
             yield Batch(self.preprocess.normalize(images), self.labels[index])
 
 

@@ -60,6 +60,7 @@ class FitResult:
     best_epoch: int | None = None
     stopped_early: bool = False
     run_dir: Path | None = None
+    steps: int = 0
 
     @property
     def last(self) -> dict[str, Any]:
@@ -167,6 +168,8 @@ def fit(
     log: Callable[[str], None] = print,
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    previous: FitResult | None = None,
+    total_epochs: int | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs, validating after each.
 
@@ -182,6 +185,10 @@ def fit(
         log: receives one summary line per epoch.
         progress: show a progress bar with ETA (only on a terminal).
         on_epoch_end: called with each epoch's metrics row, after checkpoints are saved.
+        previous: the result of an earlier phase of the same run (head-only epochs
+            before fine-tuning): epochs are numbered on from it, its history is kept in
+            ``metrics.csv`` and its best metric must be beaten to replace ``best.pt``.
+        total_epochs: epochs of the whole run, for progress lines (None: ``cfg.epochs``).
 
     Returns:
         The per-epoch history and the best validation metric; the model is left with the
@@ -203,20 +210,23 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     run_dir = Path(run_dir) if run_dir is not None else None
-    result = FitResult(run_dir=run_dir)
+    result = previous if previous is not None else FitResult(run_dir=run_dir)
+    first = len(result.history) + 1
+    total = total_epochs or first - 1 + cfg.epochs
     stale = 0
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    step = result.steps
+    for epoch in range(first, first + cfg.epochs):
         for loader in (train_loader, val_loader):
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch - 1)
-        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{total}", unit="batch",
                    leave=False, dynamic_ncols=True, disable=None if progress else True)  # fmt: skip
         lr = optimizer.param_groups[0]["lr"]
         train = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, device=device, dtype=dtype,
                                 scaler=scaler, grad_clip=cfg.grad_clip, progress=bar, log_every=cfg.log_every)  # fmt: skip
         bar.close()
         step += len(train_loader)
+        result.steps = step
         val = evaluate(model, val_loader, num_classes, device=device, dtype=dtype, loss_fn=loss_fn)
         row = _metrics_row(epoch, lr, train, val)
         result.history.append(row)
@@ -225,7 +235,7 @@ def fit(
             result.best_metric, result.best_epoch, stale = row[cfg.select_metric], epoch, 0
         else:
             stale += 1
-        log(_summary_line(row, cfg.epochs, improved and epoch > 1))
+        log(_summary_line(row, total, improved and epoch > 1))
         if run_dir is not None:
             _write_metrics(run_dir / "metrics.csv", result.history)
             state = _checkpoint(model, optimizer, scheduler, scaler, epoch, step, row, result, meta)

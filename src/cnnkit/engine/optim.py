@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from cnnkit.config import TrainConfig
+from cnnkit.engine.checkpoint import unwrap
 from cnnkit.errors import UsageError, unknown_name
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
+CACHE_MODES = ("auto", "on", "off")
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -33,11 +35,22 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise unknown_name(kind, value, valid)
     if cfg.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.cache_features not in CACHE_MODES:
+        raise unknown_name("--cache-features mode", cfg.cache_features, CACHE_MODES)
+    if cfg.fine_tune is not None and (len(cfg.fine_tune) != 2 or min(cfg.fine_tune) < 0 or sum(cfg.fine_tune) < 1):
+        raise UsageError(f"--fine-tune expects E1,E2 (head-only epochs, then all-layer epochs), got {cfg.fine_tune}")
+    if not 0 < cfg.backbone_lr_scale <= 10:
+        raise UsageError(f"--backbone-lr-scale must be in (0, 10], got {cfg.backbone_lr_scale}")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), Adam or AdamW over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD (momentum, Nesterov), Adam or AdamW over the trainable parameters.
+
+    A model with a trainable ``backbone`` (a pretrained one being fine-tuned) gets two
+    parameter groups: the backbone at ``cfg.backbone_lr_scale * lr``, the rest at ``lr``
+    (discriminative learning rates: pretrained layers need smaller steps than a new head).
+    """
+    params = _param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -50,6 +63,20 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     raise unknown_name("optimizer", cfg.optimizer, OPTIMIZERS)
 
 
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    inner = unwrap(model)
+    backbone = getattr(inner, "backbone", None)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not isinstance(backbone, nn.Module) or cfg.backbone_lr_scale == 1.0:
+        return [{"params": trainable}]
+    in_backbone = {id(p) for p in backbone.parameters() if p.requires_grad}
+    groups = [
+        {"params": [p for p in trainable if id(p) in in_backbone], "lr": cfg.lr * cfg.backbone_lr_scale},
+        {"params": [p for p in trainable if id(p) not in in_backbone]},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
@@ -60,7 +87,7 @@ def build_scheduler(
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.scheduler == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total,
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total,
             pct_start=max(warmup / total, 0.01) if warmup else 0.25,
         )  # fmt: skip
 

@@ -5,20 +5,27 @@ Every model is a :class:`ClassifierBase` (or, for outside backbones, has the sam
 registers the built-in families and does nothing else.
 """
 
-from cnnkit.models import lenet, seed_cnns, vgg  # noqa: F401  (importing registers them)
+from cnnkit.models import lenet, pretrained, seed_cnns, vgg  # noqa: F401  (importing registers them)
 from cnnkit.models.base import ClassifierBase
+from cnnkit.models.pretrained import BackboneClassifier, Weights, find_weights, load_weights
 from cnnkit.models.registry import (
     ModelInfo,
     count_parameters,
     create_model,
     list_models,
+    list_sources,
     model_info,
     register_model,
     smallest_input_size,
 )
 
 __all__ = [
+    "BackboneClassifier",
     "ClassifierBase",
+    "Weights",
+    "find_weights",
+    "list_sources",
+    "load_weights",
     "ModelInfo",
     "count_parameters",
     "create_model",

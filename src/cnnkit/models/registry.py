@@ -41,6 +41,8 @@ class ModelInfo:
 
 
 _MODELS: dict[str, ModelInfo] = {}
+# "source:arch" names (timm:resnet18, tv:vgg16) are resolved by the source's info function.
+_SOURCES: dict[str, Callable[[str, str], ModelInfo]] = {}
 
 
 def register_model(
@@ -62,6 +64,16 @@ def register_model(
     return decorator
 
 
+def register_source(prefix: str, info: Callable[[str, str], ModelInfo]) -> None:
+    """Resolve names ``prefix:ARCH`` with ``info(prefix, arch)`` (outside model libraries)."""
+    _SOURCES[prefix] = info
+
+
+def list_sources() -> list[str]:
+    """Prefixes of outside model libraries (``timm``, ``tv``)."""
+    return sorted(_SOURCES)
+
+
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
     return sorted(_MODELS)
@@ -73,8 +85,12 @@ def model_info(name: str) -> ModelInfo:
     Raises:
         UsageError: unknown name (the message lists the valid ones).
     """
+    prefix, colon, arch = name.partition(":")
+    if colon and prefix in _SOURCES and arch:
+        return _SOURCES[prefix](prefix, arch)
     if name not in _MODELS:
-        raise unknown_name("model", name, list_models())
+        valid = list_models() + [f"{p}:ARCH" for p in list_sources()]
+        raise unknown_name("model", name, valid)
     return _MODELS[name]
 
 
