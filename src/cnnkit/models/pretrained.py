@@ -124,6 +124,7 @@ def _timm_backbone(arch: str, in_chans: int) -> tuple[nn.Module, int]:
 def _tv_backbone(arch: str, in_chans: int) -> tuple[nn.Module, int]:
     import torchvision
 
+    arch = arch.partition(".")[0]  # a weight-set suffix does not change the architecture
     extra = {"aux_logits": False, "init_weights": False} if arch in ("inception_v3", "googlenet") else {}
     model = torchvision.models.get_model(arch, weights=None, **extra)
     if arch.startswith(_TV_REPLACE_WHOLE_CLASSIFIER):
@@ -152,7 +153,7 @@ def _info(source: str, arch: str) -> ModelInfo:
         import torchvision
 
         names = torchvision.models.list_models(module=torchvision.models)
-        if arch not in names:
+        if arch.partition(".")[0] not in names:  # "resnet50.IMAGENET1K_V2" names a weight set
             raise _unknown_arch(source, arch, names)
         size = (224, 224) if arch != "inception_v3" else (299, 299)
     fn = functools.partial(_build, source, arch)  # its signature lists the head arguments
@@ -249,6 +250,9 @@ def _offline() -> bool:
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:443`` opens (behind a proxy: assume it does)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
