@@ -162,6 +162,7 @@ def train(
     weight_notes = _adopt_preprocess(cfg, weights)
     loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(device),
                           default_image_size=info.default_input_size[0])  # fmt: skip
+    torch.manual_seed(cfg.train.seed)  # initial weights (a new head too) follow the seed
     model = create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.channels,
                          input_size=spec.input_size, **cfg.model.kwargs)  # fmt: skip
     run_dir = _new_run_dir(cfg)
@@ -200,7 +201,7 @@ def _check_transfer_options(cfg: RunConfig) -> None:
     if _is_backbone_name(cfg.model.name):
         return
     for used, flag in ((cfg.model.pretrained, "--pretrained"), (cfg.train.freeze, "--freeze"),
-                       (cfg.train.fine_tune, "--fine-tune")):  # fmt: skip
+                       (cfg.train.fine_tune, "--fine-tune"), (cfg.model.weights, "--weights")):  # fmt: skip
         if used:
             raise UsageError(
                 f"{flag} needs a pretrained backbone model (timm:NAME or tv:NAME, e.g. timm:efficientnet_lite0 "

@@ -103,8 +103,13 @@ def load_source(name: str, data_dir: str | Path | None, download: bool) -> Sourc
     return info.loader(root, downloads_allowed(download))
 
 
-def _torchvision(name: str, factory: Callable[..., object], root: Path, download: bool, expected: str):
-    """Build a torchvision dataset from ``root``; download only if it is missing and allowed."""
+def _torchvision(
+    name: str, factory: Callable[..., object], root: Path, download: bool, expected: str, homepage: str = ""
+):
+    """Build a torchvision dataset from ``root``; download only if it is missing and allowed.
+
+    ``homepage`` (where to fetch the files by hand) goes into the not-found message.
+    """
     try:
         return factory(root=str(root), download=False)
     except (RuntimeError, FileNotFoundError, OSError):
@@ -113,7 +118,8 @@ def _torchvision(name: str, factory: Callable[..., object], root: Path, download
     if not download:
         raise DataError(
             f"dataset {name!r} not found offline: {tried}. Put the files there, pass "
-            f"--data-dir FOLDER that holds them, or allow downloading (unset CNNKIT_OFFLINE)."
+            f"--data-dir FOLDER that holds them, or let torchvision download them (drop --no-download "
+            f"and unset CNNKIT_OFFLINE)" + (f"; the files come from {homepage}" if homepage else "") + "."
         )
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -249,8 +255,10 @@ def _flowers102(root: Path, download: bool) -> FileDataset:
     splits = {}
     for split in ("train", "val", "test"):
         ds = _torchvision(
-            "flowers102", lambda **kw: datasets.Flowers102(split=split, **kw), root, download, expected
-        )
+            "flowers102", lambda **kw: datasets.Flowers102(split=split, **kw), root, download, expected,
+            homepage="https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz unpacked as "
+            "flowers-102/jpg/, imagelabels.mat, setid.mat)",
+        )  # fmt: skip
         # torchvision keeps the file list private; reading it avoids decoding through PIL twice.
         splits[split] = FileList([str(p) for p in ds._image_files], [int(v) for v in ds._labels])
     names = [f"{i:03d}" for i in range(102)]

@@ -84,7 +84,7 @@ class FeatureLoader:
             yield self.features[index].float(), self.labels[index]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # inference_mode would make the channels_last weights inference tensors
 def extract_features(
     model: nn.Module, loader: Iterable, *, device: torch.device, dtype: torch.dtype | None = None,
     progress: bool = True, desc: str = "features",

