@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import one_line_error, run_cli
 from cnnkit.cli import main
 from cnnkit.data import list_datasets
 from cnnkit.models import list_models
@@ -28,25 +29,11 @@ DATASETS = ("mnist", "fashion-mnist", "kmnist", "emnist-digits", "emnist-letters
             "cifar10", "cifar100", "flowers102")  # fmt: skip
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert lines[0].startswith("cnnkit: error: ")
-    return lines[0]
-
-
 # ----------------------------------------------------------------------------- listings
 
 
 def test_models_lists_parameter_counts(capsys) -> None:
-    code, out, _ = _run(capsys, "models")
+    code, out, _ = run_cli(capsys, "models")
 
     assert code == 0
     line = next(line for line in out.splitlines() if line.startswith("cifar_cnn "))
@@ -57,7 +44,7 @@ def test_models_lists_parameter_counts(capsys) -> None:
 
 
 def test_recipes_lists_the_seed_recipes_with_expected_results(capsys) -> None:
-    code, out, _ = _run(capsys, "recipes")
+    code, out, _ = run_cli(capsys, "recipes")
 
     assert code == 0
     for name in SEED_RECIPES:
@@ -68,7 +55,7 @@ def test_recipes_lists_the_seed_recipes_with_expected_results(capsys) -> None:
 
 
 def test_datasets_lists_the_names(capsys) -> None:
-    code, out, _ = _run(capsys, "datasets")
+    code, out, _ = run_cli(capsys, "datasets")
 
     assert code == 0
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
@@ -90,10 +77,10 @@ def test_datasets_lists_the_names(capsys) -> None:
     ],
 )
 def test_unknown_names_exit_2_listing_valid_ones(capsys, tmp_path, flag, value, valid) -> None:
-    code, out, err = _run(capsys, "train", flag, value, "--output-dir", str(tmp_path))
+    code, out, err = run_cli(capsys, "train", flag, value, "--output-dir", str(tmp_path))
 
     assert code == 2
-    line = _one_line_error(err)
+    line = one_line_error(err)
     assert repr(value) in line
     for name in valid:
         assert name in line
@@ -101,23 +88,23 @@ def test_unknown_names_exit_2_listing_valid_ones(capsys, tmp_path, flag, value, 
 
 
 def test_bad_set_key_exits_2(capsys, tmp_path) -> None:
-    code, _, err = _run(capsys, "train", "--set", "train.learning_rate=0.1", "--output-dir", str(tmp_path))
+    code, _, err = run_cli(capsys, "train", "--set", "train.learning_rate=0.1", "--output-dir", str(tmp_path))
 
     assert code == 2
-    line = _one_line_error(err)
+    line = one_line_error(err)
     assert "'train.learning_rate'" in line and "train.lr" in line
 
 
 @pytest.mark.parametrize("item", ["train.epochs=many", "train.lr"])
 def test_bad_set_value_exits_2(capsys, tmp_path, item) -> None:
-    code, _, err = _run(capsys, "train", "--set", item, "--output-dir", str(tmp_path))
+    code, _, err = run_cli(capsys, "train", "--set", item, "--output-dir", str(tmp_path))
 
     assert code == 2
-    _one_line_error(err)
+    one_line_error(err)
 
 
 def test_flowers_transfer_offline_lists_the_weight_sources_it_tried(capsys, tmp_path) -> None:
-    code, _, err = _run(capsys, "train", "--recipe", "flowers-transfer", "--output-dir", str(tmp_path))
+    code, _, err = run_cli(capsys, "train", "--recipe", "flowers-transfer", "--output-dir", str(tmp_path))
 
     assert code == 1
     assert "Traceback" not in err
@@ -145,10 +132,10 @@ def test_python_m_cnnkit_bad_name_has_no_traceback(tmp_path) -> None:
 
 def test_missing_data_folder_exits_1(capsys, tmp_path) -> None:
     missing = tmp_path / "photos" / "raw-img"
-    code, _, err = _run(capsys, "train", "--data", str(missing), "--output-dir", str(tmp_path / "runs"))
+    code, _, err = run_cli(capsys, "train", "--data", str(missing), "--output-dir", str(tmp_path / "runs"))
 
     assert code == 1
-    line = _one_line_error(err)
+    line = one_line_error(err)
     assert str(missing) in line and "sub-folder" in line
 
 
@@ -160,10 +147,10 @@ def test_empty_class_folder_is_named(capsys, tmp_path, imagenette) -> None:
             shutil.copy(photo, root / name / photo.name)
     (root / "parachute").mkdir()
 
-    code, _, err = _run(capsys, "train", "--data", str(root), "--output-dir", str(tmp_path / "runs"))
+    code, _, err = run_cli(capsys, "train", "--data", str(root), "--output-dir", str(tmp_path / "runs"))
 
     assert code == 1
-    line = _one_line_error(err)
+    line = one_line_error(err)
     assert str(root / "parachute") in line and "no images" in line
 
 
@@ -174,19 +161,19 @@ def test_csv_with_a_missing_file_is_named(capsys, tmp_path, imagenette) -> None:
     rows = [f"{photos[0].name},church", f"{photos[1].name},tench", "gone.jpg,tench"]
     (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
 
-    code, _, err = _run(capsys, "train", "--data", str(tmp_path / "labels.csv"),
+    code, _, err = run_cli(capsys, "train", "--data", str(tmp_path / "labels.csv"),
                         "--output-dir", str(tmp_path / "runs"))  # fmt: skip
 
     assert code == 1
-    line = _one_line_error(err)
+    line = one_line_error(err)
     assert "gone.jpg" in line and "line 4" in line
 
 
 def test_eval_of_a_missing_run_exits_1(capsys, tmp_path) -> None:
-    code, _, err = _run(capsys, "eval", str(tmp_path / "no-such-run"))
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "no-such-run"))
 
     assert code == 1
-    assert "no-such-run" in _one_line_error(err)
+    assert "no-such-run" in one_line_error(err)
 
 
 # ----------------------------------------------------------------------------- train, then eval
@@ -219,7 +206,7 @@ def test_train_reports_and_writes_a_run(cli_run) -> None:
 
 def test_eval_prints_the_training_accuracy_and_a_class_table(capsys, cli_run) -> None:
     run_dir, summary, _ = cli_run
-    code, out, _ = _run(capsys, "eval", str(run_dir))
+    code, out, _ = run_cli(capsys, "eval", str(run_dir))
 
     assert code == 0
     assert f"top-1: {summary['test_acc']:.2%}" in out.splitlines()
@@ -231,7 +218,7 @@ def test_eval_prints_the_training_accuracy_and_a_class_table(capsys, cli_run) ->
 
 def test_eval_json(capsys, cli_run) -> None:
     run_dir, summary, _ = cli_run
-    code, out, _ = _run(capsys, "eval", str(run_dir), "--json")
+    code, out, _ = run_cli(capsys, "eval", str(run_dir), "--json")
 
     assert code == 0
     report = json.loads(out)

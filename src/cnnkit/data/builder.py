@@ -43,7 +43,7 @@ from cnnkit.data.folder import (
     stratified_split,
 )
 from cnnkit.data.spec import Batch, DataSpec, Loaders, Preprocess
-from cnnkit.data.tensor_data import TensorLoader, channel_stats, convert_channels, resize_uint8
+from cnnkit.data.tensor_data import TensorLoader, channel_stats, convert_channels, epoch_order, resize_uint8
 from cnnkit.data.transforms import eval_transform, get_augment, train_transform
 from cnnkit.errors import DataError, unknown_name
 
@@ -338,10 +338,7 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
-        if not self.shuffle:
-            return iter(range(self.count))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return iter(torch.randperm(self.count, generator=generator).tolist())
+        return iter(epoch_order(self.count, shuffle=self.shuffle, seed=self.seed, epoch=epoch).tolist())
 
 
 class FileLoader:

