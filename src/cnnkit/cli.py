@@ -64,6 +64,7 @@ TRAIN_SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--freeze": ("train.freeze", True, "train only the new head; the backbone stays frozen"),
     "--cache-features": ("train.cache_features", "on", "cache frozen-backbone features even with augmentation"),
     "--no-cache-features": ("train.cache_features", "off", "never cache backbone features"),
+    "--no-report": ("report", False, "do not write report/ (HTML + PNGs) when training ends"),
     "--deterministic": ("train.deterministic", True, "deterministic kernels (reproducible, slower)"),
     "--nesterov": ("train.nesterov", True, "Nesterov momentum for SGD"),
     "--augment-eval": ("data.augment_eval", True, "also augment evaluation images (a seed defect)"),
@@ -99,6 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(handler=cmd_eval)
+
+    rp = sub.add_parser("report", help="write report/report.html (curves, confusion, per-class, calibration...)")
+    rp.add_argument("run", help="run folder or .pt checkpoint")
+    rp.add_argument("--split", choices=("test", "val", "train"), help="default: test when the run has one, else val")
+    rp.add_argument("--robustness", action="store_true", help="also measure FGSM and corruption accuracy")
+    rp.add_argument("--data-dir", help="folder holding torchvision datasets")
+    rp.add_argument("--device", default="auto")
+    rp.add_argument("--out", help="output folder (default: RUN/report)")
+    rp.set_defaults(handler=cmd_report)
+
+    sm = sub.add_parser("summary", help="layer table of a model: output shapes, parameters, MACs")
+    sm.add_argument("model", metavar="MODEL_OR_CHECKPOINT",
+                    help="model name (or timm:NAME, tv:NAME), run folder or .pt file")  # fmt: skip
+    sm.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                    help="input image (default: the model's, or the checkpoint's)")  # fmt: skip
+    sm.add_argument("--num-classes", type=int, metavar="N",
+                    help="logits of a model built by name (default 10)")  # fmt: skip
+    sm.add_argument("--depth", type=int, default=4, metavar="D",
+                    help="rows down to this nesting level, deeper ones folded in (default 4)")
+    sm.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sm.set_defaults(handler=cmd_summary)
 
     for name, handler, text in (
         ("recipes", cmd_recipes, "list the shipped recipes and their expected results"),
@@ -166,6 +188,45 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"{'class':<{width}}  accuracy  images")
     for name, acc, count in zip(report.class_names, result.per_class_acc, support):
         print(f"{name:<{width}}  {acc:8.2%}  {count:6d}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from cnnkit.workflows import report
+
+    path = report(args.run, split=args.split, robustness=args.robustness, data_dir=args.data_dir,
+                  device=args.device, out_dir=args.out)  # fmt: skip
+    print(f"report: {path}")
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from cnnkit.models.summary import format_summary, summarize
+
+    model, input_size = _summary_target(args)
+    summary = summarize(model, input_size, depth=args.depth)
+    print(json.dumps(summary.as_dict(), indent=1) if args.json else format_summary(summary))
+
+
+def _summary_target(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int]]:
+    """The model to summarise and its (C, H, W): a checkpoint's, else a fresh build by name."""
+    from pathlib import Path
+
+    path = Path(args.model)
+    if args.model.endswith((".pt", ".pth")) or path.is_file() or (path / "checkpoints").is_dir():
+        from cnnkit.workflows import load_checkpoint
+
+        if args.num_classes is not None:
+            raise UsageError("--num-classes applies to model names; a checkpoint keeps its own")
+        loaded = load_checkpoint(path)
+        desc, pre = loaded.payload["model"], loaded.preprocess
+        size = (pre.get("channels", desc["in_chans"]), *pre.get("input_size", desc["input_size"]))
+        return loaded.model, tuple(args.input_size or size)
+    from cnnkit.models import create_model, model_info
+
+    info = model_info(args.model)
+    chans, height, width = args.input_size or (info.default_in_chans, *info.default_input_size)
+    classes = 10 if args.num_classes is None else args.num_classes
+    model = create_model(args.model, classes, in_chans=chans, input_size=(height, width))
+    return model, (chans, height, width)
 
 
 def cmd_recipes(args: argparse.Namespace) -> None:

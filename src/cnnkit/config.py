@@ -163,6 +163,7 @@ class RunConfig:
         recipe: the recipe this config started from (informational).
         expected: the result the recipe is expected to reach (informational).
         notes: what the recipe changed from its seed tutorial and why.
+        report: write ``report/`` (HTML + PNGs) into the run folder when training ends.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -173,6 +174,7 @@ class RunConfig:
     recipe: str | None = None
     expected: str | None = None
     notes: str | None = None
+    report: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON/checkpoint safe)."""

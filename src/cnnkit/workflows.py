@@ -189,7 +189,19 @@ def train(
     run = Run(run_dir, cfg, spec, model, result.history, result.best_epoch, test, time.perf_counter() - start, spec.notes)
     _write_summary(run_dir, run, result)
     say(_final_line(run, cfg))
+    if cfg.report:
+        _write_run_report(run_dir, cfg, say)
     return run
+
+
+def _write_run_report(run_dir: Path, cfg: RunConfig, say: Callable[[str], None]) -> None:
+    """The end-of-run report; the run itself is already saved, so a data problem only warns."""
+    try:
+        path = report(run_dir, device=cfg.train.device, data_dir=cfg.data.data_dir)
+    except CnnkitError as err:
+        say(f"warning: no report written: {err}")
+        return
+    say(f"report: {path}")
 
 
 def _is_backbone_name(name: str) -> bool:
@@ -484,16 +496,41 @@ def evaluate_checkpoint(
 
     The checkpoint's preprocessing (size, channels, mean/std) is always used.
     """
+    _check_split(split)
+    loaded = load_checkpoint(path)
+    torch_device = resolve_device(device)
+    loaders, spec, cfg = _checkpoint_loaders(loaded, data=data, data_dir=data_dir, device=torch_device,
+                                             batch_size=batch_size)  # fmt: skip
+    loader = {"train": loaders.train, "val": loaders.val, "test": loaders.test or loaders.val}[split]
+    model = loaded.model.to(torch_device)
+    # The run's own precision (bf16 on CUDA under amp=auto), so the figure matches train()'s.
+    dtype = amp_dtype(cfg.train.amp, torch_device)
+    result = evaluate(model, loader, spec.num_classes, device=torch_device, dtype=dtype)
+    return EvalReport(split, result, loaded.class_names, loaded.path)
+
+
+def _check_split(split: str) -> None:
     if split not in {"train", "val", "test"}:
         raise UsageError(f"unknown split {split!r}; valid splits: test, train, val")
-    loaded = load_checkpoint(path)
+
+
+def _checkpoint_loaders(
+    loaded: LoadedCheckpoint, *, data: str | None = None, data_dir: str | None = None,
+    device: torch.device, batch_size: int | None = None, training: bool = False,
+) -> tuple[Any, DataSpec, RunConfig]:  # fmt: skip
+    """Loaders of the checkpoint's own split (or of ``data``) with its stored preprocessing.
+
+    ``training=True`` keeps the run's augmentation on the train loader (to show what the
+    model saw); otherwise every split is plain, unshuffled evaluation data.
+    """
     cfg = loaded.config
     pre = loaded.preprocess
     cfg.data.mean, cfg.data.std = list(pre["mean"]), list(pre["std"])
     cfg.data.channels, cfg.data.image_size = pre["channels"], pre["input_size"][0]
     cfg.data.resize = pre.get("resize")
     cfg.data.interpolation = pre.get("interpolation")
-    cfg.data.augment, cfg.data.shuffle = "none", False
+    if not training:
+        cfg.data.augment, cfg.data.shuffle = "none", False
     if batch_size:
         cfg.data.eval_batch_size = batch_size
     saved_split = None
@@ -504,19 +541,13 @@ def evaluate_checkpoint(
         saved_split = _saved_split(loaded.path)
     if data_dir is not None:
         cfg.data.data_dir = data_dir
-    torch_device = resolve_device(device)
-    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(torch_device), split=saved_split,
-                          training=False)  # fmt: skip
+    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(device), split=saved_split,
+                          training=training)  # fmt: skip
     if spec.class_names != loaded.class_names:
         raise CnnkitError(
             f"the data's classes {spec.class_names[:10]} differ from the checkpoint's {loaded.class_names[:10]}"
         )
-    loader = {"train": loaders.train, "val": loaders.val, "test": loaders.test or loaders.val}[split]
-    model = loaded.model.to(torch_device)
-    # The run's own precision (bf16 on CUDA under amp=auto), so the figure matches train()'s.
-    dtype = amp_dtype(cfg.train.amp, torch_device)
-    result = evaluate(model, loader, spec.num_classes, device=torch_device, dtype=dtype)
-    return EvalReport(split, result, loaded.class_names, loaded.path)
+    return loaders, spec, cfg
 
 
 def _saved_split(checkpoint: Path) -> dict[str, Any] | None:
@@ -570,3 +601,102 @@ def _count_classes(dataset: Dataset, model: nn.Module) -> int:
     if out is None:
         raise UsageError("cannot tell the number of classes: pass class_names=[...] or give the dataset a 'classes' attribute")
     return int(out)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report(
+    path: str | Path,
+    *,
+    split: str | None = None,
+    robustness: bool = False,
+    data_dir: str | None = None,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+) -> Path:
+    """Write ``report/report.html`` (and its PNGs) for a run folder or checkpoint.
+
+    Args:
+        path: run folder or checkpoint (``best.pt`` of a folder is used).
+        split: ``test`` or ``val`` (None: the test split when the run has one, else val).
+        robustness: also measure accuracy under FGSM and simple corruptions.
+        data_dir: folder holding torchvision datasets, if not the run's.
+        device: where to run the model.
+        out_dir: where to write (None: ``report/`` in the run folder).
+
+    Returns:
+        The path of ``report.html``.
+    """
+    from cnnkit.evaluation import report as rep
+    from cnnkit.models.summary import format_summary, summarize
+
+    loaded = load_checkpoint(path)
+    run_dir = loaded.path.parent.parent
+    torch_device = resolve_device(device)
+    loaders, spec, cfg = _checkpoint_loaders(loaded, data_dir=data_dir, device=torch_device)
+    split = split or ("test" if loaders.test is not None else "val")
+    _check_split(split)
+    loader = {"train": loaders.train, "val": loaders.val, "test": loaders.test or loaders.val}[split]
+    pre = loaded.preprocess
+    model = loaded.model.to(torch_device)
+    pred = rep.collect_predictions(model, loader, mean=pre["mean"], std=pre["std"], device=torch_device)
+    data = rep.summarise(pred, loaded.class_names, split)
+    extra = _robustness(model, loader, pre, torch_device, loaded.class_names) if robustness else None
+    summary = summarize(model.cpu(), (pre["channels"], *pre["input_size"]))
+    config_file = run_dir / "config.yaml"
+    return rep.write_report(
+        Path(out_dir) if out_dir else run_dir / "report", data, pred,
+        history=_read_history(run_dir / "metrics.csv"),
+        preview=_train_preview(loaded, torch_device, data_dir),
+        config_text=config_file.read_text(encoding="utf-8") if config_file.is_file() else "",
+        summary_text=format_summary(summary),
+        title=f"{run_dir.name}: {loaded.payload['model']['name']} on {cfg.data.name}",
+        robustness=extra,
+    )  # fmt: skip
+
+
+def _read_history(metrics_csv: Path) -> list[dict[str, Any]]:
+    import csv
+
+    if not metrics_csv.is_file():
+        return []
+    with metrics_csv.open(encoding="utf-8") as handle:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(value: str) -> Any:
+    try:
+        return float(value) if value not in ("", "None") else None
+    except ValueError:
+        return value
+
+
+def _train_preview(loaded: LoadedCheckpoint, device: torch.device, data_dir: str | None, count: int = 16):
+    """The first training batch after augmentation, de-normalised, with class names."""
+    fresh = load_checkpoint(loaded.path)  # its own config copy: the eval loaders changed the other
+    loaders, _, _ = _checkpoint_loaders(fresh, data_dir=data_dir, device=device, training=True)
+    images, labels = next(iter(loaders.train))
+    pre = loaded.preprocess
+    mean = torch.tensor(pre["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(pre["std"]).view(1, -1, 1, 1)
+    shown = (images[:count].cpu().float() * std + mean).clamp(0, 1)
+    return shown, [loaded.class_names[int(i)] for i in labels[:count]]
+
+
+def _robustness(model, loader, pre, device, class_names) -> dict[str, Any]:
+    from cnnkit.evaluation import plots
+    from cnnkit.evaluation.robustness import Normalisation, robustness_table
+
+    rows, example = robustness_table(model, loader, Normalisation.of(pre["mean"], pre["std"]), device=device)
+    figure = None
+    if example is not None:
+        diff = (example["adversarial"] - example["clean"]).abs()
+        diff = diff / max(float(diff.max()), 1e-8)  # amplified to be visible
+        figure = plots.image_grid_figure(
+            torch.stack([example["clean"], example["adversarial"], diff]),
+            [f"original: {class_names[example['clean_pred']]}",
+             f"FGSM {example['eps']}/255: {class_names[example['adv_pred']]}", "perturbation (amplified)"],
+            ncols=3, title=f"true class: {class_names[example['label']]}",
+        )  # fmt: skip
+    return {"rows": rows, "figure": figure}

@@ -18,6 +18,7 @@ from cnnkit.models.registry import (
     register_model,
     smallest_input_size,
 )
+from cnnkit.models.summary import LayerRow, ModelSummary, format_summary, summarize
 
 __all__ = [
     "BackboneClassifier",
@@ -33,4 +34,8 @@ __all__ = [
     "model_info",
     "register_model",
     "smallest_input_size",
+    "LayerRow",
+    "ModelSummary",
+    "format_summary",
+    "summarize",
 ]

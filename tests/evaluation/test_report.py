@@ -1,0 +1,101 @@
+"""The evaluation report of a real run: its numbers, its PNGs, and the page in a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnnkit
+from cli_helpers import run_cli
+from cnnkit.workflows import evaluate_checkpoint, report
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+from screenshot_report import chromium_path, open_report  # noqa: E402
+
+PNGS = ("curves", "confusion", "confusion_normalized", "per_class", "reliability", "top_losses", "train_preview")
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LeNet on the embedded digits for 2 epochs; the run writes its report when it ends."""
+    out = tmp_path_factory.mktemp("runs")
+    run = cnnkit.train(epochs=2, output_dir=str(out), progress=False, log=lambda line: None)
+    return run.dir
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium; installed here (apt, as root) when missing, as CI needs it."""
+    if chromium_path() is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=False, capture_output=True, timeout=900)
+    path = chromium_path()
+    if path is None:
+        pytest.fail("the browser test needs Chromium: apt-get install chromium (Debian) or put `chromium` on PATH")
+    return path
+
+
+def test_training_writes_a_report_whose_numbers_equal_eval(mnist_run: Path) -> None:
+    html = mnist_run / "report" / "report.html"
+    assert html.is_file()
+    text = html.read_text(encoding="utf-8")
+    ev = evaluate_checkpoint(mnist_run, split="test")
+
+    assert f"top-1: <b>{ev.result.acc:.2%}</b>" in text
+    assert f"top-5: <b>{ev.result.top5:.2%}</b>" in text
+    assert f"loss: <b>{ev.result.loss:.4f}</b>" in text
+    assert "(2000 images)" in text
+    for section in ("curves", "confusion", "per-class", "confused", "top-losses", "calibration", "preview", "model", "config"):
+        assert f'id="{section}"' in text, section
+    assert "macro avg" in text and "weighted avg" in text
+
+
+@pytest.mark.parametrize("name", PNGS)
+def test_every_png_decodes_and_is_not_blank(mnist_run: Path, name: str) -> None:
+    with Image.open(mnist_run / "report" / f"{name}.png") as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 200
+    assert pixels.std() > 10  # not a single colour
+    assert (pixels.mean(axis=2) < 200).mean() > 0.02  # something is drawn
+
+
+def test_report_command_with_robustness(mnist_run: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = run_cli(capsys, "report", str(mnist_run), "--split", "val", "--robustness", "--out", str(tmp_path))
+
+    assert code == 0, err
+    assert out.strip() == f"report: {tmp_path / 'report.html'}"
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "split: <b>val</b>" in text
+    for row in ("clean", "FGSM eps 1/255", "FGSM eps 8/255", "gaussian noise", "blur", "brightness"):
+        assert row in text
+    # A perturbation of 8 grey levels costs accuracy: the table measures the seed's warning.
+    assert (tmp_path / "adversarial.png").is_file()
+
+
+def test_report_opens_in_headless_chromium(mnist_run: Path, chromium: str, tmp_path: Path) -> None:
+    shot = tmp_path / "report.png"
+    shown = open_report(mnist_run / "report" / "report.html", shot)
+
+    assert shown["images"], "no images on the page"
+    assert all(width > 0 for _, width in shown["images"]), shown["images"]  # no broken image
+    alts = [alt for alt, _ in shown["images"]]
+    assert "confusion matrix (counts)" in alts and "loss and accuracy curves" in alts
+    assert "Confusion matrix" in shown["headings"] and "Training curves" in shown["headings"]
+    with Image.open(shot) as image:
+        assert image.width == 1200 and image.height > 2000  # the whole page
+
+
+def test_no_report_switch(tmp_path: Path) -> None:
+    run = cnnkit.train(epochs=1, limit_train=500, limit_eval=200, report=False, output_dir=str(tmp_path),
+                       progress=False, log=lambda line: None)  # fmt: skip
+
+    assert not (run.dir / "report").exists()
+    assert report(run.dir, split="val").name == "report.html"
