@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import re
 import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from io import StringIO
@@ -49,7 +50,9 @@ def class_folders(imagenette: Path) -> list[str]:
 
 
 def train_logged(**options) -> tuple[cnnkit.Run, list[str]]:
+    """Train with the log captured; no report unless asked (a report runs the full model once more)."""
     lines: list[str] = []
+    options.setdefault("report", False)
     run = cnnkit.train(progress=False, log=lines.append, **options)
     return run, lines
 
@@ -66,13 +69,18 @@ def imagenette_run(imagenette: Path, tmp_path_factory: pytest.TempPathFactory) -
     """Frozen ImageNet Lite0 + new linear head, 4 epochs on Imagenette-2k (1,500 train, 500 val)."""
     out = tmp_path_factory.mktemp("transfer-runs")
     return train_logged(data=str(imagenette), model=LITE0, pretrained=True, freeze=True, epochs=4,
-                        output_dir=str(out))  # fmt: skip
+                        output_dir=str(out), report=True)  # fmt: skip
 
 
 def test_frozen_pretrained_lite0_reaches_95_percent_on_imagenette(imagenette_run) -> None:
     run, lines = imagenette_run
 
     assert run.metrics["val_acc"] >= 0.95
+    # The end-of-run report works for a backbone model too, on the same figures (its full
+    # forward pass may differ from the cached features by float rounding: half a point).
+    page = (run.dir / "report" / "report.html").read_text(encoding="utf-8")
+    top1 = float(re.search(r"top-1: <b>([0-9.]+)%</b>", page).group(1)) / 100
+    assert abs(top1 - run.metrics["val_acc"]) <= 0.005
     assert [row["epoch"] for row in run.history] == [1, 2, 3, 4]
     assert run.spec.sizes == {"train": 1500, "val": 500}
     features = feature_lines(lines)
@@ -150,7 +158,7 @@ def test_without_the_feature_cache_the_backbone_runs_every_epoch(imagenette, tmp
 def test_fine_tuning_trains_the_head_then_all_layers(capsys, imagenette, tmp_path) -> None:
     code, out, _ = run_cli(capsys, "train", "--data", str(imagenette), "--model", LITE0, "--pretrained",
                         "--fine-tune", "1,1", "--limit-train", "40", "--limit-eval", "20", "--image-size", "64",
-                        "--batch-size", "8", "--save-every", "1", "--output-dir", str(tmp_path), "--no-progress")  # fmt: skip
+                        "--batch-size", "8", "--save-every", "1", "--output-dir", str(tmp_path), "--no-progress", "--no-report")  # fmt: skip
 
     assert code == 0
     (run_dir,) = tmp_path.iterdir()
@@ -272,7 +280,7 @@ def test_training_from_a_renamed_weights_file(capsys, imagenette, tmp_path) -> N
     code, out, err = run_cli(capsys, "train", "--data", str(imagenette), "--model", LITE0, "--weights", str(path),
                           "--freeze", "--limit-train", "40", "--limit-eval", "20", "--image-size", "64",
                           "--batch-size", "8", "--epochs", "1", "--output-dir", str(tmp_path / "runs"),
-                          "--no-progress")  # fmt: skip
+                          "--no-progress", "--no-report")  # fmt: skip
 
     assert code == 0, err
     lines = out.splitlines()

@@ -643,6 +643,8 @@ def report(
     pred = rep.collect_predictions(model, loader, mean=pre["mean"], std=pre["std"], device=torch_device)
     data = rep.summarise(pred, loaded.class_names, split)
     extra = _robustness(model, loader, pre, torch_device, loaded.class_names) if robustness else None
+    if extra is not None:
+        extra["images"] = min(ROBUSTNESS_IMAGES, data.count)
     summary = summarize(model.cpu(), (pre["channels"], *pre["input_size"]))
     config_file = run_dir / "config.yaml"
     return rep.write_report(
@@ -654,6 +656,10 @@ def report(
         title=f"{run_dir.name}: {loaded.payload['model']['name']} on {cfg.data.name}",
         robustness=extra,
     )  # fmt: skip
+
+
+# Images of the split that the (slower) robustness measurements use.
+ROBUSTNESS_IMAGES = 1000
 
 
 def _read_history(metrics_csv: Path) -> list[dict[str, Any]]:
@@ -688,7 +694,8 @@ def _robustness(model, loader, pre, device, class_names) -> dict[str, Any]:
     from cnnkit.evaluation import plots
     from cnnkit.evaluation.robustness import Normalisation, robustness_table
 
-    rows, example = robustness_table(model, loader, Normalisation.of(pre["mean"], pre["std"]), device=device)
+    rows, example = robustness_table(model, loader, Normalisation.of(pre["mean"], pre["std"]), device=device,
+                                     max_images=ROBUSTNESS_IMAGES)  # fmt: skip
     figure = None
     if example is not None:
         diff = (example["adversarial"] - example["clean"]).abs()

@@ -234,6 +234,8 @@ img{max-width:100%;border:1px solid #eee} pre{background:#f7f7f7;padding:1em;ove
 {% if images.train_preview %}<h2 id="preview">Training images as the model sees them</h2>
 <img alt="training images after augmentation" src="data:image/png;base64,{{ images.train_preview }}">{% endif %}
 {% if robustness %}<h2 id="robustness">Robustness</h2>
+<p>Top-1 accuracy on the first {{ robustness.images }} images of the split: FGSM moves every pixel by eps grey levels
+against the gradient of the loss; the corruptions are Gaussian noise, a 5x5 box blur and +30 % brightness.</p>
 <table><tr><th>perturbation</th><th>top-1</th></tr>
 {% for name, acc in robustness.rows %}<tr><td>{{ name }}</td><td>{{ pct(acc) }}</td></tr>{% endfor %}</table>
 {% if images.adversarial %}<img alt="adversarial example" src="data:image/png;base64,{{ images.adversarial }}">{% endif %}{% endif %}
