@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sm.set_defaults(handler=cmd_summary)
 
+    ex = sub.add_parser("explain", help="first-layer kernels, feature maps and Grad-CAM of images")
+    ex.add_argument("checkpoint", help="run folder or .pt checkpoint")
+    ex.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
+    ex.add_argument("--layer", help="Grad-CAM layer (default: the last conv); a typo lists them")
+    ex.add_argument("--class", dest="target_class", metavar="NAME_OR_INDEX",
+                    help="class to explain (default: each image's prediction)")  # fmt: skip
+    ex.add_argument("--out", help="output folder (default: RUN/explain for a run, else ./explain)")
+    ex.set_defaults(handler=cmd_explain)
+
     for name, handler, text in (
         ("recipes", cmd_recipes, "list the shipped recipes and their expected results"),
         ("models", cmd_models, "list the registered models with parameter counts"),
@@ -196,6 +205,29 @@ def cmd_report(args: argparse.Namespace) -> None:
     path = report(args.run, split=args.split, robustness=args.robustness, data_dir=args.data_dir,
                   device=args.device, out_dir=args.out)  # fmt: skip
     print(f"report: {path}")
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from cnnkit.evaluation.explain import explain_image
+    from cnnkit.workflows import load_checkpoint
+
+    loaded = load_checkpoint(args.checkpoint)
+    given = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (given / "explain" if given.is_dir() else Path("explain"))
+    written: set[Path] = set()
+    for image in args.images:
+        found = explain_image(loaded, image, out, layer=args.layer, target_class=args.target_class)
+        names, cam = found.class_names, found.gradcam
+        print(f"{image}: Grad-CAM of class {names[cam.class_index]!r} at layer {cam.layer}")
+        width = max(len(names[i]) for i, _ in cam.top(5))
+        for rank, (index, prob) in enumerate(cam.top(5), 1):
+            print(f"  {rank}. {names[index]:<{width}}  {prob:7.2%}")
+        for path in found.files:
+            if path not in written:
+                print(f"  wrote {path}")
+                written.add(path)
 
 
 def cmd_summary(args: argparse.Namespace) -> None:

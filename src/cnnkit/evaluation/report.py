@@ -145,8 +145,10 @@ def _figures(data, pred, history, preview, robustness) -> dict[str, Any]:
     figs: dict[str, Any] = {}
     if history:
         figs["curves"] = plots.curves_figure(history)
-    figs["confusion"] = plots.confusion_figure(data.confusion, names, normalize=False)
-    figs["confusion_normalized"] = plots.confusion_figure(data.confusion, names, normalize=True)
+    # Many classes: order them so that classes confused with each other sit together.
+    cluster = len(names) > plots.ANNOTATE_MAX_CLASSES
+    figs["confusion"] = plots.confusion_figure(data.confusion, names, normalize=False, cluster=cluster)
+    figs["confusion_normalized"] = plots.confusion_figure(data.confusion, names, normalize=True, cluster=cluster)
     figs["per_class"] = plots.per_class_figure(data.prf, names)
     figs["reliability"] = plots.reliability_figure(data.calibration)
     if len(pred.worst_index):
