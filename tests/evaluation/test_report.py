@@ -35,7 +35,12 @@ def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def chromium() -> str:
     """Debian's Chromium; installed here (apt, as root) when missing, as CI needs it."""
     if chromium_path() is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=False, capture_output=True, timeout=900)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for step in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
+                     ["apt-get", "install", "-y", "-q", "chromium"]):  # fmt: skip
+            subprocess.run(step, check=False, capture_output=True, timeout=900, env=env)
+            if step[1] == "install" and chromium_path() is not None:
+                break
     path = chromium_path()
     if path is None:
         pytest.fail("the browser test needs Chromium: apt-get install chromium (Debian) or put `chromium` on PATH")
