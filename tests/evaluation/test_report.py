@@ -36,10 +36,10 @@ def chromium() -> str:
     """Debian's Chromium; installed here (apt, as root) when missing, as CI needs it."""
     if chromium_path() is None and shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for step in (["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", "chromium"], ["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=600"],
-                     ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", "chromium"]):  # fmt: skip
-            subprocess.run(step, check=False, capture_output=True, timeout=900, env=env)
-            if step[1] == "install" and chromium_path() is not None:
+        apt = ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=600"]  # waits if another apt runs
+        for step in (["install", "-y", "chromium"], ["update"], ["install", "-y", "chromium"]):
+            subprocess.run(apt + step, check=False, capture_output=True, timeout=900, env=env)
+            if step[0] == "install" and chromium_path() is not None:
                 break
     path = chromium_path()
     if path is None:
