@@ -8,6 +8,7 @@ builds data and model, runs :func:`cnnkit.engine.fit` and writes the run folder.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -523,7 +524,7 @@ def _checkpoint_loaders(
     ``training=True`` keeps the run's augmentation on the train loader (to show what the
     model saw); otherwise every split is plain, unshuffled evaluation data.
     """
-    cfg = loaded.config
+    cfg = copy.deepcopy(loaded.config)  # callers build several loader sets from one checkpoint
     pre = loaded.preprocess
     cfg.data.mean, cfg.data.std = list(pre["mean"]), list(pre["std"])
     cfg.data.channels, cfg.data.image_size = pre["channels"], pre["input_size"][0]
@@ -680,8 +681,7 @@ def _number(value: str) -> Any:
 
 def _train_preview(loaded: LoadedCheckpoint, device: torch.device, data_dir: str | None, count: int = 16):
     """The first training batch after augmentation, de-normalised, with class names."""
-    fresh = load_checkpoint(loaded.path)  # its own config copy: the eval loaders changed the other
-    loaders, _, _ = _checkpoint_loaders(fresh, data_dir=data_dir, device=device, training=True)
+    loaders, _, _ = _checkpoint_loaders(loaded, data_dir=data_dir, device=device, training=True)
     images, labels = next(iter(loaders.train))
     pre = loaded.preprocess
     mean = torch.tensor(pre["mean"]).view(1, -1, 1, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,9 +80,15 @@ def test_report_command_with_robustness(mnist_run: Path, tmp_path: Path, capsys)
     assert out.strip() == f"report: {tmp_path / 'report.html'}"
     text = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "split: <b>val</b>" in text
-    for row in ("clean", "FGSM eps 1/255", "FGSM eps 8/255", "gaussian noise", "blur", "brightness"):
-        assert row in text
-    # A perturbation of 8 grey levels costs accuracy: the table measures the seed's warning.
+    rows = dict(re.findall(r"<tr><td>([^<]+)</td><td>([0-9.]+)%</td></tr>", text))
+    for row in ("clean", "FGSM eps 1/255", "FGSM eps 8/255", "gaussian noise (sigma 0.1)", "blur (5x5 box)",
+                "brightness +30%"):  # fmt: skip
+        assert row in rows, row
+    # A perturbation of 8 grey levels costs accuracy (the seed's warning, measured: 95.4 %
+    # clean, 88.2 % at 8/255 for this seeded run), more than one grey level does.
+    fgsm = {level: float(rows[f"FGSM eps {level}/255"]) for level in (1, 2, 4, 8)}
+    assert float(rows["clean"]) > fgsm[8]
+    assert fgsm[1] > fgsm[8]
     assert (tmp_path / "adversarial.png").is_file()
 
 

@@ -31,7 +31,40 @@ def batch_count(count: int, batch_size: int, drop_last: bool) -> int:
     return count // batch_size if drop_last else -(-count // batch_size)
 
 
-class TensorLoader:
+class EpochBatches:
+    """What every in-memory loader shares: batch count, epoch bookkeeping, seeded order.
+
+    Subclasses set ``labels`` (``[N]``) through ``__init__`` and draw each epoch's order
+    with :meth:`_next_order`.
+    """
+
+    def __init__(self, labels: torch.Tensor, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int) -> None:
+        self.labels = labels
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.drop_last = drop_last and len(labels) > batch_size
+        self._next_epoch = 0
+
+    def __len__(self) -> int:
+        return batch_count(len(self.labels), self.batch_size, self.drop_last)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` produce epoch ``epoch``'s order (and augmentation)."""
+        self._next_epoch = epoch
+
+    def _next_order(self) -> tuple[int, torch.Tensor]:
+        """The epoch this ``iter()`` produces and its sample order; advances the epoch."""
+        epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+        return epoch, epoch_order(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
+
+    def _batch_slices(self) -> range:
+        return range(0, len(self) * self.batch_size, self.batch_size)
+
+
+class TensorLoader(EpochBatches):
     """Batches of normalised images from an in-memory uint8 tensor.
 
     The order of epoch ``e`` depends only on ``(seed, e)``, so a run can be resumed with
@@ -68,34 +101,18 @@ class TensorLoader:
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be a uint8 tensor [N, C, H, W]")
+        super().__init__(labels.to(device=device, dtype=torch.long), batch_size, shuffle=shuffle,
+                         drop_last=drop_last, seed=seed)  # fmt: skip
         self.images = images.to(device)
-        self.labels = labels.to(device=device, dtype=torch.long)
         self.preprocess = preprocess
-        self.batch_size = batch_size
-        self.shuffle = shuffle
         self.augment = augment
-        self.drop_last = drop_last and len(labels) > batch_size
-        self.seed = seed
         self.output_size = output_size
-        self._next_epoch = 0
-
-    def __len__(self) -> int:
-        return batch_count(len(self.labels), self.batch_size, self.drop_last)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next ``iter()`` produce epoch ``epoch``'s order and augmentation."""
-        self._next_epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)  # also drives augmentation
-        order = epoch_order(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
+        epoch, order = self._next_order()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)  # drives augmentation
         order = order.to(self.images.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in self._batch_slices():
             index = order[start : start + self.batch_size]
             images = self.images[index]  # uint8 [B, C, H, W]
             if self.augment is not None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cnnkit.data.tensor_data import batch_count, epoch_order
+from cnnkit.data.tensor_data import EpochBatches
 from cnnkit.engine.device import autocast
 
 # Bump when the cache file layout or the extraction changes.
@@ -43,7 +43,7 @@ class HeadOnly(nn.Module):
         return self.module.forward_head(features)
 
 
-class FeatureLoader:
+class FeatureLoader(EpochBatches):
     """Batches of cached feature vectors, with the same epoch-seeded order as the image loaders.
 
     Args:
@@ -57,25 +57,12 @@ class FeatureLoader:
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0) -> None:  # fmt: skip
-        self.features, self.labels = features, labels.long()
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.drop_last = drop_last and len(labels) > batch_size
-        self._next_epoch = 0
-
-    def __len__(self) -> int:
-        return batch_count(len(self.labels), self.batch_size, self.drop_last)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._next_epoch = epoch
+        super().__init__(labels.long(), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+        self.features = features
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        order = epoch_order(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        _, order = self._next_order()
+        for start in self._batch_slices():
             index = order[start : start + self.batch_size]
             yield self.features[index].float(), self.labels[index]
 
