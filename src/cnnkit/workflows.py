@@ -35,6 +35,7 @@ from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.features import FeatureLoader, HeadOnly, cache_key, cached_features, extract_features, state_digest
 from cnnkit.engine.optim import check_train_config
 from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.inference.predictor import model_from_checkpoint
 from cnnkit.models import BackboneClassifier, Weights, create_model, find_weights, list_sources, load_weights, model_info
 from cnnkit.recipes import recipe_config_values
 
@@ -453,11 +454,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild the model from a checkpoint (or run folder) alone, in eval mode on the CPU."""
     path = checkpoint_path(path)
     payload = read_checkpoint(path)
-    desc = payload["model"]
-    model = create_model(desc["name"], num_classes=desc["num_classes"], in_chans=desc["in_chans"],
-                         input_size=tuple(desc["input_size"]), **desc.get("kwargs", {}))  # fmt: skip
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
+    model = model_from_checkpoint(payload)
     config = RunConfig.from_dict(payload.get("config", {}))
     return LoadedCheckpoint(model, list(payload["class_names"]), payload["preprocess"], config,
                             payload.get("metrics", {}), path, payload)  # fmt: skip

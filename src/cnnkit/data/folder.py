@@ -582,7 +582,7 @@ def load_image(path: str | os.PathLike[str], mode: str) -> Image.Image:
             raise ImageLoadError(path, "zero bytes")
         with _strict_truncation(), Image.open(path) as image:
             image.load()
-            return _to_mode(_upright(image), mode)
+            return to_mode(_upright(image), mode)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:
@@ -604,7 +604,8 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
-def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Any PIL mode as 8-bit ``L`` or ``RGB``: transparency over white, 16-bit scaled."""
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         image = _over_white(image)
     elif image.mode.startswith("I") or image.mode == "F":

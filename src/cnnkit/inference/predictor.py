@@ -1,0 +1,458 @@
+"""Prediction from a checkpoint or an exported ONNX file, with the preprocessing it carries.
+
+:class:`Predictor` turns images of any common kind (file paths, PIL images, NumPy arrays,
+tensors) into ranked class names. Two backends run the network: PyTorch (from a cnnkit
+checkpoint) and ONNX Runtime (from a file written by ``cnnkit export``, which carries the
+class names and preprocessing as metadata). Files are decoded in parallel worker
+processes and streamed through in batches by :meth:`Predictor.predict_files`, so memory
+stays flat however many files there are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from cnnkit.data.folder import ImageLoadError, load_image, to_mode
+from cnnkit.data.spec import Preprocess
+from cnnkit.data.transforms import eval_transform
+from cnnkit.engine.checkpoint import read_checkpoint
+from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.models import create_model
+
+UNKNOWN = "unknown"
+METADATA_KEY = "cnnkit"  # ONNX metadata_props key / TorchScript extra file holding the JSON below
+MAX_PIXELS = 64_000_000  # arrays and tensors bigger than this are refused (like PIL's bomb check)
+
+ImageLike = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class Prediction:
+    """One image's result.
+
+    Attributes:
+        source: the file path, or ``image[i]`` for in-memory images.
+        label: top-1 class name, or ``"unknown"`` when its probability is under the threshold.
+        confidence: top-1 probability.
+        topk: ``(class name, probability)`` pairs, most probable first.
+        index: top-1 class index.
+    """
+
+    source: str
+    label: str
+    confidence: float
+    topk: list[tuple[str, float]]
+    index: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.source,
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "topk": [{"label": name, "prob": round(prob, 6)} for name, prob in self.topk],
+        }
+
+
+@dataclass
+class Skipped:
+    """A file that could not be used, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class Metadata:
+    """What an exported model carries besides its weights (JSON in the exported file)."""
+
+    class_names: list[str]
+    preprocess: Preprocess
+    model: dict[str, Any] = field(default_factory=dict)
+    augment: str = "none"
+
+    def to_json(self) -> str:
+        return json.dumps({"class_names": self.class_names, "preprocess": self.preprocess.to_dict(),
+                           "model": self.model, "augment": self.augment})  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Metadata:
+        try:
+            values = json.loads(text)
+            return cls(list(values["class_names"]), Preprocess.from_dict(values["preprocess"]),
+                       dict(values.get("model", {})), str(values.get("augment", "none")))  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CnnkitError(f"{where}: its cnnkit metadata is unreadable ({exc}); re-export it") from None
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
+    """The model a checkpoint describes, with its weights, in eval mode on the CPU."""
+    desc = payload["model"]
+    model = create_model(desc["name"], num_classes=desc["num_classes"], in_chans=desc["in_chans"],
+                         input_size=tuple(desc["input_size"]), **desc.get("kwargs", {}))  # fmt: skip
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def checkpoint_metadata(payload: dict[str, Any]) -> Metadata:
+    """Class names, preprocessing, model description and training augmentation of a checkpoint."""
+    augment = payload.get("config", {}).get("data", {}).get("augment", "none")
+    return Metadata(list(payload["class_names"]), Preprocess.from_dict(payload["preprocess"]),
+                    dict(payload["model"]), str(augment or "none"))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+class TorchBackend:
+    """Runs a PyTorch model: float32 ``[B, C, H, W]`` in, float32 logits ``[B, K]`` out."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model = model.eval().to(device)
+        self.device = device
+        # channels-last is up to 2x faster for convolutions on CPUs and tensor cores alike
+        self.memory_format = torch.channels_last
+        self.model.to(memory_format=self.memory_format)
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return self.model(images).float().cpu()
+
+
+class OnnxBackend:
+    """Runs an ONNX file with ONNX Runtime (CPU, or CUDA when its provider is installed)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        shape = session.get_inputs()[0].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().cpu().float().numpy()
+        size = self.fixed_batch
+        if size is None or size == len(array):
+            return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        # exported without --dynamic-batch: run fixed-size chunks, the last one zero-padded
+        outputs = []
+        for start in range(0, len(array), size):
+            chunk = array[start : start + size]
+            real = len(chunk)
+            if real < size:
+                chunk = np.concatenate([chunk, np.zeros((size - real, *array.shape[1:]), array.dtype)])
+            outputs.append(self.session.run(None, {self.input_name: chunk})[0][:real])
+        return torch.from_numpy(np.concatenate(outputs))
+
+
+def onnx_session(path: str | Path) -> tuple[Any, Metadata]:
+    """An ONNX Runtime session for ``path`` and the cnnkit metadata stored in it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CnnkitError("the onnxruntime backend needs onnxruntime: pip install 'cnnkit[export]'") from None
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"ONNX file not found: {path}")
+    try:
+        session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise CnnkitError(f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise CnnkitError(f"{path} carries no cnnkit metadata (class names, preprocessing); "
+                          "export it with `cnnkit export`")  # fmt: skip
+    return session, Metadata.from_json(props[METADATA_KEY], str(path))
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def to_pil(image: ImageLike, mode: str) -> Image.Image:
+    """Any supported image kind as an 8-bit PIL image of ``mode`` (``L`` or ``RGB``).
+
+    Paths are decoded with :func:`cnnkit.data.folder.load_image` (EXIF orientation,
+    transparency over white, 16-bit scaling). Arrays and tensors are ``[H, W]``,
+    ``[H, W, C]`` (NumPy) or ``[C, H, W]`` (torch) with 1, 3 or 4 channels, either uint8
+    or floats in [0, 1] (rounded to 8 bits, as an image file would be).
+
+    Raises:
+        ImageLoadError: an unreadable file.
+        UsageError: an unsupported type, shape or value range.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, mode)
+    if isinstance(image, Image.Image):
+        try:
+            image.load()
+            return to_mode(image, mode)
+        except Exception as exc:  # a lazily opened, broken image
+            raise UsageError(f"cannot use this PIL image: {exc}") from None
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.dim() == 3:
+            array = array.permute(1, 2, 0)  # [C, H, W] -> [H, W, C]
+        return _array_to_pil(array.numpy(), mode)
+    if isinstance(image, np.ndarray):
+        return _array_to_pil(image, mode)
+    raise UsageError(
+        f"cannot predict on a {type(image).__name__}; give file paths, PIL images, "
+        "NumPy arrays or torch tensors"
+    )
+
+
+def _array_to_pil(array: np.ndarray, mode: str) -> Image.Image:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise UsageError(
+            f"an image array must be [H, W], [H, W, C] (NumPy) or [C, H, W] (torch) with C in 1, 3, 4; "
+            f"got shape {tuple(array.shape)}"
+        )
+    if array.size == 0 or array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise UsageError(f"an image of shape {tuple(array.shape)} is empty or too large")
+    if array.dtype != np.uint8:
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.bool_)):
+            raise UsageError(f"image arrays must be uint8 or floats in [0, 1]; got {array.dtype}")
+        values = array.astype(np.float32)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise UsageError("float image arrays must hold finite values in [0, 1]")
+        array = np.rint(values * 255).astype(np.uint8)
+    return to_mode(Image.fromarray(np.ascontiguousarray(array)), mode)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """File ``i`` -> ``(i, normalised tensor [C, H, W] or None, reason)``; never raises on a bad file."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable[[Image.Image], torch.Tensor], mode: str) -> None:
+        self.paths = paths
+        self.transform = transform
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return index, self.transform(load_image(self.paths[index], self.mode)), ""
+        except ImageLoadError as exc:
+            return index, None, exc.reason
+        except Exception as exc:  # a decoder bug in one file must not end a 100,000-file run
+            return index, None, f"cannot decode: {exc.__class__.__name__}: {exc}"
+
+
+def _collate(samples: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    good = [(index, tensor) for index, tensor, _ in samples if tensor is not None]
+    bad = [(index, reason) for index, tensor, reason in samples if tensor is None]
+    images = torch.stack([tensor for _, tensor in good]) if good else None
+    return [index for index, _ in good], images, bad
+
+
+# ----------------------------------------------------------------------------- predictor
+
+
+class Predictor:
+    """Class names from images, with the preprocessing the model was trained with.
+
+    Build one with :meth:`from_checkpoint` (PyTorch) or :meth:`from_onnx` (ONNX Runtime).
+
+    Args:
+        backend: callable, normalised float ``[B, C, H, W]`` -> logits ``[B, K]``.
+        metadata: class names, preprocessing and training augmentation.
+        model: the PyTorch module, when there is one (Grad-CAM needs it).
+    """
+
+    def __init__(self, backend: Callable[[torch.Tensor], torch.Tensor], metadata: Metadata,
+                 model: nn.Module | None = None) -> None:  # fmt: skip
+        self.backend = backend
+        self.metadata = metadata
+        self.model = model
+        self.transform = eval_transform(metadata.preprocess)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        """Load a cnnkit checkpoint (``.pt``) or run folder (its ``best.pt``) safely."""
+        from cnnkit.engine.device import resolve_device
+
+        payload = read_checkpoint(_checkpoint_file(Path(path)))
+        model = model_from_checkpoint(payload)
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        return cls(TorchBackend(model, device), checkpoint_metadata(payload), model)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path) -> Predictor:
+        """Load a file written by ``cnnkit export --format onnx``; needs nothing else."""
+        session, metadata = onnx_session(path)
+        return cls(OnnxBackend(session), metadata)
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "auto", device: str = "cpu") -> Predictor:
+        """``backend``: ``torch``, ``onnxruntime``, or ``auto`` (by the file's extension)."""
+        if backend not in ("auto", "torch", "onnxruntime"):
+            raise UsageError(f"unknown backend {backend!r}; valid: auto, torch, onnxruntime")
+        if backend == "onnxruntime" or (backend == "auto" and str(path).lower().endswith(".onnx")):
+            return cls.from_onnx(path)
+        return cls.from_checkpoint(path, device)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.metadata.class_names
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.metadata.preprocess
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.preprocess.channels == 1 else "RGB"
+
+    def prepare(self, image: ImageLike) -> torch.Tensor:
+        """One image -> the normalised tensor ``[C, H, W]`` the model sees."""
+        return self.transform(to_pil(image, self.mode))
+
+    def logits(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """Normalised ``[B, C, H, W]`` -> logits ``[B, K]`` (TTA: mean over views' probabilities, as log)."""
+        if not tta:
+            return self.backend(images)
+        probs = torch.stack([self.backend(view).softmax(-1) for view in self.tta_views(images)]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+    def tta_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The test-time views: the image and its mirror when the model was trained with
+        flips; otherwise the image and four one-pixel shifts (mirroring a digit or a letter
+        would change its class)."""
+        from cnnkit.data.transforms import AUGMENT_PRESETS
+
+        preset = AUGMENT_PRESETS.get(self.metadata.augment)
+        if preset is not None and preset.flip_p > 0:
+            return [images, images.flip(-1)]
+        shifts = [(0, 1), (0, -1), (1, 1), (1, -1)]  # (dim offset from H, pixels)
+        return [images] + [_shift(images, dim, pixels) for dim, pixels in shifts]
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], *, topk: int = 5, batch_size: int = 64,
+                tta: bool = False, threshold: float | None = None) -> Prediction | list[Prediction]:  # fmt: skip
+        """Predict one image (returns a :class:`Prediction`) or a list of them (a list).
+
+        A 4-D array/tensor ``[N, ...]`` counts as N images. Bad inputs raise
+        :class:`~cnnkit.errors.CnnkitError` subclasses with a message (use
+        :meth:`predict_files` to skip bad files instead).
+        """
+        single = not isinstance(images, (list, tuple)) and not _is_batch(images)
+        items = [images] if single else list(images)
+        results: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            batch = torch.stack([self.prepare(item) for item in chunk])
+            sources = [_source_name(item, start + i) for i, item in enumerate(chunk)]
+            results += self.rank(self.logits(batch, tta), sources, topk, threshold)
+        return results[0] if single else results
+
+    def predict_files(self, paths: Sequence[str], *, topk: int = 5, batch_size: int = 64, workers: int | None = None,
+                      tta: bool = False, threshold: float | None = None) -> Iterator[Prediction | Skipped]:  # fmt: skip
+        """Stream results for many files, in the given order; bad files come as :class:`Skipped`.
+
+        Decoding runs in ``workers`` processes (default: one per CPU core, at most 8)
+        while the model runs in this one; at most a few batches are in memory at a time.
+        """
+        workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+        loader = torch.utils.data.DataLoader(
+            ImageFiles(paths, self.transform, self.mode), batch_size=batch_size, shuffle=False,
+            num_workers=workers, collate_fn=_collate, persistent_workers=False,
+            prefetch_factor=2 if workers else None,
+        )  # fmt: skip
+        for indices, images, bad in loader:
+            ranked = [] if images is None else self.rank(self.logits(images, tta), [paths[i] for i in indices], topk, threshold)
+            by_index: dict[int, Prediction | Skipped] = dict(zip(indices, ranked))
+            by_index.update({index: Skipped(paths[index], reason) for index, reason in bad})
+            yield from (by_index[index] for index in sorted(by_index))
+
+    def rank(self, logits: torch.Tensor, sources: Sequence[str], topk: int = 5,
+             threshold: float | None = None) -> list[Prediction]:  # fmt: skip
+        """Logits ``[B, K]`` -> one :class:`Prediction` per row."""
+        probs = logits.float().softmax(-1)
+        k = max(1, min(topk, probs.shape[-1]))
+        values, indices = probs.topk(k, dim=-1)
+        results = []
+        for source, row_values, row_indices in zip(sources, values.tolist(), indices.tolist()):
+            top = [(self.class_names[i], p) for i, p in zip(row_indices, row_values)]
+            label = top[0][0] if threshold is None or row_values[0] >= threshold else UNKNOWN
+            results.append(Prediction(source, label, row_values[0], top, row_indices[0]))
+        return results
+
+
+def _shift(images: torch.Tensor, dim: int, pixels: int) -> torch.Tensor:
+    """Shift ``[B, C, H, W]`` by ``pixels`` along H (dim 0) or W (dim 1), repeating the edge."""
+    axis = 2 + dim
+    rolled = images.roll(pixels, dims=axis)
+    edge = images.narrow(axis, 0 if pixels > 0 else images.shape[axis] - 1, 1)
+    index = slice(0, pixels) if pixels > 0 else slice(images.shape[axis] + pixels, None)
+    if axis == 2:
+        rolled[:, :, index] = edge
+    else:
+        rolled[:, :, :, index] = edge
+    return rolled
+
+
+def _is_batch(images: Any) -> bool:
+    return isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4
+
+
+def _source_name(item: Any, position: int) -> str:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"image[{position}]"
+
+
+def _checkpoint_file(path: Path) -> Path:
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise CnnkitError(f"{path} holds no checkpoints/best.pt or last.pt; give a run folder or a .pt file")
+    return path
+
+
+def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[Skipped]]:
+    """Files, folders (recursive, hidden entries skipped) and glob patterns -> file list.
+
+    Returns:
+        The files in a stable order (folders sorted), and inputs that matched nothing.
+    """
+    import glob
+
+    files: list[str] = []
+    missing: list[Skipped] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            files += _walk(item)
+        elif os.path.isfile(item):
+            files.append(item)
+        elif glob.has_magic(item):
+            matched = sorted(glob.glob(item, recursive=True))
+            found = [f for path in matched for f in (_walk(path) if os.path.isdir(path) else [path])]
+            if found:
+                files += found
+            else:
+                missing.append(Skipped(item, "the pattern matches no file"))
+        else:
+            missing.append(Skipped(item, "no such file or folder"))
+    return files, missing
+
+
+def _walk(folder: str) -> list[str]:
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, name) for name in sorted(names) if not name.startswith(".")]
+    return found
