@@ -73,6 +73,9 @@ TRAIN_SWITCHES: dict[str, tuple[str, Any, str]] = {
 }
 
 
+SKIPPED_SHOWN = 20  # skipped files listed on the terminal; --out files list all of them
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnnkit", description="Convolutional image classifiers, one command per workflow.")
     parser.add_argument("--version", action="version", version=f"cnnkit {_version()}")
@@ -100,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(handler=cmd_eval)
+
+    pr = sub.add_parser("predict", help="predict image files, folders or globs with a checkpoint or ONNX file")
+    pr.add_argument("model", metavar="MODEL", help="run folder, .pt checkpoint, or .onnx file from `cnnkit export`")
+    pr.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
+    pr.add_argument("--topk", type=int, default=5, help="classes to list per image (default 5)")
+    pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    pr.add_argument("--workers", type=int, help="decoding processes (default: one per core, at most 8)")
+    pr.add_argument("--tta", action="store_true", help="test-time augmentation (mirror, or small shifts for digits)")
+    pr.add_argument("--threshold", type=float, help="label predictions below this probability 'unknown'")
+    pr.add_argument("--out", help="write results to a .csv, .json or .jsonl file (default: print them)")
+    pr.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                    help="auto: onnxruntime for .onnx files, else torch")  # fmt: skip
+    pr.add_argument("--device", default="cpu", help="torch backend: cpu (default), cuda, mps or auto")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.set_defaults(handler=cmd_predict)
 
     rp = sub.add_parser("report", help="write report/report.html (curves, confusion, per-class, calibration...)")
     rp.add_argument("run", help="run folder or .pt checkpoint")
@@ -197,6 +215,28 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"{'class':<{width}}  accuracy  images")
     for name, acc, count in zip(report.class_names, result.per_class_acc, support):
         print(f"{name:<{width}}  {acc:8.2%}  {count:6d}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from cnnkit.workflows import predict
+
+    summary = predict(args.model, args.inputs, out=args.out, backend=args.backend, device=args.device,
+                      topk=args.topk, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
+                      threshold=args.threshold, progress=not args.no_progress)  # fmt: skip
+    rate = summary.predicted / max(summary.seconds, 1e-9)
+    line = f"predicted {summary.predicted:,} images in {summary.seconds:.1f} s ({rate:,.0f} img/s, {summary.backend})"
+    if summary.unknown:
+        line += f"; {summary.unknown:,} below the threshold, labelled 'unknown'"
+    if summary.out is not None:
+        line += f"; wrote {summary.out}"
+    print(line, file=sys.stderr)
+    if summary.skipped:
+        print(f"skipped {len(summary.skipped):,} files:", file=sys.stderr)
+        for item in summary.skipped[:SKIPPED_SHOWN]:
+            print(f"  {item.source}: {item.reason}", file=sys.stderr)
+        if len(summary.skipped) > SKIPPED_SHOWN:
+            where = f" (all are listed in {summary.out})" if summary.out else ""
+            print(f"  ... and {len(summary.skipped) - SKIPPED_SHOWN:,} more{where}", file=sys.stderr)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

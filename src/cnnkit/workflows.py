@@ -704,3 +704,88 @@ def _robustness(model, loader, pre, device, class_names) -> dict[str, Any]:
             ncols=3, title=f"true class: {class_names[example['label']]}",
         )  # fmt: skip
     return {"rows": rows, "figure": figure}
+
+
+@dataclass
+class PredictSummary:
+    """What ``cnnkit predict`` did: counts, skipped files, throughput and where results went."""
+
+    predicted: int
+    skipped: list[Any]
+    unknown: int
+    seconds: float
+    out: Path | None
+    backend: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"predicted": self.predicted, "skipped": len(self.skipped), "unknown": self.unknown,
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.predicted / max(self.seconds, 1e-9), 1),
+                "backend": self.backend}  # fmt: skip
+
+
+def predict(
+    model: str | Path,
+    inputs: list[str],
+    *,
+    out: str | Path | None = None,
+    backend: str = "auto",
+    device: str = "cpu",
+    topk: int = 5,
+    batch_size: int = 64,
+    workers: int | None = None,
+    tta: bool = False,
+    threshold: float | None = None,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every image among ``inputs`` (files, folders, globs), streaming results to ``out``.
+
+    Unreadable files and inputs that match nothing are skipped and listed (in ``out`` and
+    the returned summary); they never end the run. ``out`` is a .csv, .json or .jsonl file
+    written atomically, or None for one line per image on stdout.
+
+    Raises:
+        UsageError: bad option values. CnnkitError: an unusable model file, or no file at all.
+    """
+    from tqdm import tqdm
+
+    from cnnkit.inference import Predictor, expand_inputs
+    from cnnkit.inference.output import check_out_path, open_writer
+
+    _check_predict_options(topk, batch_size, workers, threshold)
+    out_path = check_out_path(out) if out is not None else None
+    predictor = Predictor.load(model, backend=backend, device=device)
+    files, missing = expand_inputs(inputs)
+    if not files:
+        raise CnnkitError("no files to predict: " + "; ".join(f"{m.source}: {m.reason}" for m in missing))
+    writer, target = open_writer(out_path, topk)
+    start = time.perf_counter()
+    try:
+        for item in missing:
+            writer.write(item)
+        bar = tqdm(total=len(files), unit="img", disable=not progress or None, file=sys.stderr, leave=False)
+        for item in predictor.predict_files(files, topk=topk, batch_size=batch_size, workers=workers,
+                                            tta=tta, threshold=threshold):  # fmt: skip
+            writer.write(item)
+            bar.update()
+        bar.close()
+        summary = PredictSummary(writer.predicted, writer.skipped, writer.unknown, time.perf_counter() - start,
+                                 out_path, predictor.backend.name)  # fmt: skip
+        writer.finish(summary.as_dict())
+    except BaseException:
+        if target is not None:
+            target.discard()
+        raise
+    if target is not None:
+        target.commit()
+    return summary
+
+
+def _check_predict_options(topk: int, batch_size: int, workers: int | None, threshold: float | None) -> None:
+    if topk < 1:
+        raise UsageError(f"--topk must be at least 1, got {topk}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {workers}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold is a probability in [0, 1], got {threshold}")
