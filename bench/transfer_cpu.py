@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -52,7 +51,7 @@ from pathlib import Path
 os.environ["CNNKIT_OFFLINE"] = "1"
 
 import torch  # noqa: E402
-import torchvision  # noqa: E402
+from machine import core_count, machine_lines  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Subset  # noqa: E402
 from torchvision import datasets  # noqa: E402
@@ -131,35 +130,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not (args.data / "train").is_dir() or not (args.data / "val").is_dir():
         parser.error(f"{args.data} has no train/ and val/ folders (set --data or $CNNKIT_DATA)")
     return args
-
-
-def core_count() -> int:
-    """CPUs this process may run on (affinity masks and containers can give fewer than the box has)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_lines(threads: int) -> list[str]:
-    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return [
-        f"CPU: {cpu_model()}  ({core_count()} usable cores of {os.cpu_count()}; {platform.machine()})",
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"cnnkit {cnnkit.__version__}, Python {platform.python_version()}; torch threads: {threads}",
-        # Other work on the machine inflates both sides' times; the load says how busy it was.
-        f"load average at start (1/5/15 min): {load}",
-    ]
 
 
 def preprocess_settings(weights: Weights, image_size: int) -> dict:
