@@ -149,6 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="output folder (default: RUN/explain for a run, else ./explain)")
     ex.set_defaults(handler=cmd_explain)
 
+    xp = sub.add_parser("export", help="write ONNX or TorchScript (classes and preprocessing inside), checked against PyTorch")
+    xp.add_argument("checkpoint", help="run folder or .pt checkpoint")
+    xp.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
+    xp.add_argument("--out", metavar="FILE", help="default: RUN/export/model.onnx (or model.torchscript.pt), else beside the .pt")
+    xp.add_argument("--dynamic-batch", action="store_true", help="ONNX: accept any batch size (default: batch 1)")
+    xp.add_argument("--opset", type=int, metavar="N", help="ONNX opset version (default: the exporter's)")
+    xp.add_argument("--check-images", nargs="+", metavar="PATH",
+                    help="images, folders or globs for the parity check (default: 64 validation images)")  # fmt: skip
+    xp.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
+                    help="largest |logit difference| from PyTorch that passes (default 1e-3)")  # fmt: skip
+    xp.add_argument("--data-dir", help="folder holding the run's dataset (for the validation images)")
+    xp.set_defaults(handler=cmd_export)
+
+    sv = sub.add_parser("serve", help="web demo: draw or upload an image, see the ranked classes (Gradio)")
+    sv.add_argument("checkpoint", help="run folder, .pt checkpoint or exported .onnx file")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--topk", type=int, default=5, help="classes shown")
+    sv.add_argument("--examples", type=int, default=8, metavar="N", help="validation images offered as examples")
+    sv.add_argument("--no-gradcam", action="store_true", help="no Grad-CAM overlay")
+    sv.add_argument("--data-dir", help="folder holding torchvision datasets (for the examples)")
+    sv.add_argument("--device", default="auto")
+    sv.set_defaults(handler=cmd_serve)
+
     for name, handler, text in (
         ("recipes", cmd_recipes, "list the shipped recipes and their expected results"),
         ("models", cmd_models, "list the registered models with parameter counts"),
@@ -268,6 +292,46 @@ def cmd_explain(args: argparse.Namespace) -> None:
             if path not in written:
                 print(f"  wrote {path}")
                 written.add(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from cnnkit.inference import Predictor
+    from cnnkit.serve import build_demo, launch, wait
+    from cnnkit.workflows import example_images
+
+    if args.topk < 1 or args.examples < 0:
+        raise UsageError("--topk must be at least 1 and --examples at least 0")
+    predictor = Predictor.load(args.checkpoint, device=args.device)
+    onnx = predictor.model is None
+    examples = example_images(args.checkpoint, args.examples, args.data_dir) if args.examples and not onnx else []
+    demo = build_demo(predictor, examples=examples, topk=args.topk, gradcam=not args.no_gradcam,
+                      title=f"cnnkit: {os.path.basename(os.path.normpath(args.checkpoint))}")  # fmt: skip
+    url = launch(demo, host=args.host, port=args.port)
+    print(f"serving {args.checkpoint} on {url}  (Ctrl-C to stop)", flush=True)
+    wait(demo)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from cnnkit.workflows import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.fmt, out=args.out, dynamic_batch=args.dynamic_batch,
+                               opset=args.opset, check_images=args.check_images, tolerance=args.tolerance,
+                               data_dir=args.data_dir)  # fmt: skip
+    made = result.exported
+    how = ", ".join([made.format] + ([f"opset {made.opset}"] if made.opset else []) + [made.exporter])
+    print(f"wrote {result.path} ({_file_size(result.path.stat().st_size)}; {how}; {made.seconds:.1f}s)")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"parity on {result.parity.images} {result.checked}: {result.parity.summary()}")
+    if not result.parity.ok:
+        raise CnnkitError(f"the exported file's logits differ from PyTorch's beyond --tolerance {args.tolerance:g}; "
+                          f"{result.path} was written anyway, for inspection")  # fmt: skip
+
+
+def _file_size(size: int) -> str:
+    if size < 1000:
+        return f"{size} bytes"
+    return f"{size / 1e3:.1f} kB" if size < 1e6 else f"{size / 1e6:.1f} MB"
 
 
 def cmd_summary(args: argparse.Namespace) -> None:

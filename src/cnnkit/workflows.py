@@ -25,18 +25,42 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cnnkit._version import __version__
-from cnnkit.config import RunConfig, TrainConfig, apply_overrides, flatten, load_yaml, save_yaml, valid_keys
+from cnnkit.config import (
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    flatten,
+    load_yaml,
+    save_yaml,
+    valid_keys,
+)
 from cnnkit.data import DataSpec, build, loader_from_dataset
 from cnnkit.data.datasets import cache_dir
 from cnnkit.data.transforms import get_augment
 from cnnkit.engine import EvalResult, FitResult, evaluate, read_checkpoint, resolve_device
 from cnnkit.engine import fit as engine_fit
 from cnnkit.engine.device import amp_dtype
-from cnnkit.engine.features import FeatureLoader, HeadOnly, cache_key, cached_features, extract_features, state_digest
+from cnnkit.engine.features import (
+    FeatureLoader,
+    HeadOnly,
+    cache_key,
+    cached_features,
+    extract_features,
+    state_digest,
+)
 from cnnkit.engine.optim import check_train_config
-from cnnkit.errors import CnnkitError, UsageError
-from cnnkit.inference.predictor import model_from_checkpoint
-from cnnkit.models import BackboneClassifier, Weights, create_model, find_weights, list_sources, load_weights, model_info
+from cnnkit.errors import CnnkitError, DataError, UsageError, unknown_name
+from cnnkit.inference import export
+from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint
+from cnnkit.models import (
+    BackboneClassifier,
+    Weights,
+    create_model,
+    find_weights,
+    list_sources,
+    load_weights,
+    model_info,
+)
 from cnnkit.recipes import recipe_config_values
 
 # Short keyword names accepted by train(); every other config field is reachable by its own name.
@@ -556,6 +580,50 @@ def _saved_split(checkpoint: Path) -> dict[str, Any] | None:
     return None
 
 
+# Validation images example_images() looks through for one of each class (a bound on decoding).
+EXAMPLE_SCAN_LIMIT = 2000
+
+
+def example_images(checkpoint: str | Path, count: int = 8, data_dir: str | None = None) -> list[tuple[Any, str]]:
+    """Up to ``count`` images of the run's validation split as (8-bit PIL image, class name).
+
+    The first image of each class (in class order; classes not among the split's first
+    2,000 images are left out), then the next images of the split; each is the model's
+    input, de-normalised. Returns ``[]``, never raising, when the checkpoint or its data
+    cannot be found (a demo then simply has no examples).
+    """
+    from PIL import Image
+
+    try:
+        loaded = load_checkpoint(checkpoint)
+        loaders, _, _ = _checkpoint_loaders(loaded, data_dir=data_dir, device=torch.device("cpu"))
+    except (CnnkitError, OSError):
+        return []
+    pre = loaded.preprocess
+    mean, std = torch.tensor(pre["mean"]).view(-1, 1, 1), torch.tensor(pre["std"]).view(-1, 1, 1)
+    names = loaded.class_names
+    firsts: dict[int, torch.Tensor] = {}  # class -> its first image
+    rest: list[tuple[torch.Tensor, int]] = []
+    scanned = 0
+    for images, labels in loaders.val:
+        for image, label in zip(images.cpu(), labels.tolist(), strict=True):
+            if label not in firsts:
+                firsts[label] = image
+            elif len(rest) < count:
+                rest.append((image, label))
+        scanned += len(labels)
+        enough = len(firsts) >= min(count, len(names)) and len(firsts) + len(rest) >= count
+        if enough or scanned >= EXAMPLE_SCAN_LIMIT:
+            break
+    chosen = ([(firsts[label], label) for label in sorted(firsts)] + rest)[:count]
+    out = []
+    for image, label in chosen:
+        pixels = ((image.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)  # [C, H, W]
+        array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
+        out.append((Image.fromarray(array), names[label]))
+    return out
+
+
 # ----------------------------------------------------------------------------- fit on datasets
 
 
@@ -704,6 +772,111 @@ def _robustness(model, loader, pre, device, class_names) -> dict[str, Any]:
             ncols=3, title=f"true class: {class_names[example['label']]}",
         )  # fmt: skip
     return {"rows": rows, "figure": figure}
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportResult:
+    """What ``cnnkit export`` wrote and how the file compares with PyTorch.
+
+    Attributes:
+        path: the exported file (written even when parity failed, for inspection).
+        format: ``onnx`` or ``torchscript``.
+        parity: the exported file's logits against PyTorch's on ``checked``.
+        checked: what the parity images were (``validation images`` or ``given images``).
+        exported: how the file was made (exporter, opset, seconds).
+        notes: exporter fallbacks, tracing warnings, skipped image files.
+    """
+
+    path: Path
+    format: str
+    parity: export.ParityResult
+    checked: str
+    exported: export.ExportedFile
+    notes: list[str] = field(default_factory=list)
+
+
+def export_checkpoint(
+    path: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, dynamic_batch: bool = False,
+    opset: int | None = None, check_images: list[str] | None = None, tolerance: float = export.DEFAULT_TOLERANCE,
+    data_dir: str | None = None, count: int = 64,
+) -> ExportResult:  # fmt: skip
+    """Export a checkpoint (or run folder) to ONNX or TorchScript and check it against PyTorch.
+
+    Args:
+        path: run folder (its ``best.pt``) or ``.pt`` checkpoint.
+        fmt: ``onnx`` or ``torchscript``.
+        out: the file to write (default: ``RUN/export/model.onnx`` or
+            ``model.torchscript.pt`` for a run folder, else beside the ``.pt`` file).
+        dynamic_batch: ONNX only: any batch size (default: a fixed batch of 1).
+        opset: ONNX only: opset version (default: the exporter's).
+        check_images: image files/folders for the parity check (default: the first
+            ``count`` images of the run's validation split).
+        tolerance: largest absolute logit difference that passes.
+        data_dir: folder holding the run's dataset, if not where it was trained.
+        count: validation images to check when no ``check_images`` are given.
+
+    Raises:
+        UsageError: an unknown format, an ONNX-only option with TorchScript, a bad tolerance.
+        CnnkitError: no checkpoint, no parity images, or an export failure.
+    """
+    _check_export_options(fmt, dynamic_batch, opset, tolerance, count)
+    loaded = load_checkpoint(path)
+    images, checked, notes = _parity_images(loaded, check_images, data_dir, count)
+    target = Path(out) if out else _export_path(Path(path), loaded.path, fmt)
+    # the example fixes the file's batch size (1) unless dynamic_batch; any image traces the same graph
+    exported = export.export_model(loaded.model, images[:1], target, checkpoint_metadata(loaded.payload), fmt,
+                                   dynamic_batch=dynamic_batch, opset=opset)  # fmt: skip
+    reference = export.reference_logits(loaded.model, images)
+    parity = export.check_parity(reference, export.exported_logits(exported.path, fmt, images), tolerance)
+    return ExportResult(exported.path, fmt, parity, checked, exported, exported.notes + notes)
+
+
+def _check_export_options(fmt: str, dynamic_batch: bool, opset: int | None, tolerance: float, count: int) -> None:
+    if fmt not in export.FORMATS:
+        raise unknown_name("format", fmt, export.FORMATS)
+    if fmt != "onnx" and (dynamic_batch or opset is not None):
+        raise UsageError("--dynamic-batch and --opset apply to --format onnx (a traced TorchScript file takes any batch)")
+    if opset is not None and opset < 7:
+        raise UsageError(f"--opset must be 7 or more, got {opset}")
+    if not tolerance >= 0:  # also refuses NaN
+        raise UsageError(f"--tolerance must be 0 or more, got {tolerance}")
+    if count < 1:
+        raise UsageError(f"the parity check needs at least 1 image, got count={count}")
+
+
+def _export_path(given: Path, checkpoint: Path, fmt: str) -> Path:
+    suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
+    if given.is_dir():
+        return given / "export" / f"model{suffix}"
+    return checkpoint.with_name(checkpoint.stem + suffix)
+
+
+def _parity_images(loaded: LoadedCheckpoint, files: list[str] | None, data_dir: str | None,
+                   count: int) -> tuple[torch.Tensor, str, list[str]]:  # fmt: skip
+    """Normalised images ``[N, C, H, W]`` for the parity check, what they are, and notes."""
+    if files:
+        images, skipped = export.prepare_files(files, checkpoint_metadata(loaded.payload))
+        notes = [f"skipped {item.source}: {item.reason}" for item in skipped]
+        if images is None:
+            raise CnnkitError(f"none of the --check-images could be used ({'; '.join(notes)[:500]})")
+        return images, "given images", notes
+    try:
+        loaders, _, _ = _checkpoint_loaders(loaded, data_dir=data_dir, device=torch.device("cpu"))
+    except DataError as err:
+        raise CnnkitError(f"the parity check needs the run's validation images, which were not found ({err}); "
+                          "pass --check-images FILES, or --data-dir FOLDER holding the run's data") from None  # fmt: skip
+    batches, have = [], 0
+    for images, _ in loaders.val:
+        batches.append(images[: count - have].cpu().float())
+        have += len(batches[-1])
+        if have >= count:
+            break
+    if not batches:
+        raise CnnkitError("the run's validation split is empty; pass --check-images FILES")
+    return torch.cat(batches), "validation images", []
 
 
 @dataclass
