@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,14 @@ SHARED_DATA = Path(os.environ.get("CNNKIT_DATA", ROOT.parent / "shared" / "data"
 # Tests never touch the network: datasets must come from disk.
 os.environ["CNNKIT_OFFLINE"] = "1"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _chromium_path() -> str | None:
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    from screenshot_report import chromium_path
+
+    return chromium_path()
 
 
 def _require(path: Path) -> Path:
@@ -67,3 +78,19 @@ def mnist_digits(mnist_root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor
             ("test", MNIST(str(mnist_root), train=False, download=False)),
         )
     }
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium; installed here (apt, as root) when missing, as CI needs it."""
+    if _chromium_path() is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        apt = ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=600"]  # waits if another apt runs
+        for step in (["install", "-y", "chromium"], ["update"], ["install", "-y", "chromium"]):
+            subprocess.run(apt + step, check=False, capture_output=True, timeout=900, env=env)
+            if step[0] == "install" and _chromium_path() is not None:
+                break
+    path = _chromium_path()
+    if path is None:
+        pytest.fail("the browser test needs Chromium: apt-get install chromium (Debian) or put `chromium` on PATH")
+    return path

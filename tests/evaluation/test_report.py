@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +16,7 @@ from cnnkit.workflows import evaluate_checkpoint, report
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-from screenshot_report import chromium_path, open_report  # noqa: E402
+from screenshot_report import open_report  # noqa: E402
 
 PNGS = ("curves", "confusion", "confusion_normalized", "per_class", "reliability", "top_losses", "train_preview")
 
@@ -30,22 +27,6 @@ def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs")
     run = cnnkit.train(epochs=2, output_dir=str(out), progress=False, log=lambda line: None)
     return run.dir
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's Chromium; installed here (apt, as root) when missing, as CI needs it."""
-    if chromium_path() is None and shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        apt = ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=600"]  # waits if another apt runs
-        for step in (["install", "-y", "chromium"], ["update"], ["install", "-y", "chromium"]):
-            subprocess.run(apt + step, check=False, capture_output=True, timeout=900, env=env)
-            if step[0] == "install" and chromium_path() is not None:
-                break
-    path = chromium_path()
-    if path is None:
-        pytest.fail("the browser test needs Chromium: apt-get install chromium (Debian) or put `chromium` on PATH")
-    return path
 
 
 def test_training_writes_a_report_whose_numbers_equal_eval(mnist_run: Path) -> None:

@@ -1,0 +1,346 @@
+"""The Gradio demo of a trained classifier: draw or upload an image, see the ranked classes.
+
+:func:`build_demo` lays the page out for the model it is given: digit models (one channel,
+a small input such as MNIST's 28x28) get a sketchpad whose drawing is prepared the way
+MNIST's digits were (:func:`cnnkit.serve.drawing.mnist_style`) and an upload tab; other
+models get an image input (upload, clipboard, webcam). Every prediction also shows the
+exact input the model saw and, for PyTorch models, a Grad-CAM overlay. Gradio is imported
+only when a demo is built, so importing this module costs nothing and needs no gradio.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.evaluation.explain import display_image, grad_cam
+from cnnkit.inference import Predictor
+from cnnkit.serve.drawing import mnist_style
+
+MAX_PIXELS = 40_000_000  # larger uploads are refused with a message (a 12 MP photo is 12,000,000)
+MAX_FILE_SIZE = "10mb"  # Gradio refuses larger uploads before they reach the model
+DISPLAY_SIDE = 224  # small inputs (28x28 digits) are shown enlarged to about this side
+CANVAS = (280, 280)  # sketchpad width, height in pixels: 10x MNIST's 28x28
+BRUSH_SIZE = (
+    18  # px on the canvas: strokes 2-3 px wide once a digit is scaled into MNIST's 20 px box
+)
+DIGIT_INPUT_MAX = 64  # a one-channel model whose input side is at most this is a digit model
+
+Outputs = tuple[dict[str, float], Image.Image, Image.Image | None]
+
+
+def _gradio() -> Any:
+    # Gradio phones home (version check, telemetry) unless told not to; a demo must not wait
+    # on the network, and many machines that serve one have none.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio as gr
+    except ImportError:
+        raise CnnkitError("the demo needs gradio: pip install 'cnnkit[serve]'") from None
+    return gr
+
+
+def is_digit_model(predictor: Predictor) -> bool:
+    """One input channel and a small input (MNIST-like): the demo offers a sketchpad."""
+    pre = predictor.preprocess
+    return pre.channels == 1 and max(pre.input_size) <= DIGIT_INPUT_MAX
+
+
+class DemoModel:
+    """What the demo's event handlers call: image in, (top-k, model input, Grad-CAM) out.
+
+    Kept free of Gradio so it can be tested and reused; the one lock serialises model
+    calls, since Grad-CAM hooks the model and two requests may arrive at once.
+
+    Args:
+        predictor: the model and its preprocessing.
+        topk: classes listed.
+        gradcam: add a Grad-CAM overlay (only for PyTorch models).
+        max_pixels: larger images are refused.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        topk: int = 5,
+        gradcam: bool = True,
+        max_pixels: int = MAX_PIXELS,
+    ) -> None:
+        self.predictor = predictor
+        self.topk = max(1, min(topk, len(predictor.class_names)))
+        self.gradcam = gradcam and predictor.model is not None
+        self.max_pixels = max_pixels
+        self.lock = threading.Lock()
+
+    def drawing(self, value: Any) -> Outputs:
+        """A sketchpad value (Gradio's editor dict, or an image) -> outputs."""
+        image = editor_image(value)
+        if image is None:
+            raise UsageError("draw a digit first: the canvas is empty")
+        self._check_size(image)
+        side = self.predictor.preprocess.input_size
+        box = round(min(side) * 20 / 28)  # MNIST's 20 px box in its 28 px field, at this size
+        return self.image(mnist_style(image, size=min(side), box=box))
+
+    def image(self, image: Any) -> Outputs:
+        """An uploaded image (PIL, possibly not decoded yet, or an array) -> outputs.
+
+        It goes through the checkpoint's preprocessing as an image file would (no inversion:
+        uploads to a digit model are taken to be MNIST-like already).
+        """
+        if image is None:
+            raise UsageError("upload an image first")
+        self._check_size(image)
+        x = self.predictor.prepare(image).unsqueeze(0)  # [1, C, H, W], normalised
+        with self.lock:
+            logits = self.predictor.logits(x)  # [1, K]
+            top = self.predictor.rank(logits, ["input"], self.topk)[0]
+            cam = grad_cam(self.predictor.model, x, top.index).heatmap if self.gradcam else None
+        shown = display_image(x[0], self.predictor.preprocess)  # [H, W] or [H, W, 3] in [0, 1]
+        heatmap = overlay(shown, cam) if cam is not None else None
+        return dict(top.topk), enlarge(to_image(shown)), heatmap
+
+    def _check_size(self, image: Any) -> None:
+        # a PIL image's size comes from its header: a huge upload is refused before decoding
+        width, height = image.size if isinstance(image, Image.Image) else np.shape(image)[1::-1]
+        if height * width > self.max_pixels:
+            raise UsageError(
+                f"the image is {width}x{height} pixels ({height * width / 1e6:.0f} MP); "
+                f"this demo takes at most {self.max_pixels / 1e6:.0f} MP: scale it down first"
+            )
+
+
+def editor_image(value: Any) -> Any:
+    """The drawing in a Gradio image-editor value ``{"background", "layers", "composite"}``.
+
+    The composite when there is one, else the background with the layers pasted over it;
+    any other value (an image) is returned as is.
+    """
+    if not isinstance(value, dict):
+        return value
+    if value.get("composite") is not None:
+        return value["composite"]
+    layers = [layer for layer in value.get("layers") or [] if layer is not None]
+    base = value.get("background")
+    if base is None and not layers:
+        return None
+    parts = ([base] if base is not None else []) + layers
+    images = [
+        im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in parts
+    ]
+    canvas = Image.new("RGBA", images[0].size, (255, 255, 255, 0))
+    for im in images:
+        canvas.alpha_composite(im.convert("RGBA").resize(canvas.size))
+    return canvas
+
+
+def to_image(shown: torch.Tensor) -> Image.Image:
+    """A display tensor in [0, 1] (``[H, W]`` or ``[H, W, 3]``) as an 8-bit PIL image."""
+    return Image.fromarray((shown.numpy() * 255).round().astype(np.uint8))
+
+
+def enlarge(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
+    """Small images scaled up by a whole factor (nearest) so each input pixel stays visible."""
+    factor = max(1, side // max(image.size))
+    if factor == 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def overlay(shown: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.45) -> Image.Image:
+    """The Grad-CAM heatmap (jet colours) blended over the input, at the enlarged display size."""
+    from matplotlib import colormaps
+
+    base = enlarge(to_image(shown)).convert("RGB")
+    heat = Image.fromarray((heatmap.numpy() * 255).round().astype(np.uint8))
+    heat = heat.resize(base.size, Image.Resampling.BILINEAR)  # smooth, unlike the enlarged pixels
+    colours = colormaps["jet"](np.asarray(heat, dtype=np.float32) / 255)[
+        ..., :3
+    ]  # [H, W, 3], [0, 1]
+    blended = (1 - alpha) * np.asarray(base, dtype=np.float32) / 255 + alpha * colours
+    return Image.fromarray((blended * 255).round().astype(np.uint8))
+
+
+def build_demo(
+    predictor: Predictor,
+    *,
+    examples: Sequence[tuple[Image.Image, str]] | None = None,
+    topk: int = 5,
+    gradcam: bool = True,
+    max_pixels: int = MAX_PIXELS,
+    title: str = "cnnkit demo",
+) -> Any:
+    """The demo page for ``predictor`` as a ``gradio.Blocks`` (not launched).
+
+    API endpoints (for ``gradio_client``): ``/predict_image`` (an image file) and, for digit
+    models, ``/predict_drawing`` (an image-editor value). Both return the top-``topk``
+    classes (a ``gr.Label``), the model's input image and the Grad-CAM overlay (None for
+    ONNX models or with ``gradcam=False``).
+
+    Args:
+        predictor: the model (PyTorch or ONNX Runtime) and its preprocessing.
+        examples: (image, class name) pairs offered as clickable examples.
+        topk: classes shown.
+        gradcam: show a Grad-CAM overlay when the predictor has a PyTorch model.
+        max_pixels: images with more pixels are refused with a message.
+        title: the page's title.
+
+    Raises:
+        CnnkitError: gradio is not installed.
+    """
+    gr = _gradio()
+    model = DemoModel(predictor, topk=topk, gradcam=gradcam, max_pixels=max_pixels)
+    digits = is_digit_model(predictor)
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(_intro(title, predictor.class_names, digits))
+        with gr.Row():
+            with gr.Column():
+                sketch, draw, upload, send = _input_panel(gr, digits)
+                examples_column = gr.Column()
+            with gr.Column():
+                label = gr.Label(
+                    num_top_classes=model.topk, label="Prediction", elem_id="prediction"
+                )
+                seen = gr.Image(
+                    label="What the model sees", type="pil", format="png", interactive=False
+                )
+                cam = gr.Image(
+                    label="Grad-CAM",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    visible=model.gradcam,
+                )
+        outputs = [label, seen, cam]
+        if digits:
+            draw.click(_guarded(gr, model.drawing), sketch, outputs, api_name="predict_drawing")
+        gr.on(
+            [send.click, upload.upload],
+            _guarded(gr, model.image),
+            inputs=upload,
+            outputs=outputs,
+            api_name="predict_image",
+        )
+        if examples:
+            with examples_column:  # clicking one fills the image input and predicts it
+                truth = gr.Textbox(label="class", visible=False)  # the table's second column
+                predict = _guarded(gr, model.image)
+                gr.Examples(
+                    [[image, name] for image, name in examples],
+                    inputs=[upload, truth],
+                    outputs=outputs,
+                    fn=lambda image, _: predict(image),
+                    run_on_click=True,
+                    cache_examples=False,
+                    label="Validation images (click one)",
+                )
+    return demo
+
+
+def _intro(title: str, names: list[str], digits: bool) -> str:
+    shown = ", ".join(names[:12]) + (f" ... ({len(names)} classes)" if len(names) > 12 else "")
+    ask = "Draw a digit or upload an image" if digits else "Upload, paste or take a photo"
+    return f"## {title}\n{ask}; the model ranks its classes: {shown}."
+
+
+def _input_panel(gr: Any, digits: bool) -> tuple[Any, Any, Any, Any]:
+    """(sketchpad, its button, image input, its button); a sketchpad only for digit models."""
+    sketch = draw = None
+    if digits:
+        with gr.Tab("Draw"):
+            sketch = gr.Sketchpad(
+                label="Draw a digit (pick the brush first)",
+                type="numpy",
+                image_mode="RGBA",
+                canvas_size=CANVAS,
+                brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=BRUSH_SIZE),
+                layers=False,
+                transforms=(),
+                elem_id="sketchpad",
+            )
+            draw = gr.Button("Predict", variant="primary", elem_id="predict-drawing")
+    with gr.Tab("Upload") if digits else gr.Column():
+        sources = ["upload", "clipboard"] + ([] if digits else ["webcam"])
+        # image_mode=None: Gradio hands the upload over unconverted, a PIL image not decoded
+        # yet, so the pixel limit is checked before a huge image is decoded
+        upload = gr.Image(
+            label="Image",
+            type="pil",
+            image_mode=None,
+            sources=sources,
+            format="png",
+            elem_id="upload",
+        )
+        send = gr.Button("Predict", variant="primary", elem_id="predict-image")
+    return sketch, draw, upload, send
+
+
+def _guarded(gr: Any, handler: Callable[[Any], Outputs]) -> Callable[[Any], Outputs]:
+    """``handler`` with cnnkit's user errors shown as a message on the page (no traceback)."""
+
+    def run(value: Any) -> Outputs:
+        try:
+            return handler(value)
+        except CnnkitError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    return run
+
+
+def launch(
+    demo: Any, *, host: str = "127.0.0.1", port: int = 7860, max_file_size: str = MAX_FILE_SIZE
+) -> str:
+    """Start serving ``demo`` on ``host:port`` in the background; local only by default.
+
+    No share link, no telemetry, no server-side rendering (which would need Node), nothing
+    printed. Call :func:`wait` to keep the process serving until Ctrl-C.
+
+    Args:
+        demo: from :func:`build_demo`.
+        host: interface to bind; ``0.0.0.0`` exposes the demo to the network.
+        port: TCP port.
+        max_file_size: uploads larger than this are refused (Gradio's size syntax, e.g. ``10mb``).
+
+    Returns:
+        The local URL.
+
+    Raises:
+        CnnkitError: the port is taken or the host cannot be bound.
+    """
+    try:
+        _, url, _ = demo.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            quiet=True,
+            inbrowser=False,
+            prevent_thread_lock=True,
+            max_file_size=max_file_size,
+            ssr_mode=False,
+            mcp_server=False,
+            show_error=True,
+        )
+    except OSError as exc:
+        raise CnnkitError(
+            f"cannot serve on {host}:{port} ({str(exc).split('. ')[0]}); "
+            "choose another --port or --host"
+        ) from None
+    return url
+
+
+def wait(demo: Any) -> None:
+    """Block until Ctrl-C, then close the server."""
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()

@@ -1,0 +1,208 @@
+"""`cnnkit serve` for real: a server process, a digit drawn with the mouse in headless
+Chromium, an uploaded MNIST digit, and the API through gradio_client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cnnkit.data.datasets import load_source
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "serve-digit.png"  # refreshed with CNNKIT_UPDATE_DOCS=1
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
+        self.process, self.url, self.log = process, url, log
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``cnnkit serve RUN`` in its own process, once its page answers."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cnnkit",
+                "serve",
+                str(digits_run),
+                "--port",
+                str(port),
+                "--examples",
+                "4",
+                "--device",
+                "cpu",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}/", log)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(server.url, timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(
+                f"the server did not come up (exit code {process.poll()}):\n{server.output()}"
+            )
+        time.sleep(0.5)
+    yield server
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from screenshot_report import CHROMIUM_FLAGS
+
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1200, "height": 940},
+        )
+        yield context
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def mnist_png(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The first embedded MNIST test digit as a PNG file, and its label."""
+    images, labels = load_source("embedded-mnist", None, False).test
+    path = tmp_path_factory.mktemp("digit") / "digit.png"
+    Image.fromarray(images[0, 0].numpy()).save(path)
+    return path, str(int(labels[0]))
+
+
+def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
+    """Mouse strokes on the sketchpad; points are offsets in CSS pixels from the canvas centre."""
+    page.click("#sketchpad button[aria-label=Brush]")  # no tool is active until one is chosen
+    box = page.locator("#sketchpad canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    for points in strokes:
+        page.mouse.move(cx + points[0][0], cy + points[0][1])
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(cx + x, cy + y, steps=15)
+        page.mouse.up()
+
+
+def test_a_digit_drawn_with_the_mouse_is_recognised(
+    server: Server, browser, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#sketchpad canvas", timeout=60_000)
+    # a "7": the bar from left to right, then the stem down to the lower left
+    draw(page, [[(-70, -95), (75, -95), (-5, 105)]])
+    page.click("#predict-drawing")
+
+    expect(page.locator("#prediction [data-testid=label-output-value]")).to_have_text(
+        "7", timeout=30_000
+    )
+    probability = float(
+        page.locator("#prediction [data-testid='7-confidence-set'] meter").get_attribute("value")
+    )
+    print(f"drawn 7: p = {probability:.4f}")
+    assert probability > 0.9
+    # the model's input and the Grad-CAM overlay are shown too (two 224x224 images)
+    shown = (
+        "[...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth === 224)"
+    )
+    page.wait_for_function(f"{shown}.length >= 2", timeout=30_000)
+    shot = tmp_path / "serve-digit.png"
+    page.screenshot(path=str(shot))
+    if os.environ.get("CNNKIT_UPDATE_DOCS") == "1":
+        shutil.copyfile(shot, SCREENSHOT)
+    page.close()
+
+
+def test_an_uploaded_digit_and_an_example_are_recognised(
+    server: Server, browser, mnist_png: tuple[Path, str]
+) -> None:
+    from playwright.sync_api import expect
+
+    path, label = mnist_png
+    page = browser.new_page()
+    page.goto(server.url)
+    page.get_by_role("tab", name="Upload").click()
+    page.set_input_files("#upload input[type=file]", str(path))  # predicts on upload
+    prediction = page.locator("#prediction [data-testid=label-output-value]")
+
+    expect(prediction).to_have_text(label, timeout=30_000)
+    # the validation examples (--examples 4: one each of 0-3) predict when clicked
+    rows = page.locator("tbody tr")
+    assert [rows.nth(i).inner_text().strip() for i in range(rows.count())] == ["0", "1", "2", "3"]
+    rows.nth(3).click()
+    expect(prediction).to_have_text("3", timeout=30_000)
+    page.close()
+
+
+def test_the_api_through_gradio_client(
+    server: Server, mnist_png: tuple[Path, str], tmp_path: Path
+) -> None:
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    path, label = mnist_png
+    client = Client(server.url, verbose=False)
+
+    top, seen, cam = client.predict(handle_file(str(path)), api_name="/predict_image")
+    assert top["label"] == label and top["confidences"][0]["confidence"] > 0.5
+    with Image.open(seen) as shown:
+        assert shown.size == (224, 224)
+    assert cam is not None
+    blank = tmp_path / "blank.png"
+    Image.new("RGBA", (280, 280), (255, 255, 255, 0)).save(blank)
+    with pytest.raises(AppError, match="draw a digit first"):
+        client.predict(
+            {"background": None, "layers": [], "composite": handle_file(str(blank))},
+            api_name="/predict_drawing",
+        )
+
+
+def test_ctrl_c_stops_the_server(server: Server) -> None:
+    server.process.send_signal(signal.SIGINT)
+
+    assert server.process.wait(timeout=30) == 0, server.output()
+    assert f"on {server.url}" in server.output()
