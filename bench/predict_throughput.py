@@ -49,10 +49,10 @@ from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 import cnnkit  # noqa: E402
+from cnnkit.engine.checkpoint import read_checkpoint  # noqa: E402
 from cnnkit.inference import Predictor  # noqa: E402
 from cnnkit.inference.export import export_onnx  # noqa: E402
 from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint  # noqa: E402
-from cnnkit.engine.checkpoint import read_checkpoint  # noqa: E402
 from cnnkit.workflows import checkpoint_path, predict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ def memory_table(count: int) -> None:
             path.parent.mkdir(exist_ok=True)
             Image.fromarray(image[0].numpy()).save(path)
             originals.append(path)
-        print(f"\nmemory: LeNet on PNG digits (links to the 2,000 embedded test digits)")
+        print("\nmemory: LeNet on PNG digits (links to the 2,000 embedded test digits)")
         print("| files | seconds | img/s | peak RSS, main process (MB) | peak RSS, largest worker (MB) |")
         print("|---|---|---|---|---|")
         for n in (len(originals), count):

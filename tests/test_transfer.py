@@ -8,8 +8,6 @@ import csv
 import functools
 import re
 import shutil
-from contextlib import redirect_stderr, redirect_stdout
-from io import StringIO
 from pathlib import Path
 
 import pytest

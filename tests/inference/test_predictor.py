@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import one_line_error, run_cli
 from PIL import Image
 
 import cnnkit
+from cli_helpers import one_line_error, run_cli
 from cnnkit.data.datasets import load_source
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference import Prediction, Predictor, Skipped, expand_inputs

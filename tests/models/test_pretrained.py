@@ -26,7 +26,14 @@ from cnnkit.engine.features import (
 )
 from cnnkit.engine.optim import build_optimizer
 from cnnkit.errors import CnnkitError, UsageError
-from cnnkit.models import BackboneClassifier, Weights, create_model, find_weights, load_weights, model_info
+from cnnkit.models import (
+    BackboneClassifier,
+    Weights,
+    create_model,
+    find_weights,
+    load_weights,
+    model_info,
+)
 from cnnkit.models.pretrained import make_head, read_weights_file, split_name
 
 LITE0 = "timm:efficientnet_lite0"

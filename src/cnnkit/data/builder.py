@@ -43,7 +43,13 @@ from cnnkit.data.folder import (
     stratified_split,
 )
 from cnnkit.data.spec import Batch, DataSpec, Loaders, Preprocess
-from cnnkit.data.tensor_data import TensorLoader, channel_stats, convert_channels, epoch_order, resize_uint8
+from cnnkit.data.tensor_data import (
+    TensorLoader,
+    channel_stats,
+    convert_channels,
+    epoch_order,
+    resize_uint8,
+)
 from cnnkit.data.transforms import eval_transform, get_augment, train_transform
 from cnnkit.errors import DataError, unknown_name
 

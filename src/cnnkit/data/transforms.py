@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from cnnkit.data.spec import Preprocess
 from cnnkit.errors import unknown_name
