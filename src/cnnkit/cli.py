@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from cnnkit.engine.tta import TTA_MODES
 from cnnkit.errors import CnnkitError, UsageError
 
 # flag -> (config key, type, help)
@@ -55,6 +56,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--save-every": ("train.save_every", int, "also keep a checkpoint every N epochs"),
     "--select-metric": ("train.select_metric", str, "metric that picks best.pt: val_acc, val_top5, val_loss"),
     "--threads": ("train.threads", int, "CPU threads for torch (default: one per core)"),
+    "--tta": ("train.tta", str, "test-time augmentation when validating/testing: none, flip, shift, flip-shift"),
     "--name": ("name", str, "run folder name (default: recipe/model + time)"),
     "--output-dir": ("output_dir", str, "parent folder of run folders (default: runs)"),
 }
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="test (default), val or train")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's own, usually none)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(handler=cmd_eval)
 
@@ -223,7 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from cnnkit.workflows import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, data_dir=args.data_dir,
-                                 device=args.device, batch_size=args.batch_size)  # fmt: skip
+                                 device=args.device, batch_size=args.batch_size, tta=args.tta)  # fmt: skip
     if args.json:
         print(json.dumps(report.as_dict(), indent=1))
         return

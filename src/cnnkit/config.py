@@ -124,6 +124,8 @@ class TrainConfig:
         cache_features: ``auto`` (compute a frozen backbone's features once when training
             images are not augmented), ``on`` (also when they are: features of the
             un-augmented images) or ``off``.
+        tta: test-time augmentation when validating and testing: ``none``, ``flip``,
+            ``shift`` or ``flip-shift`` (see :mod:`cnnkit.engine.tta`).
     """
 
     epochs: int = 10
@@ -151,6 +153,7 @@ class TrainConfig:
     fine_tune: list[int] | None = None
     backbone_lr_scale: float = 0.1
     cache_features: str = "auto"
+    tta: str = "none"
 
 
 @dataclass

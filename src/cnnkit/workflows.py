@@ -49,6 +49,7 @@ from cnnkit.engine.features import (
     state_digest,
 )
 from cnnkit.engine.optim import check_train_config
+from cnnkit.engine.tta import check_tta
 from cnnkit.errors import CnnkitError, DataError, UsageError, unknown_name
 from cnnkit.inference import export
 from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint
@@ -210,7 +211,8 @@ def train(
     model.load_state_dict(best["state_dict"])
     test = None
     if loaders.test is not None:
-        test = evaluate(model, loaders.test, spec.num_classes, device=device, dtype=amp_dtype(cfg.train.amp, device))
+        test = evaluate(model, loaders.test, spec.num_classes, device=device, dtype=amp_dtype(cfg.train.amp, device),
+                        tta=cfg.train.tta)  # fmt: skip
     model.eval()
     run = Run(run_dir, cfg, spec, model, result.history, result.best_epoch, test, time.perf_counter() - start, spec.notes)
     _write_summary(run_dir, run, result)
@@ -513,12 +515,16 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     device: str = "auto",
     batch_size: int | None = None,
+    tta: str | None = None,
 ) -> EvalReport:
     """Evaluate a checkpoint on a split of its own data (the saved split) or of ``data``.
 
-    The checkpoint's preprocessing (size, channels, mean/std) is always used.
+    The checkpoint's preprocessing (size, channels, mean/std) is always used, and its
+    run's test-time augmentation unless ``tta`` names another (``none``, ``flip``...).
     """
     _check_split(split)
+    if tta is not None:
+        check_tta(tta)
     loaded = load_checkpoint(path)
     torch_device = resolve_device(device)
     loaders, spec, cfg = _checkpoint_loaders(loaded, data=data, data_dir=data_dir, device=torch_device,
@@ -527,7 +533,8 @@ def evaluate_checkpoint(
     model = loaded.model.to(torch_device)
     # The run's own precision (bf16 on CUDA under amp=auto), so the figure matches train()'s.
     dtype = amp_dtype(cfg.train.amp, torch_device)
-    result = evaluate(model, loader, spec.num_classes, device=torch_device, dtype=dtype)
+    result = evaluate(model, loader, spec.num_classes, device=torch_device, dtype=dtype,
+                      tta=cfg.train.tta if tta is None else tta)  # fmt: skip
     return EvalReport(split, result, loaded.class_names, loaded.path)
 
 

@@ -27,6 +27,7 @@ from cnnkit.config import TrainConfig
 from cnnkit.engine.checkpoint import clean_state_dict, rng_state, save_checkpoint, unwrap
 from cnnkit.engine.device import amp_dtype, autocast, resolve_device, seed_everything
 from cnnkit.engine.optim import build_optimizer, build_scheduler
+from cnnkit.engine.tta import tta_logits
 from cnnkit.errors import UsageError
 from cnnkit.evaluation.metrics import accuracy, confusion_matrix, per_class_accuracy, topk_correct
 
@@ -129,8 +130,12 @@ def evaluate(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     loss_fn: nn.Module | None = None,
+    tta: str = "none",
 ) -> EvalResult:
-    """Loss, top-1, top-5 (when there are more than 5 classes) and the confusion matrix."""
+    """Loss, top-1, top-5 (when there are more than 5 classes) and the confusion matrix.
+
+    ``tta`` averages the logits over test-time views (:mod:`cnnkit.engine.tta`).
+    """
     device = torch.device(device)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     model.eval()
@@ -141,7 +146,7 @@ def evaluate(
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with autocast(device, dtype):
-            logits = model(images)
+            logits = tta_logits(model, images, tta)
         logits = logits.float()
         loss_sum += float(loss_fn(logits, labels)) * labels.shape[0]
         top5 += topk_correct(logits, labels, 5)
@@ -227,7 +232,7 @@ def fit(
         bar.close()
         step += len(train_loader)
         result.steps = step
-        val = evaluate(model, val_loader, num_classes, device=device, dtype=dtype, loss_fn=loss_fn)
+        val = evaluate(model, val_loader, num_classes, device=device, dtype=dtype, loss_fn=loss_fn, tta=cfg.tta)
         row = _metrics_row(epoch, lr, train, val)
         result.history.append(row)
         improved = _improved(row[cfg.select_metric], result.best_metric, cfg.select_metric)

@@ -13,6 +13,7 @@ from torch import nn
 
 from cnnkit.config import TrainConfig
 from cnnkit.engine.checkpoint import unwrap
+from cnnkit.engine.tta import check_tta
 from cnnkit.errors import UsageError, unknown_name
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -35,6 +36,7 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise unknown_name(kind, value, valid)
     if cfg.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")
+    check_tta(cfg.tta)
     if cfg.cache_features not in CACHE_MODES:
         raise unknown_name("--cache-features mode", cfg.cache_features, CACHE_MODES)
     if cfg.fine_tune is not None and (len(cfg.fine_tune) != 2 or min(cfg.fine_tune) < 0 or sum(cfg.fine_tune) < 1):

@@ -26,6 +26,7 @@ from cnnkit.data.folder import ImageLoadError, load_image, to_mode
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_transform
 from cnnkit.engine.checkpoint import read_checkpoint
+from cnnkit.engine.tta import tta_views
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.models import create_model
 
@@ -338,9 +339,8 @@ class Predictor:
 
         preset = AUGMENT_PRESETS.get(self.metadata.augment)
         if preset is not None and preset.flip_p > 0:
-            return [images, images.flip(-1)]
-        shifts = [(0, 1), (0, -1), (1, 1), (1, -1)]  # (dim offset from H, pixels)
-        return [images] + [_shift(images, dim, pixels) for dim, pixels in shifts]
+            return tta_views(images, "flip")
+        return tta_views(images, "shift")
 
     def predict(self, images: ImageLike | Sequence[ImageLike], *, topk: int = 5, batch_size: int = 64,
                 tta: bool = False, threshold: float | None = None) -> Prediction | list[Prediction]:  # fmt: skip
@@ -391,19 +391,6 @@ class Predictor:
             label = top[0][0] if threshold is None or row_values[0] >= threshold else UNKNOWN
             results.append(Prediction(source, label, row_values[0], top, row_indices[0]))
         return results
-
-
-def _shift(images: torch.Tensor, dim: int, pixels: int) -> torch.Tensor:
-    """Shift ``[B, C, H, W]`` by ``pixels`` along H (dim 0) or W (dim 1), repeating the edge."""
-    axis = 2 + dim
-    rolled = images.roll(pixels, dims=axis)
-    edge = images.narrow(axis, 0 if pixels > 0 else images.shape[axis] - 1, 1)
-    index = slice(0, pixels) if pixels > 0 else slice(images.shape[axis] + pixels, None)
-    if axis == 2:
-        rolled[:, :, index] = edge
-    else:
-        rolled[:, :, :, index] = edge
-    return rolled
 
 
 def _is_batch(images: Any) -> bool:
