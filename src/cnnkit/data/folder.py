@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import threading
 import warnings
@@ -56,18 +57,26 @@ _HIDDEN_NAMES = frozenset({"__MACOSX"})
 _HOW_TO_GIVE_DATA = "give a folder with one sub-folder of images per class, or a CSV file"
 
 
+LOAD_ERROR_KINDS: tuple[str, ...] = (
+    "zero-bytes", "not-an-image", "truncated", "corrupt", "decompression-bomb", "missing", "unreadable",
+)  # fmt: skip
+"""What :attr:`ImageLoadError.kind` can be, for reports that group bad files."""
+
+
 class ImageLoadError(DataError):
     """An image file that cannot be decoded.
 
     Attributes:
         path: the file.
         reason: short reason, e.g. ``zero bytes`` or ``truncated or corrupt: ...``.
+        kind: one of :data:`LOAD_ERROR_KINDS`, e.g. ``truncated``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str, kind: str = "corrupt") -> None:
         super().__init__(f"cannot load image {os.fspath(path)}: {reason}")
         self.path = os.fspath(path)
         self.reason = reason
+        self.kind = kind
 
 
 @dataclass
@@ -197,7 +206,8 @@ def _carve_missing(
 
 
 def scan_folder(
-    root: str | os.PathLike[str], *, val_fraction: float, test_fraction: float, seed: int
+    root: str | os.PathLike[str], *, val_fraction: float, test_fraction: float, seed: int,
+    strict: bool = True,
 ) -> FileDataset:
     """List the images of a class-per-folder tree and split them.
 
@@ -216,13 +226,16 @@ def scan_folder(
         test_fraction: share of each class held out for testing when there is no test
             folder (0 for none).
         seed: seed of the held-out selection.
+        strict: False lists empty class folders and single-class trees instead of raising
+            (for ``cnnkit check``, which reports them with everything else).
 
     Returns:
         The classes, the non-empty splits and the skipped entries.
 
     Raises:
-        DataError: root missing, no class folders, an empty class folder, fewer than two
-            classes, a val/test class unknown to train, or two folders for the same split.
+        DataError: root missing, no class folders, an empty class folder or fewer than two
+            classes (only if ``strict``), a val/test class unknown to train, or two folders
+            for the same split.
         UsageError: fractions out of range.
     """
     root_path = Path(os.path.abspath(os.fspath(root)))
@@ -232,21 +245,22 @@ def scan_folder(
     split_dirs = _find_split_dirs(root_path, ignored)
     if split_dirs is None:
         class_names = _class_dirs(root_path, ignored)
-        files = _scan_classes(root_path, class_names, ignored)
+        files = _scan_classes(root_path, class_names, ignored, strict=strict)
         splits = {"train": files}
     else:
-        class_names, splits = _scan_split_dirs(split_dirs, ignored)
-    _require_two_classes(class_names, root_path)
+        class_names, splits = _scan_split_dirs(split_dirs, ignored, strict)
+    if strict:
+        _require_two_classes(class_names, root_path)
     splits = _carve_missing(splits, val_fraction, test_fraction, seed)
     return FileDataset(class_names, splits, ignored, str(root_path))
 
 
 def _scan_split_dirs(
-    split_dirs: dict[str, Path], ignored: list[tuple[str, str]]
+    split_dirs: dict[str, Path], ignored: list[tuple[str, str]], strict: bool = True
 ) -> tuple[list[str], dict[str, FileList]]:
     """Class names (from train) and the files of each split folder."""
     class_names = _class_dirs(split_dirs["train"], ignored)
-    splits = {"train": _scan_classes(split_dirs["train"], class_names, ignored)}
+    splits = {"train": _scan_classes(split_dirs["train"], class_names, ignored, strict=strict)}
     for name, folder in split_dirs.items():
         if name == "train":
             continue
@@ -258,7 +272,7 @@ def _scan_split_dirs(
                 f"class folder(s) {', '.join(unknown)} in {folder} have no match in "
                 f"{split_dirs['train']}; every {name} class needs training images"
             )
-        splits[name] = _scan_classes(folder, class_names, ignored, present=found)
+        splits[name] = _scan_classes(folder, class_names, ignored, present=found, strict=strict)
     return class_names, splits
 
 
@@ -323,6 +337,7 @@ def _scan_classes(
     class_names: list[str],
     ignored: list[tuple[str, str]],
     present: list[str] | None = None,
+    strict: bool = True,
 ) -> FileList:
     """Images of each class folder under ``folder``; ``present`` limits which exist there."""
     files = FileList()
@@ -330,7 +345,7 @@ def _scan_classes(
         if present is not None and name not in present:
             continue
         paths = list(_walk_images(folder / name, ignored))
-        if not paths:
+        if not paths and strict:
             raise DataError(
                 f"class folder {folder / name} has no images "
                 f"({' '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder"
@@ -555,6 +570,61 @@ def _strict_truncation() -> Iterator[None]:
                 ImageFile.LOAD_TRUNCATED_IMAGES = _saved_truncated_flag
 
 
+SKIP_LOG_ENV = "CNNKIT_SKIP_LOG"
+"""Environment variable naming the JSON-lines file :func:`skipped_files_log` appends to."""
+
+
+@contextmanager
+def skipped_files_log(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Record every image that :func:`load_image` fails to load while inside, in any process.
+
+    Inside a training run that is exactly the files the loaders skip, whichever loader
+    decodes them (:class:`ImageFileDataset`, a decode cache, statistics). Each failure
+    appends one JSON line ``{"path": ..., "reason": ..., "kind": ...}`` to ``path`` (lines
+    may repeat; see :func:`read_skipped_files`). DataLoader workers decode in other
+    processes, which may be spawned rather than forked, so the file name travels in an
+    environment variable they inherit; the caller's value is restored on exit.
+    """
+    path = Path(os.path.abspath(os.fspath(path)))
+    previous = os.environ.get(SKIP_LOG_ENV)
+    os.environ[SKIP_LOG_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(SKIP_LOG_ENV, None)
+        else:
+            os.environ[SKIP_LOG_ENV] = previous
+
+
+def read_skipped_files(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """``path -> {"reason", "kind"}`` from a :func:`skipped_files_log` file (empty if none)."""
+    found: dict[str, dict[str, str]] = {}
+    if not os.path.isfile(path):
+        return found
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut short by a worker killed mid-write
+                continue
+            found.setdefault(entry["path"], {"reason": entry["reason"], "kind": entry["kind"]})
+    return found
+
+
+def _log_failure(error: ImageLoadError) -> None:
+    log = os.environ.get(SKIP_LOG_ENV)
+    if not log:
+        return
+    line = json.dumps({"path": error.path, "reason": error.reason, "kind": error.kind}) + "\n"
+    try:
+        # One short write in append mode: lines from several processes do not interleave.
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(line)
+    except OSError:  # the list is a convenience; failing to write it must not stop training
+        pass
+
+
 def load_image(path: str | os.PathLike[str], mode: str) -> Image.Image:
     """Decode one image file into an 8-bit ``L`` or ``RGB`` image, upright.
 
@@ -571,7 +641,8 @@ def load_image(path: str | os.PathLike[str], mode: str) -> Image.Image:
 
     Raises:
         ImageLoadError: the file is missing, empty, not an image, truncated or corrupt, or
-            a decompression bomb (more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` allows).
+            a decompression bomb (more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` allows);
+            inside :func:`skipped_files_log` the failure is also recorded there.
         UsageError: ``mode`` is not ``L`` or ``RGB``.
     """
     if mode not in ("L", "RGB"):
@@ -579,22 +650,49 @@ def load_image(path: str | os.PathLike[str], mode: str) -> Image.Image:
     path = os.fspath(path)
     try:
         if os.path.getsize(path) == 0:
-            raise ImageLoadError(path, "zero bytes")
+            raise ImageLoadError(path, "zero bytes", "zero-bytes")
         with _strict_truncation(), Image.open(path) as image:
+            refuse_bomb(path, image)
             image.load()
             return to_mode(_upright(image), mode)
-    except ImageLoadError:
+    except ImageLoadError as error:
+        _log_failure(error)
         raise
-    except Image.DecompressionBombError as error:
-        raise ImageLoadError(path, f"decompression bomb: {error}") from error
-    except UnidentifiedImageError as error:
-        raise ImageLoadError(path, "not an image (no decoder recognises it)") from error
-    except FileNotFoundError as error:
-        raise ImageLoadError(path, "file not found") from error
-    except OSError as error:  # PIL's decoders report truncated and broken data as OSError
-        raise ImageLoadError(path, f"truncated or corrupt: {error}") from error
-    except Exception as error:  # plugins also raise SyntaxError, ValueError, struct.error
-        raise ImageLoadError(path, f"cannot decode: {error}") from error
+    except Exception as error:
+        bad = decode_error(path, error)
+        _log_failure(bad)
+        raise bad from error
+
+
+def refuse_bomb(path: str, image: Image.Image) -> None:
+    """Raise for an opened (not yet decoded) image of more than ``MAX_IMAGE_PIXELS`` pixels.
+
+    PIL itself only warns between 1x and 2x its limit and raises above 2x; a file that
+    size is refused here before any memory goes to its pixels.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and image.width * image.height > limit:
+        raise ImageLoadError(
+            path, f"decompression bomb: {image.width}x{image.height} is more than "
+            f"PIL.Image.MAX_IMAGE_PIXELS ({limit:,}) pixels", "decompression-bomb",
+        )  # fmt: skip
+
+
+def decode_error(path: str, error: Exception) -> ImageLoadError:
+    """The :class:`ImageLoadError` (reason and kind) for an exception raised while decoding."""
+    if isinstance(error, Image.DecompressionBombError):
+        return ImageLoadError(path, f"decompression bomb: {error}", "decompression-bomb")
+    if isinstance(error, UnidentifiedImageError):
+        return ImageLoadError(path, "not an image (no decoder recognises it)", "not-an-image")
+    if isinstance(error, FileNotFoundError):
+        return ImageLoadError(path, "file not found", "missing")
+    if isinstance(error, OSError) and error.errno is not None:  # the OS refused: a folder, permissions
+        return ImageLoadError(path, f"cannot read the file: {error.strerror or error}", "unreadable")
+    if isinstance(error, OSError):  # PIL's decoders report truncated and broken data as OSError
+        kind = "truncated" if "truncat" in str(error).lower() else "corrupt"
+        return ImageLoadError(path, f"truncated or corrupt: {error}", kind)
+    # plugins also raise SyntaxError, ValueError, struct.error, even MemoryError
+    return ImageLoadError(path, f"cannot decode: {type(error).__name__}: {error}", "corrupt")
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -656,7 +754,8 @@ class ImageFileDataset(torch.utils.data.Dataset):
     ``dataset[i]`` is ``(transform(image), label)``, or None when the file cannot be
     decoded: a warning names the file and reason once per file (per process), and
     :func:`collate_skip_bad` drops the None. ``bad_files`` collects ``path -> reason`` for
-    files found bad in this process (with ``num_workers=0``, all of them).
+    files found bad in this process (with ``num_workers=0``, all of them); inside
+    :func:`skipped_files_log` every process also records them in one file.
 
     Args:
         paths: image files.

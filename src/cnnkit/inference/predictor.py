@@ -206,7 +206,13 @@ def to_pil(image: ImageLike, mode: str) -> Image.Image:
         array = image.detach().cpu()
         if array.dim() == 3:
             array = array.permute(1, 2, 0)  # [C, H, W] -> [H, W, C]
-        return _array_to_pil(array.numpy(), mode)
+        if array.is_floating_point() and array.dtype not in (torch.float16, torch.float32, torch.float64):
+            array = array.float()  # bfloat16 and float8 have no NumPy twin
+        try:
+            values = array.numpy()
+        except TypeError:  # complex32 and other dtypes NumPy cannot hold
+            raise UsageError(f"image tensors must be uint8 or floats in [0, 1]; got {image.dtype}") from None
+        return _array_to_pil(values, mode)
     if isinstance(image, np.ndarray):
         return _array_to_pil(image, mode)
     raise UsageError(
@@ -228,10 +234,10 @@ def _array_to_pil(array: np.ndarray, mode: str) -> Image.Image:
     if array.dtype != np.uint8:
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.bool_)):
             raise UsageError(f"image arrays must be uint8 or floats in [0, 1]; got {array.dtype}")
-        values = array.astype(np.float32)
-        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+        # checked before the cast: float64 values beyond float32's range would overflow (and warn)
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
             raise UsageError("float image arrays must hold finite values in [0, 1]")
-        array = np.rint(values * 255).astype(np.uint8)
+        array = np.rint(array.astype(np.float32) * 255).astype(np.uint8)
     return to_mode(Image.fromarray(np.ascontiguousarray(array)), mode)
 
 
