@@ -4,8 +4,11 @@ Two paths, chosen by what the source is:
 
 * :class:`TensorSource` (MNIST, CIFAR, the embedded default): one uint8 tensor in memory,
   batched augmentation (:class:`~cnnkit.data.tensor_data.TensorLoader`).
-* :class:`FileDataset` (folders, CSV files, Flowers-102): per-sample decoding in worker
-  processes with torchvision v2 transforms; unreadable files are skipped with a warning.
+* :class:`FileDataset` (folders, CSV files, Flowers-102): decoding in worker processes;
+  unreadable files are skipped with a warning. With the decode cache
+  (:mod:`cnnkit.data.cache`, ``decode_cache``) each image is decoded once into a
+  memory-mapped uint8 file and then augmented in batches like an in-memory dataset;
+  without it, every epoch decodes again with per-sample torchvision v2 transforms.
 
 The split actually used is described in ``DataSpec.split`` (written to ``split.json``);
 passing it back as ``split=`` rebuilds exactly the same split.
@@ -24,6 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnkit.config import DataConfig
+from cnnkit.data.cache import CachedFileLoader, use_cache
+from cnnkit.data.cache import check_mode as check_cache_mode
 from cnnkit.data.datasets import (
     Source,
     TensorSource,
@@ -45,6 +50,7 @@ from cnnkit.data.folder import (
 from cnnkit.data.spec import Batch, DataSpec, Loaders, Preprocess
 from cnnkit.data.tensor_data import (
     TensorLoader,
+    balanced_sample_weights,
     channel_stats,
     convert_channels,
     epoch_order,
@@ -103,6 +109,7 @@ def build(
         UsageError: unknown dataset or augmentation name.
     """
     get_augment(cfg.augment)  # fail on a bad preset before any slow loading
+    check_cache_mode(cfg.decode_cache)
     source = resolve_source(cfg, seed)
     if isinstance(source, TensorSource):
         return _build_tensor(cfg, source, seed=seed, device=device, split=split, training=training)
@@ -150,6 +157,8 @@ def _build_tensor(
         )  # fmt: skip
 
     loaders = Loaders(loader("train", training), loader("val", False), loader("test", False) if "test" in parts else None)
+    if training and cfg.balance == "sampler":
+        loaders.train.balance_classes()
     spec = DataSpec(
         name=cfg.name,
         class_names=list(source.class_names),
@@ -267,14 +276,23 @@ def _build_files(
     augment = get_augment(cfg.augment)
     eval_bs = cfg.eval_batch_size or max(64, 2 * cfg.batch_size)
 
-    def loader(name: str, train: bool) -> FileLoader:
+    def loader(name: str, train: bool) -> FileLoader | CachedFileLoader:
         augmented = train or cfg.augment_eval
+        cached, why_not = use_cache(cfg.decode_cache, len(lists[name]), pre, augment if augmented else None)
+        if why_not and why_not not in notes:
+            notes.append(why_not)
+        if cached:  # decoded once into a memory-mapped uint8 file; batched augmentation after that
+            return CachedFileLoader(lists[name].paths, lists[name].labels, pre, mode, cfg.batch_size if train else eval_bs,
+                                    shuffle=train and cfg.shuffle, augment=augment if augmented and not augment.is_identity else None,
+                                    drop_last=train, seed=seed, workers=cfg.workers)  # fmt: skip
         transform = train_transform(pre, augment) if augmented else eval_transform(pre)
         dataset = ImageFileDataset(lists[name].paths, lists[name].labels, transform, mode)
         return FileLoader(dataset, cfg.batch_size if train else eval_bs, shuffle=train and cfg.shuffle,
                           workers=cfg.workers, seed=seed, drop_last=train)  # fmt: skip
 
     loaders = Loaders(loader("train", training), loader("val", False), loader("test", False) if "test" in lists else None)
+    if training and cfg.balance == "sampler":
+        loaders.train.balance_classes()
     spec = DataSpec(
         name=cfg.name,
         class_names=list(source.class_names),
@@ -338,13 +356,15 @@ class EpochSampler(Sampler[int]):
     def __init__(self, count: int, shuffle: bool, seed: int) -> None:
         self.count, self.shuffle, self.seed = count, shuffle, seed
         self.next_epoch = 0
+        self.weights: torch.Tensor | None = None  # per-sample weights: balanced sampling with replacement
 
     def __len__(self) -> int:
         return self.count
 
     def __iter__(self) -> Iterator[int]:
         epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
-        return iter(epoch_order(self.count, shuffle=self.shuffle, seed=self.seed, epoch=epoch).tolist())
+        order = epoch_order(self.count, shuffle=self.shuffle, seed=self.seed, epoch=epoch, weights=self.weights)
+        return iter(order.tolist())
 
 
 class FileLoader:
@@ -368,6 +388,19 @@ class FileLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.next_epoch = epoch
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Class index of every sample, ``[N]`` (for loss weights and balanced sampling)."""
+        labels = getattr(self.loader.dataset, "labels", None)
+        if labels is None:
+            raise DataError("this dataset does not expose its labels (a `labels` attribute), which class "
+                            "balancing needs; use --balance none")  # fmt: skip
+        return torch.as_tensor(labels, dtype=torch.long)
+
+    def balance_classes(self) -> None:
+        """Draw each epoch's samples with replacement so every class comes up equally often."""
+        self.sampler.weights = balanced_sample_weights(self.labels)
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:

@@ -2,7 +2,10 @@
 
 Images stay as one uint8 tensor ``[N, C, H, W]`` (4x smaller than float, and on the GPU
 when there is one); each batch is gathered by index, augmented as a batch and normalised
-in one step. No per-sample Python, no worker processes: this is why it is fast.
+in one step. No per-sample Python, no worker processes: this is why it is fast. The
+random numbers of a whole epoch are drawn at its start (on the CPU, from a generator
+seeded by ``(seed, epoch)``) and moved to the device in one copy, so a GPU epoch never
+waits on the host and a resumed run sees the same augmentation.
 """
 
 from __future__ import annotations
@@ -13,17 +16,44 @@ import torch
 import torch.nn.functional as F
 
 from cnnkit.data.spec import Batch, Preprocess
-from cnnkit.data.transforms import Augment, augment_batch
+from cnnkit.data.transforms import (
+    Augment,
+    alternating_flips,
+    apply_cutout,
+    apply_geometric,
+    draw_augment,
+    flip_base,
+    normalization_constants,
+    normalize_uint8,
+)
 
 
-def epoch_order(count: int, *, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
+def epoch_order(count: int, *, shuffle: bool, seed: int, epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sample order of one epoch: a permutation that depends only on ``(seed, epoch)``.
 
     Every loader in cnnkit draws its order here, so a resumed run sees the same data order.
+    With ``weights`` (``[count]``, one per sample), ``count`` samples are drawn with
+    replacement in proportion to them instead (class-balanced sampling).
     """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if weights is not None:
+        return torch.multinomial(weights.double().cpu(), count, replacement=True, generator=generator)
     if not shuffle:
         return torch.arange(count)
-    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return torch.randperm(count, generator=generator)
+
+
+def augment_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s augmentation draws: a function of ``(seed, epoch)`` alone,
+    scrambled (golden-ratio multiplier) so it never equals an ``epoch_order`` seed nearby."""
+    return ((seed * 1_000_003 + epoch) * 0x9E3779B97F4A7C15 + 1) % 2**63
+
+
+def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights ``1 / n_class`` so that each class is drawn equally often."""
+    labels = labels.long().cpu()
+    counts = torch.bincount(labels).double()
+    return 1.0 / counts[labels]
 
 
 def batch_count(count: int, batch_size: int, drop_last: bool) -> int:
@@ -43,6 +73,7 @@ class EpochBatches:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last = drop_last and len(labels) > batch_size
         self._next_epoch = 0
+        self.sample_weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return batch_count(len(self.labels), self.batch_size, self.drop_last)
@@ -55,13 +86,56 @@ class EpochBatches:
         """Make the next ``iter()`` produce epoch ``epoch``'s order (and augmentation)."""
         self._next_epoch = epoch
 
+    def balance_classes(self) -> None:
+        """Draw each epoch's samples with replacement so every class comes up equally often."""
+        self.sample_weights = balanced_sample_weights(self.labels)
+
     def _next_order(self) -> tuple[int, torch.Tensor]:
         """The epoch this ``iter()`` produces and its sample order; advances the epoch."""
         epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        return epoch, epoch_order(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
+        return epoch, epoch_order(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=epoch,
+                                  weights=self.sample_weights)  # fmt: skip
 
     def _batch_slices(self) -> range:
         return range(0, len(self) * self.batch_size, self.batch_size)
+
+
+class EpochAugmenter:
+    """One epoch of batched augmentation: every random number drawn at the start, then
+    applied batch by batch.
+
+    Draws come from a CPU generator seeded by ``(seed, epoch)`` and reach ``device`` in one
+    copy (per-batch copies would each wait for the GPU). Position ``p`` of the epoch gets
+    row ``p`` of the draws; alternating flips go by dataset index instead.
+
+    Args:
+        augment: the preset.
+        count: positions in the epoch.
+        size: (height, width) of the model input (cutout positions).
+        seed: the loader's seed.
+        epoch: the epoch number.
+        flip_base: bool ``[N]`` epoch-0 flips by dataset index (``flip="alternate"``), or None.
+        device: where the batches are.
+    """
+
+    def __init__(self, augment: Augment, count: int, size: tuple[int, int], *, seed: int, epoch: int,
+                 flip_base: torch.Tensor | None, device: torch.device | str) -> None:  # fmt: skip
+        # Not epoch_order's seed: the same stream would tie each position's draws to the shuffle.
+        generator = torch.Generator().manual_seed(augment_seed(seed, epoch))
+        self.augment = augment
+        self.draws = draw_augment(augment, count, size, generator).to(device)
+        self.flips = None if flip_base is None else alternating_flips(flip_base, epoch)  # [N] by index
+
+    def geometric(self, images: torch.Tensor, start: int, index: torch.Tensor) -> torch.Tensor:
+        """Warp/translate/flip uint8 ``images`` at epoch positions ``start, start + 1, ...``."""
+        rows = self.draws.rows(start, start + len(images))
+        return apply_geometric(images, self.augment, rows, None if self.flips is None else self.flips[index])
+
+    def cutout(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Blank the cutout squares of the normalised batch at positions ``start, ...`` (in place)."""
+        if self.draws.corners is not None:
+            apply_cutout(x, self.augment.cutout, self.draws.corners[start : start + len(x)])
+        return x
 
 
 class TensorLoader(EpochBatches):
@@ -104,23 +178,47 @@ class TensorLoader(EpochBatches):
         super().__init__(labels.to(device=device, dtype=torch.long), batch_size, shuffle=shuffle,
                          drop_last=drop_last, seed=seed)  # fmt: skip
         self.images = images.to(device)
+        self.device = self.images.device  # where batches are produced
         self.preprocess = preprocess
         self.augment = augment
         self.output_size = output_size
+        self._scale, self._shift = normalization_constants(preprocess, self.images.device)
+        # Alternating flips start from a per-image choice that depends on the seed alone.
+        self._flip_base = None
+        if augment is not None and augment.flip == "alternate":
+            self._flip_base = flip_base(len(self.labels), seed, augment.flip_p).to(self.images.device)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, order = self._next_order()
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)  # drives augmentation
         order = order.to(self.images.device)
+        augmenter = self._augmenter(epoch, len(order))
         for start in self._batch_slices():
             index = order[start : start + self.batch_size]
-            images = self.images[index]  # uint8 [B, C, H, W]
-            if self.augment is not None:
-                images = augment_batch(images, self.augment, generator)
-            if self.output_size is not None:  # [B, C, h, w] uint8 -> [B, C, H, W] float in [0, 1]
-                images = F.interpolate(images.float().div_(255), size=self.output_size, mode="bilinear",
-                                       align_corners=False).clamp_(0, 1)  # fmt: skip
-            yield Batch(self.preprocess.normalize(images), self.labels[index])
+            yield self._batch(self.images[index], index, start, augmenter)  # gathers uint8 [B, C, H, W]
+
+    def _augmenter(self, epoch: int, count: int) -> EpochAugmenter | None:
+        if self.augment is None:
+            return None
+        stored = self.preprocess.input_size if self.images is None else tuple(self.images.shape[-2:])
+        return EpochAugmenter(self.augment, count, self.output_size or stored, seed=self.seed, epoch=epoch,
+                              flip_base=self._flip_base, device=self.device)  # fmt: skip
+
+    def _batch(self, images: torch.Tensor, index: torch.Tensor, start: int, augmenter: EpochAugmenter | None) -> Batch:
+        """uint8 ``[B, C, H, W]`` (epoch positions ``start``..., dataset rows ``index``) -> a Batch."""
+        if augmenter is not None:
+            images = augmenter.geometric(images, start, index)
+        x = self._to_float(images)  # float32 [B, C, H, W], normalised
+        if augmenter is not None:
+            augmenter.cutout(x, start)
+        return Batch(x, self.labels[index])
+
+    def _to_float(self, images: torch.Tensor) -> torch.Tensor:
+        if self.output_size is None:
+            return normalize_uint8(images, self._scale, self._shift)
+        # [B, C, h, w] uint8 -> [B, C, H, W] float in [0, 1], enlarged for the model
+        images = F.interpolate(images.float().div_(255), size=self.output_size, mode="bilinear",
+                               align_corners=False).clamp_(0, 1)  # fmt: skip
+        return self.preprocess.normalize(images)
 
 
 def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -152,3 +250,24 @@ def channel_stats(images: torch.Tensor, max_images: int = 20_000) -> tuple[list[
     mean = sample.mean(dim=(0, 2, 3))
     std = sample.std(dim=(0, 2, 3))
     return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
+
+
+def sample_images(loader: object, count: int) -> torch.Tensor:
+    """Up to ``count`` normalised training images ``[n, C, H, W]`` (float32) from a loader.
+
+    In-memory loaders give their first ``count`` images un-augmented; any other loader
+    gives the images of its first batches as it yields them. Used to initialise models
+    from data (e.g. a whitening stem, see ``init_from_data``).
+    """
+    images = getattr(loader, "images", None)
+    preprocess = getattr(loader, "preprocess", None)
+    if isinstance(images, torch.Tensor) and isinstance(preprocess, Preprocess) and images.dtype == torch.uint8:
+        scale, shift = normalization_constants(preprocess, images.device)
+        return normalize_uint8(images[:count], scale, shift)
+    batches, seen = [], 0
+    for batch_images, _ in loader:  # type: ignore[attr-defined]
+        batches.append(batch_images)
+        seen += len(batch_images)
+        if seen >= count:
+            break
+    return torch.cat(batches)[:count]

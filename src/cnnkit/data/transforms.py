@@ -1,8 +1,13 @@
 """Augmentation presets and the two ways to apply them.
 
-A preset is data (:class:`Augment`). Small in-memory datasets are augmented a whole batch
-at a time on uint8 tensors (:func:`augment_batch`); file datasets use per-sample
-torchvision v2 transforms built from the same preset (:func:`train_transform`).
+A preset is data (:class:`Augment`). In-memory datasets (and folder datasets read from the
+decode cache) are augmented a whole batch at a time on uint8 tensors, on whatever device
+holds them: :func:`draw_augment` draws every random number of an epoch at once on the CPU
+(one generator, so the result does not depend on the device), :func:`apply_geometric`
+crops, translates, flips and warps, :func:`normalize_uint8` turns uint8 into normalised
+floats in one fused step and :func:`apply_cutout` blanks squares after normalisation.
+:func:`augment_batch` chains the geometric part for one batch. File datasets decoded per
+sample use torchvision v2 transforms built from the same preset (:func:`train_transform`).
 """
 
 from __future__ import annotations
@@ -15,20 +20,35 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode, v2
 
 from cnnkit.data.spec import Preprocess
-from cnnkit.errors import unknown_name
+from cnnkit.errors import UsageError, unknown_name
+
+FLIP_MODES = ("random", "alternate")
+PAD_MODES = ("zeros", "reflect")
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Train-time augmentation, applied before normalisation.
+    """Train-time augmentation, applied before normalisation (cutout: after).
 
     Attributes:
-        crop_padding: random crop back to the input size after zero-padding this many
-            pixels on each side (the CIFAR standard is 4).
+        crop_padding: random translation by up to this many pixels each way: pad this many
+            pixels on each side, then crop back to the input size at a random offset (the
+            CIFAR standard is 4 with zeros; airbench translates by 2 with reflection).
         flip_p: probability of a horizontal flip.
         rotate_deg: random rotation in [-rotate_deg, rotate_deg] degrees.
         translate: random shift as a fraction of the side, in [-translate, translate].
         scale: random zoom range (min, max); (1, 1) disables it.
+        pad_mode: what the crop padding holds: ``zeros`` or ``reflect`` (mirrored pixels,
+            so a translated image has no black border).
+        flip: ``random`` (each image flips with ``flip_p``, independently every epoch) or
+            ``alternate`` (airbench's alternating flip: epoch 0 flips each image with
+            ``flip_p``; every later epoch flips it exactly when the previous epoch did not,
+            so every image is seen both ways every two epochs). The per-image choice of epoch
+            0 is a function of the loader's seed and the image's index alone, so a resumed
+            run sees the same flips.
+        cutout: side in pixels of a square set to 0 after normalisation (the mean colour),
+            at a uniformly random position inside each image (DeVries & Taylor, 2017);
+            0 disables it.
     """
 
     crop_padding: int = 0
@@ -36,6 +56,15 @@ class Augment:
     rotate_deg: float = 0.0
     translate: float = 0.0
     scale: tuple[float, float] = (1.0, 1.0)
+    pad_mode: str = "zeros"
+    flip: str = "random"
+    cutout: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pad_mode not in PAD_MODES:
+            raise unknown_name("padding mode", self.pad_mode, PAD_MODES)
+        if self.flip not in FLIP_MODES:
+            raise unknown_name("flip mode", self.flip, FLIP_MODES)
 
     @property
     def is_identity(self) -> bool:
@@ -44,6 +73,11 @@ class Augment:
     @property
     def has_affine(self) -> bool:
         return bool(self.rotate_deg or self.translate or self.scale != (1.0, 1.0))
+
+    @property
+    def flips(self) -> bool:
+        """Whether any image is ever flipped (alternating flips always flip some)."""
+        return bool(self.flip_p) or self.flip == "alternate"
 
 
 AUGMENT_PRESETS: dict[str, Augment] = {
@@ -57,6 +91,11 @@ AUGMENT_PRESETS: dict[str, Augment] = {
     "flowers": Augment(flip_p=0.5, rotate_deg=30.0, translate=0.1, scale=(0.9, 1.1)),
     # Small shifts and rotations for digits (never flip a digit).
     "digits": Augment(rotate_deg=10.0, translate=0.08, scale=(0.9, 1.1)),
+    # crop-flip plus a 16-pixel cutout (DeVries & Taylor's CIFAR-10 setting).
+    "crop-flip-cutout": Augment(crop_padding=4, flip_p=0.5, cutout=16),
+    # airbench94 (Keller Jordan): 2-pixel translation with reflected borders and the
+    # alternating flip, which shows each image both ways every two epochs.
+    "airbench": Augment(crop_padding=2, pad_mode="reflect", flip_p=0.5, flip="alternate"),
 }
 
 
@@ -83,11 +122,13 @@ def train_transform(pre: Preprocess, augment: Augment) -> v2.Compose:
     """Per-sample train transform: geometric augmentation, resize/crop, then normalise.
 
     Rotation and flips act on the decoded image before the resize (as the seeds do);
-    padding-crop acts on the final size.
+    padding-crop acts on the final size and cutout on the normalised tensor. A sample knows
+    neither its epoch nor its index, so ``flip="alternate"`` becomes a random flip here
+    (the batched path, :func:`apply_geometric`, alternates).
     """
     steps: list[v2.Transform] = []
-    if augment.flip_p:
-        steps.append(v2.RandomHorizontalFlip(p=augment.flip_p))
+    if augment.flips:
+        steps.append(v2.RandomHorizontalFlip(p=augment.flip_p or 0.5))
     if augment.has_affine:
         steps.append(
             v2.RandomAffine(
@@ -99,8 +140,20 @@ def train_transform(pre: Preprocess, augment: Augment) -> v2.Compose:
         )
     steps += _resize_crop(pre)
     if augment.crop_padding:
-        steps.append(v2.RandomCrop(pre.input_size, padding=augment.crop_padding))
-    return v2.Compose(steps + _to_normalized(pre))
+        fill = "constant" if augment.pad_mode == "zeros" else "reflect"
+        steps.append(v2.RandomCrop(pre.input_size, padding=augment.crop_padding, padding_mode=fill))
+    steps += _to_normalized(pre)
+    if augment.cutout:
+        # An area of exactly cutout**2 with aspect ratio 1 is a cutout x cutout square.
+        area = augment.cutout**2 / (pre.input_size[0] * pre.input_size[1])
+        steps.append(v2.RandomErasing(p=1.0, scale=(area, area), ratio=(1.0, 1.0), value=0))
+    return v2.Compose(steps)
+
+
+def resize_crop_transform(pre: Preprocess) -> v2.Compose:
+    """PIL image -> PIL image at ``pre.input_size``: the resize and centre crop of
+    :func:`eval_transform`, without the conversion to a normalised tensor."""
+    return v2.Compose(_resize_crop(pre))
 
 
 def _resize_crop(pre: Preprocess) -> list[v2.Transform]:
@@ -117,52 +170,195 @@ def _to_normalized(pre: Preprocess) -> list[v2.Transform]:
     ]
 
 
-def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+@dataclass
+class AugmentDraws:
+    """The random parameters of a run of images, one row per position in the run.
+
+    A loader draws a whole epoch's rows at once on the CPU and moves them to the device in
+    one copy: the random stream is then the same on every device, and the GPU never waits
+    for a small host-to-device copy in the middle of an epoch.
+
+    Attributes:
+        theta: ``[N, 2, 3]`` float affine matrices in ``affine_grid`` units (affine only).
+        offsets: ``[N, 2]`` int64 crop offsets ``(dy, dx)`` in ``[0, 2 * crop_padding]``.
+        flips: ``[N]`` bool, whether to mirror (``flip="random"`` only).
+        corners: ``[N, 2]`` int64 top-left ``(y, x)`` of each cutout square.
+    """
+
+    theta: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
+    flips: torch.Tensor | None = None
+    corners: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> AugmentDraws:
+        return AugmentDraws(*(None if t is None else t.to(device) for t in self._fields()))
+
+    def rows(self, start: int, stop: int) -> AugmentDraws:
+        """The rows of positions ``start`` to ``stop - 1`` (views, no copy)."""
+        return AugmentDraws(*(None if t is None else t[start:stop] for t in self._fields()))
+
+    def _fields(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.theta, self.offsets, self.flips, self.corners)
+
+
+def draw_augment(
+    augment: Augment, count: int, size: tuple[int, int], generator: torch.Generator
+) -> AugmentDraws:
+    """Draw the random parameters of ``count`` images of ``size`` (height, width).
+
+    Draws happen in a fixed order (affine, crop, flip, cutout) from ``generator`` (a CPU
+    generator), so a seed gives the same augmentation on the CPU and on a GPU.
+    """
+    draws = AugmentDraws()
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(count, generator=generator)
+
+    if augment.has_affine:
+        angle = uniform(-augment.rotate_deg, augment.rotate_deg) * (math.pi / 180)
+        zoom = uniform(*augment.scale)
+        shift_x = uniform(-augment.translate, augment.translate) * 2  # grid units span [-1, 1]
+        shift_y = uniform(-augment.translate, augment.translate) * 2
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        draws.theta = torch.stack(
+            [torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1
+        )  # [N, 2, 3]
+    if augment.crop_padding:
+        draws.offsets = torch.randint(0, 2 * augment.crop_padding + 1, (count, 2), generator=generator)
+    if augment.flip == "random" and augment.flip_p:
+        draws.flips = torch.rand(count, generator=generator) < augment.flip_p
+    if augment.cutout:
+        height, width = size
+        if augment.cutout > min(height, width):
+            raise UsageError(f"cutout {augment.cutout} is larger than the {height}x{width} input; use a smaller cutout")
+        draws.corners = torch.stack([torch.randint(0, height - augment.cutout + 1, (count,), generator=generator),
+                                     torch.randint(0, width - augment.cutout + 1, (count,), generator=generator)], 1)  # fmt: skip
+    return draws
+
+
+def flip_base(count: int, seed: int, p: float = 0.5) -> torch.Tensor:
+    """Epoch-0 flips of an alternating flip: bool ``[count]``, image ``i``'s depends on ``seed`` only."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 999_983)  # apart from the epoch seeds
+    return torch.rand(count, generator=generator) < p
+
+
+def alternating_flips(base: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which images to flip in ``epoch``: ``base`` in even epochs, its opposite in odd ones."""
+    return base ^ bool(epoch % 2)
+
+
+def apply_geometric(
+    images: torch.Tensor, augment: Augment, draws: AugmentDraws, flips: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Warp, translate and flip a uint8 batch ``[B, C, H, W]`` with the given draws.
+
+    ``flips`` (bool ``[B]``) overrides ``draws.flips``: alternating flips come from the
+    image index, not the batch position. Returns uint8 ``[B, C, H, W]``, same device.
+    """
+    if draws.theta is not None:
+        images = _affine(images, draws.theta)
+    flips = draws.flips if flips is None else flips
+    if draws.offsets is not None:
+        return _shift_crop(images, augment.crop_padding, augment.pad_mode, draws.offsets, flips)
+    if flips is not None:
+        images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
+    return images
+
+
+def apply_cutout(images: torch.Tensor, size: int, corners: torch.Tensor) -> torch.Tensor:
+    """Set a ``size`` x ``size`` square of each normalised image to 0, in place.
+
+    ``corners`` is int64 ``[B, 2]``, the top-left ``(y, x)`` of each square.
+    """
+    height, width = images.shape[-2:]
+    rows = torch.arange(height, device=images.device).view(1, height, 1)
+    cols = torch.arange(width, device=images.device).view(1, 1, width)
+    top, left = corners[:, 0].view(-1, 1, 1), corners[:, 1].view(-1, 1, 1)
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)  # [B, H, W]
+    return images.masked_fill_(inside.unsqueeze(1), 0.0)
+
+
+def normalize_uint8(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` -> ``images * scale + shift`` in float32 (one kernel on CUDA).
+
+    With ``scale = 1 / (255 * std)`` and ``shift = -mean / std`` (both ``[1, C, 1, 1]``, see
+    :func:`normalization_constants`) this is ``(images / 255 - mean) / std`` without the
+    intermediate [0, 1] tensor.
+    """
+    if images.is_cuda:
+        return torch.addcmul(shift, images, scale)  # reads uint8, writes float: one kernel
+    # On CPUs the mixed-dtype broadcast above is ~6x slower than converting first and
+    # scaling in place (vectorised loops), so two passes win there.
+    return images.float().mul_(scale).add_(shift)
+
+
+def normalization_constants(pre: Preprocess, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` for :func:`normalize_uint8`, each float32 ``[1, C, 1, 1]`` on ``device``."""
+    mean = torch.tensor(pre.mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float64).view(1, -1, 1, 1)
+    return (1 / (255 * std)).float().to(device), (-mean / std).float().to(device)
+
+
+def augment_batch(
+    images: torch.Tensor,
+    augment: Augment,
+    generator: torch.Generator,
+    *,
+    epoch: int = 0,
+    flip_base: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Augment a uint8 batch ``[B, C, H, W]`` with independent random draws per image.
 
     Returns a uint8 tensor of the same shape on the same device. Random numbers come from
     ``generator`` (a CPU generator), so the result is reproducible for a given state.
+    Cutout is not applied: it acts on normalised images (:func:`apply_cutout`). For
+    ``flip="alternate"``, ``flip_base`` holds the batch's epoch-0 flips (default: drawn
+    from ``generator``) and ``epoch`` picks them or their opposite.
     """
     if augment.is_identity:
         return images
-    if augment.has_affine:
-        images = _random_affine(images, augment, generator)
-    if augment.crop_padding:
-        images = _random_crop(images, augment.crop_padding, generator)
-    if augment.flip_p:
-        flip = torch.rand(images.shape[0], generator=generator) < augment.flip_p
-        images = torch.where(flip.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
-    return images
+    draws = draw_augment(augment, images.shape[0], tuple(images.shape[-2:]), generator)
+    flips = None
+    if augment.flip == "alternate":
+        base = flip_base if flip_base is not None else torch.rand(images.shape[0], generator=generator) < augment.flip_p
+        flips = alternating_flips(base, epoch)
+    return apply_geometric(images, augment, draws.to(images.device), None if flips is None else flips.to(images.device))
 
 
-def _random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``pad`` and crop each image at its own random offset (exact, no resampling)."""
-    batch, _, height, width = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))  # [B, C, H+2p, W+2p]
-    dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(images.device)
-    rows = (dy.view(-1, 1) + torch.arange(height, device=images.device)).view(batch, 1, height, 1)
-    cols = (dx.view(-1, 1) + torch.arange(width, device=images.device)).view(batch, 1, 1, width)
-    batch_index = torch.arange(batch, device=images.device).view(batch, 1, 1, 1)
-    channel_index = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
-    return padded[batch_index, channel_index, rows, cols]  # [B, C, H, W]
+def _shift_crop(
+    images: torch.Tensor, pad: int, mode: str, offsets: torch.Tensor, flips: torch.Tensor | None
+) -> torch.Tensor:
+    """Translate each image by its offset minus ``pad`` (exact, no resampling), mirroring
+    the images marked in ``flips`` in the same gather.
+
+    Equivalent to padding by ``pad`` (zeros or reflection) and cropping at ``offsets``.
+    """
+    batch, chans, height, width = images.shape
+    device = images.device
+    rows = offsets[:, :1] - pad + torch.arange(height, device=device)  # [B, H] source rows, may fall outside
+    cols = offsets[:, 1:] - pad + torch.arange(width, device=device)  # [B, W]
+    if flips is not None:  # mirroring the output = reading the columns right to left
+        cols = torch.where(flips.view(-1, 1), cols.flip(1), cols)
+    if mode == "reflect":
+        rows, cols = _reflect(rows, height), _reflect(cols, width)
+        source = images
+    else:  # zeros: read from a zero-padded copy
+        source = F.pad(images, (pad, pad, pad, pad))  # [B, C, H+2p, W+2p]
+        rows, cols = rows + pad, cols + pad
+    # One gather over flattened planes: 2.5x faster on a CPU than 4-tensor advanced indexing.
+    flat = (rows[:, :, None] * source.shape[-1] + cols[:, None, :]).view(batch, 1, height * width)  # [B, 1, H*W]
+    out = source.reshape(batch, chans, -1).gather(2, flat.expand(batch, chans, height * width))
+    return out.view(batch, chans, height, width)
 
 
-def _random_affine(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Mirror out-of-range indices back inside ``[0, size)`` (numpy's 'reflect', edge not repeated)."""
+    index = index.abs()
+    return (size - 1) - ((size - 1) - index).abs()
+
+
+def _affine(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Per-image rotation, translation and zoom with one bilinear ``grid_sample`` call."""
-    batch = images.shape[0]
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(batch, generator=generator)
-
-    angle = uniform(-augment.rotate_deg, augment.rotate_deg) * (math.pi / 180)
-    zoom = uniform(*augment.scale)
-    shift_x = uniform(-augment.translate, augment.translate) * 2  # grid units span [-1, 1]
-    shift_y = uniform(-augment.translate, augment.translate) * 2
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1
-    ).to(images.device)  # [B, 2, 3]
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     warped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return warped.round_().clamp_(0, 255).to(torch.uint8)

@@ -1,11 +1,16 @@
 """Optimizers and learning-rate schedules, built from a TrainConfig.
 
 Schedules are stepped once per optimizer step (not per epoch), so warm-up and cosine
-decay are smooth even for runs of one or two epochs.
+decay are smooth even for runs of one or two epochs. Optimizers use PyTorch's fused
+kernels on CUDA (one kernel for all parameters) and its multi-tensor ``foreach`` path
+elsewhere; parameters are grouped by learning rate and weight decay (backbone, norm
+layers, biases). Lookahead (airbench's) is a step hook on the optimizer, so the loop
+knows nothing of it and its state travels in ``optimizer.state_dict()``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -13,80 +18,183 @@ from torch import nn
 
 from cnnkit.config import TrainConfig
 from cnnkit.engine.checkpoint import unwrap
+from cnnkit.engine.speed import check_switch
 from cnnkit.engine.tta import check_tta
 from cnnkit.errors import UsageError, unknown_name
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "step", "cosine", "onecycle")
+SCHEDULERS = ("none", "step", "cosine", "onecycle", "triangle")
+# Normalisation layers: their parameters are a "norm" group (own lr scale, optionally no decay).
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 CACHE_MODES = ("auto", "on", "off")
 
 
 def check_train_config(cfg: TrainConfig) -> None:
     """Fail fast on bad names, before any data is loaded or a run folder is made."""
     from cnnkit.engine.device import AMP_MODES
-    from cnnkit.engine.loop import SELECT_METRICS
+    from cnnkit.engine.loop import metric_column
 
+    metric_column(cfg.select_metric)
     for kind, value, valid in (
         ("optimizer", cfg.optimizer, OPTIMIZERS),
         ("scheduler", cfg.scheduler, SCHEDULERS),
         ("amp mode", cfg.amp, AMP_MODES),
-        ("select metric", cfg.select_metric, SELECT_METRICS),
     ):
         if value not in valid:
             raise unknown_name(kind, value, valid)
     if cfg.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
+        raise UsageError(f"--checkpoint-every-steps must be at least 1, got {cfg.checkpoint_every_steps}")
     check_tta(cfg.tta)
+    check_switch("channels-last", cfg.channels_last)
+    check_switch("compile", cfg.compile)
+    if cfg.profile < 0:
+        raise UsageError(f"--profile takes a number of epochs (0 or more), got {cfg.profile}")
     if cfg.cache_features not in CACHE_MODES:
         raise unknown_name("--cache-features mode", cfg.cache_features, CACHE_MODES)
     if cfg.fine_tune is not None and (len(cfg.fine_tune) != 2 or min(cfg.fine_tune) < 0 or sum(cfg.fine_tune) < 1):
         raise UsageError(f"--fine-tune expects E1,E2 (head-only epochs, then all-layer epochs), got {cfg.fine_tune}")
     if not 0 < cfg.backbone_lr_scale <= 10:
         raise UsageError(f"--backbone-lr-scale must be in (0, 10], got {cfg.backbone_lr_scale}")
+    if not 0 < cfg.norm_lr_scale <= 1000:
+        raise UsageError(f"train.norm_lr_scale must be in (0, 1000], got {cfg.norm_lr_scale}")
+    for name in ("lr_start_factor", "lr_end_factor"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise UsageError(f"train.{name} must be in [0, 1], got {getattr(cfg, name)}")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov), Adam or AdamW over the trainable parameters.
 
-    A model with a trainable ``backbone`` (a pretrained one being fine-tuned) gets two
-    parameter groups: the backbone at ``cfg.backbone_lr_scale * lr``, the rest at ``lr``
-    (discriminative learning rates: pretrained layers need smaller steps than a new head).
+    Parameters are grouped (see :func:`param_groups`): a trainable ``backbone`` (a
+    pretrained one being fine-tuned) at ``cfg.backbone_lr_scale * lr`` (discriminative
+    learning rates: pretrained layers need smaller steps than a new head); normalisation
+    layers at ``cfg.norm_lr_scale * lr``; with ``cfg.no_decay_norm_bias`` no weight decay
+    on normalisation parameters and biases. On CUDA the fused implementation runs when
+    this PyTorch has one, elsewhere the multi-tensor (foreach) one. With ``cfg.lookahead``
+    the optimizer carries airbench's lookahead (:class:`Lookahead`).
     """
-    params = _param_groups(model, cfg)
+    params = param_groups(model, cfg)
+    if cfg.optimizer not in OPTIMIZERS:
+        raise unknown_name("optimizer", cfg.optimizer, OPTIMIZERS)
+    klass = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    kwargs: dict = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **_implementation(klass, params)}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )  # fmt: skip
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise unknown_name("optimizer", cfg.optimizer, OPTIMIZERS)
+        kwargs.update(momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    optimizer = klass(params, **kwargs)
+    if cfg.lookahead:
+        Lookahead(model).attach(optimizer)
+    return optimizer
 
 
-def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+def _implementation(klass: type, groups: list[dict]) -> dict[str, bool]:
+    """``fused=True`` when every parameter is a CUDA float tensor and ``klass`` has a fused
+    kernel; otherwise ``foreach=True`` (one multi-tensor op per step instead of one per
+    parameter)."""
+    tensors = [p for g in groups for p in g["params"]]
+    if not tensors:
+        return {}
+    on_cuda = all(p.is_cuda and p.is_floating_point() for p in tensors)
+    if on_cuda and "fused" in inspect.signature(klass).parameters:
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The trainable parameters in groups of equal learning rate and weight decay.
+
+    Each parameter's lr is ``cfg.lr`` times ``backbone_lr_scale`` (in a trainable
+    ``backbone``, when that scale is not 1) and times ``norm_lr_scale`` (in a
+    normalisation layer, whose decay is divided by the same factor). With
+    ``no_decay_norm_bias`` normalisation parameters and biases (1-d tensors) get no decay.
+    Groups keep the model's parameter order: backbone first, then the rest.
+    """
     inner = unwrap(model)
     backbone = getattr(inner, "backbone", None)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not isinstance(backbone, nn.Module) or cfg.backbone_lr_scale == 1.0:
-        return [{"params": trainable}]
-    in_backbone = {id(p) for p in backbone.parameters() if p.requires_grad}
-    groups = [
-        {"params": [p for p in trainable if id(p) in in_backbone], "lr": cfg.lr * cfg.backbone_lr_scale},
-        {"params": [p for p in trainable if id(p) not in in_backbone]},
-    ]
-    return [g for g in groups if g["params"]]
+    in_backbone: set[int] = set()
+    if isinstance(backbone, nn.Module) and cfg.backbone_lr_scale != 1.0:
+        in_backbone = {id(p) for p in backbone.parameters()}
+    in_norm = {id(p) for m in inner.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    groups: dict[tuple[bool, bool, bool], dict] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        backbone_p, norm_p = id(p) in in_backbone, id(p) in in_norm and cfg.norm_lr_scale != 1.0
+        no_decay = cfg.no_decay_norm_bias and (id(p) in in_norm or p.dim() <= 1)
+        key = (not backbone_p, norm_p, no_decay)  # backbone groups sort first
+        if key not in groups:
+            lr = cfg.lr * (cfg.backbone_lr_scale if backbone_p else 1.0) * (cfg.norm_lr_scale if norm_p else 1.0)
+            decay = 0.0 if no_decay else cfg.weight_decay / (cfg.norm_lr_scale if norm_p else 1.0)
+            groups[key] = {"params": [], "lr": lr, "weight_decay": decay}
+        groups[key]["params"].append(p)
+    return [groups[key] for key in sorted(groups)]
+
+
+class Lookahead:
+    """airbench's lookahead: every ``every`` steps, ``average += (1 - decay) * (weights -
+    average)`` and the weights are set to the average; at the last step they take it.
+
+    ``decay`` grows as ``0.95**5 * (step / total)**3``: no averaging early on, when the
+    weights move fast, and up to 0.77 at the end, where averaging the last few hundred
+    steps gives flatter, better weights (hlb-cifar10, airbench). Floating-point buffers
+    (BatchNorm statistics) are averaged too, so they match the averaged weights.
+
+    It runs as a step post-hook of the optimizer; :func:`build_scheduler` tells it the
+    total number of steps, and its state is saved in the optimizer's ``state_dict``.
+    """
+
+    def __init__(self, model: nn.Module, every: int = 5, peak_decay: float = 0.95**5) -> None:
+        inner = unwrap(model)
+        self.tensors = [p for p in inner.parameters()] + [b for b in inner.buffers() if b.is_floating_point()]
+        self.every, self.peak_decay = every, peak_decay
+        self.average = [t.detach().clone() for t in self.tensors]
+        self.step, self.total = 0, 0
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.lookahead = self  # type: ignore[attr-defined]  (build_scheduler sets .total)
+        optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step())
+        optimizer.register_state_dict_post_hook(self._save)
+        optimizer.register_load_state_dict_pre_hook(self._load)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.step += 1
+        if self.total and self.step >= self.total:  # the last step: keep the average
+            torch._foreach_copy_(self.tensors, self.average)
+        elif self.step % self.every == 0:
+            decay = self.peak_decay * (self.step / self.total) ** 3 if self.total else 0.0
+            torch._foreach_lerp_(self.average, self.tensors, 1 - decay)
+            torch._foreach_copy_(self.tensors, self.average)
+
+    def _save(self, optimizer: torch.optim.Optimizer, state: dict) -> dict:
+        state["lookahead"] = {"step": self.step, "average": [t.clone() for t in self.average]}
+        return state
+
+    def _load(self, optimizer: torch.optim.Optimizer, state: dict) -> dict:
+        state = dict(state)
+        saved = state.pop("lookahead", None)
+        if saved is not None:
+            self.step = int(saved["step"])
+            for mine, theirs in zip(self.average, saved["average"], strict=True):
+                mine.copy_(theirs)
+        return state
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step schedule: linear warm-up, then constant, step decay, cosine or one-cycle."""
+    """A per-step schedule: linear warm-up, then constant, step decay, cosine or one-cycle;
+    or ``triangle`` (airbench): linear from ``lr_start_factor * lr`` up to lr at the end
+    of warm-up, then linear down to ``lr_end_factor * lr`` at the last step."""
     if cfg.scheduler not in SCHEDULERS:
         raise unknown_name("scheduler", cfg.scheduler, SCHEDULERS)
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if getattr(optimizer, "lookahead", None) is not None:
+        optimizer.lookahead.total = total  # type: ignore[attr-defined]
+    if cfg.scheduler == "triangle":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _triangle(step, warmup, total, cfg))
     if cfg.scheduler == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total,
@@ -98,9 +206,18 @@ def build_scheduler(
             return (step + 1) / warmup
         if cfg.scheduler == "cosine":
             progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            end = cfg.lr_end_factor
+            return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         if cfg.scheduler == "step":
             return cfg.gamma ** (step // max(1, cfg.step_size * steps_per_epoch))
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _triangle(step: int, warmup: int, total: int, cfg: TrainConfig) -> float:
+    """lr factor of the triangle schedule at ``step`` (0-based; ``total`` steps in all)."""
+    if step < warmup:
+        return cfg.lr_start_factor + (1 - cfg.lr_start_factor) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 1 + (cfg.lr_end_factor - 1) * progress

@@ -5,7 +5,7 @@ Every model is a :class:`ClassifierBase` (or, for outside backbones, has the sam
 registers the built-in families and does nothing else.
 """
 
-from cnnkit.models import lenet, pretrained, seed_cnns, vgg  # noqa: F401  (importing registers them)
+from cnnkit.models import fast, lenet, pretrained, seed_cnns, vgg  # noqa: F401  (importing registers them)
 from cnnkit.models.base import ClassifierBase
 from cnnkit.models.pretrained import BackboneClassifier, Weights, find_weights, load_weights
 from cnnkit.models.registry import (
