@@ -36,7 +36,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--resize": ("data.resize", int, "resize the short side to this before the centre crop"),
     "--interpolation": ("data.interpolation", str, "resampling: bilinear, bicubic or nearest"),
     "--channels": ("data.channels", int, "force 1 (grey) or 3 (RGB) input channels"),
-    "--augment": ("data.augment", str, "augmentation preset: none, flip, crop-flip, animals, flowers, digits"),
+    "--augment": ("data.augment", str, "augmentation preset: none, flip, crop-flip, crop-flip-cutout, airbench, animals, flowers, digits"),
     "--val-fraction": ("data.val_fraction", float, "fraction of training images held out for validation"),
     "--test-fraction": ("data.test_fraction", float, "fraction held out for testing (folders without test/)"),
     "--mean": ("data.mean", str, "normalisation mean, comma-separated (default: the dataset's)"),
@@ -44,18 +44,24 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--workers": ("data.workers", int, "decoding worker processes for folder datasets"),
     "--limit-train": ("data.limit_train", int, "use a random subset of N training images"),
     "--limit-eval": ("data.limit_eval", int, "use a random subset of N validation/test images"),
+    "--decode-cache": ("data.decode_cache", str, "folder datasets: keep decoded images in a memory-mapped cache: auto, on, off"),
+    "--balance": ("data.balance", str, "class imbalance: none, weights (loss weights) or sampler (balanced batches)"),
     "--optimizer": ("train.optimizer", str, "sgd, adam or adamw"),
     "--momentum": ("train.momentum", float, "SGD momentum"),
     "--weight-decay": ("train.weight_decay", float, "L2 weight decay"),
-    "--scheduler": ("train.scheduler", str, "none, step, cosine or onecycle"),
+    "--scheduler": ("train.scheduler", str, "none, step, cosine, onecycle or triangle"),
     "--warmup-epochs": ("train.warmup_epochs", float, "linear warm-up length in epochs"),
     "--label-smoothing": ("train.label_smoothing", float, "cross-entropy label smoothing"),
     "--grad-clip": ("train.grad_clip", float, "clip the gradient norm to this value"),
     "--amp": ("train.amp", str, "mixed precision: auto, off, bf16, fp16"),
     "--patience": ("train.patience", int, "early stopping after N epochs without improvement"),
     "--save-every": ("train.save_every", int, "also keep a checkpoint every N epochs"),
-    "--select-metric": ("train.select_metric", str, "metric that picks best.pt: val_acc, val_top5, val_loss"),
+    "--select-metric": ("train.select_metric", str, "metric that picks best.pt: accuracy, balanced_accuracy, macro_f1, top5, loss"),
+    "--checkpoint-every-steps": ("train.checkpoint_every_steps", int, "also save last.pt every N steps (resume mid-epoch)"),
     "--threads": ("train.threads", int, "CPU threads for torch (default: one per core)"),
+    "--compile": ("train.compile", str, "torch.compile: auto (CUDA, when it pays off), on, off"),
+    "--channels-last": ("train.channels_last", str, "channels-last memory format: auto (CUDA), on, off"),
+    "--profile": ("train.profile", int, "print where the time of the first N epochs went"),
     "--tta": ("train.tta", str, "test-time augmentation when validating/testing: none, flip, shift, flip-shift"),
     "--name": ("name", str, "run folder name (default: recipe/model + time)"),
     "--output-dir": ("output_dir", str, "parent folder of run folders (default: runs)"),
@@ -69,6 +75,7 @@ TRAIN_SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--no-report": ("report", False, "do not write report/ (HTML + PNGs) when training ends"),
     "--deterministic": ("train.deterministic", True, "deterministic kernels (reproducible, slower)"),
     "--nesterov": ("train.nesterov", True, "Nesterov momentum for SGD"),
+    "--no-decay-norm-bias": ("train.no_decay_norm_bias", True, "no weight decay on normalisation layers and biases"),
     "--augment-eval": ("data.augment_eval", True, "also augment evaluation images (a seed defect)"),
     "--no-shuffle": ("data.shuffle", False, "do not shuffle the training set"),
     "--no-download": ("data.download", False, "never download datasets"),
@@ -94,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config key, e.g. --set train.gamma=0.5 (repeatable)")  # fmt: skip
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-check", action="store_true",
+                       help="skip the quick dataset check of a folder/CSV before training (see `cnnkit check`)")  # fmt: skip
+    train.add_argument("--resume", metavar="RUN", help="continue a killed or stopped run from its last.pt "
+                       "(with its own config; --epochs N trains it longer)")  # fmt: skip
     train.set_defaults(handler=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a run folder or checkpoint")
@@ -176,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--device", default="auto")
     sv.set_defaults(handler=cmd_serve)
 
+    ck = sub.add_parser("check", help="the dataset doctor: unreadable files, modes, sizes, duplicates, leakage, balance")
+    ck.add_argument("data", metavar="DATA", help="class-per-folder tree (optionally train/ val/ test/) or CSV file (path,label)")
+    ck.add_argument("--json", action="store_true", help="print the full report as JSON instead of the summary")
+    ck.add_argument("--out", metavar="FILE", help="also write the full JSON report to FILE")
+    ck.add_argument("--quick", action="store_true",
+                    help="headers and byte hashes only, no decoding (what `cnnkit train` runs first)")  # fmt: skip
+    ck.add_argument("--workers", type=int, help="checking processes (default: one per core, at most 8; 0: none)")
+    ck.add_argument("--near-distance", type=int, metavar="BITS",
+                    help="perceptual-hash bits (of 64) within which two images are near duplicates (default 2)")  # fmt: skip
+    ck.add_argument("--min-side", type=int, metavar="PX",
+                    help="images with a shorter side under PX (or 1/8 of the median) are tiny (default 16)")  # fmt: skip
+    ck.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ck.set_defaults(handler=cmd_check)
+
     for name, handler, text in (
         ("recipes", cmd_recipes, "list the shipped recipes and their expected results"),
         ("models", cmd_models, "list the registered models with parameter counts"),
@@ -218,8 +243,13 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> None:
     from cnnkit.workflows import resolve_config, train
 
+    if args.resume:
+        if args.recipe or args.config:
+            raise UsageError("--resume continues a run with its own config; drop --recipe/--config")
+        train(resume=args.resume, progress=not args.no_progress, check=not args.no_check, **train_overrides(args))
+        return
     cfg = resolve_config(args.recipe, args.config, train_overrides(args))
-    train(config=cfg, progress=not args.no_progress)
+    train(config=cfg, progress=not args.no_progress, check=not args.no_check)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -392,6 +422,20 @@ def cmd_models(args: argparse.Namespace) -> None:
     print("(parameters for 10 classes at the default input size)")
     print("timm:NAME      any timm model, e.g. timm:efficientnet_lite0 (pretrained: add --pretrained)")
     print("tv:NAME        any torchvision classification model, e.g. tv:resnet18, tv:vgg16_bn")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from cnnkit.data.audit import audit, format_report, write_json
+    from cnnkit.errors import DataError
+
+    given = {key: value for key, value in (("min_side", args.min_side), ("near_distance", args.near_distance))
+             if value is not None}  # unset: audit's own defaults (the help texts state them)
+    report = audit(args.data, quick=args.quick, workers=args.workers, progress=not args.no_progress, **given)
+    if args.out:
+        write_json(report, args.out)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
+    if not report.usable:  # exit 1: the report above says everything; the error line sums it up
+        raise DataError(f"{args.data} is not usable for training: {'; '.join(report.problems)}")
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:

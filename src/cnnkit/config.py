@@ -47,6 +47,9 @@ class DataConfig:
         shuffle: shuffle the training set every epoch.
         limit_train: use only the first N training images (after the split), for quick runs.
         limit_eval: use only the first N validation/test images.
+        decode_cache: folder datasets: ``auto`` (keep decoded, resized uint8 images in a
+            memory-mapped file under cnnkit's cache folder when they fit, so epochs after
+            the first, and later runs, skip JPEG decoding), ``on`` (always) or ``off``.
     """
 
     name: str = "embedded-mnist"
@@ -68,6 +71,8 @@ class DataConfig:
     shuffle: bool = True
     limit_train: int | None = None
     limit_eval: int | None = None
+    balance: str = "none"
+    decode_cache: str = "auto"
 
 
 @dataclass
@@ -111,7 +116,11 @@ class TrainConfig:
         deterministic: ask torch for deterministic kernels (slower, reproducible).
         patience: stop after this many epochs without improvement (None: never).
         save_every: also keep ``epoch_NNN.pt`` every N epochs (None: only last/best).
-        select_metric: validation metric that decides ``best.pt`` (higher is better).
+        select_metric: validation metric that decides ``best.pt``: ``accuracy`` (= ``val_acc``),
+            ``balanced_accuracy`` (mean per-class recall), ``macro_f1``, ``top5`` or ``loss``
+            (lower is better; every other metric is maximised).
+        checkpoint_every_steps: also write ``last.pt`` every N optimizer steps within an
+            epoch, so a killed run resumes mid-epoch (None: at epoch ends only).
         log_every: steps between progress-bar refreshes of the running loss.
         threads: CPU threads for torch (None: torch's default, one per core). Tiny
             models at tiny batch sizes run faster on one thread: the per-op work is too
@@ -126,6 +135,18 @@ class TrainConfig:
             un-augmented images) or ``off``.
         tta: test-time augmentation when validating and testing: ``none``, ``flip``,
             ``shift`` or ``flip-shift`` (see :mod:`cnnkit.engine.tta`).
+        no_decay_norm_bias: no weight decay on normalisation-layer parameters and biases
+            (decay only shrinks them toward 0 without regularising the function).
+        norm_lr_scale: learning-rate multiplier for normalisation-layer parameters; their
+            weight decay is divided by it, so the decay per step is unchanged (airbench
+            trains its BatchNorm biases at 64x the learning rate).
+        lr_start_factor: ``triangle`` schedule: learning rate at step 0 as a fraction of lr,
+            rising linearly to lr at the end of warm-up.
+        lr_end_factor: ``triangle`` and ``cosine`` schedules: learning rate at the last
+            step as a fraction of lr.
+        lookahead: airbench's lookahead: every 5 steps the weights (and BatchNorm
+            statistics) are pulled toward a running average of themselves, with a weight
+            growing from 0 to 0.77 as (step / total)^3; the last step takes the average.
     """
 
     epochs: int = 10
@@ -146,6 +167,7 @@ class TrainConfig:
     deterministic: bool = False
     patience: int | None = None
     save_every: int | None = None
+    checkpoint_every_steps: int | None = None
     select_metric: str = "val_acc"
     log_every: int = 20
     threads: int | None = None
@@ -154,6 +176,14 @@ class TrainConfig:
     backbone_lr_scale: float = 0.1
     cache_features: str = "auto"
     tta: str = "none"
+    channels_last: str = "auto"
+    compile: str = "auto"
+    profile: int = 0
+    no_decay_norm_bias: bool = False
+    norm_lr_scale: float = 1.0
+    lr_start_factor: float = 0.0
+    lr_end_factor: float = 0.0
+    lookahead: bool = False
 
 
 @dataclass

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -35,7 +36,10 @@ from cnnkit.config import (
     valid_keys,
 )
 from cnnkit.data import DataSpec, build, loader_from_dataset
-from cnnkit.data.datasets import cache_dir
+from cnnkit.data.audit import AuditReport, audit, examine_file, summary_line, write_json
+from cnnkit.data.datasets import cache_dir, list_datasets
+from cnnkit.data.folder import read_skipped_files, skipped_files_log
+from cnnkit.data.tensor_data import sample_images
 from cnnkit.data.transforms import get_augment
 from cnnkit.engine import EvalResult, FitResult, evaluate, read_checkpoint, resolve_device
 from cnnkit.engine import fit as engine_fit
@@ -63,6 +67,9 @@ from cnnkit.models import (
     model_info,
 )
 from cnnkit.recipes import recipe_config_values
+
+# Training images given to a model's init_from_data (airbench whitens its stem on 5,000).
+INIT_IMAGES = 5_000
 
 # Short keyword names accepted by train(); every other config field is reachable by its own name.
 _ALIASES = {"data": "data.name", "model": "model.name", "model_kwargs": "model.kwargs", "name": "name"}
@@ -162,6 +169,8 @@ def train(
     config_file: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    resume: str | Path | None = None,
+    check: bool = True,
     **overrides: Any,
 ) -> Run:
     """Train a model as ``cnnkit train`` does and return the :class:`Run`.
@@ -172,6 +181,12 @@ def train(
         config_file: a YAML file of config values layered over the recipe.
         progress: show progress bars (only on a terminal).
         log: receives each log line (default: print); lines also go to ``log.txt``.
+        resume: a run folder to continue from its ``last.pt`` (killed, crashed or
+            finished early), with its own config, split and data order; only
+            :data:`RESUME_OVERRIDES` may be changed (e.g. ``epochs`` to train longer).
+        check: first run the quick dataset check (:mod:`cnnkit.data.audit`) on a folder or
+            CSV dataset: unusable data stops here, anything training survives is logged as
+            a warning, and the report goes to ``data_check.json``.
         **overrides: config values by field name (``epochs=2``, ``lr=0.01``,
             ``data="cifar10"``, ``data_dir=...``, ``model="vgg16_bn"``) or dotted key.
 
@@ -179,40 +194,66 @@ def train(
         >>> run = cnnkit.train(recipe="mnist-lenet", epochs=1, data_dir="../shared/data")
         >>> run.metrics["test_acc"]
     """
-    cfg = config if config is not None else resolve_config(recipe, config_file, keyword_overrides(overrides))
+    payload, run_dir = None, None
+    if resume is not None:
+        cfg, run_dir, payload = _resume_state(resume, keyword_overrides(overrides))
+    else:
+        cfg = config if config is not None else resolve_config(recipe, config_file, keyword_overrides(overrides))
     info = model_info(cfg.model.name)  # unknown names fail here, before any slow work
     check_train_config(cfg.train)
     _check_transfer_options(cfg)
+    check_balance(cfg.data.balance)
+    data_check = _check_data(cfg, progress) if check else None
     start = time.perf_counter()
     device = resolve_device(cfg.train.device)
-    weights = _find_weights(cfg)
+    weights = _find_weights(cfg) if payload is None else None  # a resumed run's weights are in last.pt
     weight_notes = _adopt_preprocess(cfg, weights)
     loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(device),
-                          default_image_size=info.default_input_size[0])  # fmt: skip
+                          default_image_size=info.default_input_size[0],
+                          split=_saved_split_of(run_dir) if payload is not None else None)  # fmt: skip
     torch.manual_seed(cfg.train.seed)  # initial weights (a new head too) follow the seed
     model = create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.channels,
                          input_size=spec.input_size, **cfg.model.kwargs)  # fmt: skip
-    run_dir = _new_run_dir(cfg)
+    if payload is None:
+        run_dir = _new_run_dir(cfg)
     say = _logger(run_dir, log)
-    _write_run_files(run_dir, cfg, spec)
+    if payload is None:
+        _write_run_files(run_dir, cfg, spec)
+        say(f"run folder: {run_dir}")
+    else:
+        _check_same_data(payload, spec, run_dir)
+        model.load_state_dict(payload["state_dict"])  # before any feature caching reads the backbone
+        _record_resume(run_dir, cfg)
+        say(f"resuming {run_dir} after epoch {payload['epoch']}" + _position(payload, len(loaders.train)))
     params = sum(p.numel() for p in model.parameters())
-    say(f"run folder: {run_dir}")
     say(f"data: {spec.name}  {spec.num_classes} classes  {_sizes(spec)}  input {spec.channels}x{spec.input_size[0]}x{spec.input_size[1]}")
     for note in spec.notes + weight_notes:
         say(f"note: {note}")
+    _log_data_check(run_dir, data_check, say)
     epochs = sum(cfg.train.fine_tune) if cfg.train.fine_tune else cfg.train.epochs
     say(f"model: {cfg.model.name} ({params:,} parameters)  device: {device}  epochs: {epochs}")
+    if hasattr(model, "init_from_data") and payload is None:  # a stem set from the data (airbench's whitening conv)
+        init_images = sample_images(loaders.train, INIT_IMAGES)
+        model.init_from_data(init_images)
+        say(f"note: initialised {type(model).__name__}'s stem from {len(init_images):,} training images")
     if weights is not None:
         for line in load_weights(model, weights).lines():
             say(line)
-    meta = checkpoint_meta(cfg, spec, model, weights_source=weights.source if weights else None)
-    result = _fit_phases(model, loaders, cfg, spec, device, run_dir, meta, say, progress)
-    best = read_checkpoint(run_dir / "checkpoints" / "best.pt")
-    model.load_state_dict(best["state_dict"])
-    test = None
-    if loaders.test is not None:
-        test = evaluate(model, loaders.test, spec.num_classes, device=device, dtype=amp_dtype(cfg.train.amp, device),
-                        tta=cfg.train.tta)  # fmt: skip
+    class_weights = balanced_class_weights(loaders.train, spec.num_classes) if cfg.data.balance == "weights" else None
+    if class_weights is not None:
+        say("note: class-balanced loss weights " + _fmt([round(float(w), 3) for w in class_weights]))
+    source = weights.source if weights else (payload["model"].get("source") if payload else None)
+    meta = checkpoint_meta(cfg, spec, model, weights_source=source)
+    with skipped_files_log(run_dir / SKIP_LOG) as skip_log:  # bad files met by any loader worker
+        result = _fit_phases(model, loaders, cfg, spec, device, run_dir, meta, say, progress,
+                             resume=payload, class_weights=class_weights)  # fmt: skip
+        best = read_checkpoint(run_dir / "checkpoints" / "best.pt")
+        model.load_state_dict(best["state_dict"])
+        test = None
+        if loaders.test is not None:
+            test = evaluate(model, loaders.test, spec.num_classes, device=device, dtype=amp_dtype(cfg.train.amp, device),
+                            tta=cfg.train.tta)  # fmt: skip
+    _list_skipped_files(run_dir, skip_log, data_check, loaders, say)
     model.eval()
     run = Run(run_dir, cfg, spec, model, result.history, result.best_epoch, test, time.perf_counter() - start, spec.notes)
     _write_summary(run_dir, run, result)
@@ -220,6 +261,163 @@ def train(
     if cfg.report:
         _write_run_report(run_dir, cfg, say)
     return run
+
+
+SKIP_LOG = "skipped_files.jsonl"  # raw, one line per skip and process; folded into skipped_files.json
+
+
+def _check_data(cfg: RunConfig, progress: bool) -> AuditReport | None:
+    """The quick dataset check of a folder or CSV dataset (None for registered names).
+
+    Raises:
+        DataError: the data is unusable (no readable image, fewer than two classes, a
+            class without readable training images), or cannot be listed.
+    """
+    path = Path(cfg.data.name).expanduser()
+    if cfg.data.name in list_datasets() or not (path.is_dir() or path.suffix.lower() == ".csv"):
+        return None  # registered datasets are checked by their loaders; a bad path fails in build()
+    report = audit(path, quick=True, progress=progress, strict=True)  # training's own listing errors
+    if not report.usable:
+        raise DataError(f"{cfg.data.name} is not usable for training: {'; '.join(report.problems)}. "
+                        f"`cnnkit check {cfg.data.name}` lists every file and problem")  # fmt: skip
+    return report
+
+
+def _log_data_check(run_dir: Path, report: AuditReport | None, say: Callable[[str], None]) -> None:
+    """One summary line and the warnings in the log; the whole report in ``data_check.json``."""
+    if report is None:
+        return
+    write_json(report, run_dir / "data_check.json")
+    say(f"{summary_line(report)}; report in data_check.json (`cnnkit check {report.source}` decodes every image)")
+    for warning in report.warnings:
+        say(f"warning: {warning}")
+
+
+def _list_skipped_files(run_dir: Path, skip_log: Path, report: AuditReport | None, loaders: Any,
+                        say: Callable[[str], None]) -> None:  # fmt: skip
+    """Write ``skipped_files.json``: the files the check found unreadable and those training
+    skipped (each once, with its reason, kind and what found it); nothing when none.
+
+    Training's skips come from the log every loading process appended to, and from the
+    loaders themselves: a decode cache built by an earlier run knows its bad files without
+    loading them again (those are examined once more here for their kind).
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for entry in report.unreadable if report is not None else []:
+        path = os.path.normpath(os.path.join(report.root, entry["path"]))
+        found[path] = {"path": path, "reason": entry["reason"], "kind": entry["problem"], "found_by": ["check"]}
+    skipped = read_skipped_files(skip_log)
+    for loader in loaders:
+        for path, reason in (getattr(loader, "bad_files", None) or {}).items():
+            if path not in skipped:
+                facts = examine_file(path)
+                skipped[path] = {"reason": facts.reason or reason, "kind": facts.problem}
+    for path, entry in skipped.items():
+        found.setdefault(path, {"path": path, **entry, "found_by": []})["found_by"].append("training")
+    skip_log.unlink(missing_ok=True)
+    if not found:
+        return
+    _write_text_atomic(run_dir / "skipped_files.json", json.dumps(sorted(found.values(), key=lambda e: e["path"]), indent=1))
+    by_training = sum("training" in entry["found_by"] for entry in found.values())
+    say(f"skipped files: {len(found)} unreadable ({by_training} met while training); listed in skipped_files.json")
+
+
+# Config keys a resumed run may change: how long and where it trains, not what it learns.
+RESUME_OVERRIDES = ("train.epochs", "train.device", "train.threads", "train.checkpoint_every_steps",
+                    "data.data_dir", "data.workers", "report")  # fmt: skip
+BALANCE_MODES = ("none", "weights", "sampler")
+
+
+def check_balance(mode: str) -> None:
+    """``--balance`` must be one of :data:`BALANCE_MODES`."""
+    if mode not in BALANCE_MODES:
+        raise unknown_name("--balance mode", mode, BALANCE_MODES)
+
+
+def _resume_state(run: str | Path, overrides: dict[str, Any]) -> tuple[RunConfig, Path, dict[str, Any]]:
+    """The config, folder and ``last.pt`` payload of a run to resume.
+
+    Raises:
+        UsageError: an override that would change what the run learns, a run already
+            finished, or fewer epochs than it has done.
+        CnnkitError: no such run folder or no ``last.pt`` in it.
+    """
+    run_dir = Path(run)
+    last = run_dir / "checkpoints" / "last.pt"
+    if not run_dir.is_dir():
+        raise CnnkitError(f"--resume: run folder not found: {run_dir}")
+    if not last.is_file():
+        raise CnnkitError(f"--resume: {run_dir} has no checkpoints/last.pt (the run stopped before its first "
+                          "checkpoint); start it again without --resume")  # fmt: skip
+    payload = read_checkpoint(last)
+    if "history" not in payload or "rng" not in payload:
+        raise CnnkitError(f"--resume: {last} was written by an older cnnkit without the training state; "
+                          "start the run again")  # fmt: skip
+    refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if refused:
+        raise UsageError(f"--resume continues a run with its own config; {', '.join(refused)} cannot change "
+                         f"(allowed: {', '.join(RESUME_OVERRIDES)}); start a new run to change them")  # fmt: skip
+    cfg = RunConfig.from_dict(payload["config"])
+    cfg.name, cfg.output_dir = run_dir.name, str(run_dir.parent)
+    apply_overrides(cfg, overrides)
+    total = sum(cfg.train.fine_tune) if cfg.train.fine_tune else cfg.train.epochs
+    done = payload["epoch"]
+    if "train.epochs" in overrides and total != payload["config"]["train"]["epochs"] and cfg.train.scheduler == "onecycle":
+        raise UsageError("--epochs cannot change when resuming a onecycle schedule (its length is fixed); "
+                         "start a new run, e.g. with --weights RUN/checkpoints/last.pt")  # fmt: skip
+    if total < done or (total == done and not payload.get("in_epoch")):
+        raise UsageError(f"{run_dir} has already trained {done} of {total} epochs; "
+                         f"pass --epochs N (more than {done}) to train it longer")  # fmt: skip
+    return cfg, run_dir, payload
+
+
+def _saved_split_of(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "split.json"
+    if not path.is_file():
+        raise CnnkitError(f"--resume: {path} is missing; the run cannot be continued on the same split")
+    split = json.loads(path.read_text(encoding="utf-8"))
+    return {key: value for key, value in split.items() if key not in ("fingerprint", "sizes")}
+
+
+def _check_same_data(payload: dict[str, Any], spec: DataSpec, run_dir: Path) -> None:
+    before = payload.get("data_fingerprint")
+    if before and before != spec.fingerprint:
+        raise DataError(f"the data of {run_dir} changed since the run started (fingerprint {before} -> "
+                        f"{spec.fingerprint}); resuming would train on other images. Restore the data or "
+                        "start a new run")  # fmt: skip
+
+
+def _position(payload: dict[str, Any], steps_per_epoch: int) -> str:
+    in_epoch = payload.get("in_epoch")
+    if not in_epoch:
+        return ""
+    return f" and {in_epoch['batches']}/{steps_per_epoch} steps of epoch {payload['epoch'] + 1}"
+
+
+def _record_resume(run_dir: Path, cfg: RunConfig) -> None:
+    """Append this resumption (time, command, device) to ``env.json``."""
+    path = run_dir / "env.json"
+    env = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    env.setdefault("resumed", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv,
+                                          "device": resolve_device(cfg.train.device).type})  # fmt: skip
+    _write_text_atomic(path, json.dumps(env, indent=1))
+
+
+def balanced_class_weights(loader: Any, num_classes: int) -> torch.Tensor:
+    """Loss weights ``N / (K * n_k)`` from the training labels (scikit-learn's "balanced").
+
+    A class absent from training gets weight 1 (it never appears as a target anyway).
+    """
+    labels = torch.as_tensor(getattr(loader, "labels")).long().cpu()
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    weights = len(labels) / (num_classes * counts.clamp_min(1))
+    return torch.where(counts > 0, weights, torch.ones_like(weights)).float()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _write_run_report(run_dir: Path, cfg: RunConfig, say: Callable[[str], None]) -> None:
@@ -292,12 +490,27 @@ def _phases(train: TrainConfig) -> list[tuple[int, bool]]:
     return [(train.epochs, train.freeze)]
 
 
-def _fit_phases(model, loaders, cfg: RunConfig, spec: DataSpec, device, run_dir, meta, say, progress) -> FitResult:
-    """Train in phases: head only (frozen backbone, cached features when possible), then all layers."""
+def _fit_phases(model, loaders, cfg: RunConfig, spec: DataSpec, device, run_dir, meta, say, progress, *,
+                resume: dict[str, Any] | None = None, class_weights: torch.Tensor | None = None) -> FitResult:  # fmt: skip
+    """Train in phases: head only (frozen backbone, cached features when possible), then all layers.
+
+    A resumed run skips the phases its checkpoint has finished and resumes inside the one
+    it was in.
+    """
     phases = [(epochs, frozen) for epochs, frozen in _phases(cfg.train) if epochs > 0]
     total = sum(epochs for epochs, _ in phases)
-    result = None
+    result, begun = None, 0
     for epochs, frozen in phases:
+        begun, phase_start = begun + epochs, begun
+        if resume is not None and resume["epoch"] >= begun:
+            continue  # finished before the interruption; its history comes back with the checkpoint
+        if resume is not None and resume["epoch"] == phase_start and not resume.get("in_epoch"):
+            # stopped between two phases: this one starts afresh (as it did uninterrupted) from the saved weights
+            result = FitResult(history=[dict(r) for r in resume["history"]], best_metric=resume.get("best_metric"),
+                               best_epoch=resume.get("best_epoch"), run_dir=run_dir, steps=resume["step"])  # fmt: skip
+            resume = None
+        elif resume is not None:
+            result = FitResult(history=[dict(r) for r in resume["history"][:phase_start]], run_dir=run_dir)
         phase_model, phase_loaders = model, loaders
         if isinstance(model, BackboneClassifier):
             model.freeze_backbone(frozen)
@@ -309,7 +522,9 @@ def _fit_phases(model, loaders, cfg: RunConfig, spec: DataSpec, device, run_dir,
                 phase_loaders = _feature_loaders(model, cfg, spec, device, say, progress)
         result = engine_fit(phase_model, phase_loaders, dataclasses.replace(cfg.train, epochs=epochs),
                             num_classes=spec.num_classes, run_dir=run_dir, meta=meta, log=say, progress=progress,
-                            previous=result, total_epochs=total)  # fmt: skip
+                            previous=result, total_epochs=total, resume=resume,
+                            class_weights=class_weights)  # fmt: skip
+        resume = None
         if result.stopped_early:
             break
     return result
@@ -411,9 +626,15 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, spec: DataSpec) -> None:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
+        "numpy": _version("numpy"),
         "cnnkit": __version__,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "device": resolve_device(cfg.train.device).type,
+        "gpu": torch.cuda.get_device_name() if resolve_device(cfg.train.device).type == "cuda" else None,
+        "torch_threads": cfg.train.threads or torch.get_num_threads(),
+        "seed": cfg.train.seed,
+        "deterministic": cfg.train.deterministic,
+        "data_fingerprint": spec.fingerprint,
         "argv": sys.argv,
     }
     (run_dir / "env.json").write_text(json.dumps(env, indent=1), encoding="utf-8")

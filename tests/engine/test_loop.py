@@ -192,7 +192,7 @@ def test_select_metric_val_loss_picks_the_lowest_loss(tiny_loaders, tmp_path: Pa
 
 def test_unknown_select_metric_is_a_usage_error(tiny_loaders) -> None:
     with pytest.raises(cnnkit.UsageError, match="val_acc"):
-        _tiny_fit(tiny_loaders, select_metric="accuracy")
+        _tiny_fit(tiny_loaders, select_metric="precision")
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)

@@ -84,7 +84,11 @@ def _from_safe(value: Any) -> Any:
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write ``payload`` atomically to ``path`` (temp file in the same folder, fsync, rename)."""
+    """Write ``payload`` atomically to ``path`` (temp file in the same folder, fsync, rename).
+
+    A process killed mid-save leaves the previous ``path`` intact and at worst a stray
+    ``.NAME.*.tmp`` beside it, which the next successful save of ``path`` removes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT_VERSION, **payload}
@@ -99,6 +103,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    for stray in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
+        stray.unlink(missing_ok=True)
     return path
 
 

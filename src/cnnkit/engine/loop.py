@@ -5,6 +5,12 @@ measures loss/top-1/top-5 and the confusion matrix, and ``fit`` alternates them,
 summary line per epoch, writes ``metrics.csv`` and saves ``last.pt``/``best.pt``.
 The only callback is ``on_epoch_end(row)``, called once per epoch after the checkpoints
 are written.
+
+Resuming is exact: ``last.pt`` holds the weights, optimizer, scheduler, scaler, the
+history, the RNG states and, for a checkpoint written mid-epoch
+(``checkpoint_every_steps``), how far into the epoch it was. Loaders draw each epoch's
+order and augmentation from ``(seed, epoch)``, so ``fit(resume=payload)`` replays the
+rest of the interrupted epoch as the uninterrupted run would have seen it.
 """
 
 from __future__ import annotations
@@ -24,16 +30,39 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cnnkit.config import TrainConfig
-from cnnkit.engine.checkpoint import clean_state_dict, rng_state, save_checkpoint, unwrap
+from cnnkit.engine.checkpoint import clean_state_dict, rng_state, save_checkpoint, set_rng_state, unwrap
 from cnnkit.engine.device import amp_dtype, autocast, resolve_device, seed_everything
 from cnnkit.engine.optim import build_optimizer, build_scheduler
+from cnnkit.engine.speed import CompilePlan, NoTimer, StepTimer, use_channels_last
 from cnnkit.engine.tta import tta_logits
 from cnnkit.errors import UsageError
-from cnnkit.evaluation.metrics import accuracy, confusion_matrix, per_class_accuracy, topk_correct
+from cnnkit.evaluation.metrics import (
+    accuracy,
+    confusion_matrix,
+    per_class_accuracy,
+    precision_recall_f1,
+    topk_correct,
+)
 
 # Metrics where a lower value is better; every other select_metric is maximised.
 LOWER_IS_BETTER = {"val_loss"}
-SELECT_METRICS = ("val_acc", "val_top5", "val_loss")
+SELECT_METRICS = ("val_acc", "val_balanced_acc", "val_macro_f1", "val_top5", "val_loss")
+# Plain names accepted for --select-metric, and the metrics.csv column each one means.
+METRIC_ALIASES = {"accuracy": "val_acc", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1",
+                  "top5": "val_top5", "loss": "val_loss"}  # fmt: skip
+
+
+def metric_column(name: str) -> str:
+    """The metrics.csv column a ``--select-metric`` name stands for.
+
+    Raises:
+        UsageError: an unknown name (the valid ones are listed).
+    """
+    column = METRIC_ALIASES.get(name, name)
+    if column not in SELECT_METRICS:
+        valid = ", ".join([*METRIC_ALIASES, *SELECT_METRICS])
+        raise UsageError(f"unknown select metric {name!r}; valid: {valid}")
+    return column
 
 
 @dataclass
@@ -50,6 +79,17 @@ class EvalResult:
     @property
     def per_class_acc(self) -> list[float]:
         return per_class_accuracy(self.confusion).tolist()
+
+    @property
+    def balanced_acc(self) -> float:
+        """Mean recall over the classes present (scikit-learn's ``balanced_accuracy_score``)."""
+        recalls = per_class_accuracy(self.confusion)
+        return float(recalls.nanmean()) if not recalls.isnan().all() else float("nan")
+
+    @property
+    def macro_f1(self) -> float:
+        """F1 averaged over all classes, each counting the same."""
+        return precision_recall_f1(self.confusion)["macro"]["f1"]
 
 
 @dataclass
@@ -68,6 +108,36 @@ class FitResult:
         return self.history[-1] if self.history else {}
 
 
+@dataclass
+class EpochProgress:
+    """How far one training epoch has got: what a mid-epoch checkpoint records.
+
+    Attributes:
+        batches: optimizer steps done in this epoch (the loader's first ``batches``
+            batches are consumed).
+        loss_sum: sum over those steps of batch loss x batch size.
+        correct: training images classified correctly so far.
+        seen: training images seen so far.
+        seconds: training time spent so far in this epoch.
+        rng: the RNG states right after step ``batches`` (None: not recorded).
+    """
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    rng: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
+                "seconds": self.seconds, "rng": self.rng}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EpochProgress:
+        return cls(**values)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -81,34 +151,67 @@ def train_one_epoch(
     grad_clip: float | None = None,
     progress: tqdm | None = None,
     log_every: int = 20,
+    start: EpochProgress | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint: Callable[[EpochProgress], None] | None = None,
+    channels_last: bool = False,
+    timer: StepTimer | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean ``loss``, ``acc``, ``images`` and ``seconds``."""
+    """One pass over ``loader``; returns mean ``loss``, ``acc``, ``images`` and ``seconds``.
+
+    Args:
+        start: continue an interrupted epoch: its first ``start.batches`` batches are
+            drawn from the loader and dropped (so the loader's random state advances as it
+            did), the RNG states are restored, and the sums carry on from ``start``.
+        checkpoint_every: call ``checkpoint(progress)`` after every N-th step of the
+            epoch (not after the last one: the epoch-end checkpoint covers it).
+        channels_last: hand the model its batches in channels-last memory format.
+        timer: adds up the time of each phase of the steps (``--profile``).
+    """
     model.train()
-    start = time.perf_counter()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for step, (images, labels) in enumerate(loader, 1):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, dtype):
+    start = start or EpochProgress()
+    began = time.perf_counter() - start.seconds
+    loss_sum = torch.tensor(start.loss_sum, device=device, dtype=torch.float32)
+    correct = torch.tensor(start.correct, device=device, dtype=torch.long)
+    seen = start.seen
+    batches = iter(loader)
+    for _ in range(start.batches):  # replay the epoch's order and augmentation up to where it stopped
+        next(batches)
+    if start.rng is not None:
+        set_rng_state(start.rng)  # dropout etc. continue exactly where the interrupted run was
+    total = len(loader) if hasattr(loader, "__len__") else None
+    if progress is not None and start.batches:
+        progress.update(start.batches)
+    timer = timer or NoTimer()
+    step = start.batches
+    while True:
+        with timer("data"):
+            pair = next(batches, None)
+            if pair is None:
+                break
+            images = to_device(pair[0], device, channels_last)
+            labels = pair[1].to(device, non_blocking=True)
+        step += 1
+        with timer("forward"), autocast(device, dtype):
             logits = model(images)  # [B, num_classes]
             loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        with timer("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+        with timer("optimizer"):
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
         batch = labels.shape[0]
         loss_sum += loss.detach().float() * batch
         correct += (logits.detach().argmax(1) == labels).sum()
@@ -117,8 +220,19 @@ def train_one_epoch(
             progress.update(1)
             if step % log_every == 0:
                 progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}")
-    seconds = time.perf_counter() - start
+        if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step != total:
+            checkpoint(EpochProgress(step, loss_sum.item(), int(correct.item()), seen,
+                                     time.perf_counter() - began, rng_state()))  # fmt: skip
+    seconds = time.perf_counter() - began
     return {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(seen, 1), "images": seen, "seconds": seconds}
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A batch on ``device`` (asynchronously from pinned memory); image batches
+    ``[B, C, H, W]`` in channels-last memory format when asked (feature batches stay as they are)."""
+    if channels_last and images.dim() == 4:
+        return images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return images.to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -131,10 +245,12 @@ def evaluate(
     dtype: torch.dtype | None = None,
     loss_fn: nn.Module | None = None,
     tta: str = "none",
+    channels_last: bool = False,
 ) -> EvalResult:
     """Loss, top-1, top-5 (when there are more than 5 classes) and the confusion matrix.
 
-    ``tta`` averages the logits over test-time views (:mod:`cnnkit.engine.tta`).
+    ``tta`` averages the logits over test-time views (:mod:`cnnkit.engine.tta`);
+    ``channels_last`` hands the model its batches in that memory format.
     """
     device = torch.device(device)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
@@ -143,7 +259,7 @@ def evaluate(
     loss_sum, top5, count = 0.0, 0, 0
     matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
+        images = to_device(images, device, channels_last)
         labels = labels.to(device, non_blocking=True)
         with autocast(device, dtype):
             logits = tta_logits(model, images, tta)
@@ -175,6 +291,8 @@ def fit(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     previous: FitResult | None = None,
     total_epochs: int | None = None,
+    resume: dict[str, Any] | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs, validating after each.
 
@@ -194,13 +312,17 @@ def fit(
             before fine-tuning): epochs are numbered on from it, its history is kept in
             ``metrics.csv`` and its best metric must be beaten to replace ``best.pt``.
         total_epochs: epochs of the whole run, for progress lines (None: ``cfg.epochs``).
+        resume: a checkpoint payload (``last.pt``) of this same run and phase: weights,
+            optimizer, scheduler, scaler, history, RNG and epoch position are restored
+            and training continues where it stopped, to the same end as uninterrupted.
+        class_weights: ``[num_classes]`` weights of the training loss (``--balance
+            weights``); validation loss stays unweighted.
 
     Returns:
         The per-epoch history and the best validation metric; the model is left with the
         last epoch's weights, on ``cfg.device``.
     """
-    if cfg.select_metric not in SELECT_METRICS:
-        raise UsageError(f"unknown select metric {cfg.select_metric!r}; valid: {', '.join(SELECT_METRICS)}")
+    select = metric_column(cfg.select_metric)
     train_loader, val_loader = loaders[0], loaders[1]
     if len(train_loader) == 0:
         raise UsageError("the training set is smaller than one batch; lower --batch-size or add data")
@@ -209,41 +331,62 @@ def fit(
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     dtype = amp_dtype(cfg.amp, device)
-    model.to(device)
+    channels_last = use_channels_last(cfg.channels_last, device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    plan = CompilePlan(cfg.compile, device, cfg.deterministic, log)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(train_loader))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    weights = class_weights.to(device=device, dtype=torch.float32) if class_weights is not None else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    eval_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     run_dir = Path(run_dir) if run_dir is not None else None
     result = previous if previous is not None else FitResult(run_dir=run_dir)
     first = len(result.history) + 1
-    total = total_epochs or first - 1 + cfg.epochs
-    stale = 0
-    step = result.steps
-    for epoch in range(first, first + cfg.epochs):
+    last = first - 1 + cfg.epochs
+    stale, partial = 0, None
+    if resume is not None:
+        first, stale, partial = _restore(resume, model, optimizer, scheduler, scaler, result)
+    total = total_epochs or last
+    for epoch in range(first, last + 1):
         for loader in (train_loader, val_loader):
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch - 1)
         bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{total}", unit="batch",
                    leave=False, dynamic_ncols=True, disable=None if progress else True)  # fmt: skip
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, device=device, dtype=dtype,
-                                scaler=scaler, grad_clip=cfg.grad_clip, progress=bar, log_every=cfg.log_every)  # fmt: skip
+        lr = resume["in_epoch_lr"] if partial is not None else optimizer.param_groups[0]["lr"]  # at the epoch's start
+        save_progress = None
+        if run_dir is not None:
+            def save_progress(done: EpochProgress, epoch: int = epoch, lr: float = lr) -> None:
+                state = _checkpoint(model, optimizer, scheduler, scaler, epoch - 1, result.steps + done.batches,
+                                    None, result, meta, stale, in_epoch=done, lr=lr)  # fmt: skip
+                save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
+        timer = StepTimer(device) if epoch - first < cfg.profile else None
+        runner = plan.module(model)
+        train = train_one_epoch(runner, train_loader, optimizer, scheduler, loss_fn, device=device, dtype=dtype,
+                                scaler=scaler, grad_clip=cfg.grad_clip, progress=bar, log_every=cfg.log_every,
+                                start=partial, checkpoint_every=cfg.checkpoint_every_steps,
+                                checkpoint=save_progress, channels_last=channels_last, timer=timer)  # fmt: skip
+        partial = None
         bar.close()
-        step += len(train_loader)
-        result.steps = step
-        val = evaluate(model, val_loader, num_classes, device=device, dtype=dtype, loss_fn=loss_fn, tta=cfg.tta)
+        result.steps += len(train_loader)
+        plan.observe(train["seconds"], last - epoch)
+        val = evaluate(runner, val_loader, num_classes, device=device, dtype=dtype, loss_fn=eval_loss_fn, tta=cfg.tta,
+                       channels_last=channels_last)  # fmt: skip
+        if timer is not None:
+            timer.steps = len(train_loader)
+            log(timer.table(epoch, train["images"], val.seconds))
         row = _metrics_row(epoch, lr, train, val)
         result.history.append(row)
-        improved = _improved(row[cfg.select_metric], result.best_metric, cfg.select_metric)
+        improved = _improved(row[select], result.best_metric, select)
         if improved:
-            result.best_metric, result.best_epoch, stale = row[cfg.select_metric], epoch, 0
+            result.best_metric, result.best_epoch, stale = row[select], epoch, 0
         else:
             stale += 1
         log(_summary_line(row, total, improved and epoch > 1))
         if run_dir is not None:
             _write_metrics(run_dir / "metrics.csv", result.history)
-            state = _checkpoint(model, optimizer, scheduler, scaler, epoch, step, row, result, meta)
+            state = _checkpoint(model, optimizer, scheduler, scaler, epoch, result.steps, row, result, meta, stale)
             save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
             if improved:
                 save_checkpoint(state, run_dir / "checkpoints" / "best.pt")
@@ -258,6 +401,25 @@ def fit(
     return result
 
 
+def _restore(payload: dict[str, Any], model, optimizer, scheduler, scaler, result: FitResult):
+    """Load a ``last.pt`` payload into the training state; returns (first epoch to run,
+    epochs without improvement, progress into that epoch or None)."""
+    unwrap(model).load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and payload.get("scheduler") is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    if scaler is not None and payload.get("scaler") is not None:
+        scaler.load_state_dict(payload["scaler"])
+    result.history = [dict(row) for row in payload.get("history", [])]
+    result.best_metric, result.best_epoch = payload.get("best_metric"), payload.get("best_epoch")
+    done = payload["epoch"]  # epochs completed
+    result.steps = payload["step"] - (payload["in_epoch"]["batches"] if payload.get("in_epoch") else 0)
+    if payload.get("in_epoch"):
+        return done + 1, payload.get("stale", 0), EpochProgress.from_dict(payload["in_epoch"])
+    set_rng_state(payload["rng"])  # the state the next epoch started with in the uninterrupted run
+    return done + 1, payload.get("stale", 0), None
+
+
 def _metrics_row(epoch: int, lr: float, train: dict[str, float], val: EvalResult) -> dict[str, Any]:
     return {
         "epoch": epoch,
@@ -265,9 +427,12 @@ def _metrics_row(epoch: int, lr: float, train: dict[str, float], val: EvalResult
         "train_acc": round(train["acc"], 6),
         "val_loss": round(val.loss, 6),
         "val_acc": round(val.acc, 6),
+        "val_balanced_acc": round(val.balanced_acc, 6),
+        "val_macro_f1": round(val.macro_f1, 6),
         "val_top5": None if val.top5 is None else round(val.top5, 6),
         "lr": lr,
         "epoch_time_s": round(train["seconds"] + val.seconds, 3),
+        "train_time_s": round(train["seconds"], 3),
         "train_images_per_s": round(train["images"] / max(train["seconds"], 1e-9), 1),
     }
 
@@ -301,7 +466,10 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _checkpoint(model, optimizer, scheduler, scaler, epoch, step, row, result, meta) -> dict[str, Any]:
+def _checkpoint(model, optimizer, scheduler, scaler, epoch, step, row, result, meta, stale,
+                in_epoch: EpochProgress | None = None, lr: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The checkpoint payload. ``epoch`` counts completed epochs; ``in_epoch`` says how far
+    the next one got when written mid-epoch (None at an epoch's end)."""
     return {
         **(meta or {}),
         "state_dict": clean_state_dict(unwrap(model).state_dict()),
@@ -311,7 +479,11 @@ def _checkpoint(model, optimizer, scheduler, scaler, epoch, step, row, result, m
         "epoch": epoch,
         "step": step,
         "rng": rng_state(),
-        "metrics": row,
+        "metrics": row if row is not None else (result.history[-1] if result.history else None),
+        "history": [dict(r) for r in result.history],
         "best_metric": result.best_metric,
         "best_epoch": result.best_epoch,
+        "stale": stale,
+        "in_epoch": in_epoch.to_dict() if in_epoch is not None else None,
+        "in_epoch_lr": lr,
     }
