@@ -94,14 +94,15 @@ def naive_loop(model: torch.nn.Module, files: list[str], pre) -> tuple[float, li
     return time.perf_counter() - start, top1
 
 
-def cnnkit_predict(checkpoint: Path, folder: Path, backend: str = "torch") -> tuple[float, dict[str, str]]:
-    """``cnnkit predict CHECKPOINT FOLDER --out preds.csv`` through its Python entry point."""
+def cnnkit_predict(checkpoint: Path, folder: Path, backend: str = "torch", amp: str = "off") -> tuple[float, dict[str, str]]:
+    """``cnnkit predict CHECKPOINT FOLDER --out preds.csv [--amp bf16]`` through its Python entry point."""
     import csv
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "preds.csv"
         start = time.perf_counter()
-        summary = predict(checkpoint, [str(folder)], out=out, backend=backend, batch_size=BATCH, progress=False)
+        summary = predict(checkpoint, [str(folder)], out=out, backend=backend, batch_size=BATCH, progress=False,
+                          amp=amp)  # fmt: skip
         seconds = time.perf_counter() - start
         labels = {row["file"]: row["label"] for row in csv.DictReader(out.open())}
     assert summary.predicted == len(labels) and not summary.skipped, summary
@@ -128,17 +129,21 @@ def throughput_table(checkpoint: Path, data: Path, repeats: int) -> None:
     print(f"\n{len(files):,} images from {data}; model {payload['model']['name']} "
           f"at {meta.preprocess.input_size[0]} px, {len(names)} classes")  # fmt: skip
 
-    naive_s, cnnkit_s, agree = [], [], []
+    naive_s, cnnkit_s, bf16_s, agree, bf16_agree = [], [], [], [], []
     for repeat in range(repeats):
         seconds, top1 = naive_loop(model, files, meta.preprocess)
         naive_s.append(seconds)
         seconds, labels = cnnkit_predict(checkpoint, data)
         cnnkit_s.append(seconds)
         agree.append(sum(labels[f] == names[i] for f, i in zip(files, top1, strict=True)) / len(files))
+        seconds, labels = cnnkit_predict(checkpoint, data, amp="bf16")
+        bf16_s.append(seconds)
+        bf16_agree.append(sum(labels[f] == names[i] for f, i in zip(files, top1, strict=True)) / len(files))
         print(f"  repeat {repeat + 1}: naive {naive_s[-1]:.1f} s, cnnkit {cnnkit_s[-1]:.1f} s, "
-              f"top-1 agreement {agree[-1]:.2%}")  # fmt: skip
+              f"cnnkit --amp bf16 {bf16_s[-1]:.1f} s, top-1 agreement {agree[-1]:.2%} / {bf16_agree[-1]:.2%}")  # fmt: skip
     naive_rate = len(files) / statistics.median(naive_s)
     cnnkit_rate = len(files) / statistics.median(cnnkit_s)
+    bf16_rate = len(files) / statistics.median(bf16_s)
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
@@ -164,6 +169,7 @@ def throughput_table(checkpoint: Path, data: Path, repeats: int) -> None:
     print(f"|{'-' * 46}|{'-' * 9}|{'-' * 10}|---------------|")
     print(f"| {'naive loop (PIL, transform, batch of 1)':<44} | {naive_rate:7.1f} | {'1.00x':>8} | - |")
     print(f"| {'cnnkit predict (torch)':<44} | {cnnkit_rate:7.1f} | {cnnkit_rate / naive_rate:7.2f}x | {min(agree):.2%} |")
+    print(f"| {'cnnkit predict --amp bf16':<44} | {bf16_rate:7.1f} | {bf16_rate / naive_rate:7.2f}x | {min(bf16_agree):.2%} |")
     ort_rate = len(files) / ort_s
     print(f"| {'cnnkit predict --backend onnxruntime':<44} | {ort_rate:7.1f} | {ort_rate / naive_rate:7.2f}x | {ort_agree:.2%} |")
     print("\nnetwork only (pre-decoded tensors), images/s")

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from cnnkit.engine.device import AMP_MODES
 from cnnkit.engine.tta import TTA_MODES
 from cnnkit.errors import CnnkitError, UsageError
 
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
                     help="auto: onnxruntime for .onnx files, else torch")  # fmt: skip
     pr.add_argument("--device", default="cpu", help="torch backend: cpu (default), cuda, mps or auto")
+    pr.add_argument("--amp", choices=AMP_MODES, default="off",
+                    help="torch backend precision: off (float32, default), bf16, fp16, auto (bf16 on CUDA)")  # fmt: skip
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(handler=cmd_predict)
 
@@ -279,7 +282,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     summary = predict(args.model, args.inputs, out=args.out, backend=args.backend, device=args.device,
                       topk=args.topk, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
-                      threshold=args.threshold, progress=not args.no_progress)  # fmt: skip
+                      threshold=args.threshold, progress=not args.no_progress, amp=args.amp)  # fmt: skip
     rate = summary.predicted / max(summary.seconds, 1e-9)
     line = f"predicted {summary.predicted:,} images in {summary.seconds:.1f} s ({rate:,.0f} img/s, {summary.backend})"
     if summary.unknown:

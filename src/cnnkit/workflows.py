@@ -1137,8 +1137,11 @@ def predict(
     tta: bool = False,
     threshold: float | None = None,
     progress: bool = True,
+    amp: str = "off",
 ) -> PredictSummary:
     """Predict every image among ``inputs`` (files, folders, globs), streaming results to ``out``.
+
+    ``amp`` (torch backend): ``off`` (float32), ``bf16``, ``fp16`` or ``auto`` (bf16 on CUDA).
 
     Unreadable files and inputs that match nothing are skipped and listed (in ``out`` and
     the returned summary); they never end the run. ``out`` is a .csv, .json or .jsonl file
@@ -1154,7 +1157,7 @@ def predict(
 
     _check_predict_options(topk, batch_size, workers, threshold)
     out_path = check_out_path(out) if out is not None else None
-    predictor = Predictor.load(model, backend=backend, device=device)
+    predictor = Predictor.load(model, backend=backend, device=device, amp=amp)
     files, missing = expand_inputs(inputs)
     if not files:
         raise CnnkitError("no files to predict: " + "; ".join(f"{m.source}: {m.reason}" for m in missing))

@@ -226,3 +226,18 @@ def test_console_output_has_one_line_per_image(run_dir, test_pngs, capsys) -> No
     for line in lines:
         path, label, confidence = line.split("\t")[:3]
         assert Path(path).is_file() and confidence.split()[0].endswith("%")
+
+
+def test_bf16_autocast_predicts_like_float32(run_dir, digits, capsys) -> None:
+    """--amp bf16 rounds the logits (faster on GPUs and AMX CPUs) but keeps the ranking."""
+    images, _ = digits
+    exact = Predictor.from_checkpoint(run_dir)
+    rounded = Predictor.from_checkpoint(run_dir, amp="bf16")
+    batch = exact.preprocess.normalize(images[:500])
+    reference, fast = exact.logits(batch), rounded.logits(batch)
+    assert fast.dtype == torch.float32 and not torch.equal(fast, reference)  # it did run in bf16
+    assert (fast.argmax(1) == reference.argmax(1)).float().mean() >= 0.99
+    assert (fast - reference).abs().max() < 0.25  # bf16 keeps ~3 significant digits
+
+    code, _, err = run_cli(capsys, "predict", str(run_dir.parent / "nope.onnx"), "x.png", "--amp", "bf16")
+    assert code == 2 and "--amp applies to the torch backend" in one_line_error(err)
