@@ -231,7 +231,9 @@ def train(
         say(f"note: {note}")
     _log_data_check(run_dir, data_check, say)
     epochs = sum(cfg.train.fine_tune) if cfg.train.fine_tune else cfg.train.epochs
-    say(f"model: {cfg.model.name} ({params:,} parameters)  device: {device}  epochs: {epochs}")
+    precision = amp_dtype(cfg.train.amp, device, training=True, deterministic=cfg.train.deterministic)
+    say(f"model: {cfg.model.name} ({params:,} parameters)  device: {device}  epochs: {epochs}  "
+        f"precision: {'float32' if precision is None else str(precision).removeprefix('torch.') + ' autocast'}")
     if hasattr(model, "init_from_data") and payload is None:  # a stem set from the data (airbench's whitening conv)
         init_images = sample_images(loaders.train, INIT_IMAGES)
         model.init_from_data(init_images)
@@ -634,6 +636,8 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, spec: DataSpec) -> None:
         "torch_threads": cfg.train.threads or torch.get_num_threads(),
         "seed": cfg.train.seed,
         "deterministic": cfg.train.deterministic,
+        "train_precision": str(amp_dtype(cfg.train.amp, resolve_device(cfg.train.device), training=True,
+                                         deterministic=cfg.train.deterministic) or "float32"),
         "data_fingerprint": spec.fingerprint,
         "argv": sys.argv,
     }

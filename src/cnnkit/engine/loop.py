@@ -330,7 +330,8 @@ def fit(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    dtype = amp_dtype(cfg.amp, device)
+    dtype = amp_dtype(cfg.amp, device, training=True, deterministic=cfg.deterministic)
+    eval_dtype = amp_dtype(cfg.amp, device, deterministic=cfg.deterministic)
     channels_last = use_channels_last(cfg.channels_last, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     plan = CompilePlan(cfg.compile, device, cfg.deterministic, log)
@@ -371,7 +372,7 @@ def fit(
         bar.close()
         result.steps += len(train_loader)
         plan.observe(train["seconds"], last - epoch)
-        val = evaluate(runner, val_loader, num_classes, device=device, dtype=dtype, loss_fn=eval_loss_fn, tta=cfg.tta,
+        val = evaluate(runner, val_loader, num_classes, device=device, dtype=eval_dtype, loss_fn=eval_loss_fn, tta=cfg.tta,
                        channels_last=channels_last)  # fmt: skip
         if timer is not None:
             timer.steps = len(train_loader)
