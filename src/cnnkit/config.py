@@ -147,6 +147,14 @@ class TrainConfig:
         lookahead: airbench's lookahead: every 5 steps the weights (and BatchNorm
             statistics) are pulled toward a running average of themselves, with a weight
             growing from 0 to 0.77 as (step / total)^3; the last step takes the average.
+        accumulate: batches whose gradients add up into one optimizer step (an effective
+            batch of ``accumulate * batch_size``; lr is per optimizer step).
+        ema: decay of an exponential moving average of the weights, e.g. 0.999 (None: no
+            average). The average is what is validated, checkpointed and deployed.
+        mixup: mixup's Beta(alpha, alpha) parameter, e.g. 0.2 (0: off).
+        cutmix: cutmix's Beta(alpha, alpha) parameter, e.g. 1.0 (0: off); with both on,
+            each mixed batch uses one of the two at random.
+        mix_prob: probability that a batch is mixed when mixup or cutmix is on.
     """
 
     epochs: int = 10
@@ -184,6 +192,11 @@ class TrainConfig:
     lr_start_factor: float = 0.0
     lr_end_factor: float = 0.0
     lookahead: bool = False
+    accumulate: int = 1
+    ema: float | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
 
 
 @dataclass

@@ -33,6 +33,7 @@ from cnnkit.config import TrainConfig
 from cnnkit.engine.checkpoint import clean_state_dict, rng_state, save_checkpoint, set_rng_state, unwrap
 from cnnkit.engine.device import amp_dtype, autocast, resolve_device, seed_everything
 from cnnkit.engine.optim import build_optimizer, build_scheduler
+from cnnkit.engine.regularize import BatchMixer, WeightEma, build_mixer
 from cnnkit.engine.speed import CompilePlan, NoTimer, StepTimer, use_channels_last
 from cnnkit.engine.tta import tta_logits
 from cnnkit.errors import UsageError
@@ -109,6 +110,31 @@ class FitResult:
 
 
 @dataclass
+class TrainState:
+    """Everything a training step changes, which a checkpoint saves and resume restores.
+
+    Attributes:
+        model: the model being trained (possibly wrapped: compile, DDP).
+        optimizer: its optimizer.
+        scheduler: the per-step learning-rate schedule, or None.
+        scaler: the fp16 gradient scaler, or None.
+        ema: an average of the weights (``--ema``), or None; when present it is what is
+            evaluated and what checkpoints hold as ``state_dict``.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+    ema: WeightEma | None = None
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights to validate and keep: the average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
 class EpochProgress:
     """How far one training epoch has got: what a mid-epoch checkpoint records.
 
@@ -156,6 +182,9 @@ def train_one_epoch(
     checkpoint: Callable[[EpochProgress], None] | None = None,
     channels_last: bool = False,
     timer: StepTimer | None = None,
+    accumulate: int = 1,
+    mixer: BatchMixer | None = None,
+    ema: WeightEma | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns mean ``loss``, ``acc``, ``images`` and ``seconds``.
 
@@ -167,6 +196,11 @@ def train_one_epoch(
             epoch (not after the last one: the epoch-end checkpoint covers it).
         channels_last: hand the model its batches in channels-last memory format.
         timer: adds up the time of each phase of the steps (``--profile``).
+        accumulate: add up the gradients of this many batches per optimizer step (a
+            larger effective batch); mid-epoch checkpoints fall on optimizer steps.
+        mixer: mixup/cutmix of each batch into soft targets (accuracy still counts
+            against the true labels).
+        ema: an average of the weights, updated after every optimizer step.
     """
     model.train()
     start = start or EpochProgress()
@@ -183,7 +217,8 @@ def train_one_epoch(
     if progress is not None and start.batches:
         progress.update(start.batches)
     timer = timer or NoTimer()
-    step = start.batches
+    step, since_checkpoint = start.batches, 0
+    optimizer.zero_grad(set_to_none=True)
     while True:
         with timer("data"):
             pair = next(batches, None)
@@ -192,39 +227,50 @@ def train_one_epoch(
             images = to_device(pair[0], device, channels_last)
             labels = pair[1].to(device, non_blocking=True)
         step += 1
+        update = step % accumulate == 0 or step == total  # an optimizer step after this batch
         with timer("forward"), autocast(device, dtype):
-            logits = model(images)  # [B, num_classes]
-            loss = loss_fn(logits, labels)
+            inputs, targets = mixer(images, labels) if mixer is not None else (images, labels)
+            logits = model(inputs)  # [B, num_classes]
+            loss = loss_fn(logits, targets)
         with timer("backward"):
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-        with timer("optimizer"):
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            share = loss / accumulate if accumulate > 1 else loss
+            (scaler.scale(share) if scaler is not None else share).backward()
+        if update:
+            with timer("optimizer"):
+                _optimizer_step(model, optimizer, scheduler, scaler, grad_clip)
+                if ema is not None:
+                    ema.update(model)
         batch = labels.shape[0]
         loss_sum += loss.detach().float() * batch
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += batch
+        since_checkpoint += 1
         if progress is not None:
             progress.update(1)
             if step % log_every == 0:
                 progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}")
-        if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step != total:
+        if checkpoint is not None and checkpoint_every and update and since_checkpoint >= checkpoint_every and step != total:
+            since_checkpoint = 0
             checkpoint(EpochProgress(step, loss_sum.item(), int(correct.item()), seen,
                                      time.perf_counter() - began, rng_state()))  # fmt: skip
     seconds = time.perf_counter() - began
     return {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(seen, 1), "images": seen, "seconds": seconds}
+
+
+def _optimizer_step(model, optimizer, scheduler, scaler, grad_clip: float | None) -> None:
+    """Clip, step (through the fp16 scaler when there is one), clear the gradients, advance the schedule."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
 
 
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
@@ -336,8 +382,10 @@ def fit(
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     plan = CompilePlan(cfg.compile, device, cfg.deterministic, log)
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    state = TrainState(model, optimizer, build_scheduler(optimizer, cfg, math.ceil(len(train_loader) / cfg.accumulate)),
+                       torch.amp.GradScaler(device.type) if dtype == torch.float16 else None,
+                       WeightEma(model, cfg.ema) if cfg.ema else None)  # fmt: skip
+    mixer = build_mixer(num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob)
     weights = class_weights.to(device=device, dtype=torch.float32) if class_weights is not None else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     eval_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -347,7 +395,7 @@ def fit(
     last = first - 1 + cfg.epochs
     stale, partial = 0, None
     if resume is not None:
-        first, stale, partial = _restore(resume, model, optimizer, scheduler, scaler, result)
+        first, stale, partial = _restore(resume, state, result)
     total = total_epochs or last
     for epoch in range(first, last + 1):
         for loader in (train_loader, val_loader):
@@ -359,21 +407,22 @@ def fit(
         save_progress = None
         if run_dir is not None:
             def save_progress(done: EpochProgress, epoch: int = epoch, lr: float = lr) -> None:
-                state = _checkpoint(model, optimizer, scheduler, scaler, epoch - 1, result.steps + done.batches,
-                                    None, result, meta, stale, in_epoch=done, lr=lr)  # fmt: skip
-                save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
+                payload = _checkpoint(state, epoch - 1, result.steps + done.batches, None, result, meta, stale,
+                                      in_epoch=done, lr=lr)  # fmt: skip
+                save_checkpoint(payload, run_dir / "checkpoints" / "last.pt")
         timer = StepTimer(device) if epoch - first < cfg.profile else None
         runner = plan.module(model)
-        train = train_one_epoch(runner, train_loader, optimizer, scheduler, loss_fn, device=device, dtype=dtype,
-                                scaler=scaler, grad_clip=cfg.grad_clip, progress=bar, log_every=cfg.log_every,
+        train = train_one_epoch(runner, train_loader, optimizer, state.scheduler, loss_fn, device=device, dtype=dtype,
+                                scaler=state.scaler, grad_clip=cfg.grad_clip, progress=bar, log_every=cfg.log_every,
                                 start=partial, checkpoint_every=cfg.checkpoint_every_steps,
-                                checkpoint=save_progress, channels_last=channels_last, timer=timer)  # fmt: skip
+                                checkpoint=save_progress, channels_last=channels_last, timer=timer,
+                                accumulate=cfg.accumulate, mixer=mixer, ema=state.ema)  # fmt: skip
         partial = None
         bar.close()
         result.steps += len(train_loader)
         plan.observe(train["seconds"], last - epoch)
-        val = evaluate(runner, val_loader, num_classes, device=device, dtype=eval_dtype, loss_fn=eval_loss_fn, tta=cfg.tta,
-                       channels_last=channels_last)  # fmt: skip
+        val = evaluate(runner if state.ema is None else state.ema.module, val_loader, num_classes, device=device,
+                       dtype=eval_dtype, loss_fn=eval_loss_fn, tta=cfg.tta, channels_last=channels_last)  # fmt: skip
         if timer is not None:
             timer.steps = len(train_loader)
             log(timer.table(epoch, train["images"], val.seconds))
@@ -387,12 +436,12 @@ def fit(
         log(_summary_line(row, total, improved and epoch > 1))
         if run_dir is not None:
             _write_metrics(run_dir / "metrics.csv", result.history)
-            state = _checkpoint(model, optimizer, scheduler, scaler, epoch, result.steps, row, result, meta, stale)
-            save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
+            payload = _checkpoint(state, epoch, result.steps, row, result, meta, stale)
+            save_checkpoint(payload, run_dir / "checkpoints" / "last.pt")
             if improved:
-                save_checkpoint(state, run_dir / "checkpoints" / "best.pt")
+                save_checkpoint(payload, run_dir / "checkpoints" / "best.pt")
             if cfg.save_every and epoch % cfg.save_every == 0:
-                save_checkpoint(state, run_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
+                save_checkpoint(payload, run_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
         if on_epoch_end is not None:
             on_epoch_end(row)
         if cfg.patience is not None and stale >= cfg.patience:
@@ -402,15 +451,20 @@ def fit(
     return result
 
 
-def _restore(payload: dict[str, Any], model, optimizer, scheduler, scaler, result: FitResult):
+def _restore(payload: dict[str, Any], state: TrainState, result: FitResult):
     """Load a ``last.pt`` payload into the training state; returns (first epoch to run,
     epochs without improvement, progress into that epoch or None)."""
-    unwrap(model).load_state_dict(payload["state_dict"])
-    optimizer.load_state_dict(payload["optimizer"])
-    if scheduler is not None and payload.get("scheduler") is not None:
-        scheduler.load_state_dict(payload["scheduler"])
-    if scaler is not None and payload.get("scaler") is not None:
-        scaler.load_state_dict(payload["scaler"])
+    raw = payload.get("raw_state_dict")  # set when the run keeps an EMA: state_dict is the average
+    unwrap(state.model).load_state_dict(raw if raw is not None else payload["state_dict"])
+    if state.ema is not None and raw is not None:
+        state.ema.load(payload["state_dict"], payload.get("ema_updates", 0))
+    elif state.ema is not None:  # an EMA switched on when resuming: start it from the weights
+        state.ema.update(state.model)
+    state.optimizer.load_state_dict(payload["optimizer"])
+    if state.scheduler is not None and payload.get("scheduler") is not None:
+        state.scheduler.load_state_dict(payload["scheduler"])
+    if state.scaler is not None and payload.get("scaler") is not None:
+        state.scaler.load_state_dict(payload["scaler"])
     result.history = [dict(row) for row in payload.get("history", [])]
     result.best_metric, result.best_epoch = payload.get("best_metric"), payload.get("best_epoch")
     done = payload["epoch"]  # epochs completed
@@ -467,16 +521,21 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _checkpoint(model, optimizer, scheduler, scaler, epoch, step, row, result, meta, stale,
+def _checkpoint(state: TrainState, epoch, step, row, result, meta, stale,
                 in_epoch: EpochProgress | None = None, lr: float | None = None) -> dict[str, Any]:  # fmt: skip
     """The checkpoint payload. ``epoch`` counts completed epochs; ``in_epoch`` says how far
-    the next one got when written mid-epoch (None at an epoch's end)."""
+    the next one got when written mid-epoch (None at an epoch's end). With an EMA,
+    ``state_dict`` holds the averaged weights (what predict/export use) and
+    ``raw_state_dict`` the trained ones (what resume continues from)."""
+    ema = state.ema
     return {
         **(meta or {}),
-        "state_dict": clean_state_dict(unwrap(model).state_dict()),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "state_dict": clean_state_dict(unwrap(state.evaluated).state_dict()),
+        "raw_state_dict": clean_state_dict(unwrap(state.model).state_dict()) if ema is not None else None,
+        "ema_updates": ema.updates if ema is not None else None,
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
         "epoch": epoch,
         "step": step,
         "rng": rng_state(),

@@ -49,6 +49,13 @@ def check_train_config(cfg: TrainConfig) -> None:
     check_tta(cfg.tta)
     check_switch("channels-last", cfg.channels_last)
     check_switch("compile", cfg.compile)
+    if cfg.accumulate < 1:
+        raise UsageError(f"--accumulate must be at least 1, got {cfg.accumulate}")
+    if cfg.ema is not None and not 0 < cfg.ema < 1:
+        raise UsageError(f"--ema takes a decay between 0 and 1 (e.g. 0.999), got {cfg.ema}")
+    if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mix_prob <= 1:
+        raise UsageError(f"--mixup and --cutmix take alpha >= 0 and --mix-prob a probability; got "
+                         f"{cfg.mixup}, {cfg.cutmix}, {cfg.mix_prob}")  # fmt: skip
     if cfg.profile < 0:
         raise UsageError(f"--profile takes a number of epochs (0 or more), got {cfg.profile}")
     if cfg.cache_features not in CACHE_MODES:

@@ -1,0 +1,98 @@
+"""Regularisers inside the training step: mixup/cutmix soft targets, the weight EMA,
+gradient accumulation; on real digits where training is involved."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnkit
+from cnnkit.config import DataConfig, TrainConfig
+from cnnkit.data import build
+from cnnkit.engine import fit, read_checkpoint
+from cnnkit.engine.regularize import BatchMixer
+from cnnkit.models import create_model
+
+
+# Random images with consecutive labels that differ: every pixel of a pasted box differs from
+# the original, and the mass each class gets can be read straight off the targets.
+IMAGES = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+LABELS = torch.arange(64) % 10
+ONE_HOT = torch.nn.functional.one_hot(LABELS, 10).float()
+
+
+def test_mixup_targets_hold_lambda_and_one_minus_lambda() -> None:
+    torch.manual_seed(1)
+    mixed, targets = BatchMixer(10, mixup=0.4)(IMAGES, LABELS)
+
+    assert targets.shape == (64, 10) and torch.allclose(targets.sum(1), torch.ones(64))
+    lam = float(targets[0, LABELS[0]])  # torchvision mixes each image with its neighbour in the rolled batch
+    assert 0 < lam < 1
+    assert torch.allclose(mixed, lam * IMAGES + (1 - lam) * IMAGES.roll(1, 0), atol=1e-6)
+    assert torch.allclose(targets, lam * ONE_HOT + (1 - lam) * ONE_HOT.roll(1, 0), atol=1e-6)
+
+
+def test_cutmix_target_mass_equals_the_pasted_area() -> None:
+    torch.manual_seed(2)
+    mixed, targets = BatchMixer(10, cutmix=1.0)(IMAGES, LABELS)
+
+    assert torch.allclose(targets.sum(1), torch.ones(64))
+    pasted = (mixed != IMAGES).flatten(1).float().mean(1)  # [64] share of each image replaced
+    assert float(pasted.max()) > 0
+    rolled = IMAGES.roll(1, 0)
+    assert torch.equal(mixed[mixed != IMAGES], rolled[mixed != IMAGES])  # what was pasted is the neighbour
+    assert torch.allclose(targets[torch.arange(64), LABELS.roll(1)], pasted, atol=1e-6)
+    assert torch.allclose(targets[torch.arange(64), LABELS], 1 - pasted, atol=1e-6)
+
+
+def test_mix_prob_zero_leaves_hard_one_hot_targets() -> None:
+    mixed, targets = BatchMixer(10, mixup=0.4, cutmix=1.0, prob=0.0)(IMAGES, LABELS)
+    assert torch.equal(mixed, IMAGES) and torch.equal(targets, ONE_HOT)
+
+
+def test_ema_is_what_best_pt_holds_and_what_was_validated(tmp_path: Path) -> None:
+    run = cnnkit.train(limit_train=2000, limit_eval=500, epochs=2, ema=0.9, device="cpu", deterministic=True,
+                       output_dir=str(tmp_path), name="ema", report=False, progress=False, log=lambda _: None)  # fmt: skip
+    best = read_checkpoint(run.dir / "checkpoints" / "best.pt")
+
+    assert best["raw_state_dict"] is not None and best["ema_updates"] == best["epoch"] * (2000 // 64)
+    differs = [k for k in best["state_dict"] if not torch.equal(best["state_dict"][k], best["raw_state_dict"][k])]
+    assert differs  # the average is not the last step's weights
+    report = cnnkit.evaluate_checkpoint(run.dir, split="val", device="cpu")
+    row = next(r for r in run.history if r["epoch"] == best["epoch"])
+    assert report.result.acc == pytest.approx(row["val_acc"], abs=1e-6)  # validation scored the average
+
+
+def test_ema_survives_resume_bit_for_bit(tmp_path: Path) -> None:
+    straight = cnnkit.train(limit_train=1000, limit_eval=300, epochs=2, save_every=1, ema=0.9, device="cpu",
+                            deterministic=True, output_dir=str(tmp_path), name="straight", report=False,
+                            progress=False, log=lambda _: None)  # fmt: skip
+    # the same run as if it had been killed after epoch 1: its last.pt is then epoch 1's
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight.dir, resumed)
+    shutil.copyfile(resumed / "checkpoints" / "epoch_001.pt", resumed / "checkpoints" / "last.pt")
+    cnnkit.train(resume=resumed, progress=False, log=lambda _: None)
+
+    a = read_checkpoint(straight.dir / "checkpoints" / "last.pt")
+    b = read_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert a["ema_updates"] == b["ema_updates"]
+    for key in ("state_dict", "raw_state_dict"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
+def test_accumulating_two_half_batches_matches_one_full_batch() -> None:
+    loaders_half, spec = build(DataConfig(limit_train=640, limit_eval=64, batch_size=16), seed=0)
+    loaders_full, _ = build(DataConfig(limit_train=640, limit_eval=64, batch_size=32), seed=0)
+    weights = []
+    for loaders, accumulate in ((loaders_half, 2), (loaders_full, 1)):
+        torch.manual_seed(0)
+        model = create_model("lenet", num_classes=10)  # no BatchNorm, no dropout: the sums must agree
+        cfg = TrainConfig(epochs=1, optimizer="sgd", lr=0.05, momentum=0.0, device="cpu", accumulate=accumulate,
+                          amp="off")  # fmt: skip
+        fit(model, loaders, cfg, num_classes=spec.num_classes, log=lambda _: None, progress=False)
+        weights.append(model.state_dict())
+    for key in weights[0]:
+        assert torch.allclose(weights[0][key], weights[1][key], atol=1e-5), key
