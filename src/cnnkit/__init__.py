@@ -15,6 +15,7 @@ from cnnkit.engine import EvalResult, FitResult, evaluate
 from cnnkit.errors import CnnkitError, DataError, UsageError
 from cnnkit.models import count_parameters, create_model, list_models, register_model
 from cnnkit.recipes import list_recipes
+from cnnkit.usercode import trust_code
 from cnnkit.workflows import (
     LoadedCheckpoint,
     Run,
@@ -53,4 +54,5 @@ __all__ = [
     "register_model",
     "resolve_config",
     "train",
+    "trust_code",
 ]

@@ -22,14 +22,19 @@ from cnnkit.errors import CnnkitError, UsageError
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data.name", str, "dataset name, class-per-folder path or CSV file"),
     "--data-dir": ("data.data_dir", str, "folder holding torchvision datasets (e.g. ../shared/data)"),
-    "--model": ("model.name", str, "model name (see `cnnkit models`), or timm:NAME / tv:NAME backbones"),
+    "--model": ("model.name", str, "model name (see `cnnkit models`), timm:NAME / tv:NAME backbones, "
+                "or your own: FILE.py:NAME or package.module:NAME"),
+    "--layers": ("model.kwargs.layers", str, "convnet: conv widths and pools, e.g. 16,16,M,32,32,M,64,M (M max-pool, A average, G global)"),
+    "--head": ("model.kwargs.head", str, "convnet: hidden units of the head, e.g. 256 or 256,128 (0: none)"),
+    "--dropout": ("model.kwargs.dropout", float, "convnet, vgg*: dropout probability in the head"),
     "--weights": ("model.weights", str, "start from this weights file (state dict, safetensors or checkpoint)"),
     "--head-hidden": ("model.kwargs.head_hidden", int, "backbone models: hidden units of the new head (default: linear head)"),
     "--head-dropout": ("model.kwargs.head_dropout", float, "backbone models: dropout in the new head"),
     "--fine-tune": ("train.fine_tune", str, "E1,E2: head only for E1 epochs, then all layers for E2 epochs"),
     "--backbone-lr-scale": ("train.backbone_lr_scale", float, "backbone lr as a fraction of --lr when fine-tuning (default 0.1)"),
     "--epochs": ("train.epochs", int, "passes over the training set"),
-    "--lr": ("train.lr", float, "peak learning rate"),
+    "--lr": ("train.lr", lambda text: text if text == "auto" else float(text),
+              "peak learning rate, or auto: run the learning-rate range test first and use its suggestion"),
     "--batch-size": ("data.batch_size", int, "images per training step"),
     "--device": ("train.device", str, "auto, cpu, cuda, cuda:N or mps"),
     "--seed": ("train.seed", int, "random seed (split, init, order)"),
@@ -71,6 +76,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--tta": ("train.tta", str, "test-time augmentation when validating/testing: none, flip, shift, flip-shift"),
     "--name": ("name", str, "run folder name (default: recipe/model + time)"),
     "--output-dir": ("output_dir", str, "parent folder of run folders (default: runs)"),
+    "--log": ("loggers", str, "also log to these trackers, comma-separated: mlflow, wandb (TensorBoard is on unless --no-tensorboard)"),
 }
 TRAIN_SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--pretrained": ("model.pretrained", True, "start a timm:/tv: backbone from pretrained weights"),
@@ -79,12 +85,16 @@ TRAIN_SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--cache-features": ("train.cache_features", "on", "cache frozen-backbone features even with augmentation"),
     "--no-cache-features": ("train.cache_features", "off", "never cache backbone features"),
     "--no-report": ("report", False, "do not write report/ (HTML + PNGs) when training ends"),
+    "--no-tensorboard": ("tensorboard", False, "do not write TensorBoard event files (RUN/tensorboard/)"),
     "--deterministic": ("train.deterministic", True, "deterministic kernels (reproducible, slower)"),
     "--nesterov": ("train.nesterov", True, "Nesterov momentum for SGD"),
+    "--sync-bn": ("train.sync_bn", True, "torchrun: synchronise BatchNorm statistics across processes"),
     "--no-decay-norm-bias": ("train.no_decay_norm_bias", True, "no weight decay on normalisation layers and biases"),
     "--augment-eval": ("data.augment_eval", True, "also augment evaluation images (a seed defect)"),
     "--no-shuffle": ("data.shuffle", False, "do not shuffle the training set"),
     "--no-download": ("data.download", False, "never download datasets"),
+    "--batch-norm": ("model.kwargs.batch_norm", True, "convnet: BatchNorm after every conv (the default)"),
+    "--no-batch-norm": ("model.kwargs.batch_norm", False, "convnet: no BatchNorm"),
 }
 
 
@@ -98,20 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     train = sub.add_parser("train", help="train a model (no arguments: LeNet on the embedded MNIST subset)")
-    train.add_argument("--recipe", help="a shipped recipe (see `cnnkit recipes`)")
-    train.add_argument("--config", help="YAML file of config values, layered over the recipe")
-    for flag, (key, kind, text) in TRAIN_FLAGS.items():
-        train.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS, help=text)
-    for flag, (key, value, text) in TRAIN_SWITCHES.items():
-        train.add_argument(flag, dest=key, action="store_const", const=value, default=argparse.SUPPRESS, help=text)
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="any config key, e.g. --set train.gamma=0.5 (repeatable)")  # fmt: skip
+    add_train_options(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--no-check", action="store_true",
                        help="skip the quick dataset check of a folder/CSV before training (see `cnnkit check`)")  # fmt: skip
     train.add_argument("--resume", metavar="RUN", help="continue a killed or stopped run from its last.pt "
                        "(with its own config; --epochs N trains it longer)")  # fmt: skip
     train.set_defaults(handler=cmd_train)
+
+    lf = sub.add_parser("lr-find", help="learning-rate range test: loss vs lr plot and a suggested lr (same options as train)")
+    add_train_options(lf)
+    lf.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate of the sweep (default 1e-7)")
+    lf.add_argument("--end-lr", type=float, default=10.0, help="last learning rate of the sweep (default 10)")
+    lf.add_argument("--steps", type=int, help="batches in the sweep (default 100, more for small batches: 3,000 images)")
+    lf.set_defaults(handler=cmd_lr_find)
 
     ev = sub.add_parser("eval", help="evaluate a run folder or checkpoint")
     ev.add_argument("checkpoint", help="run folder or .pt checkpoint")
@@ -209,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--no-progress", action="store_true", help="no progress bar")
     ck.set_defaults(handler=cmd_check)
 
+    rn = sub.add_parser("runs", help="compare run folders: recipe, model, data, epochs, best metric, test accuracy, time")
+    rn.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default: ./runs)")
+    rn.add_argument("--sort", default="date", metavar="KEY",
+                    help="date (default), name, time, epochs, test_acc, or a metrics.csv column (best epoch's value)")  # fmt: skip
+    rn.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rn.set_defaults(handler=cmd_runs)
+
+    for command in (train, ev, pr, rp, sm, ex, xp, sv):  # everything that may load a run's own model/dataset code
+        command.add_argument("--trust-code", action="append", metavar="FILE_OR_MODULE",
+                             help="import this file or module if the checkpoint's model or dataset is your own "
+                                  "code (checkpoints only record it; repeatable)")  # fmt: skip
+
     for name, handler, text in (
         ("recipes", cmd_recipes, "list the shipped recipes and their expected results"),
         ("models", cmd_models, "list the registered models with parameter counts"),
@@ -223,7 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.handler(args)
+        from cnnkit.usercode import trust_code
+
+        with trust_code(*(getattr(args, "trust_code", None) or ())):
+            args.handler(args)
     except CnnkitError as exc:
         print(f"cnnkit: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -236,6 +261,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """--recipe, --config, every config flag and --set: what `train` and `lr-find` share."""
+    parser.add_argument("--recipe", help="a shipped recipe (see `cnnkit recipes`)")
+    parser.add_argument("--config", help="YAML file of config values, layered over the recipe")
+    for flag, (key, kind, text) in TRAIN_FLAGS.items():
+        parser.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS, help=text)
+    for flag, (key, value, text) in TRAIN_SWITCHES.items():
+        parser.add_argument(flag, dest=key, action="store_const", const=value, default=argparse.SUPPRESS, help=text)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any config key, e.g. --set train.gamma=0.5 (repeatable)")  # fmt: skip
+    for what in ("model", "data"):
+        parser.add_argument(f"--{what}-kwargs", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                            help=f"arguments of your own {what}'s constructor: KEY=VALUE pairs or a JSON object, "
+                                 f"e.g. --{what}-kwargs " + ("width=32 depth=3" if what == "model" else "root=../shared/data"))  # fmt: skip
+
+
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys the user set on the command line."""
     keys = {key for key, *_ in TRAIN_FLAGS.values()} | {key for key, *_ in TRAIN_SWITCHES.values()}
@@ -245,7 +286,35 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if not sep:
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value.strip()
+    for what in ("model", "data"):
+        overrides.update(_kwargs_overrides(getattr(args, f"{what}_kwargs", []), what))
+    if overrides.get("train.lr") == "auto":  # --lr auto: the range test picks it
+        del overrides["train.lr"]
+        overrides["train.lr_find"] = True
     return overrides
+
+
+def _kwargs_overrides(items: list[str], what: str) -> dict[str, Any]:
+    """``["width=32", '{"depth": 3}']`` -> ``{"model.kwargs.width": "32", "model.kwargs.depth": 3}``
+    (string values are read as YAML scalars later: ``32`` is an int, ``true`` a bool)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if item.lstrip().startswith("{"):
+            try:
+                values = yaml.safe_load(item)
+            except yaml.YAMLError:
+                values = None
+            if not isinstance(values, dict):
+                raise UsageError(f"--{what}-kwargs: {item!r} is not a JSON object; e.g. '{{\"width\": 32}}' or width=32")
+            out.update({f"{what}.kwargs.{key}": value for key, value in values.items()})
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UsageError(f"--{what}-kwargs expects KEY=VALUE pairs or a JSON object, got {item!r}")
+        out[f"{what}.kwargs.{key.strip()}"] = value.strip()
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -258,6 +327,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     cfg = resolve_config(args.recipe, args.config, train_overrides(args))
     train(config=cfg, progress=not args.no_progress, check=not args.no_check)
+
+
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from cnnkit.workflows import lr_find, resolve_config
+
+    overrides = train_overrides(args)
+    overrides.pop("train.lr_find", None)
+    cfg = resolve_config(args.recipe, args.config, overrides)
+    result, run_dir = lr_find(config=cfg, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
+    print(f"suggested lr: {result.suggestion:.2e}  (use --lr {result.suggestion:.2g}, or --lr auto in train)")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -397,13 +476,21 @@ def _summary_target(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int]
         desc, pre = loaded.payload["model"], loaded.preprocess
         size = (pre.get("channels", desc["in_chans"]), *pre.get("input_size", desc["input_size"]))
         return loaded.model, tuple(args.input_size or size)
-    from cnnkit.models import create_model, model_info
+    from cnnkit.models import create_model, load_model_code, model_info
 
+    load_model_code(args.model)  # FILE.py:NAME named here: imported, as asked
     info = model_info(args.model)
     chans, height, width = args.input_size or (info.default_in_chans, *info.default_input_size)
     classes = 10 if args.num_classes is None else args.num_classes
     model = create_model(args.model, classes, in_chans=chans, input_size=(height, width))
     return model, (chans, height, width)
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from cnnkit.runs import compare_runs, format_runs
+
+    table = compare_runs(args.dir, sort=args.sort)
+    print(json.dumps(table.as_dict(), indent=1) if args.json else format_runs(table))
 
 
 def cmd_recipes(args: argparse.Namespace) -> None:
@@ -430,6 +517,7 @@ def cmd_models(args: argparse.Namespace) -> None:
     print("(parameters for 10 classes at the default input size)")
     print("timm:NAME      any timm model, e.g. timm:efficientnet_lite0 (pretrained: add --pretrained)")
     print("tv:NAME        any torchvision classification model, e.g. tv:resnet18, tv:vgg16_bn")
+    print("FILE.py:NAME   your own model class or function (or package.module:NAME), e.g. my_models.py:MyNet")
 
 
 def cmd_check(args: argparse.Namespace) -> None:

@@ -23,8 +23,11 @@ class DataConfig:
     """Where the images come from and how they are split, resized and augmented.
 
     Attributes:
-        name: a registered dataset name (``mnist``, ``cifar10``...) or a path to a
-            class-per-folder tree or a ``path,label`` CSV file.
+        name: a registered dataset name (``mnist``, ``cifar10``...), a path to a
+            class-per-folder tree or a ``path,label`` CSV file, or your own torch
+            ``Dataset`` as ``FILE.py:NAME`` / ``package.module:NAME`` (see
+            :mod:`cnnkit.data.custom`).
+        kwargs: keyword arguments for your own dataset's constructor (``root``...).
         data_dir: folder holding torchvision datasets (None: ``$CNNKIT_DATA_DIR`` or the
             user cache folder).
         download: allow downloading torchvision datasets that are not in ``data_dir``.
@@ -53,6 +56,7 @@ class DataConfig:
     """
 
     name: str = "embedded-mnist"
+    kwargs: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     download: bool = True
     val_fraction: float = 0.0
@@ -80,8 +84,10 @@ class ModelConfig:
     """Which architecture to build and which weights to start from.
 
     Attributes:
-        name: a registered model (``lenet``, ``vgg16_bn``...) or an outside backbone
-            ``timm:ARCH`` / ``tv:ARCH`` (its classifier replaced by a new head).
+        name: a registered model (``lenet``, ``vgg16_bn``, ``convnet``...), an outside
+            backbone ``timm:ARCH`` / ``tv:ARCH`` (its classifier replaced by a new head), or
+            your own code as ``FILE.py:NAME`` / ``package.module:NAME`` (see
+            :mod:`cnnkit.usercode`).
         kwargs: the builder's own arguments (``head_hidden``, ``head_dropout``, ``dropout``...).
         pretrained: start the backbone from pretrained weights (hub, cache or offline package).
         weights: start from this local file instead (state dict, safetensors or checkpoint).
@@ -155,6 +161,10 @@ class TrainConfig:
         cutmix: cutmix's Beta(alpha, alpha) parameter, e.g. 1.0 (0: off); with both on,
             each mixed batch uses one of the two at random.
         mix_prob: probability that a batch is mixed when mixup or cutmix is on.
+        lr_find: run the learning-rate range test first and train at its suggestion
+            (``--lr auto``); ``lr`` is then replaced by the suggestion in ``config.yaml``.
+        sync_bn: under torchrun, synchronise BatchNorm statistics across processes
+            (worth it when each process's batch is small).
     """
 
     epochs: int = 10
@@ -197,6 +207,8 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     mix_prob: float = 1.0
+    lr_find: bool = False
+    sync_bn: bool = False
 
 
 @dataclass
@@ -210,6 +222,10 @@ class RunConfig:
         expected: the result the recipe is expected to reach (informational).
         notes: what the recipe changed from its seed tutorial and why.
         report: write ``report/`` (HTML + PNGs) into the run folder when training ends.
+        tensorboard: write TensorBoard event files (per-epoch metrics, training images,
+            the model graph) to ``tensorboard/`` in the run folder.
+        loggers: experiment trackers to log to as well, comma-separated: ``mlflow``,
+            ``wandb`` (each needs its package; see :mod:`cnnkit.tracking`). None: none.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -221,6 +237,8 @@ class RunConfig:
     expected: str | None = None
     notes: str | None = None
     report: bool = True
+    tensorboard: bool = True
+    loggers: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON/checkpoint safe)."""
@@ -235,14 +253,15 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_KWARGS_KEYS = ("model.kwargs", "data.kwargs")  # free-form dicts of a builder's own arguments
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Turn ``{"train": {"lr": 1}}`` into ``{"train.lr": 1}``; ``model.kwargs`` stays a dict."""
+    """Turn ``{"train": {"lr": 1}}`` into ``{"train.lr": 1}``; ``model.kwargs`` and ``data.kwargs`` stay dicts."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted != "model.kwargs" and dotted in _SECTIONS:
+        if isinstance(value, dict) and dotted not in _KWARGS_KEYS and dotted in _SECTIONS:
             flat.update(flatten(value, dotted + "."))
         else:
             flat[dotted] = value
@@ -257,8 +276,9 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             the wrong type.
     """
     for dotted, value in overrides.items():
-        if dotted.startswith("model.kwargs.") and len(dotted) > len("model.kwargs."):
-            cfg.model.kwargs[dotted[len("model.kwargs."):]] = _yaml_scalar(value)
+        kwargs_key, _, name = dotted.partition(".kwargs.")
+        if f"{kwargs_key}.kwargs" in _KWARGS_KEYS and name:  # model.kwargs.width=32: one entry of the dict
+            getattr(cfg, kwargs_key).kwargs[name] = _yaml_scalar(value)
             continue
         section, _, key = dotted.rpartition(".")
         target = getattr(cfg, section) if section in _SECTIONS else cfg

@@ -52,27 +52,36 @@ from cnnkit.engine.features import (
     extract_features,
     state_digest,
 )
+from cnnkit.engine.lr_find import LrFindResult, lr_range_test
+from cnnkit.engine.lr_find import plot as lr_plot
 from cnnkit.engine.optim import check_train_config
 from cnnkit.engine.tta import check_tta
 from cnnkit.errors import CnnkitError, DataError, UsageError, unknown_name
 from cnnkit.inference import export
 from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint
+from cnnkit import usercode
+from cnnkit.engine import distributed
 from cnnkit.models import (
     BackboneClassifier,
     Weights,
     create_model,
     find_weights,
     list_sources,
+    load_model_code,
     load_weights,
+    model_code,
     model_info,
+    require_model_code,
 )
 from cnnkit.recipes import recipe_config_values
+from cnnkit.tracking import check_loggers, open_loggers
 
 # Training images given to a model's init_from_data (airbench whitens its stem on 5,000).
 INIT_IMAGES = 5_000
 
 # Short keyword names accepted by train(); every other config field is reachable by its own name.
-_ALIASES = {"data": "data.name", "model": "model.name", "model_kwargs": "model.kwargs", "name": "name"}
+_ALIASES = {"data": "data.name", "model": "model.name", "model_kwargs": "model.kwargs", "data_kwargs": "data.kwargs",
+            "name": "name"}  # fmt: skip
 
 
 def resolve_config(
@@ -117,7 +126,7 @@ def keyword_overrides(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _all_keys() -> list[str]:
-    return [k for k in valid_keys() if k not in {"data.name", "model.name", "model.kwargs"}]
+    return [k for k in valid_keys() if k not in {"data.name", "model.name", "model.kwargs", "data.kwargs"}]
 
 
 @dataclass
@@ -171,6 +180,7 @@ def train(
     log: Callable[[str], None] | None = None,
     resume: str | Path | None = None,
     check: bool = True,
+    trust_code: Any = None,
     **overrides: Any,
 ) -> Run:
     """Train a model as ``cnnkit train`` does and return the :class:`Run`.
@@ -187,8 +197,13 @@ def train(
         check: first run the quick dataset check (:mod:`cnnkit.data.audit`) on a folder or
             CSV dataset: unusable data stops here, anything training survives is logged as
             a warning, and the report goes to ``data_check.json``.
+        trust_code: with ``resume``, the files/modules of the run's own model or dataset
+            code that may be imported (``True``: whatever the checkpoint names); see
+            :mod:`cnnkit.usercode`. A new run imports the code its ``model``/``data``
+            name (``"my_models.py:MyModel"``) without it.
         **overrides: config values by field name (``epochs=2``, ``lr=0.01``,
-            ``data="cifar10"``, ``data_dir=...``, ``model="vgg16_bn"``) or dotted key.
+            ``data="cifar10"``, ``data_dir=...``, ``model="vgg16_bn"``, ``model_kwargs={...}``)
+            or dotted key.
 
     Example:
         >>> run = cnnkit.train(recipe="mnist-lenet", epochs=1, data_dir="../shared/data")
@@ -197,39 +212,63 @@ def train(
     payload, run_dir = None, None
     if resume is not None:
         cfg, run_dir, payload = _resume_state(resume, keyword_overrides(overrides))
+        bind_checkpoint_code(payload, trust_code)  # the run's own code, recorded in last.pt: only if trusted
     else:
         cfg = config if config is not None else resolve_config(recipe, config_file, keyword_overrides(overrides))
+        load_run_code(cfg)  # the FILE.py:NAME code this new run names: imported now, as asked
     info = model_info(cfg.model.name)  # unknown names fail here, before any slow work
     check_train_config(cfg.train)
     _check_transfer_options(cfg)
     check_balance(cfg.data.balance)
-    data_check = _check_data(cfg, progress) if check else None
+    check_loggers(cfg)  # --log mlflow/wandb without the package fails here
+    data_check = _check_data(cfg, progress and distributed.from_environment().is_main) if check else None
     start = time.perf_counter()
+    ranks = distributed.setup(cfg.train.device)  # under torchrun: join the group (a no-op otherwise)
+    try:
+        return _train(cfg, payload, run_dir, info, data_check, ranks, start, progress, log)
+    finally:
+        distributed.teardown()
+
+
+def _train(cfg: RunConfig, payload: dict[str, Any] | None, run_dir: Path | None, info: Any,
+           data_check: AuditReport | None, ranks: distributed.DistEnv, start: float, progress: bool,
+           log: Callable[[str], None] | None) -> Run:  # fmt: skip
+    """The body of :func:`train` once the config is checked. Under torchrun every rank runs
+    it on its shard of the data; only rank 0 writes files and prints."""
     device = resolve_device(cfg.train.device)
     weights = _find_weights(cfg) if payload is None else None  # a resumed run's weights are in last.pt
     weight_notes = _adopt_preprocess(cfg, weights)
-    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(device),
+    data_cfg = dataclasses.replace(cfg.data, batch_size=distributed.local_batch_size(cfg.data.batch_size, ranks))
+    loaders, spec = build(data_cfg, seed=cfg.train.seed, device=_data_device(device),
                           default_image_size=info.default_input_size[0],
                           split=_saved_split_of(run_dir) if payload is not None else None)  # fmt: skip
     torch.manual_seed(cfg.train.seed)  # initial weights (a new head too) follow the seed
     model = create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.channels,
                          input_size=spec.input_size, **cfg.model.kwargs)  # fmt: skip
+    writer = ranks.is_main  # the one process that writes the run folder and prints
     if payload is None:
-        run_dir = _new_run_dir(cfg)
-    say = _logger(run_dir, log)
-    if payload is None:
+        run_dir = Path(distributed.broadcast(str(_new_run_dir(cfg)) if writer else None))
+    say = _logger(run_dir, log) if writer else _silent
+    if payload is None and writer:
         _write_run_files(run_dir, cfg, spec)
         say(f"run folder: {run_dir}")
-    else:
+        if ranks.active:
+            say(f"distributed: {ranks.world} processes (torchrun), global batch {cfg.data.batch_size} = "
+                f"{ranks.world} x {data_cfg.batch_size}; rank 0 writes this folder")  # fmt: skip
+    elif payload is not None:
         _check_same_data(payload, spec, run_dir)
         model.load_state_dict(payload["state_dict"])  # before any feature caching reads the backbone
-        _record_resume(run_dir, cfg)
-        say(f"resuming {run_dir} after epoch {payload['epoch']}" + _position(payload, len(loaders.train)))
+        if writer:
+            _record_resume(run_dir, cfg)
+            save_yaml(cfg, run_dir / "config.yaml")  # with the new --epochs etc. (`cnnkit runs` reads it)
+        say(f"resuming {run_dir} after epoch {payload['epoch']}" + _position(payload, len(loaders.train))
+            + (f" on {ranks.world} processes" if ranks.active else ""))  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
     say(f"data: {spec.name}  {spec.num_classes} classes  {_sizes(spec)}  input {spec.channels}x{spec.input_size[0]}x{spec.input_size[1]}")
     for note in spec.notes + weight_notes:
         say(f"note: {note}")
-    _log_data_check(run_dir, data_check, say)
+    if writer:
+        _log_data_check(run_dir, data_check, say)
     epochs = sum(cfg.train.fine_tune) if cfg.train.fine_tune else cfg.train.epochs
     precision = amp_dtype(cfg.train.amp, device, training=True, deterministic=cfg.train.deterministic)
     say(f"model: {cfg.model.name} ({params:,} parameters)  device: {device}  epochs: {epochs}  "
@@ -245,24 +284,45 @@ def train(
     if class_weights is not None:
         say("note: class-balanced loss weights " + _fmt([round(float(w), 3) for w in class_weights]))
     source = weights.source if weights else (payload["model"].get("source") if payload else None)
+    if cfg.train.lr_find and payload is None:  # --lr auto: sweep first, then train at the suggestion
+        # torchrun: rank 0 sweeps on its shard while the others wait, then all train at its suggestion
+        suggestion = _lr_from_sweep(model, loaders.train, cfg, device, run_dir, say).suggestion if writer else None
+        cfg.train.lr = distributed.broadcast(suggestion)
+        if writer:
+            save_yaml(cfg, run_dir / "config.yaml")  # the run trains at the suggested lr
     meta = checkpoint_meta(cfg, spec, model, weights_source=source)
-    with skipped_files_log(run_dir / SKIP_LOG) as skip_log:  # bad files met by any loader worker
-        result = _fit_phases(model, loaders, cfg, spec, device, run_dir, meta, say, progress,
-                             resume=payload, class_weights=class_weights)  # fmt: skip
-        best = read_checkpoint(run_dir / "checkpoints" / "best.pt")
-        model.load_state_dict(best["state_dict"])
+    _log_code(meta, say)
+    tracked = cfg if writer else dataclasses.replace(cfg, tensorboard=False, loggers=None)
+    with (skipped_files_log(run_dir / SKIP_LOG) as skip_log,  # bad files met by any loader worker
+          open_loggers(run_dir, tracked, first_epoch=payload["epoch"] + 1 if payload else 1, say=say) as trackers):
+        trackers.start(model, (spec.channels, *spec.input_size), cfg)  # TensorBoard, MLflow, W&B
+        result = _fit_phases(model, loaders, cfg, spec, device, run_dir if writer else None, meta, say,
+                             progress and writer, resume=payload, class_weights=class_weights,
+                             trackers=trackers)  # fmt: skip
+        result.run_dir = run_dir
+        if writer:
+            model.load_state_dict(read_checkpoint(run_dir / "checkpoints" / "best.pt")["state_dict"])
+        distributed.broadcast_module(model)  # rank 0's best weights on every rank (no shared disk needed)
         test = None
         if loaders.test is not None:
             test = evaluate(model, loaders.test, spec.num_classes, device=device, dtype=amp_dtype(cfg.train.amp, device),
                             tta=cfg.train.tta)  # fmt: skip
-    _list_skipped_files(run_dir, skip_log, data_check, loaders, say)
+            trackers.log_test(test, step=len(result.history))
+    if writer:
+        _list_skipped_files(run_dir, skip_log, data_check, loaders, say)
     model.eval()
     run = Run(run_dir, cfg, spec, model, result.history, result.best_epoch, test, time.perf_counter() - start, spec.notes)
-    _write_summary(run_dir, run, result)
-    say(_final_line(run, cfg))
-    if cfg.report:
-        _write_run_report(run_dir, cfg, say)
+    if writer:
+        _write_summary(run_dir, run, result)
+        say(_final_line(run, cfg))
+        if cfg.report:
+            _write_run_report(run_dir, cfg, say)
+    distributed.barrier()  # the other ranks leave once the run folder is complete
     return run
+
+
+def _silent(line: str) -> None:
+    """The logger of ranks other than 0 under torchrun: they print and write nothing."""
 
 
 SKIP_LOG = "skipped_files.jsonl"  # raw, one line per skip and process; folded into skipped_files.json
@@ -324,9 +384,68 @@ def _list_skipped_files(run_dir: Path, skip_log: Path, report: AuditReport | Non
     say(f"skipped files: {len(found)} unreadable ({by_training} met while training); listed in skipped_files.json")
 
 
+def lr_find(
+    recipe: str | None = None,
+    *,
+    config: RunConfig | None = None,
+    config_file: str | Path | None = None,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int | None = None,
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> tuple[LrFindResult, Path]:
+    """``cnnkit lr-find``: the learning-rate range test on the data and model ``train`` would use.
+
+    Takes the same options as :func:`train`; writes ``lr_find.png``, ``lr_find.json`` and
+    ``config.yaml`` into a new run folder (``NAME-lrfind-TIME``) and returns the sweep and
+    that folder. The model is built, seeded and initialised exactly as ``train`` builds it.
+    """
+    cfg = config if config is not None else resolve_config(recipe, config_file, keyword_overrides(overrides))
+    load_run_code(cfg)  # FILE.py:NAME model or dataset code named here: imported now, as asked
+    info = model_info(cfg.model.name)
+    check_train_config(cfg.train)
+    _check_transfer_options(cfg)
+    device = resolve_device(cfg.train.device)
+    weights = _find_weights(cfg)
+    _adopt_preprocess(cfg, weights)
+    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=_data_device(device),
+                          default_image_size=info.default_input_size[0])  # fmt: skip
+    torch.manual_seed(cfg.train.seed)
+    model = create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.channels,
+                         input_size=spec.input_size, **cfg.model.kwargs)  # fmt: skip
+    if weights is not None:
+        load_weights(model, weights)
+    if hasattr(model, "init_from_data"):
+        model.init_from_data(sample_images(loaders.train, INIT_IMAGES))
+    if isinstance(model, BackboneClassifier):
+        model.freeze_backbone(cfg.train.freeze or bool(cfg.train.fine_tune))  # the first phase's setting
+    label = cfg.recipe if cfg.recipe not in (None, "default") else _run_label(cfg.model.name)
+    run_dir = _new_run_dir(dataclasses.replace(cfg, name=cfg.name or f"{label}-lrfind-{time.strftime('%Y%m%d-%H%M%S')}"))
+    say = _logger(run_dir, log)
+    save_yaml(cfg, run_dir / "config.yaml")
+    say(f"run folder: {run_dir}")
+    result = _lr_from_sweep(model, loaders.train, cfg, device, run_dir, say, start_lr=start_lr, end_lr=end_lr,
+                            steps=steps)  # fmt: skip
+    return result, run_dir
+
+
+def _lr_from_sweep(model, loader, cfg: RunConfig, device, run_dir: Path, say, **sweep: Any) -> LrFindResult:
+    """Run the range test, save its plot and numbers in ``run_dir``, log the suggestion."""
+    say(f"lr-find: sweeping the learning rate ({cfg.train.optimizer}, batch {distributed.local_batch_size(cfg.data.batch_size, distributed.current())}) ...")
+    result = lr_range_test(model, loader, cfg.train, device=device, **sweep)
+    figure = lr_plot(result, title=f"{cfg.model.name} on {cfg.data.name}: learning-rate range test")
+    figure.savefig(run_dir / "lr_find.png")
+    _write_text_atomic(run_dir / "lr_find.json", json.dumps(result.as_dict(), indent=1))
+    ended = "the loss diverged" if result.diverged else "the sweep ended"
+    say(f"lr-find: suggested lr {result.suggestion:.2e} (steepest descent); lowest loss at {result.min_loss_lr:.2e}; "
+        f"{len(result.lrs)} steps until {ended}; plot: {run_dir / 'lr_find.png'}")  # fmt: skip
+    return result
+
+
 # Config keys a resumed run may change: how long and where it trains, not what it learns.
 RESUME_OVERRIDES = ("train.epochs", "train.device", "train.threads", "train.checkpoint_every_steps",
-                    "data.data_dir", "data.workers", "report")  # fmt: skip
+                    "data.data_dir", "data.workers", "report", "tensorboard", "loggers")  # fmt: skip
 BALANCE_MODES = ("none", "weights", "sampler")
 
 
@@ -493,11 +612,13 @@ def _phases(train: TrainConfig) -> list[tuple[int, bool]]:
 
 
 def _fit_phases(model, loaders, cfg: RunConfig, spec: DataSpec, device, run_dir, meta, say, progress, *,
-                resume: dict[str, Any] | None = None, class_weights: torch.Tensor | None = None) -> FitResult:  # fmt: skip
+                resume: dict[str, Any] | None = None, class_weights: torch.Tensor | None = None,
+                trackers: Any = None) -> FitResult:  # fmt: skip
     """Train in phases: head only (frozen backbone, cached features when possible), then all layers.
 
     A resumed run skips the phases its checkpoint has finished and resumes inside the one
-    it was in.
+    it was in. ``trackers`` (a :class:`cnnkit.tracking.RunLoggers`) receives each epoch's
+    metrics row and a copy of the first training images.
     """
     phases = [(epochs, frozen) for epochs, frozen in _phases(cfg.train) if epochs > 0]
     total = sum(epochs for epochs, _ in phases)
@@ -522,10 +643,12 @@ def _fit_phases(model, loaders, cfg: RunConfig, spec: DataSpec, device, run_dir,
             if frozen and _use_feature_cache(cfg):
                 phase_model = HeadOnly(model)
                 phase_loaders = _feature_loaders(model, cfg, spec, device, say, progress)
+        if trackers is not None:
+            phase_loaders = trackers.watch(phase_loaders, spec.preprocess.mean, spec.preprocess.std)
         result = engine_fit(phase_model, phase_loaders, dataclasses.replace(cfg.train, epochs=epochs),
                             num_classes=spec.num_classes, run_dir=run_dir, meta=meta, log=say, progress=progress,
-                            previous=result, total_epochs=total, resume=resume,
-                            class_weights=class_weights)  # fmt: skip
+                            previous=result, total_epochs=total, resume=resume, class_weights=class_weights,
+                            on_epoch_end=trackers.log_epoch if trackers is not None else None)  # fmt: skip
         resume = None
         if result.stopped_early:
             break
@@ -584,7 +707,9 @@ def checkpoint_meta(
             "in_chans": spec.channels,
             "input_size": list(spec.input_size),
             "source": weights_source,
+            "code": model_code(cfg.model.name),  # your own model: where its code came from
         },
+        "data_code": usercode.record(cfg.data.name),  # your own Dataset: where its code came from
         "class_names": list(spec.class_names),
         "preprocess": spec.preprocess.to_dict(),
         "config": cfg.to_dict(),
@@ -593,9 +718,45 @@ def checkpoint_meta(
     }
 
 
+def load_run_code(cfg: RunConfig) -> None:
+    """Import the model and dataset code a new run's config names (``FILE.py:NAME``).
+
+    Naming the code in ``--model``/``--data`` (or ``train(model=...)``) is the request to
+    import it; checkpoints only record it (see :func:`bind_checkpoint_code`).
+    """
+    load_model_code(cfg.model.name)
+    if usercode.parse_ref(cfg.data.name) is not None:
+        usercode.load(cfg.data.name)
+
+
+def bind_checkpoint_code(payload: dict[str, Any], trust: Any = None) -> None:
+    """Make the model and dataset code a checkpoint records usable, importing it only if
+    trusted (``trust``, ``cnnkit.trust_code`` blocks, ``$CNNKIT_TRUST_CODE``).
+
+    Raises:
+        UsageError: untrusted code; the message says what to pass.
+    """
+    require_model_code(payload["model"], trust)
+    usercode.bind_record(payload.get("data_code"), "dataset", trust=trust)
+
+
+def _log_code(meta: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Where the run's own model/dataset code came from, and what loading the run needs."""
+    for what, record in (("model", meta["model"].get("code")), ("dataset", meta.get("data_code"))):
+        if record:
+            say(f"code: {what} {usercode.describe_record(record)}; commands that load this run import it "
+                f"only with --trust-code {usercode.trust_hint(record)}")  # fmt: skip
+
+
+def _run_label(name: str) -> str:
+    """A folder-safe label for a model name (``timm:resnet18`` -> ``timm-resnet18``, ``nets.py:Tiny`` -> ``Tiny``)."""
+    ref = usercode.parse_ref(name, list_sources())
+    return ref.label if ref is not None else name.replace(":", "-")
+
+
 def _new_run_dir(cfg: RunConfig) -> Path:
     base = Path(cfg.output_dir)
-    label = cfg.recipe if cfg.recipe not in (None, "default") else cfg.model.name.replace(":", "-")
+    label = cfg.recipe if cfg.recipe not in (None, "default") else _run_label(cfg.model.name)
     name = cfg.name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, suffix = base / name, 2
     while path.exists() and cfg.name is None:
@@ -640,6 +801,7 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, spec: DataSpec) -> None:
                                          deterministic=cfg.train.deterministic) or "float32"),
         "data_fingerprint": spec.fingerprint,
         "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     (run_dir / "env.json").write_text(json.dumps(env, indent=1), encoding="utf-8")
 
@@ -701,11 +863,16 @@ def checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Rebuild the model from a checkpoint (or run folder) alone, in eval mode on the CPU."""
+def load_checkpoint(path: str | Path, trust_code: Any = None) -> LoadedCheckpoint:
+    """Rebuild the model from a checkpoint (or run folder) alone, in eval mode on the CPU.
+
+    ``trust_code``: files/modules of your own model code that may be imported (``True``:
+    whatever the checkpoint names); without them a checkpoint of a ``FILE.py:NAME`` model
+    raises :class:`UsageError` saying what to pass (see :mod:`cnnkit.usercode`).
+    """
     path = checkpoint_path(path)
     payload = read_checkpoint(path)
-    model = model_from_checkpoint(payload)
+    model = model_from_checkpoint(payload, trust_code=trust_code)
     config = RunConfig.from_dict(payload.get("config", {}))
     return LoadedCheckpoint(model, list(payload["class_names"]), payload["preprocess"], config,
                             payload.get("metrics", {}), path, payload)  # fmt: skip
@@ -777,6 +944,8 @@ def _checkpoint_loaders(
     ``training=True`` keeps the run's augmentation on the train loader (to show what the
     model saw); otherwise every split is plain, unshuffled evaluation data.
     """
+    if data is None:  # the run's own data: your own Dataset code is imported only if trusted
+        usercode.bind_record(loaded.payload.get("data_code"), "dataset")
     cfg = copy.deepcopy(loaded.config)  # callers build several loader sets from one checkpoint
     pre = loaded.preprocess
     cfg.data.mean, cfg.data.std = list(pre["mean"]), list(pre["std"])

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cnnkit.config import DataConfig
 from cnnkit.data.cache import CachedFileLoader, use_cache
 from cnnkit.data.cache import check_mode as check_cache_mode
+from cnnkit.data.custom import is_user_dataset, load_user_dataset
 from cnnkit.data.datasets import (
     Source,
     TensorSource,
@@ -57,7 +58,7 @@ from cnnkit.data.tensor_data import (
     resize_uint8,
 )
 from cnnkit.data.transforms import eval_transform, get_augment, train_transform
-from cnnkit.errors import DataError, unknown_name
+from cnnkit.errors import DataError, UsageError, unknown_name
 
 # Folder datasets with no validation split of their own hold out this fraction by default.
 DEFAULT_FOLDER_VAL_FRACTION = 0.2
@@ -65,8 +66,13 @@ DEFAULT_FILE_IMAGE_SIZE = 224
 
 
 def resolve_source(cfg: DataConfig, seed: int) -> Source:
-    """A registered name, a class-per-folder tree or a ``path,label`` CSV file."""
+    """A registered name, a class-per-folder tree, a ``path,label`` CSV file, or your own
+    ``Dataset`` as ``FILE.py:NAME`` / ``module:NAME`` (:mod:`cnnkit.data.custom`)."""
     name = cfg.name
+    if is_user_dataset(name):
+        return load_user_dataset(name, cfg.kwargs, cfg.image_size)
+    if cfg.kwargs:
+        raise UsageError(f"--data-kwargs apply to your own dataset (--data FILE.py:NAME), not to {name!r}")
     if name in list_datasets():
         return load_source(name, cfg.data_dir, cfg.download)
     path = Path(name).expanduser()
@@ -357,14 +363,21 @@ class EpochSampler(Sampler[int]):
         self.count, self.shuffle, self.seed = count, shuffle, seed
         self.next_epoch = 0
         self.weights: torch.Tensor | None = None  # per-sample weights: balanced sampling with replacement
+        self.even_batch: int | None = None  # training: shards cut to whole global batches (set by FileLoader)
 
     def __len__(self) -> int:
-        return self.count
+        return len(self._shard(torch.arange(self.count)))
 
     def __iter__(self) -> Iterator[int]:
         epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
         order = epoch_order(self.count, shuffle=self.shuffle, seed=self.seed, epoch=epoch, weights=self.weights)
-        return iter(order.tolist())
+        return iter(self._shard(order).tolist())
+
+    def _shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the order under torchrun (training: equal step counts on every rank)."""
+        from cnnkit.engine.distributed import current, shard
+
+        return shard(order, current(), self.even_batch)
 
 
 class FileLoader:
@@ -372,6 +385,8 @@ class FileLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int, drop_last: bool) -> None:
         self.sampler = EpochSampler(len(dataset), shuffle, seed)
+        if drop_last:
+            self.sampler.even_batch = batch_size
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -381,7 +396,7 @@ class FileLoader:
             persistent_workers=workers > 0,
             drop_last=drop_last and len(dataset) > batch_size,
         )
-        self.num_samples = len(dataset)
+        self.num_samples = len(self.sampler)  # this rank's share under torchrun
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -251,7 +251,7 @@ class CachedFileLoader(TensorLoader):
             images = torch.from_numpy(array)  # uint8 [N, C, H, W], written row by row
             done = torch.zeros(count, dtype=torch.bool)
             bad: dict[int, str] = {}
-            augmenter = self._augmenter(epoch, len(order))
+            augmenter = self._augmenter(epoch, len(self.labels))
             trained = len(self) * self.batch_size  # positions after this are decoded, not trained on
             for start, rows in self._decode(order.tolist(), images, done, bad):
                 if rows and start < trained:

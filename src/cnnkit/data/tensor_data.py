@@ -76,11 +76,19 @@ class EpochBatches:
         self.sample_weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return batch_count(len(self.labels), self.batch_size, self.drop_last)
+        return batch_count(self.num_samples, self.batch_size, self.drop_last)
 
     @property
     def num_samples(self) -> int:
-        return len(self.labels)
+        """Samples this process sees per epoch (its shard when training with torchrun)."""
+        return len(self._shard(torch.arange(len(self.labels))))
+
+    def _shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of ``order`` (all of it outside distributed training). Training
+        loaders (``drop_last``) cut the order so every rank runs the same number of steps."""
+        from cnnkit.engine.distributed import current, shard  # the engine imports data: import late
+
+        return shard(order, current(), self.batch_size if self.drop_last else None)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` produce epoch ``epoch``'s order (and augmentation)."""
@@ -93,8 +101,9 @@ class EpochBatches:
     def _next_order(self) -> tuple[int, torch.Tensor]:
         """The epoch this ``iter()`` produces and its sample order; advances the epoch."""
         epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        return epoch, epoch_order(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=epoch,
-                                  weights=self.sample_weights)  # fmt: skip
+        order = epoch_order(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=epoch,
+                            weights=self.sample_weights)  # fmt: skip
+        return epoch, self._shard(order)
 
     def _batch_slices(self) -> range:
         return range(0, len(self) * self.batch_size, self.batch_size)
@@ -110,20 +119,25 @@ class EpochAugmenter:
 
     Args:
         augment: the preset.
-        count: positions in the epoch.
+        count: positions in the epoch (all ranks' under torchrun).
         size: (height, width) of the model input (cutout positions).
         seed: the loader's seed.
         epoch: the epoch number.
         flip_base: bool ``[N]`` epoch-0 flips by dataset index (``flip="alternate"``), or None.
         device: where the batches are.
+        positions: under torchrun, the epoch positions of this rank's shard: the draws are
+            made for the whole epoch and each rank keeps its rows, so the ranks together
+            augment exactly as one process would (None: all positions).
     """
 
     def __init__(self, augment: Augment, count: int, size: tuple[int, int], *, seed: int, epoch: int,
-                 flip_base: torch.Tensor | None, device: torch.device | str) -> None:  # fmt: skip
+                 flip_base: torch.Tensor | None, device: torch.device | str,
+                 positions: torch.Tensor | None = None) -> None:  # fmt: skip
         # Not epoch_order's seed: the same stream would tie each position's draws to the shuffle.
         generator = torch.Generator().manual_seed(augment_seed(seed, epoch))
         self.augment = augment
-        self.draws = draw_augment(augment, count, size, generator).to(device)
+        draws = draw_augment(augment, count, size, generator)
+        self.draws = (draws if positions is None else draws.select(positions)).to(device)
         self.flips = None if flip_base is None else alternating_flips(flip_base, epoch)  # [N] by index
 
     def geometric(self, images: torch.Tensor, start: int, index: torch.Tensor) -> torch.Tensor:
@@ -191,7 +205,7 @@ class TensorLoader(EpochBatches):
     def __iter__(self) -> Iterator[Batch]:
         epoch, order = self._next_order()
         order = order.to(self.images.device)
-        augmenter = self._augmenter(epoch, len(order))
+        augmenter = self._augmenter(epoch, len(self.labels))
         for start in self._batch_slices():
             index = order[start : start + self.batch_size]
             yield self._batch(self.images[index], index, start, augmenter)  # gathers uint8 [B, C, H, W]
@@ -200,8 +214,10 @@ class TensorLoader(EpochBatches):
         if self.augment is None:
             return None
         stored = self.preprocess.input_size if self.images is None else tuple(self.images.shape[-2:])
+        positions = self._shard(torch.arange(count))  # this rank's epoch positions under torchrun
         return EpochAugmenter(self.augment, count, self.output_size or stored, seed=self.seed, epoch=epoch,
-                              flip_base=self._flip_base, device=self.device)  # fmt: skip
+                              flip_base=self._flip_base, device=self.device,
+                              positions=positions if len(positions) < count else None)  # fmt: skip
 
     def _batch(self, images: torch.Tensor, index: torch.Tensor, start: int, augmenter: EpochAugmenter | None) -> Batch:
         """uint8 ``[B, C, H, W]`` (epoch positions ``start``..., dataset rows ``index``) -> a Batch."""

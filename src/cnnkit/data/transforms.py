@@ -197,6 +197,10 @@ class AugmentDraws:
         """The rows of positions ``start`` to ``stop - 1`` (views, no copy)."""
         return AugmentDraws(*(None if t is None else t[start:stop] for t in self._fields()))
 
+    def select(self, positions: torch.Tensor) -> AugmentDraws:
+        """The rows of ``positions`` (a copy), in that order."""
+        return AugmentDraws(*(None if t is None else t[positions] for t in self._fields()))
+
     def _fields(self) -> tuple[torch.Tensor | None, ...]:
         return (self.theta, self.offsets, self.flips, self.corners)
 

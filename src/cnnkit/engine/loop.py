@@ -16,6 +16,7 @@ rest of the interrupted epoch as the uninterrupted run would have seen it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from cnnkit.config import TrainConfig
 from cnnkit.engine.checkpoint import clean_state_dict, rng_state, save_checkpoint, set_rng_state, unwrap
 from cnnkit.engine.device import amp_dtype, autocast, resolve_device, seed_everything
+from cnnkit.engine.distributed import all_reduce_sum, current
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.regularize import BatchMixer, WeightEma, build_mixer
 from cnnkit.engine.speed import CompilePlan, NoTimer, StepTimer, use_channels_last
@@ -204,6 +206,8 @@ def train_one_epoch(
     """
     model.train()
     start = start or EpochProgress()
+    if not current().is_main:  # under torchrun the saved sums are already over all ranks: rank 0 carries them
+        start = dataclasses.replace(start, loss_sum=0.0, correct=0, seen=0)
     began = time.perf_counter() - start.seconds
     loss_sum = torch.tensor(start.loss_sum, device=device, dtype=torch.float32)
     correct = torch.tensor(start.correct, device=device, dtype=torch.long)
@@ -249,12 +253,40 @@ def train_one_epoch(
             progress.update(1)
             if step % log_every == 0:
                 progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}")
-        if checkpoint is not None and checkpoint_every and update and since_checkpoint >= checkpoint_every and step != total:
+        if checkpoint_every and update and since_checkpoint >= checkpoint_every and step != total:
             since_checkpoint = 0
-            checkpoint(EpochProgress(step, loss_sum.item(), int(correct.item()), seen,
-                                     time.perf_counter() - began, rng_state()))  # fmt: skip
+            # every rank gets here at the same step (torchrun: the sums are reduced over ranks)
+            loss_total, correct_total, seen_total = _sums_over_ranks(loss_sum, correct, seen)
+            if checkpoint is not None:
+                checkpoint(EpochProgress(step, loss_total, int(correct_total), int(seen_total),
+                                         time.perf_counter() - began, rng_state()))  # fmt: skip
     seconds = time.perf_counter() - began
-    return {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(seen, 1), "images": seen, "seconds": seconds}
+    loss_total, correct_total, seen_total = _sums_over_ranks(loss_sum, correct, seen)
+    return {"loss": loss_total / max(seen_total, 1), "acc": correct_total / max(seen_total, 1), "images": int(seen_total),
+            "seconds": seconds}  # fmt: skip
+
+
+def _sums_over_ranks(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> list[float]:
+    """(loss sum, correct, seen) added up over the ranks under torchrun (each saw its shard);
+    this process's own figures otherwise."""
+    values = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=loss_sum.device,
+                                                                            dtype=torch.float64)])  # fmt: skip
+    return all_reduce_sum(values).tolist()
+
+
+def _data_parallel(model: nn.Module, device: torch.device, sync_bn: bool, log: Callable[[str], None]) -> nn.Module:
+    """Under torchrun, ``model`` wrapped in DistributedDataParallel (gradients averaged over
+    ranks; rank 0's initial weights broadcast), with BatchNorm synchronised across ranks
+    when ``sync_bn`` on CUDA; the model itself otherwise. Checkpoints unwrap it (``unwrap``)."""
+    if not current().active:
+        return model
+    if sync_bn and device.type != "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
+        log("note: --sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm is GPU-only); "
+            "BatchNorm statistics stay per process")  # fmt: skip
+    elif sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def _optimizer_step(model, optimizer, scheduler, scaler, grad_clip: float | None) -> None:
@@ -314,12 +346,15 @@ def evaluate(
         top5 += topk_correct(logits, labels, 5)
         matrix += confusion_matrix(logits.argmax(1).cpu(), labels.cpu(), num_classes)
         count += labels.shape[0]
+    # under torchrun each rank evaluated its shard: add up the sums and the confusion matrices
+    matrix = all_reduce_sum(matrix)
+    loss_sum, top5, count = all_reduce_sum(torch.tensor([loss_sum, top5, count], dtype=torch.float64)).tolist()
     return EvalResult(
         loss=loss_sum / max(count, 1),
         acc=accuracy(matrix),
         top5=top5 / max(count, 1) if num_classes > 5 else None,
         confusion=matrix,
-        count=count,
+        count=int(count),
         seconds=time.perf_counter() - start,
     )
 
@@ -372,7 +407,8 @@ def fit(
     train_loader, val_loader = loaders[0], loaders[1]
     if len(train_loader) == 0:
         raise UsageError("the training set is smaller than one batch; lower --batch-size or add data")
-    seed_everything(cfg.seed, cfg.deterministic)
+    ranks = current()
+    seed_everything(cfg.seed + ranks.rank, cfg.deterministic)  # torchrun: each rank its own dropout/mixup draws
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -380,6 +416,7 @@ def fit(
     eval_dtype = amp_dtype(cfg.amp, device, deterministic=cfg.deterministic)
     channels_last = use_channels_last(cfg.channels_last, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = _data_parallel(model, device, cfg.sync_bn, log)
     plan = CompilePlan(cfg.compile, device, cfg.deterministic, log)
     optimizer = build_optimizer(model, cfg)
     state = TrainState(model, optimizer, build_scheduler(optimizer, cfg, math.ceil(len(train_loader) / cfg.accumulate)),
@@ -396,6 +433,8 @@ def fit(
     stale, partial = 0, None
     if resume is not None:
         first, stale, partial = _restore(resume, state, result)
+        if not ranks.is_main:  # the checkpoint holds rank 0's random state: the others draw their own
+            seed_everything(cfg.seed + ranks.rank + 1_000_003 * first, cfg.deterministic)
     total = total_epochs or last
     for epoch in range(first, last + 1):
         for loader in (train_loader, val_loader):

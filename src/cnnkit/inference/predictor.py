@@ -29,7 +29,7 @@ from cnnkit.engine.checkpoint import read_checkpoint
 from cnnkit.engine.device import autocast
 from cnnkit.engine.tta import tta_views
 from cnnkit.errors import CnnkitError, UsageError
-from cnnkit.models import create_model
+from cnnkit.models import create_model, require_model_code
 
 UNKNOWN = "unknown"
 METADATA_KEY = "cnnkit"  # ONNX metadata_props key / TorchScript extra file holding the JSON below
@@ -96,9 +96,19 @@ class Metadata:
             raise CnnkitError(f"{where}: its cnnkit metadata is unreadable ({exc}); re-export it") from None
 
 
-def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
-    """The model a checkpoint describes, with its weights, in eval mode on the CPU."""
+def model_from_checkpoint(payload: dict[str, Any], trust_code: Any = None) -> nn.Module:
+    """The model a checkpoint describes, with its weights, in eval mode on the CPU.
+
+    A model from your own code (``FILE.py:NAME``, ``module:NAME``, or registered by your
+    module) is built only if that code is already imported in this process or trusted:
+    ``trust_code`` (files/modules, or ``True``), ``cnnkit.trust_code(...)`` blocks or
+    ``$CNNKIT_TRUST_CODE``. Nothing named inside the checkpoint is imported otherwise.
+
+    Raises:
+        UsageError: untrusted user code (the message says what to pass).
+    """
     desc = payload["model"]
+    require_model_code(desc, trust_code)
     model = create_model(desc["name"], num_classes=desc["num_classes"], in_chans=desc["in_chans"],
                          input_size=tuple(desc["input_size"]), **desc.get("kwargs", {}))  # fmt: skip
     model.load_state_dict(payload["state_dict"])
@@ -298,16 +308,18 @@ class Predictor:
         self.transform = eval_transform(metadata.preprocess)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", amp: str = "off") -> Predictor:
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", amp: str = "off",
+                        trust_code: Any = None) -> Predictor:  # fmt: skip
         """Load a cnnkit checkpoint (``.pt``) or run folder (its ``best.pt``) safely.
 
         ``amp``: ``off`` (float32, the default: the same logits as ``cnnkit eval`` on the
         CPU), ``bf16``/``fp16`` (autocast), or ``auto`` (bf16 on CUDA, float32 elsewhere).
+        ``trust_code``: your own model code that may be imported (see :func:`model_from_checkpoint`).
         """
         from cnnkit.engine.device import amp_dtype, resolve_device
 
         payload = read_checkpoint(_checkpoint_file(Path(path)))
-        model = model_from_checkpoint(payload)
+        model = model_from_checkpoint(payload, trust_code=trust_code)
         device = device if isinstance(device, torch.device) else resolve_device(device)
         return cls(TorchBackend(model, device, amp_dtype(amp, device)), checkpoint_metadata(payload), model)
 
@@ -318,7 +330,8 @@ class Predictor:
         return cls(OnnxBackend(session), metadata)
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto", device: str = "cpu", amp: str = "off") -> Predictor:
+    def load(cls, path: str | Path, backend: str = "auto", device: str = "cpu", amp: str = "off",
+             trust_code: Any = None) -> Predictor:  # fmt: skip
         """``backend``: ``torch``, ``onnxruntime``, or ``auto`` (by the file's extension);
         ``amp`` applies to the torch backend (see :meth:`from_checkpoint`)."""
         if backend not in ("auto", "torch", "onnxruntime"):
@@ -327,7 +340,7 @@ class Predictor:
             if amp != "off":
                 raise UsageError("--amp applies to the torch backend; an ONNX file runs in its own precision")
             return cls.from_onnx(path)
-        return cls.from_checkpoint(path, device, amp)
+        return cls.from_checkpoint(path, device, amp, trust_code=trust_code)
 
     @property
     def class_names(self) -> list[str]:

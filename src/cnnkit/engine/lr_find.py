@@ -1,0 +1,153 @@
+"""The learning-rate range test (Leslie Smith's "LR finder", as fastai runs it).
+
+Train for up to ``steps`` batches while the learning rate grows exponentially from
+``start_lr`` to ``end_lr``, record the smoothed loss at each rate, stop once the loss has
+clearly diverged, and suggest the rate where the loss falls fastest (the steepest
+descent of the smoothed curve, on a log-lr axis, before its minimum). The model and the
+loader's epoch counter are left exactly as they were: the sweep trains a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cnnkit.config import TrainConfig
+from cnnkit.engine.device import amp_dtype, autocast
+from cnnkit.engine.optim import build_optimizer
+from cnnkit.errors import CnnkitError, UsageError
+
+SMOOTHING = 0.05  # weight of the newest loss in the running average (fastai uses 0.02-0.05)
+DIVERGE = 4.0  # stop when the smoothed loss exceeds this multiple of the best one
+MIN_IMAGES = 3000  # a sweep sees at least this many training images (see default_steps)
+
+
+@dataclass
+class LrFindResult:
+    """The sweep and its reading.
+
+    Attributes:
+        lrs: learning rate of each step.
+        losses: smoothed training loss after each step.
+        suggestion: the rate of steepest descent of the smoothed loss (before its minimum).
+        min_loss_lr: the rate at the lowest smoothed loss (training there is already too
+            hot; a tenth of it is fastai's other rule of thumb).
+        diverged: the sweep stopped early because the loss blew up.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float
+    min_loss_lr: float
+    diverged: bool
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_steps(batch_size: int) -> int:
+    """Steps of a sweep: 100 (fastai's), or enough to see about 3,000 images when batches
+    are small (at batch 4, 100 steps are too few images for the loss to move at all)."""
+    return min(1000, max(100, math.ceil(MIN_IMAGES / max(batch_size, 1))))
+
+
+def lr_range_test(model: nn.Module, loader: Iterable, cfg: TrainConfig, *, device: torch.device,
+                  start_lr: float = 1e-7, end_lr: float = 10.0, steps: int | None = None) -> LrFindResult:  # fmt: skip
+    """Sweep the learning rate on a copy of ``model``; see the module docstring.
+
+    ``cfg`` supplies the optimizer (its type, momentum, weight decay, parameter groups),
+    label smoothing and precision; its learning rate and schedule are ignored. ``steps``
+    defaults to :func:`default_steps` of the loader's batch size.
+
+    Raises:
+        UsageError: a bad range or step count.
+        CnnkitError: the loss was not finite from the first step (data or model broken).
+    """
+    steps = steps or default_steps(getattr(loader, "batch_size", 64))
+    if not 0 < start_lr < end_lr or steps < 5:
+        raise UsageError(f"the LR sweep needs 0 < start ({start_lr:g}) < end ({end_lr:g}) and at least 5 steps")
+    trial = copy.deepcopy(model).to(device).train()
+    optimizer = build_optimizer(trial, dataclasses.replace(cfg, lr=start_lr, lookahead=False))
+    base = [group["lr"] / start_lr for group in optimizer.param_groups]  # each group's multiple of the base lr
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    dtype = amp_dtype(cfg.amp, device, training=True, deterministic=cfg.deterministic)
+    factor = (end_lr / start_lr) ** (1 / (steps - 1))
+    lrs, losses, average, best, diverged = [], [], 0.0, math.inf, False
+    for step, (images, labels) in enumerate(_batches(loader, steps)):
+        lr = start_lr * factor**step
+        for group, multiple in zip(optimizer.param_groups, base, strict=True):
+            group["lr"] = lr * multiple
+        with autocast(device, dtype):
+            loss = loss_fn(trial(images.to(device)), labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = loss.detach().item()
+        if not math.isfinite(value):
+            if not lrs:
+                raise CnnkitError(f"the loss is {value} at the first step of the LR sweep; check the data and model")
+            diverged = True
+            break
+        average = SMOOTHING * value + (1 - SMOOTHING) * average
+        smoothed = average / (1 - (1 - SMOOTHING) ** (step + 1))  # bias-corrected running mean
+        lrs.append(lr)
+        losses.append(smoothed)
+        best = min(best, smoothed)
+        if step > 5 and smoothed > DIVERGE * best:
+            diverged = True
+            break
+    return LrFindResult(lrs, losses, steepest_descent(lrs, losses), lrs[losses.index(min(losses))], diverged)
+
+
+def steepest_descent(lrs: list[float], losses: list[float]) -> float:
+    """The learning rate where the loss falls fastest per decade, before the minimum.
+
+    The slope is taken over a window of about a fifth of a decade (finite differences of a
+    noisy curve over single steps pick noise)."""
+    lowest = losses.index(min(losses))
+    if lowest < 2:
+        return lrs[lowest]
+    logs = [math.log10(lr) for lr in lrs]
+    width = max(1, round(0.2 / max(logs[1] - logs[0], 1e-12)))
+    slopes = [(losses[i + width] - losses[i]) / (logs[i + width] - logs[i])
+              for i in range(0, max(1, lowest - width + 1))]  # fmt: skip
+    i = min(range(len(slopes)), key=slopes.__getitem__)
+    return lrs[min(i + width // 2, len(lrs) - 1)]
+
+
+def _batches(loader: Iterable, steps: int) -> Iterator:
+    """``steps`` batches, going round the loader again if one epoch is shorter."""
+    produced = 0
+    while produced < steps:
+        before = produced
+        for batch in loader:
+            yield batch
+            produced += 1
+            if produced == steps:
+                return
+        if produced == before:
+            raise CnnkitError("the training loader is empty")
+
+
+def plot(result: LrFindResult, title: str = "learning-rate range test"):
+    """The loss-vs-lr curve with the suggestion marked, as a matplotlib ``Figure``."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=120)
+    axes = figure.add_subplot()
+    axes.plot(result.lrs, result.losses, color="tab:blue")
+    axes.set_xscale("log")
+    axes.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggested lr {result.suggestion:.2e}")
+    axes.axvline(result.min_loss_lr, color="tab:gray", linestyle=":", label=f"lowest loss at {result.min_loss_lr:.2e}")
+    axes.set_xlabel("learning rate (log scale)")
+    axes.set_ylabel("training loss (smoothed)")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,265 @@
+"""``cnnkit runs``: one table comparing the run folders under a directory.
+
+Each run is read from its own files only: ``config.yaml`` (recipe, model, data, planned
+epochs, the metric that picks ``best.pt``), ``metrics.csv`` (epochs run, best value and
+epoch, training time), ``summary.json`` (test accuracy, early stop; absent when a run was
+killed or is still going) and ``env.json`` (start time). Folders without a run's files are
+counted and named, never an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnkit.engine.loop import LOWER_IS_BETTER, METRIC_ALIASES, SELECT_METRICS, metric_column
+from cnnkit.errors import CnnkitError, UsageError
+
+# --sort keys besides metrics: key -> (largest first?)
+SORT_KEYS = {"date": False, "name": False, "time": False, "epochs": True, "test_acc": True}
+# metrics.csv columns --sort accepts (each run's best epoch value of it)
+METRIC_SORT_KEYS = (*SELECT_METRICS, "train_loss", "train_acc")
+# any one of these beside config.yaml marks a training run (lr-find folders have none)
+_RUN_FILES = ("metrics.csv", "env.json", "summary.json", "checkpoints")
+
+
+@dataclass
+class RunRow:
+    """One run folder as ``cnnkit runs`` shows it.
+
+    Attributes:
+        name: the folder's name.
+        recipe, model, data: from ``config.yaml`` (a data path is shown by its last part).
+        epochs_run: rows of ``metrics.csv``. epochs_planned: from the config.
+        status: ``done``, ``early stop`` or ``incomplete`` (killed, crashed or running).
+        metric: the ``metrics.csv`` column compared (the run's select metric, or --sort's).
+        best: its best value over the epochs (None: no epoch finished). best_epoch: where.
+        test_acc: accuracy of ``best.pt`` on the test split (None: no test split, or unfinished).
+        seconds: training and validation time of the epochs in ``metrics.csv``.
+        started: local start time, ``YYYY-MM-DDTHH:MM:SS``.
+    """
+
+    name: str
+    path: str
+    recipe: str | None
+    model: str
+    data: str
+    epochs_run: int
+    epochs_planned: int
+    status: str
+    metric: str
+    best: float | None
+    best_epoch: int | None
+    test_acc: float | None
+    seconds: float
+    started: str
+
+
+@dataclass
+class RunsTable:
+    """The runs found under ``folder``, sorted, and the folders skipped as not runs."""
+
+    folder: Path
+    sort: str
+    rows: list[RunRow] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "sort": self.sort, "runs": [asdict(r) for r in self.rows],
+                "skipped": self.skipped}  # fmt: skip
+
+
+def compare_runs(folder: str | Path = "runs", *, sort: str = "date") -> RunsTable:
+    """Read every run folder directly under ``folder`` (or ``folder`` itself if it is one).
+
+    Args:
+        folder: a folder of run folders (``cnnkit train --output-dir``, default ``runs``).
+        sort: ``date`` (oldest first), ``name``, ``time``, ``epochs``, ``test_acc`` or a
+            metrics column (``val_acc``, ``val_loss``, ``accuracy``, ``macro_f1``...; best first,
+            and the table then compares that column).
+
+    Raises:
+        UsageError: an unknown sort key (the valid ones are listed).
+        CnnkitError: ``folder`` does not exist.
+    """
+    column = _sort_column(sort)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CnnkitError(f"no such folder: {folder} (give the folder holding the run folders, e.g. runs)")
+    candidates = [folder] if (folder / "config.yaml").is_file() else sorted(p for p in folder.iterdir() if p.is_dir())
+    table = RunsTable(folder, sort)
+    for path in candidates:
+        row, why = read_run(path, metric=column)
+        if row is None:
+            table.skipped.append(f"{path.name} ({why})")
+        else:
+            table.rows.append(row)
+    table.rows.sort(key=lambda row: _sort_value(row, sort, column))
+    return table
+
+
+def read_run(path: Path, *, metric: str | None = None) -> tuple[RunRow | None, str]:
+    """One run folder as a :class:`RunRow`, or (None, why it is not a run).
+
+    ``metric`` is the column to compare (None: the run's own select metric).
+    """
+    config_file = path / "config.yaml"
+    if not config_file.is_file():
+        return None, "no config.yaml"
+    if not any((path / name).exists() for name in _RUN_FILES):
+        return None, "no training files"
+    try:
+        cfg = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        data, model, train = cfg["data"], cfg["model"], cfg["train"]
+    except (yaml.YAMLError, OSError, KeyError, TypeError):
+        return None, "unreadable config.yaml"
+    history = _read_metrics(path / "metrics.csv")
+    summary = _read_json(path / "summary.json")
+    column = metric or _select_column(train.get("select_metric"))
+    best, best_epoch = _best(history, column)
+    planned = sum(train["fine_tune"]) if train.get("fine_tune") else int(train.get("epochs") or 0)
+    status = "incomplete"
+    if summary and summary.get("stopped_early"):
+        status = "early stop"
+    elif summary and len(history) >= planned:
+        status = "done"
+    return RunRow(
+        name=path.name, path=str(path), recipe=cfg.get("recipe"), model=str(model.get("name")),
+        data=_data_label(str(data.get("name"))), epochs_run=len(history), epochs_planned=planned,
+        status=status, metric=column, best=best, best_epoch=best_epoch,
+        test_acc=summary.get("test_acc") if summary else None,
+        seconds=round(sum(row.get("epoch_time_s") or 0.0 for row in history), 1),
+        started=_started(path),
+    ), ""  # fmt: skip
+
+
+def format_runs(table: RunsTable) -> str:
+    """The table as aligned plain text, with a closing line of counts."""
+    if not table.rows:
+        lines = [f"no runs in {table.folder}"]
+    else:
+        metrics = {row.metric for row in table.rows}
+        same = len(metrics) == 1  # one metric for all: named in the header, else in each cell
+        best_title = f"best {next(iter(metrics))}" if same else "best"
+        header = ["run", "recipe", "model", "data", "epochs", "status", best_title, "epoch", "test acc", "time",
+                  "started"]  # fmt: skip
+        rows = [[row.name, row.recipe or "-", row.model, row.data, f"{row.epochs_run}/{row.epochs_planned}", row.status,
+                 _metric_text(row, same), "-" if row.best_epoch is None else str(row.best_epoch),
+                 _percent(row.test_acc), _duration(row.seconds), row.started.replace("T", " ")[:16]]
+                for row in table.rows]  # fmt: skip
+        right = {"epochs", "epoch", "test acc", "time", best_title}
+        widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(cell.rjust(w) if header[i] in right else cell.ljust(w)
+                           for i, (cell, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+                 for cells in [header, *rows]]  # fmt: skip
+        count = len(table.rows)
+        lines.append(f"{count} run{'s' if count != 1 else ''} in {table.folder}, sorted by {table.sort}")
+    if table.skipped:
+        shown = ", ".join(table.skipped[:5]) + (f" and {len(table.skipped) - 5} more" if len(table.skipped) > 5 else "")
+        many = len(table.skipped) != 1
+        lines.append(f"skipped {len(table.skipped)} folder{'s that are not runs' if many else ' that is not a run'}: "
+                     f"{shown}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _sort_column(sort: str) -> str | None:
+    """The metrics column a sort key compares (None: not a metric key)."""
+    if sort in SORT_KEYS:
+        return None
+    column = METRIC_ALIASES.get(sort, sort)
+    if column not in METRIC_SORT_KEYS:
+        valid = [*SORT_KEYS, *METRIC_ALIASES, *METRIC_SORT_KEYS]
+        raise UsageError(f"unknown sort key {sort!r}; valid: {', '.join(valid)}")
+    return column
+
+
+def _sort_value(row: RunRow, sort: str, column: str | None) -> tuple:
+    """Sort key: runs without the value go last."""
+    if column is not None:
+        value, descending = row.best, column not in LOWER_IS_BETTER and not column.endswith("loss")
+    else:
+        value = {"date": row.started, "name": row.name, "time": row.seconds, "epochs": row.epochs_run,
+                 "test_acc": row.test_acc}[sort]  # fmt: skip
+        descending = SORT_KEYS[sort]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return (1, 0)
+    return (0, -value if descending else value)
+
+
+def _select_column(name: str | None) -> str:
+    try:
+        return metric_column(name or "val_acc")
+    except UsageError:
+        return "val_acc"
+
+
+def _best(history: list[dict[str, Any]], column: str) -> tuple[float | None, int | None]:
+    """Best value of ``column`` over the epochs and its epoch (the first when tied)."""
+    scored = [(row[column], int(row["epoch"])) for row in history
+              if isinstance(row.get(column), float) and not math.isnan(row[column])]  # fmt: skip
+    if not scored:
+        return None, None
+    lower = column in LOWER_IS_BETTER or column.endswith("loss")
+    value, epoch = min(scored, key=lambda pair: (pair[0] if lower else -pair[0], pair[1]))
+    return value, epoch
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "", "None") else None
+    except ValueError:
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def _started(path: Path) -> str:
+    """Start time from ``env.json``; for runs made before it recorded one, ``config.yaml``'s mtime."""
+    env = _read_json(path / "env.json") or {}
+    if isinstance(env.get("started"), str):
+        return env["started"]
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(os.path.getmtime(path / "config.yaml")))
+
+
+def _data_label(name: str) -> str:
+    return Path(name).name if ("/" in name or os.sep in name) else name
+
+
+def _metric_text(row: RunRow, same_metric: bool) -> str:
+    if row.best is None:
+        return "-"
+    text = f"{row.best:.4f}" if row.metric in LOWER_IS_BETTER or row.metric.endswith("loss") else _percent(row.best)
+    return text if same_metric else f"{row.metric} {text}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"

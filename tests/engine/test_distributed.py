@@ -1,0 +1,124 @@
+"""Data-parallel training under torchrun, on the CPU with the gloo backend.
+
+Two processes with the same global batch must train like one (same shards of the same
+order, augmentation drawn for the whole epoch, gradients averaged), only rank 0 may write
+the run folder, and a run whose rank was killed must resume, on any number of ranks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+import cnnkit
+
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc"),
+]
+
+# Real MNIST digits (the embedded subset), float32 so the comparison is not blurred by bf16.
+SMALL_RUN = ["--limit-train", "3000", "--amp", "off", "--threads", "1", "--no-report", "--no-progress",
+             "--no-tensorboard"]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(args: list[str], procs: int = 2) -> list[str]:
+    """The command ``torchrun --standalone --nproc_per_node PROCS -m cnnkit train ARGS``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+            "-m", "cnnkit", "train", *args]  # fmt: skip
+
+
+def run_ok(command: list[str], timeout: float = 300) -> str:
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def metrics_epochs(run_dir: Path) -> list[int]:
+    with (run_dir / "metrics.csv").open() as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+def test_two_processes_train_like_one_and_only_rank_0_writes(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    stdout = run_ok(torchrun([*SMALL_RUN, "--epochs", "2", "--output-dir", str(out), "--name", "ddp"]))
+    single = cnnkit.train(epochs=2, limit_train=3000, amp="off", threads=1, report=False, tensorboard=False,
+                          output_dir=str(tmp_path / "single"), progress=False, log=lambda line: None)  # fmt: skip
+
+    assert sorted(p.name for p in out.iterdir()) == ["ddp"]  # rank 1 made no folder of its own
+    run_dir = out / "ddp"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert abs(summary["test_acc"] - single.metrics["test_acc"]) <= 0.005
+    assert abs(summary["val_acc"] - single.metrics["val_acc"]) <= 0.005
+    assert metrics_epochs(run_dir) == [1, 2]
+    log = (run_dir / "log.txt").read_text()
+    assert log.count("epoch 1/2") == 1 and "distributed: 2 processes" in log and "2 x 32" in log
+    assert stdout.count("epoch 2/2") == 1  # rank 1 prints nothing
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    # the reduced metrics cover the whole validation split, not one rank's half
+    assert summary["test_acc"] > 0.5
+
+
+def _rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
+    """RANK -> pid of the worker processes torchrun started."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if parent != launcher.pid:
+            continue
+        for item in environ:
+            if item.startswith(b"RANK="):
+                found[int(item[5:])] = int(entry.name)
+    return found
+
+
+def test_kill_one_rank_then_resume_on_two_then_one_process(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "killed"
+    args = [*SMALL_RUN, "--limit-train", "9000", "--epochs", "6", "--checkpoint-every-steps", "20",
+            "--output-dir", str(run_dir.parent), "--name", run_dir.name]  # fmt: skip
+    launcher = subprocess.Popen(torchrun(args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and launcher.poll() is None:
+        if (run_dir / "metrics.csv").exists():  # at least one epoch done: kill rank 1 mid-run
+            break
+        time.sleep(0.05)
+    ranks = _rank_pids(launcher)
+    assert launcher.poll() is None and 1 in ranks, "the run ended before a rank could be killed"
+    os.kill(ranks[1], signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0, "torchrun must report the killed rank"
+    done_before = metrics_epochs(run_dir)
+    assert 1 <= len(done_before) < 6
+    assert not (run_dir / "summary.json").exists()
+
+    run_ok(torchrun(["--resume", str(run_dir), "--no-progress"]))
+    assert metrics_epochs(run_dir) == [1, 2, 3, 4, 5, 6]  # each epoch once, none lost or repeated
+    after_two = json.loads((run_dir / "summary.json").read_text())
+    assert after_two["test_acc"] > 0.9
+    log = (run_dir / "log.txt").read_text()
+    assert "on 2 processes" in log
+
+    # the same run folder continues in a single process: one more epoch
+    single = cnnkit.train(resume=run_dir, epochs=7, progress=False, log=lambda line: None)
+    assert metrics_epochs(run_dir) == [1, 2, 3, 4, 5, 6, 7]
+    assert single.metrics["test_acc"] > 0.9
