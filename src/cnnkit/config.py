@@ -39,6 +39,11 @@ class DataConfig:
         interpolation: resampling for resizing files: ``bilinear``, ``bicubic`` or
             ``nearest`` (None: the pretrained weights' own, else bilinear).
         augment: name of a train-time augmentation preset (see ``data.transforms``).
+        augment_policy: replace the preset's augmentation policy: ``randaugment``,
+            ``trivialaugment``, ``autoaugment`` or ``none`` (None: the preset's own).
+        random_erasing: random-erasing probability (None: the preset's own, 0 for all shipped).
+        augment_backend: who applies the policy to in-memory batches: ``torchvision`` (image
+            by image) or ``kornia`` (batched on the device; ``cnnkit[kornia]``).
         augment_eval: apply the train augmentation to evaluation too (a seed defect,
             kept only to reproduce it).
         mean: per-channel normalisation mean (None: the dataset's statistics).
@@ -65,6 +70,9 @@ class DataConfig:
     resize: int | None = None
     interpolation: str | None = None
     augment: str = "none"
+    augment_policy: str | None = None
+    random_erasing: float | None = None
+    augment_backend: str = "torchvision"
     augment_eval: bool = False
     mean: list[float] | None = None
     std: list[float] | None = None

@@ -28,4 +28,5 @@ class DataError(CnnkitError):
 
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UsageError:
     """Build the standard 'unknown X' error that lists the valid choices."""
-    return UsageError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
+    plural = kind[:-1] + "ies" if kind.endswith("y") and kind[-2:-1] not in "aeiou" else kind + "s"
+    return UsageError(f"unknown {kind} {name!r}; valid {plural}: {', '.join(sorted(valid))}")

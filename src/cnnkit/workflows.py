@@ -40,7 +40,7 @@ from cnnkit.data.audit import AuditReport, audit, examine_file, summary_line, wr
 from cnnkit.data.datasets import cache_dir, list_datasets
 from cnnkit.data.folder import read_skipped_files, skipped_files_log
 from cnnkit.data.tensor_data import sample_images
-from cnnkit.data.transforms import get_augment
+from cnnkit.data.transforms import config_augment
 from cnnkit.engine import EvalResult, FitResult, evaluate, read_checkpoint, resolve_device
 from cnnkit.engine import fit as engine_fit
 from cnnkit.engine.device import amp_dtype
@@ -657,7 +657,7 @@ def _fit_phases(model, loaders, cfg: RunConfig, spec: DataSpec, device, run_dir,
 
 def _use_feature_cache(cfg: RunConfig) -> bool:
     mode = cfg.train.cache_features
-    return mode == "on" or (mode == "auto" and get_augment(cfg.data.augment).is_identity)
+    return mode == "on" or (mode == "auto" and config_augment(cfg.data).is_identity)
 
 
 def _feature_loaders(model, cfg: RunConfig, spec: DataSpec, device, say, progress) -> tuple:

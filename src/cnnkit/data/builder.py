@@ -57,7 +57,7 @@ from cnnkit.data.tensor_data import (
     epoch_order,
     resize_uint8,
 )
-from cnnkit.data.transforms import eval_transform, get_augment, train_transform
+from cnnkit.data.transforms import config_augment, eval_transform, train_transform
 from cnnkit.errors import DataError, UsageError, unknown_name
 
 # Folder datasets with no validation split of their own hold out this fraction by default.
@@ -114,7 +114,7 @@ def build(
         DataError: data missing, empty or inconsistent with ``split``.
         UsageError: unknown dataset or augmentation name.
     """
-    get_augment(cfg.augment)  # fail on a bad preset before any slow loading
+    config_augment(cfg)  # fail on a bad preset, policy or backend before any slow loading
     check_cache_mode(cfg.decode_cache)
     source = resolve_source(cfg, seed)
     if isinstance(source, TensorSource):
@@ -150,7 +150,7 @@ def _build_tensor(
 
     mean, std = _stats(cfg, source, channels, parts["train"][0])
     pre = Preprocess(channels, size, tuple(mean), tuple(std))
-    augment = get_augment(cfg.augment)
+    augment = config_augment(cfg)
     eval_bs = cfg.eval_batch_size or max(256, 2 * cfg.batch_size)
 
     def loader(name: str, train: bool) -> TensorLoader:
@@ -279,7 +279,7 @@ def _build_files(
     else:
         mean, std = _file_stats(lists["train"], pre, mode)
     pre = replace(pre, mean=tuple(mean), std=tuple(std))
-    augment = get_augment(cfg.augment)
+    augment = config_augment(cfg)
     eval_bs = cfg.eval_batch_size or max(64, 2 * cfg.batch_size)
 
     def loader(name: str, train: bool) -> FileLoader | CachedFileLoader:

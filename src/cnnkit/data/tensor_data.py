@@ -20,7 +20,9 @@ from cnnkit.data.transforms import (
     Augment,
     alternating_flips,
     apply_cutout,
+    apply_erase,
     apply_geometric,
+    batch_policy,
     draw_augment,
     flip_base,
     normalization_constants,
@@ -138,17 +140,22 @@ class EpochAugmenter:
         self.augment = augment
         draws = draw_augment(augment, count, size, generator)
         self.draws = (draws if positions is None else draws.select(positions)).to(device)
+        self.policy = batch_policy(augment, size)  # RandAugment etc.: torch's global RNG, per image
         self.flips = None if flip_base is None else alternating_flips(flip_base, epoch)  # [N] by index
 
     def geometric(self, images: torch.Tensor, start: int, index: torch.Tensor) -> torch.Tensor:
         """Warp/translate/flip uint8 ``images`` at epoch positions ``start, start + 1, ...``."""
         rows = self.draws.rows(start, start + len(images))
-        return apply_geometric(images, self.augment, rows, None if self.flips is None else self.flips[index])
+        images = apply_geometric(images, self.augment, rows, None if self.flips is None else self.flips[index])
+        return images if self.policy is None else self.policy(images)
 
     def cutout(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Blank the cutout squares of the normalised batch at positions ``start, ...`` (in place)."""
+        """Blank the cutout squares and random-erasing boxes of the normalised batch at
+        positions ``start, ...`` (in place)."""
         if self.draws.corners is not None:
             apply_cutout(x, self.augment.cutout, self.draws.corners[start : start + len(x)])
+        if self.draws.erase is not None:
+            apply_erase(x, self.draws.erase[start : start + len(x)])
         return x
 
 

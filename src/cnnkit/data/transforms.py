@@ -12,6 +12,7 @@ sample use torchvision v2 transforms built from the same preset (:func:`train_tr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,14 @@ from cnnkit.errors import UsageError, unknown_name
 
 FLIP_MODES = ("random", "alternate")
 PAD_MODES = ("zeros", "reflect")
+POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
+POLICY_BACKENDS = ("torchvision", "kornia")
+# RandAugment's setting in timm's and torchvision's ImageNet recipes: 2 ops at magnitude 9 of 30.
+RANDAUGMENT_OPS, RANDAUGMENT_MAGNITUDE = 2, 9
+# Random erasing's box: 2-33 % of the image, aspect ratio 0.3-3.3 (Zhong et al., 2017; torchvision's defaults).
+ERASE_AREA, ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
+# kornia's policies pick one op sequence per call: images per call (see batch_policy).
+KORNIA_GROUP = 16
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,16 @@ class Augment:
         cutout: side in pixels of a square set to 0 after normalisation (the mean colour),
             at a uniformly random position inside each image (DeVries & Taylor, 2017);
             0 disables it.
+        policy: a learned or random augmentation policy applied per image after the
+            geometric steps: ``randaugment`` (2 ops at magnitude 9), ``trivialaugment``
+            (TrivialAugmentWide: 1 op, random magnitude), ``autoaugment`` (the CIFAR-10
+            policy for small images, ImageNet's otherwise) or ``none``.
+        policy_backend: who applies ``policy`` to in-memory batches: ``torchvision`` (one
+            image at a time, on the batch's device) or ``kornia`` (the whole batch at once,
+            per-image draws; faster, above all on a GPU; needs ``cnnkit[kornia]``). Per-sample
+            file loading always uses torchvision.
+        erase_p: random erasing: probability that a rectangle of 2-33 % of the image (aspect
+            0.3-3.3) is set to 0 after normalisation (Zhong et al., 2017); 0 disables it.
     """
 
     crop_padding: int = 0
@@ -59,16 +78,26 @@ class Augment:
     pad_mode: str = "zeros"
     flip: str = "random"
     cutout: int = 0
+    policy: str = "none"
+    policy_backend: str = "torchvision"
+    erase_p: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pad_mode not in PAD_MODES:
             raise unknown_name("padding mode", self.pad_mode, PAD_MODES)
         if self.flip not in FLIP_MODES:
             raise unknown_name("flip mode", self.flip, FLIP_MODES)
+        if self.policy not in POLICIES:
+            raise unknown_name("augmentation policy", self.policy, POLICIES)
+        if self.policy_backend not in POLICY_BACKENDS:
+            raise unknown_name("augmentation policy backend", self.policy_backend, POLICY_BACKENDS)
+        if not 0.0 <= self.erase_p <= 1.0:
+            raise UsageError(f"--random-erasing must be a probability in [0, 1], got {self.erase_p}")
 
     @property
     def is_identity(self) -> bool:
-        return self == Augment()
+        return dataclasses.replace(self, policy_backend="torchvision") == Augment()
+
 
     @property
     def has_affine(self) -> bool:
@@ -96,14 +125,93 @@ AUGMENT_PRESETS: dict[str, Augment] = {
     # airbench94 (Keller Jordan): 2-pixel translation with reflected borders and the
     # alternating flip, which shows each image both ways every two epochs.
     "airbench": Augment(crop_padding=2, pad_mode="reflect", flip_p=0.5, flip="alternate"),
+    # crop-flip followed by a policy (timm's and torchvision's recipes; Cubuk et al. 2019/2020,
+    # Mueller & Hutter 2021). Add --random-erasing P for timm's usual companion.
+    "randaugment": Augment(crop_padding=4, flip_p=0.5, policy="randaugment"),
+    "trivialaugment": Augment(crop_padding=4, flip_p=0.5, policy="trivialaugment"),
+    "autoaugment": Augment(crop_padding=4, flip_p=0.5, policy="autoaugment"),
 }
 
 
-def get_augment(name: str) -> Augment:
-    """The preset called ``name``; unknown names list the valid ones."""
+def get_augment(name: str, *, policy: str | None = None, erase_p: float | None = None,
+                backend: str | None = None) -> Augment:  # fmt: skip
+    """The preset called ``name``, with its policy, random-erasing probability and policy
+    backend replaced where given (``--augment-policy``, ``--random-erasing``,
+    ``--augment-backend``); unknown names list the valid ones.
+
+    Raises:
+        UsageError: unknown preset, policy or backend; a probability outside [0, 1]; the
+            kornia backend without kornia installed.
+    """
     if name not in AUGMENT_PRESETS:
         raise unknown_name("augmentation preset", name, list(AUGMENT_PRESETS))
-    return AUGMENT_PRESETS[name]
+    changes = {key: value for key, value in (("policy", policy), ("erase_p", erase_p), ("policy_backend", backend))
+               if value is not None}  # fmt: skip
+    augment = dataclasses.replace(AUGMENT_PRESETS[name], **changes)
+    if augment.policy_backend == "kornia" and augment.policy != "none":
+        _import_kornia()
+    return augment
+
+
+def config_augment(cfg) -> Augment:
+    """The train augmentation a :class:`~cnnkit.config.DataConfig` asks for: its preset with
+    ``augment_policy``, ``random_erasing`` and ``augment_backend`` applied."""
+    return get_augment(cfg.augment, policy=cfg.augment_policy, erase_p=cfg.random_erasing, backend=cfg.augment_backend)
+
+
+def _import_kornia():
+    try:
+        from kornia.augmentation import auto
+    except ImportError:
+        raise UsageError("--augment-backend kornia needs kornia: pip install 'cnnkit[kornia]' "
+                         "(or use the default torchvision backend)") from None  # fmt: skip
+    return auto
+
+
+def policy_transform(policy: str, size: tuple[int, int]) -> v2.Transform | None:
+    """torchvision's op for ``policy`` (None for ``none``); works on PIL images and on uint8
+    ``[C, H, W]`` tensors. AutoAugment uses the CIFAR-10 policy up to 64 px, ImageNet's above."""
+    if policy == "randaugment":
+        return v2.RandAugment(num_ops=RANDAUGMENT_OPS, magnitude=RANDAUGMENT_MAGNITUDE)
+    if policy == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    if policy == "autoaugment":
+        small = max(size) <= 64
+        return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10 if small else v2.AutoAugmentPolicy.IMAGENET)
+    return None
+
+
+def batch_policy(augment: Augment, size: tuple[int, int]):
+    """A callable uint8 ``[B, C, H, W]`` -> uint8 ``[B, C, H, W]`` applying ``augment.policy``
+    to every image with its own random draws (None when there is no policy).
+
+    torchvision's ops, given a batch, would apply one draw to all of it; they run image by
+    image. kornia's run on many images at once (floats in [0, 1], rounded back to uint8)
+    but choose the op sequence once per call (magnitudes and parameters per image), so they
+    are called on groups of :data:`KORNIA_GROUP` images: a batch of 128 gets 8 independent
+    op choices. Both draw from torch's global RNG, which checkpoints save.
+    """
+    if augment.policy == "none":
+        return None
+    if augment.policy_backend == "kornia":
+        auto = _import_kornia()
+        if augment.policy == "randaugment":
+            op = auto.RandAugment(n=RANDAUGMENT_OPS, m=RANDAUGMENT_MAGNITUDE)
+        elif augment.policy == "trivialaugment":
+            op = auto.TrivialAugment()
+        else:
+            op = auto.AutoAugment("cifar10" if max(size) <= 64 else "imagenet")
+
+        def kornia_batch(images: torch.Tensor) -> torch.Tensor:
+            grey = images.shape[1] == 1  # kornia's colour ops want 3 channels
+            x = (images.expand(-1, 3, -1, -1) if grey else images).float().div_(255)
+            out = torch.cat([op(group) for group in x.split(KORNIA_GROUP)]) if len(x) else x
+            out = out.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+            return out[:, :1] if grey else out
+
+        return kornia_batch
+    op = policy_transform(augment.policy, size)
+    return lambda images: torch.stack([op(image) for image in images]) if len(images) else images
 
 
 _INTERPOLATION = {
@@ -142,11 +250,16 @@ def train_transform(pre: Preprocess, augment: Augment) -> v2.Compose:
     if augment.crop_padding:
         fill = "constant" if augment.pad_mode == "zeros" else "reflect"
         steps.append(v2.RandomCrop(pre.input_size, padding=augment.crop_padding, padding_mode=fill))
+    policy = policy_transform(augment.policy, pre.input_size)
+    if policy is not None:
+        steps.append(policy)
     steps += _to_normalized(pre)
     if augment.cutout:
         # An area of exactly cutout**2 with aspect ratio 1 is a cutout x cutout square.
         area = augment.cutout**2 / (pre.input_size[0] * pre.input_size[1])
         steps.append(v2.RandomErasing(p=1.0, scale=(area, area), ratio=(1.0, 1.0), value=0))
+    if augment.erase_p:
+        steps.append(v2.RandomErasing(p=augment.erase_p, scale=ERASE_AREA, ratio=ERASE_RATIO, value=0))
     return v2.Compose(steps)
 
 
@@ -183,12 +296,15 @@ class AugmentDraws:
         offsets: ``[N, 2]`` int64 crop offsets ``(dy, dx)`` in ``[0, 2 * crop_padding]``.
         flips: ``[N]`` bool, whether to mirror (``flip="random"`` only).
         corners: ``[N, 2]`` int64 top-left ``(y, x)`` of each cutout square.
+        erase: ``[N, 4]`` int64 random-erasing box ``(top, left, height, width)``; height 0:
+            this image is not erased.
     """
 
     theta: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
     flips: torch.Tensor | None = None
     corners: torch.Tensor | None = None
+    erase: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> AugmentDraws:
         return AugmentDraws(*(None if t is None else t.to(device) for t in self._fields()))
@@ -202,7 +318,7 @@ class AugmentDraws:
         return AugmentDraws(*(None if t is None else t[positions] for t in self._fields()))
 
     def _fields(self) -> tuple[torch.Tensor | None, ...]:
-        return (self.theta, self.offsets, self.flips, self.corners)
+        return (self.theta, self.offsets, self.flips, self.corners, self.erase)
 
 
 def draw_augment(
@@ -237,7 +353,25 @@ def draw_augment(
             raise UsageError(f"cutout {augment.cutout} is larger than the {height}x{width} input; use a smaller cutout")
         draws.corners = torch.stack([torch.randint(0, height - augment.cutout + 1, (count,), generator=generator),
                                      torch.randint(0, width - augment.cutout + 1, (count,), generator=generator)], 1)  # fmt: skip
+    if augment.erase_p:
+        draws.erase = _draw_erase_boxes(count, size, augment.erase_p, generator)
     return draws
+
+
+def _draw_erase_boxes(count: int, size: tuple[int, int], p: float, generator: torch.Generator) -> torch.Tensor:
+    """Random-erasing boxes ``[count, 4]`` (top, left, height, width; height 0 = none):
+    torchvision's distribution, with an oversized box clipped to the image instead of redrawn."""
+    height, width = size
+    erase = torch.rand(count, generator=generator) < p
+    area = (ERASE_AREA[0] + (ERASE_AREA[1] - ERASE_AREA[0]) * torch.rand(count, generator=generator)) * height * width
+    log_ratio = math.log(ERASE_RATIO[0]) + (math.log(ERASE_RATIO[1]) - math.log(ERASE_RATIO[0])) * torch.rand(
+        count, generator=generator)  # fmt: skip
+    ratio = log_ratio.exp()
+    box_h = (area * ratio).sqrt().round().long().clamp(1, height)
+    box_w = (area / ratio).sqrt().round().long().clamp(1, width)
+    top = (torch.rand(count, generator=generator) * (height - box_h + 1)).long()
+    left = (torch.rand(count, generator=generator) * (width - box_w + 1)).long()
+    return torch.stack([top, left, box_h * erase, box_w], 1)
 
 
 def flip_base(count: int, seed: int, p: float = 0.5) -> torch.Tensor:
@@ -279,6 +413,16 @@ def apply_cutout(images: torch.Tensor, size: int, corners: torch.Tensor) -> torc
     cols = torch.arange(width, device=images.device).view(1, 1, width)
     top, left = corners[:, 0].view(-1, 1, 1), corners[:, 1].view(-1, 1, 1)
     inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)  # [B, H, W]
+    return images.masked_fill_(inside.unsqueeze(1), 0.0)
+
+
+def apply_erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Set each normalised image's box (``[B, 4]`` top, left, height, width) to 0, in place."""
+    height, width = images.shape[-2:]
+    rows = torch.arange(height, device=images.device).view(1, height, 1)
+    cols = torch.arange(width, device=images.device).view(1, 1, width)
+    top, left, box_h, box_w = (boxes[:, i].view(-1, 1, 1) for i in range(4))
+    inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)  # [B, H, W]
     return images.masked_fill_(inside.unsqueeze(1), 0.0)
 
 

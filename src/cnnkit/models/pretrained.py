@@ -100,24 +100,43 @@ def make_head(num_features: int, num_classes: int, hidden: int | None, dropout: 
 
 
 def _build(source: str, arch: str, *, num_classes: int, in_chans: int, input_size: tuple[int, int],
-           head_hidden: int | None = None, head_dropout: float = 0.0) -> BackboneClassifier:  # fmt: skip
-    """Registry builder for ``source:arch`` (random weights; see :func:`load_weights`)."""
+           head_hidden: int | None = None, head_dropout: float = 0.0, drop_path: float = 0.0) -> BackboneClassifier:  # fmt: skip
+    """Registry builder for ``source:arch`` (random weights; see :func:`load_weights`).
+
+    ``drop_path`` is the stochastic-depth rate (timm's ``drop_path_rate``, torchvision's
+    ``stochastic_depth_prob``) for architectures with residual blocks that support it.
+
+    Raises:
+        UsageError: ``drop_path`` for an architecture without stochastic depth.
+    """
     del input_size  # backbones pool globally: any reasonable size works
-    backbone, num_features = (_timm_backbone if source == "timm" else _tv_backbone)(arch, in_chans)
+    if not 0.0 <= drop_path < 1.0:
+        raise UsageError(f"--drop-path must be in [0, 1), got {drop_path}")
+    try:
+        backbone, num_features = (_timm_backbone if source == "timm" else _tv_backbone)(arch, in_chans, drop_path)
+    except TypeError as err:
+        if not drop_path or "unexpected keyword" not in str(err):
+            raise
+        hint = "any timm model with residual blocks (timm:resnet18, timm:convnext_atto...)"
+        raise UsageError(f"{source}:{arch} has no stochastic depth to set with --drop-path; it is supported by "
+                         f"{hint} and by tv:efficientnet_*, tv:convnext_*, tv:swin_*, tv:maxvit_t") from None  # fmt: skip
     return BackboneClassifier(backbone, num_features, num_classes, head_hidden, head_dropout)
 
 
-def _timm_backbone(arch: str, in_chans: int) -> tuple[nn.Module, int]:
+def _timm_backbone(arch: str, in_chans: int, drop_path: float = 0.0) -> tuple[nn.Module, int]:
     timm = _import_timm()
-    model = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_chans)
+    extra = {"drop_path_rate": drop_path} if drop_path else {}
+    model = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_chans, **extra)
     return model, int(model.num_features)
 
 
-def _tv_backbone(arch: str, in_chans: int) -> tuple[nn.Module, int]:
+def _tv_backbone(arch: str, in_chans: int, drop_path: float = 0.0) -> tuple[nn.Module, int]:
     import torchvision
 
     arch = arch.partition(".")[0]  # a weight-set suffix does not change the architecture
     extra = {"aux_logits": False, "init_weights": False} if arch in ("inception_v3", "googlenet") else {}
+    if drop_path:
+        extra["stochastic_depth_prob"] = drop_path
     model = torchvision.models.get_model(arch, weights=None, **extra)
     if arch.startswith(_TV_REPLACE_WHOLE_CLASSIFIER):
         first = next(m for m in model.classifier.modules() if isinstance(m, nn.Linear))

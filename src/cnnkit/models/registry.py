@@ -320,6 +320,8 @@ def _check_kwargs(info: ModelInfo, kwargs: dict[str, object]) -> None:
         raise UsageError(
             f"model {info.name!r} got unknown argument(s) {', '.join(map(repr, unknown))}; "
             f"accepted arguments: {', '.join(accepted) or 'none'}"
+            + ("; stochastic depth (--drop-path) needs residual blocks: use a timm:/tv: backbone such as "
+               "timm:resnet18 or tv:efficientnet_b0" if "drop_path" in unknown else "")  # fmt: skip
         )
 
 
