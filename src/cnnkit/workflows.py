@@ -438,7 +438,8 @@ def _lr_from_sweep(model, loader, cfg: RunConfig, device, run_dir: Path, say, **
     figure.savefig(run_dir / "lr_find.png")
     _write_text_atomic(run_dir / "lr_find.json", json.dumps(result.as_dict(), indent=1))
     ended = "the loss diverged" if result.diverged else "the sweep ended"
-    say(f"lr-find: suggested lr {result.suggestion:.2e} (steepest descent); lowest loss at {result.min_loss_lr:.2e}; "
+    say(f"lr-find: suggested lr {result.suggestion:.2e} (the lower of the steepest descent, {result.steepest_lr:.2e}, "
+        f"and a tenth of the lowest loss's lr, {result.min_loss_lr:.2e}); "
         f"{len(result.lrs)} steps until {ended}; plot: {run_dir / 'lr_find.png'}")  # fmt: skip
     return result
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 
 import cnnkit
@@ -92,33 +93,42 @@ def _rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
     return found
 
 
-def test_kill_one_rank_then_resume_on_two_then_one_process(tmp_path: Path) -> None:
+def _mid_epoch(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` (written atomically by rank 0) was saved inside an epoch."""
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)["in_epoch"] is not None
+    except (OSError, RuntimeError, KeyError, EOFError):
+        return False
+
+
+def test_kill_one_rank_mid_epoch_then_resume_on_one_then_two_processes(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "killed"
-    args = [*SMALL_RUN, "--limit-train", "9000", "--epochs", "6", "--checkpoint-every-steps", "20",
+    last = run_dir / "checkpoints" / "last.pt"
+    args = [*SMALL_RUN, "--limit-train", "9000", "--epochs", "5", "--checkpoint-every-steps", "20",
             "--output-dir", str(run_dir.parent), "--name", run_dir.name]  # fmt: skip
     launcher = subprocess.Popen(torchrun(args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and launcher.poll() is None:
-        if (run_dir / "metrics.csv").exists():  # at least one epoch done: kill rank 1 mid-run
+        # after epoch 1, wait for a mid-epoch checkpoint of epoch 2, then kill rank 1
+        if (run_dir / "metrics.csv").exists() and _mid_epoch(last):
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     ranks = _rank_pids(launcher)
     assert launcher.poll() is None and 1 in ranks, "the run ended before a rank could be killed"
     os.kill(ranks[1], signal.SIGKILL)
-    _, stderr = launcher.communicate(timeout=120)
+    launcher.communicate(timeout=120)
     assert launcher.returncode != 0, "torchrun must report the killed rank"
-    done_before = metrics_epochs(run_dir)
-    assert 1 <= len(done_before) < 6
+    assert 1 <= len(metrics_epochs(run_dir)) < 5
     assert not (run_dir / "summary.json").exists()
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["in_epoch"] is not None  # killed inside an epoch, after a mid-epoch checkpoint
 
-    run_ok(torchrun(["--resume", str(run_dir), "--no-progress"]))
-    assert metrics_epochs(run_dir) == [1, 2, 3, 4, 5, 6]  # each epoch once, none lost or repeated
-    after_two = json.loads((run_dir / "summary.json").read_text())
-    assert after_two["test_acc"] > 0.9
-    log = (run_dir / "log.txt").read_text()
-    assert "on 2 processes" in log
-
-    # the same run folder continues in a single process: one more epoch
-    single = cnnkit.train(resume=run_dir, epochs=7, progress=False, log=lambda line: None)
-    assert metrics_epochs(run_dir) == [1, 2, 3, 4, 5, 6, 7]
+    # the 2-process run continues mid-epoch in a single process (a step is the same global batch)...
+    single = cnnkit.train(resume=run_dir, progress=False, log=lambda line: None)
+    assert metrics_epochs(run_dir) == [1, 2, 3, 4, 5]  # each epoch once, none lost or repeated
     assert single.metrics["test_acc"] > 0.9
+    # ...and is extended by one more epoch on two processes again
+    run_ok(torchrun(["--resume", str(run_dir), "--epochs", "6", "--no-progress"]))
+    assert metrics_epochs(run_dir) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run_dir / "summary.json").read_text())["test_acc"] > 0.9
+    assert "on 2 processes" in (run_dir / "log.txt").read_text()
