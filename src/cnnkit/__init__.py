@@ -22,6 +22,7 @@ from cnnkit.workflows import (
     evaluate_checkpoint,
     fit,
     load_checkpoint,
+    lr_find,
     resolve_config,
     train,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "list_models",
     "list_recipes",
     "load_checkpoint",
+    "lr_find",
     "register_dataset",
     "register_model",
     "resolve_config",

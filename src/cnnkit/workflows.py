@@ -441,6 +441,9 @@ def _lr_from_sweep(model, loader, cfg: RunConfig, device, run_dir: Path, say, **
     say(f"lr-find: suggested lr {result.suggestion:.2e} (the lower of the steepest descent, {result.steepest_lr:.2e}, "
         f"and a tenth of the lowest loss's lr, {result.min_loss_lr:.2e}); "
         f"{len(result.lrs)} steps until {ended}; plot: {run_dir / 'lr_find.png'}")  # fmt: skip
+    if result.doubtful:
+        say(f"warning: the loss fell only {result.fall:.1%} during the sweep, so the suggestion is a guess; "
+            "sweep longer (--steps), check the data and model, or choose the lr by hand")  # fmt: skip
     return result
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import cnnkit
 from cli_helpers import run_cli
-from cnnkit.engine.lr_find import steepest_descent
+from cnnkit.engine.lr_find import read_sweep, steepest_descent
 from cnnkit.workflows import lr_find
 
 SUBSET = dict(limit_train=3000, limit_eval=500, device="cpu")
@@ -50,3 +50,14 @@ def test_steepest_descent_finds_the_fall() -> None:
 def test_bad_sweep_range_is_a_usage_error(capsys) -> None:
     code, _, err = run_cli(capsys, "lr-find", "--start-lr", "1", "--end-lr", "0.1")
     assert code == 2 and "0 < start" in err
+
+
+def test_an_early_dip_is_ignored_and_a_flat_sweep_is_flagged() -> None:
+    lrs = [10 ** (-7 + i * 0.08) for i in range(100)]  # 1e-7 .. ~8
+    # one lucky first batch, a long flat stretch, a small fall near 0.1, then divergence
+    losses = [2.20] + [2.31 if lr < 1e-2 else 2.31 - 0.03 * (lr / 0.1) if lr < 0.15 else 2.3 + lr for lr in lrs[1:]]
+    result = read_sweep(lrs, losses)
+    assert 1e-3 < result.suggestion < 0.1  # not the first rate, where the dip was
+    assert result.doubtful and result.fall < 0.02
+    falling = [2.3 if lr < 1e-3 else max(0.3, 2.3 - (lr / 1e-3)) if lr < 1 else 0.3 + lr for lr in lrs]
+    assert not read_sweep(lrs, falling).doubtful

@@ -30,6 +30,8 @@ from cnnkit.errors import CnnkitError, UsageError
 SMOOTHING = 0.05  # weight of the newest loss in the running average (fastai uses 0.02-0.05)
 DIVERGE = 4.0  # stop when the smoothed loss exceeds this multiple of the best one
 MIN_IMAGES = 3000  # a sweep sees at least this many training images (see default_steps)
+SKIP_START = 10  # steps ignored when reading the curve (fastai's skip_start)
+WEAK_FALL = 0.02  # a sweep whose loss fell by less than this fraction gives a doubtful suggestion
 
 
 @dataclass
@@ -43,6 +45,9 @@ class LrFindResult:
         min_loss_lr: the rate at the lowest smoothed loss (training there is already too hot).
         diverged: the sweep stopped early because the loss blew up.
         steepest_lr: the rate of steepest descent of the smoothed loss (before its minimum).
+        fall: how far the smoothed loss fell from its start to its minimum, as a fraction
+            (below :data:`WEAK_FALL` the model hardly learnt during the sweep and the
+            suggestion is a guess).
     """
 
     lrs: list[float]
@@ -51,6 +56,12 @@ class LrFindResult:
     min_loss_lr: float
     diverged: bool
     steepest_lr: float | None = None
+    fall: float | None = None
+
+    @property
+    def doubtful(self) -> bool:
+        """The loss hardly fell during the sweep (see ``fall``)."""
+        return self.fall is not None and self.fall < WEAK_FALL
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,8 +118,20 @@ def lr_range_test(model: nn.Module, loader: Iterable, cfg: TrainConfig, *, devic
         if step > 5 and smoothed > DIVERGE * best:
             diverged = True
             break
-    steepest, lowest = steepest_descent(lrs, losses), lrs[losses.index(min(losses))]
-    return LrFindResult(lrs, losses, min(steepest, lowest / 10), lowest, diverged, steepest)
+    return read_sweep(lrs, losses, diverged)
+
+
+def read_sweep(lrs: list[float], losses: list[float], diverged: bool = False) -> LrFindResult:
+    """The suggestion from a recorded sweep: the lower of the steepest descent and a tenth
+    of the minimum, both read after the first :data:`SKIP_START` steps (fastai skips them
+    too: the running average of a handful of losses is noise, and an early dip would put
+    the "minimum" at the very first rates)."""
+    skip = SKIP_START if len(losses) > 2 * SKIP_START else 0
+    tail_lrs, tail_losses = lrs[skip:], losses[skip:]
+    steepest = steepest_descent(tail_lrs, tail_losses)
+    lowest = tail_lrs[tail_losses.index(min(tail_losses))]
+    return LrFindResult(lrs, losses, min(steepest, lowest / 10), lowest, diverged, steepest,
+                        fall=(tail_losses[0] - min(tail_losses)) / max(abs(tail_losses[0]), 1e-12))  # fmt: skip
 
 
 def steepest_descent(lrs: list[float], losses: list[float]) -> float:
