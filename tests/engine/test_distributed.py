@@ -93,12 +93,14 @@ def _rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
     return found
 
 
-def _mid_epoch(checkpoint: Path) -> bool:
-    """Whether ``checkpoint`` (written atomically by rank 0) was saved inside an epoch."""
+def _inside_epoch_2(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` (written atomically by rank 0) was saved inside epoch 2 (not
+    inside epoch 1: that one is still there just after epoch 1's metrics row is written)."""
     try:
-        return torch.load(checkpoint, map_location="cpu", weights_only=True)["in_epoch"] is not None
-    except (OSError, RuntimeError, KeyError, EOFError):
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError):
         return False
+    return payload["in_epoch"] is not None and payload["epoch"] == 1
 
 
 def test_kill_one_rank_mid_epoch_then_resume_on_one_then_two_processes(tmp_path: Path) -> None:
@@ -112,7 +114,7 @@ def test_kill_one_rank_mid_epoch_then_resume_on_one_then_two_processes(tmp_path:
     while time.monotonic() < deadline and launcher.poll() is None:
         ranks = ranks if 1 in ranks else _rank_pids(launcher)
         # after epoch 1, wait for a mid-epoch checkpoint of epoch 2, then kill rank 1 at once
-        if 1 in ranks and (run_dir / "metrics.csv").exists() and _mid_epoch(last):
+        if 1 in ranks and _inside_epoch_2(last):
             break
         time.sleep(0.02)
     assert launcher.poll() is None and 1 in ranks, "the run ended before a rank could be killed"
