@@ -11,6 +11,7 @@ only when a demo is built, so importing this module costs nothing and needs no g
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -336,11 +337,25 @@ def launch(
     return url
 
 
+CLOSE_GRACE_S = 5.0  # how long Ctrl-C waits for open connections before the process just ends
+
+
 def wait(demo: Any) -> None:
-    """Block until Ctrl-C, then close the server."""
+    """Block until Ctrl-C, then close the server, waiting at most :data:`CLOSE_GRACE_S`.
+
+    A browser tab that still holds a stream open (Gradio's heartbeat) makes the server's
+    graceful shutdown wait for it, sometimes for good: after the grace period the process
+    ends anyway (nothing is lost: the demo writes no files).
+    """
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
-        demo.close()
+        closer = threading.Thread(target=demo.close, name="cnnkit-serve-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_GRACE_S)
+        if closer.is_alive():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
