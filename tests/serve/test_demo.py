@@ -40,6 +40,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def server(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``cnnkit serve RUN`` in its own process, once its page answers."""
@@ -62,6 +66,9 @@ def server(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            # a test runner started in the background (`cmd &`) ignores SIGINT and its children
+            # inherit that; give the server a normal Ctrl-C, as it has in a terminal
+            preexec_fn=_default_sigint,
         )
     server = Server(process, f"http://127.0.0.1:{port}/", log)
     deadline = time.monotonic() + 120
