@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from cnnkit import usercode
 from cnnkit._version import __version__
 from cnnkit.config import (
     RunConfig,
@@ -37,11 +38,19 @@ from cnnkit.config import (
 )
 from cnnkit.data import DataSpec, build, loader_from_dataset
 from cnnkit.data.audit import AuditReport, audit, examine_file, summary_line, write_json
+from cnnkit.data.builder import shard_loaders
 from cnnkit.data.datasets import cache_dir, list_datasets
 from cnnkit.data.folder import read_skipped_files, skipped_files_log
-from cnnkit.data.tensor_data import sample_images
+from cnnkit.data.tensor_data import Part, sample_images
 from cnnkit.data.transforms import config_augment
-from cnnkit.engine import EvalResult, FitResult, evaluate, read_checkpoint, resolve_device
+from cnnkit.engine import (
+    EvalResult,
+    FitResult,
+    distributed,
+    evaluate,
+    read_checkpoint,
+    resolve_device,
+)
 from cnnkit.engine import fit as engine_fit
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.features import (
@@ -59,8 +68,6 @@ from cnnkit.engine.tta import check_tta
 from cnnkit.errors import CnnkitError, DataError, UsageError, unknown_name
 from cnnkit.inference import export
 from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint
-from cnnkit import usercode
-from cnnkit.engine import distributed
 from cnnkit.models import (
     BackboneClassifier,
     Weights,
@@ -242,6 +249,7 @@ def _train(cfg: RunConfig, payload: dict[str, Any] | None, run_dir: Path | None,
     loaders, spec = build(data_cfg, seed=cfg.train.seed, device=_data_device(device),
                           default_image_size=info.default_input_size[0],
                           split=_saved_split_of(run_dir) if payload is not None else None)  # fmt: skip
+    shard_loaders(loaders, Part(ranks.rank, ranks.world))  # torchrun: this process's share of every epoch
     torch.manual_seed(cfg.train.seed)  # initial weights (a new head too) follow the seed
     model = create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.channels,
                          input_size=spec.input_size, **cfg.model.kwargs)  # fmt: skip
@@ -688,6 +696,8 @@ def _feature_loaders(model, cfg: RunConfig, spec: DataSpec, device, say, progres
         out.append(FeatureLoader(feats, labels, cfg.data.batch_size if name == "train" else 1024,
                                  shuffle=name == "train" and cfg.data.shuffle, drop_last=name == "train",
                                  seed=cfg.train.seed))  # fmt: skip
+    ranks = distributed.current()
+    shard_loaders(out, Part(ranks.rank, ranks.world))  # torchrun: this process's share, as for the images
     return tuple(out)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,12 +50,15 @@ from cnnkit.data.folder import (
 )
 from cnnkit.data.spec import Batch, DataSpec, Loaders, Preprocess
 from cnnkit.data.tensor_data import (
+    WHOLE,
+    Part,
     TensorLoader,
     balanced_sample_weights,
     channel_stats,
     convert_channels,
     epoch_order,
     resize_uint8,
+    shard_order,
 )
 from cnnkit.data.transforms import config_augment, eval_transform, train_transform
 from cnnkit.errors import DataError, UsageError, unknown_name
@@ -364,6 +367,7 @@ class EpochSampler(Sampler[int]):
         self.next_epoch = 0
         self.weights: torch.Tensor | None = None  # per-sample weights: balanced sampling with replacement
         self.even_batch: int | None = None  # training: shards cut to whole global batches (set by FileLoader)
+        self.part = WHOLE  # this process's share of each epoch (see shard_loaders)
 
     def __len__(self) -> int:
         return len(self._shard(torch.arange(self.count)))
@@ -374,10 +378,8 @@ class EpochSampler(Sampler[int]):
         return iter(self._shard(order).tolist())
 
     def _shard(self, order: torch.Tensor) -> torch.Tensor:
-        """This rank's part of the order under torchrun (training: equal step counts on every rank)."""
-        from cnnkit.engine.distributed import current, shard
-
-        return shard(order, current(), self.even_batch)
+        """This process's part of the order (training: equal step counts on every rank)."""
+        return shard_order(order, self.part, self.even_batch)
 
 
 class FileLoader:
@@ -396,7 +398,19 @@ class FileLoader:
             persistent_workers=workers > 0,
             drop_last=drop_last and len(dataset) > batch_size,
         )
-        self.num_samples = len(self.sampler)  # this rank's share under torchrun
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this process sees per epoch (its share under data-parallel training)."""
+        return len(self.sampler)
+
+    @property
+    def part(self) -> Part:
+        return self.sampler.part
+
+    @part.setter
+    def part(self, part: Part) -> None:
+        self.sampler.part = part
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -448,3 +462,11 @@ def loader_from_dataset(dataset: Dataset, batch_size: int, *, shuffle: bool, wor
     decides normalisation), PIL images or HxW(xC) arrays (converted to [0, 1] floats).
     """
     return FileLoader(_TensorsOf(dataset), batch_size, shuffle=shuffle, workers=workers, seed=seed, drop_last=False)
+
+
+def shard_loaders(loaders: Iterable[Any], part: Part) -> None:
+    """Give each loader (train, val, test; None skipped) ``part``'s share of every epoch:
+    data-parallel training calls it once per process after :func:`build`."""
+    for loader in loaders:
+        if loader is not None:
+            loader.part = part

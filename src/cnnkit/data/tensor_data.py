@@ -11,6 +11,7 @@ waits on the host and a resumed run sees the same augmentation.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,32 @@ def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
     return 1.0 / counts[labels]
 
 
+@dataclass(frozen=True)
+class Part:
+    """Which share of each epoch this process takes: ``rank`` of ``world`` (data-parallel
+    training sets it on the loaders; the data layer knows nothing of process groups)."""
+
+    rank: int = 0
+    world: int = 1
+
+
+WHOLE = Part()
+
+
+def shard_order(order: torch.Tensor, part: Part, batch_size: int | None = None) -> torch.Tensor:
+    """``part``'s share of an epoch's sample order.
+
+    Rank r takes positions r, r + world, r + 2 world...; the order is first cut to a
+    multiple of the world size (and of ``world * batch_size`` when given, so every rank
+    runs the same number of steps and none waits forever in an all-reduce).
+    """
+    if part.world == 1:
+        return order
+    unit = part.world * (batch_size or 1)
+    usable = len(order) - len(order) % unit if len(order) >= unit else len(order) - len(order) % part.world
+    return order[:usable][part.rank :: part.world]
+
+
 def batch_count(count: int, batch_size: int, drop_last: bool) -> int:
     """Batches per epoch (the last incomplete one dropped when ``drop_last``)."""
     return count // batch_size if drop_last else -(-count // batch_size)
@@ -76,6 +103,7 @@ class EpochBatches:
         self.drop_last = drop_last and len(labels) > batch_size
         self._next_epoch = 0
         self.sample_weights: torch.Tensor | None = None
+        self.part = WHOLE  # this process's share of each epoch (see shard_loaders)
 
     def __len__(self) -> int:
         return batch_count(self.num_samples, self.batch_size, self.drop_last)
@@ -86,11 +114,9 @@ class EpochBatches:
         return len(self._shard(torch.arange(len(self.labels))))
 
     def _shard(self, order: torch.Tensor) -> torch.Tensor:
-        """This rank's part of ``order`` (all of it outside distributed training). Training
+        """This process's part of ``order`` (all of it outside distributed training). Training
         loaders (``drop_last``) cut the order so every rank runs the same number of steps."""
-        from cnnkit.engine.distributed import current, shard  # the engine imports data: import late
-
-        return shard(order, current(), self.batch_size if self.drop_last else None)
+        return shard_order(order, self.part, self.batch_size if self.drop_last else None)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` produce epoch ``epoch``'s order (and augmentation)."""

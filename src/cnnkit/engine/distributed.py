@@ -7,7 +7,7 @@ machine or several.
 pins each process to its GPU. Then:
 
 * every rank builds the same data and split (same seed) and takes its own shard of each
-  epoch's order (:func:`shard`), so the ranks together see every image once per epoch;
+  epoch's order (``cnnkit.data.shard_loaders``), so the ranks together see every image once per epoch;
 * ``--batch-size`` stays the *global* batch: each rank trains on ``batch_size / world``
   images per step and DDP averages the gradients, so a recipe's learning rate means the
   same on 1 GPU or 8;
@@ -96,20 +96,6 @@ def current() -> DistEnv:
     if not dist.is_initialized():
         return SINGLE
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-
-
-def shard(order: torch.Tensor, env: DistEnv, batch_size: int | None = None) -> torch.Tensor:
-    """This rank's share of an epoch's sample order.
-
-    Rank r takes positions r, r + world, r + 2 world...; the order is first cut to a
-    multiple of the world size (and of ``world * batch_size`` when given, so every rank
-    runs the same number of steps and none waits forever in an all-reduce).
-    """
-    if not env.active:
-        return order
-    unit = env.world * (batch_size or 1)
-    usable = len(order) - len(order) % unit if len(order) >= unit else len(order) - len(order) % env.world
-    return order[:usable][env.rank :: env.world]
 
 
 def local_batch_size(global_batch: int, env: DistEnv) -> int:
