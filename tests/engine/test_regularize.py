@@ -13,7 +13,7 @@ import cnnkit
 from cnnkit.config import DataConfig, TrainConfig
 from cnnkit.data import build
 from cnnkit.engine import fit, read_checkpoint
-from cnnkit.engine.regularize import BatchMixer
+from cnnkit.engine.regularize import BatchMixer, WeightEma
 from cnnkit.models import create_model
 
 
@@ -64,6 +64,27 @@ def test_ema_is_what_best_pt_holds_and_what_was_validated(tmp_path: Path) -> Non
     report = cnnkit.evaluate_checkpoint(run.dir, split="val", device="cpu")
     row = next(r for r in run.history if r["epoch"] == best["epoch"])
     assert report.result.acc == pytest.approx(row["val_acc"], abs=1e-6)  # validation scored the average
+
+
+def test_ema_decay_warms_up_then_holds_at_the_requested_decay() -> None:
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = WeightEma(model, 0.999)
+    ema.update(model)  # the first update copies the weights: 0
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay (1 + 1) / (10 + 1) = 2/11: the average moves 9/11 of the way
+    assert ema.module.weight.detach().item() == pytest.approx(9 / 11)
+    assert ema.updates == 2
+    ema.load(ema.module.state_dict(), 100_000)
+    assert ema.current_decay() == pytest.approx(0.999)
+
+
+def test_ema_with_a_slow_decay_is_already_useful_after_one_short_epoch(tmp_path: Path) -> None:
+    # 31 steps: without the warm-up, decay 0.999 would leave 97 % of the random init in the average
+    run = cnnkit.train(limit_train=2000, limit_eval=500, epochs=1, ema=0.999, device="cpu", output_dir=str(tmp_path),
+                       name="slow-ema", report=False, progress=False, log=lambda _: None)  # fmt: skip
+    assert run.history[0]["val_acc"] > 0.5
 
 
 def test_ema_survives_resume_bit_for_bit(tmp_path: Path) -> None:

@@ -7,14 +7,16 @@
 * :class:`WeightEma` keeps an exponential moving average of the weights (and buffers,
   so BatchNorm statistics follow) with ``torch.optim.swa_utils.AveragedModel``; the loop
   evaluates and checkpoints the average, which usually generalises better than the last
-  step's weights.
+  step's weights. Its decay warms up (TensorFlow's ``ExponentialMovingAverage`` with
+  ``num_updates``), so the first epochs evaluate an average of trained weights rather than
+  one still dominated by the random initialisation.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from cnnkit.engine.checkpoint import unwrap
 
@@ -59,15 +61,34 @@ def build_mixer(num_classes: int, mixup: float, cutmix: float, prob: float) -> B
 class WeightEma:
     """An exponential moving average of a model's weights and buffers.
 
-    After each optimizer step, ``average = decay * average + (1 - decay) * weights``
-    (the first update copies the weights). ``module`` is the averaged model, in eval mode,
-    ready to evaluate or save.
+    After update ``t`` (``t = 1, 2, ...``; the first copies the weights),
+    ``average = d_t * average + (1 - d_t) * weights`` with the warmed-up decay
+    ``d_t = min(decay, (1 + t) / (10 + t))``: 0.18 at the second update, 0.9 after 80,
+    0.99 after 890, 0.999 after 8,990. Without the warm-up, ``decay = 0.999`` would
+    leave the random initialisation 68 % of the average after a 391-step epoch.
+    ``module`` is the averaged model, in eval mode, ready to evaluate or save.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = decay
-        self.averaged = AveragedModel(unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.averaged = AveragedModel(unwrap(model), multi_avg_fn=self._lerp, use_buffers=True)
         self.averaged.eval()
+        self._updates = 0  # a Python mirror of n_averaged: reading the tensor would sync the GPU
+
+    def current_decay(self) -> float:
+        """The decay the next update uses (after ``updates`` updates so far)."""
+        return min(self.decay, (1 + self._updates) / (10 + self._updates))
+
+    @torch.no_grad()
+    def _lerp(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _n: torch.Tensor) -> None:
+        weight = 1.0 - self.current_decay()
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, weight)
+        else:  # integer buffers such as BatchNorm's num_batches_tracked
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.copy_(mine * (1.0 - weight) + theirs * weight)
 
     @property
     def module(self) -> nn.Module:
@@ -75,13 +96,15 @@ class WeightEma:
 
     @property
     def updates(self) -> int:
-        return int(self.averaged.n_averaged)
+        return self._updates
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.averaged.update_parameters(unwrap(model))
+        self._updates += 1
 
     def load(self, state_dict: dict[str, torch.Tensor], updates: int) -> None:
         """Restore an average saved as ``module.state_dict()`` after ``updates`` updates."""
         self.module.load_state_dict(state_dict)
         self.averaged.n_averaged.fill_(updates)
+        self._updates = updates
