@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 import cnnkit
 from cli_helpers import run_cli
 from cnnkit.engine.lr_find import read_sweep, steepest_descent

@@ -16,7 +16,6 @@ from cnnkit.engine import fit, read_checkpoint
 from cnnkit.engine.regularize import BatchMixer, WeightEma
 from cnnkit.models import create_model
 
-
 # Random images with consecutive labels that differ: every pixel of a pasted box differs from
 # the original, and the mass each class gets can be read straight off the targets.
 IMAGES = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))

@@ -31,7 +31,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cnnkit.config import TrainConfig
-from cnnkit.engine.checkpoint import clean_state_dict, rng_state, save_checkpoint, set_rng_state, unwrap
+from cnnkit.engine.checkpoint import (
+    clean_state_dict,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
 from cnnkit.engine.device import amp_dtype, autocast, resolve_device, seed_everything
 from cnnkit.engine.distributed import all_reduce_sum, current
 from cnnkit.engine.optim import build_optimizer, build_scheduler
