@@ -16,10 +16,15 @@ Three tables, all from one run of this script on one GPU:
    channels-last), both measured after warm-up.
 3. Optionally (``--recipes``) the seed recipes in full: ``cifar10-cnn`` (20 epochs) and
    ``cifar10-vgg16`` (30 epochs), with their per-epoch curves.
+4. Optionally (``--seed-accuracy N``) ``cifar10-cnn``'s accuracy question: 20 epochs of the
+   seed's own loop (per-sample PIL transforms, float32) against cnnkit in float32 and in
+   bf16, over N seeds, with train and test accuracy per epoch. ``--only seed_accuracy``
+   skips the other sections.
 
 Usage (``--data-dir`` holds ``cifar10/train/<class>/*.png`` and ``cifar10/test/...``)::
 
     python bench/cifar10_gpu.py --data-dir ../shared/data --seeds 5 --recipes
+    python bench/cifar10_gpu.py --data-dir ../shared/data --seed-accuracy 3 --only seed_accuracy
     python bench/cifar10_gpu.py --data-dir ../shared/data --seeds 1 --quick   # smoke test (CPU too)
 """
 
@@ -132,21 +137,33 @@ class SeedStyleCIFAR10(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.data[index])), self.targets[index]
 
 
+SEED_NORMALIZE = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+
+
+def seed_loader(data_dir: str, *, train: bool, workers: int = 2) -> torch.utils.data.DataLoader:
+    """The tutorial's loaders: per-sample PIL transforms (crop + flip for training), batch 128."""
+    from torchvision import transforms
+
+    steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if train else []
+    transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(*SEED_NORMALIZE)])
+    source = load_source("cifar10", data_dir, False)
+    images, labels = source.train if train else source.test
+    return torch.utils.data.DataLoader(SeedStyleCIFAR10(images, labels, transform), batch_size=128, shuffle=train,
+                                       num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+
+
+def seed_model_and_optimizer(seed: int, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = create_model("cifar_cnn", num_classes=10).to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-4)
+
+
 def seed_loop_throughput(data_dir: str, steps: int) -> float:
     """Training images/s of the tutorial's CifarCNN loop (torchvision CIFAR10-style dataset,
     per-sample PIL transforms, DataLoader with 2 workers, float32)."""
-    from torchvision import transforms
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                    transforms.ToTensor(),
-                                    transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))])  # fmt: skip
-    images, labels = load_source("cifar10", data_dir, False).train
-    loader = torch.utils.data.DataLoader(SeedStyleCIFAR10(images, labels, transform), batch_size=128, shuffle=True,
-                                         num_workers=2)  # fmt: skip
-    torch.manual_seed(0)
-    model = create_model("cifar_cnn", num_classes=10).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loader = seed_loader(data_dir, train=True)
+    model, optimizer = seed_model_and_optimizer(0, device)
     loss_fn = torch.nn.CrossEntropyLoss()
     warmup, done, start = 10, 0, None
     for step, (images, labels) in enumerate(loader):
@@ -164,6 +181,38 @@ def seed_loop_throughput(data_dir: str, steps: int) -> float:
             break
     sync()
     return done / (time.perf_counter() - start)
+
+
+def seed_loop_curve(data_dir: str, seed: int, epochs: int, limit_steps: int | None = None) -> list[tuple[float, float]]:
+    """The tutorial's whole training, float32: per epoch (train acc counted during the epoch,
+    test acc after it). ``limit_steps`` cuts each epoch short (smoke tests)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workers = min(8, os.cpu_count() or 2)  # more workers change nothing but the speed
+    train_loader, test_loader = seed_loader(data_dir, train=True, workers=workers), seed_loader(data_dir, train=False)
+    model, optimizer = seed_model_and_optimizer(seed, device)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    curve = []
+    for _ in range(epochs):
+        model.train()
+        correct = total = 0
+        for step, (images, labels) in enumerate(train_loader):
+            if limit_steps is not None and step >= limit_steps:
+                break
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad()
+            logits = model(images)
+            loss_fn(logits, labels).backward()
+            optimizer.step()
+            correct += int((logits.argmax(1) == labels).sum())
+            total += len(labels)
+        model.eval()
+        hits = seen = 0
+        with torch.no_grad():
+            for images, labels in test_loader:
+                hits += int((model(images.to(device)).argmax(1).cpu() == labels).sum())
+                seen += len(labels)
+        curve.append((correct / total, hits / seen))
+    return curve
 
 
 def recipe_run(recipe: str, data_dir: str, out: Path, epochs: int | None = None, quick: bool = False) -> cnnkit.Run:
@@ -216,13 +265,47 @@ def recipes(args: argparse.Namespace, seeds: list[int], out: Path) -> None:
         print(f"  {recipe}: test {run.test.acc:.2%} after {len(run.history)} epochs, {time.perf_counter() - start:.0f}s wall")
 
 
+def seed_accuracy(args: argparse.Namespace, seeds: list[int], out: Path) -> None:
+    """Does cnnkit's fast path train the seed's CifarCNN as well as the seed's own loop?
+    20 epochs each, same seeds: the seed loop (float32), cnnkit in float32, cnnkit in bf16."""
+    if not args.seed_accuracy:
+        return
+    epochs, limit = (1, 20) if args.quick else (20, None)
+    print(f"\n== cifar10-cnn accuracy: seed loop vs cnnkit, {epochs} epochs ==", flush=True)
+    rows: dict[str, list[tuple[float, float]]] = {}
+    for seed in seeds[: args.seed_accuracy]:
+        start = time.perf_counter()
+        curve = seed_loop_curve(args.data_dir, seed, epochs, limit)
+        rows[f"seed loop fp32, seed {seed}"] = curve
+        print(f"  seed loop seed {seed}: {time.perf_counter() - start:.0f}s, test per epoch "
+              f"{[round(100 * test, 2) for _, test in curve]}, train at the end {curve[-1][0]:.2%}", flush=True)  # fmt: skip
+        for amp in ("off", "bf16"):
+            extra = {**QUICK, "limit_train": 20 * 128} if args.quick else {}
+            lines: list[str] = []
+            run = cnnkit.train(recipe="cifar10-cnn", data_dir=args.data_dir, seed=seed, amp=amp, output_dir=str(out),
+                               name=f"cnn-{amp}-{seed}", report=False, progress=False, log=lines.append,
+                               **extra)  # fmt: skip
+            curve = [(row["train_acc"], row["val_acc"]) for row in run.history]
+            rows[f"cnnkit amp {amp}, seed {seed}"] = curve
+            print(f"  cnnkit amp {amp} seed {seed}: test per epoch {[round(100 * test, 2) for _, test in curve]}, "
+                  f"train at the end {curve[-1][0]:.2%}", flush=True)  # fmt: skip
+    print("\n| run | test, last epoch | best test | train, last epoch |\n|---|---|---|---|")
+    for name, curve in rows.items():
+        print(f"| {name} | {curve[-1][1]:.2%} | {max(t for _, t in curve):.2%} | {curve[-1][0]:.2%} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="folder holding cifar10/train|test/<class>/*.png")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="1 epoch on 5,000 images: a smoke test")
     parser.add_argument("--recipes", action="store_true", help="also run cifar10-cnn and cifar10-vgg16 in full")
+    parser.add_argument("--seed-accuracy", type=int, default=0, metavar="N",
+                        help="train cifar10-cnn 20 epochs with the seed's own loop and with cnnkit (fp32, bf16) "
+                             "over N seeds")  # fmt: skip
     parser.add_argument("--steps", type=int, default=200, help="steps timed for the images/s table")
+    parser.add_argument("--only", default=None, choices=["time_to_94", "throughput", "recipes", "seed_accuracy"],
+                        help="run this section alone")  # fmt: skip
     parser.add_argument("--out", default=None, help="folder for the runs (default: a temp folder)")
     args = parser.parse_args(argv)
     for line in machine_lines(torch.get_num_threads()):
@@ -230,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="cifar10-gpu-"))
     seeds = list(range(args.seeds))
 
-    for section in (time_to_94, throughput, recipes):
+    for section in (time_to_94, throughput, recipes, seed_accuracy):
+        if args.only and section.__name__ != args.only:
+            continue
         try:
             section(args, seeds, out)
         except Exception:  # one failing section must not cost the others' figures (a GPU lease is short)
