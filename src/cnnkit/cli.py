@@ -66,7 +66,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--checkpoint-every-steps": ("train.checkpoint_every_steps", int, "also save last.pt every N steps (resume mid-epoch)"),
     "--threads": ("train.threads", int, "CPU threads for torch (default: one per core)"),
     "--accumulate": ("train.accumulate", int, "batches per optimizer step (gradient accumulation)"),
-    "--ema": ("train.ema", float, "keep an EMA of the weights with this decay (e.g. 0.999); it is what gets evaluated and saved"),
+    "--ema": ("train.ema", float, "keep an EMA of the weights with this decay (e.g. 0.999; 0: off); it is what gets evaluated and saved"),
     "--mixup": ("train.mixup", float, "mixup alpha (e.g. 0.2; 0: off)"),
     "--cutmix": ("train.cutmix", float, "cutmix alpha (e.g. 1.0; 0: off)"),
     "--mix-prob": ("train.mix_prob", float, "probability that a batch is mixed (default 1)"),

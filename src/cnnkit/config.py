@@ -163,8 +163,8 @@ class TrainConfig:
             growing from 0 to 0.77 as (step / total)^3; the last step takes the average.
         accumulate: batches whose gradients add up into one optimizer step (an effective
             batch of ``accumulate * batch_size``; lr is per optimizer step).
-        ema: decay of an exponential moving average of the weights, e.g. 0.999 (None: no
-            average). The average is what is validated, checkpointed and deployed.
+        ema: decay of an exponential moving average of the weights, e.g. 0.999 (None or 0:
+            no average). The average is what is validated, checkpointed and deployed.
         mixup: mixup's Beta(alpha, alpha) parameter, e.g. 0.2 (0: off).
         cutmix: cutmix's Beta(alpha, alpha) parameter, e.g. 1.0 (0: off); with both on,
             each mixed batch uses one of the two at random.

@@ -51,8 +51,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     check_switch("compile", cfg.compile)
     if cfg.accumulate < 1:
         raise UsageError(f"--accumulate must be at least 1, got {cfg.accumulate}")
-    if cfg.ema is not None and not 0 < cfg.ema < 1:
-        raise UsageError(f"--ema takes a decay between 0 and 1 (e.g. 0.999), got {cfg.ema}")
+    if cfg.ema is not None and not 0 <= cfg.ema < 1:
+        raise UsageError(f"--ema takes a decay between 0 and 1 (e.g. 0.999; 0: off), got {cfg.ema}")
     if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mix_prob <= 1:
         raise UsageError(f"--mixup and --cutmix take alpha >= 0 and --mix-prob a probability; got "
                          f"{cfg.mixup}, {cfg.cutmix}, {cfg.mix_prob}")  # fmt: skip
