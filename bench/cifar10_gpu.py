@@ -140,14 +140,12 @@ class SeedStyleCIFAR10(torch.utils.data.Dataset):
 SEED_NORMALIZE = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 
 
-def seed_loader(data_dir: str, *, train: bool, workers: int = 2) -> torch.utils.data.DataLoader:
+def seed_loader(images: torch.Tensor, labels: torch.Tensor, *, train: bool, workers: int = 2) -> torch.utils.data.DataLoader:
     """The tutorial's loaders: per-sample PIL transforms (crop + flip for training), batch 128."""
     from torchvision import transforms
 
     steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if train else []
     transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(*SEED_NORMALIZE)])
-    source = load_source("cifar10", data_dir, False)
-    images, labels = source.train if train else source.test
     return torch.utils.data.DataLoader(SeedStyleCIFAR10(images, labels, transform), batch_size=128, shuffle=train,
                                        num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
 
@@ -162,7 +160,7 @@ def seed_loop_throughput(data_dir: str, steps: int) -> float:
     """Training images/s of the tutorial's CifarCNN loop (torchvision CIFAR10-style dataset,
     per-sample PIL transforms, DataLoader with 2 workers, float32)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    loader = seed_loader(data_dir, train=True)
+    loader = seed_loader(*load_source("cifar10", data_dir, False).train, train=True)
     model, optimizer = seed_model_and_optimizer(0, device)
     loss_fn = torch.nn.CrossEntropyLoss()
     warmup, done, start = 10, 0, None
@@ -188,7 +186,9 @@ def seed_loop_curve(data_dir: str, seed: int, epochs: int, limit_steps: int | No
     test acc after it). ``limit_steps`` cuts each epoch short (smoke tests)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = min(8, os.cpu_count() or 2)  # more workers change nothing but the speed
-    train_loader, test_loader = seed_loader(data_dir, train=True, workers=workers), seed_loader(data_dir, train=False)
+    source = load_source("cifar10", data_dir, False)
+    train_loader = seed_loader(*source.train, train=True, workers=workers)
+    test_loader = seed_loader(*source.test, train=False)
     model, optimizer = seed_model_and_optimizer(seed, device)
     loss_fn = torch.nn.CrossEntropyLoss()
     curve = []
@@ -267,7 +267,8 @@ def recipes(args: argparse.Namespace, seeds: list[int], out: Path) -> None:
 
 def seed_accuracy(args: argparse.Namespace, seeds: list[int], out: Path) -> None:
     """Does cnnkit's fast path train the seed's CifarCNN as well as the seed's own loop?
-    20 epochs each, same seeds: the seed loop (float32), cnnkit in float32, cnnkit in bf16."""
+    20 epochs each, same seeds: the seed loop (float32), cnnkit in float32, cnnkit in bf16;
+    cnnkit without the recipe's EMA and flip TTA, so that both train and score as the seed does."""
     if not args.seed_accuracy:
         return
     epochs, limit = (1, 20) if args.quick else (20, None)
@@ -281,10 +282,9 @@ def seed_accuracy(args: argparse.Namespace, seeds: list[int], out: Path) -> None
               f"{[round(100 * test, 2) for _, test in curve]}, train at the end {curve[-1][0]:.2%}", flush=True)  # fmt: skip
         for amp in ("off", "bf16"):
             extra = {**QUICK, "limit_train": 20 * 128} if args.quick else {}
-            lines: list[str] = []
-            run = cnnkit.train(recipe="cifar10-cnn", data_dir=args.data_dir, seed=seed, amp=amp, output_dir=str(out),
-                               name=f"cnn-{amp}-{seed}", report=False, progress=False, log=lines.append,
-                               **extra)  # fmt: skip
+            run = cnnkit.train(recipe="cifar10-cnn", data_dir=args.data_dir, seed=seed, amp=amp, ema=0, tta="none",
+                               output_dir=str(out), name=f"cnn-{amp}-{seed}", report=False, progress=False,
+                               log=lambda _: None, **extra)  # fmt: skip
             curve = [(row["train_acc"], row["val_acc"]) for row in run.history]
             rows[f"cnnkit amp {amp}, seed {seed}"] = curve
             print(f"  cnnkit amp {amp} seed {seed}: test per epoch {[round(100 * test, 2) for _, test in curve]}, "
