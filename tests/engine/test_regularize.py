@@ -98,6 +98,13 @@ def test_ema_with_a_slow_decay_is_already_useful_after_one_short_epoch(tmp_path:
     assert run.history[0]["val_acc"] > 0.5
 
 
+def test_ema_zero_switches_a_recipe_s_average_off(tmp_path: Path) -> None:
+    # cifar10-cnn sets ema: 0.999; --ema 0 must give the seed's plain training, not an error
+    run = cnnkit.train(ema=0, limit_train=256, limit_eval=64, epochs=1, device="cpu", output_dir=str(tmp_path),
+                       name="no-ema", report=False, progress=False, log=lambda _: None)  # fmt: skip
+    assert read_checkpoint(run.dir / "checkpoints" / "last.pt")["raw_state_dict"] is None
+
+
 def test_ema_survives_resume_bit_for_bit(tmp_path: Path) -> None:
     straight = cnnkit.train(limit_train=1000, limit_eval=300, epochs=2, save_every=1, ema=0.9, device="cpu",
                             deterministic=True, output_dir=str(tmp_path), name="straight", report=False,
