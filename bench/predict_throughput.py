@@ -8,7 +8,7 @@ All 2,000 JPEGs of imagenette-2k are predicted, in the same process, by:
 * **naive**: the "try it on some images" loop of the seed tutorials: for each file, open
   it with PIL, apply a torchvision transform (resize, centre crop, to tensor, normalise),
   run the model on a batch of one, take the argmax.
-* **cnnkit**: ``cnnkit.workflows.predict`` (what ``cnnkit predict RUN FOLDER --out
+* **cnnkit**: ``cnnkit.predict`` (what ``cnnkit predict RUN FOLDER --out
   preds.csv`` runs): decoding in worker processes, batches of 64, channels-last,
   inference mode, streamed CSV output. Its clock includes loading the checkpoint and
   starting the workers.
@@ -53,7 +53,8 @@ from cnnkit.engine.checkpoint import read_checkpoint  # noqa: E402
 from cnnkit.inference import Predictor  # noqa: E402
 from cnnkit.inference.export import export_onnx  # noqa: E402
 from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint  # noqa: E402
-from cnnkit.workflows import checkpoint_path, predict  # noqa: E402
+from cnnkit import predict  # noqa: E402
+from cnnkit.inference.loading import checkpoint_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -204,7 +205,7 @@ def memory_table(count: int) -> None:
             folder.mkdir()
             for i in range(n):
                 os.symlink(originals[i % len(originals)], folder / f"{i:06d}.png")
-            code = ("import resource, sys, time; from cnnkit.workflows import predict; t = time.perf_counter(); "
+            code = ("import resource, sys, time; from cnnkit import predict; t = time.perf_counter(); "
                     f"s = predict({str(run.checkpoint)!r}, [{str(folder)!r}], out={str(tmp_path / 'p.csv')!r}, progress=False); "
                     "print(s.predicted, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
                     "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip

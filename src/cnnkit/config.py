@@ -373,3 +373,45 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def save_yaml(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config (keys in dataclass order)."""
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+# ---- TEMPORARY (lead): replaced by the config-schema branch at merge
+def resolve_config(recipe=None, config_file=None, overrides=None):
+    from cnnkit.recipes import recipe_config_values
+
+    overrides = overrides or {}
+    if recipe is None and config_file is None and "data.name" not in overrides:
+        recipe = "default"
+    cfg = RunConfig()
+    if recipe is not None:
+        apply_overrides(cfg, flatten(recipe_config_values(recipe)))
+    if config_file is not None:
+        apply_overrides(cfg, flatten(load_yaml(config_file)))
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+_ALIASES = {"data": "data.name", "model": "model.name", "model_kwargs": "model.kwargs", "data_kwargs": "data.kwargs",
+            "name": "name"}  # fmt: skip
+
+
+def keyword_overrides(values):
+    skip = {"data.name", "model.name", "model.kwargs", "data.kwargs"}
+    fields = {key.rpartition(".")[2]: key for key in valid_keys() if key not in skip}
+    dotted = {}
+    for key, value in values.items():
+        if key in _ALIASES:
+            dotted[_ALIASES[key]] = value
+        elif "." in key:
+            dotted[key] = value
+        elif key in fields:
+            dotted[fields[key]] = value
+        else:
+            raise UsageError(f"unknown option {key!r}; valid: {', '.join(sorted(set(fields) | set(_ALIASES)))}")
+    return dotted
+
+
+def validate(cfg):
+    from cnnkit.engine.optim import check_train_config
+
+    check_train_config(cfg.train)

@@ -30,3 +30,10 @@ def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> Us
     """Build the standard 'unknown X' error that lists the valid choices."""
     plural = kind[:-1] + "ies" if kind.endswith("y") and kind[-2:-1] not in "aeiou" else kind + "s"
     return UsageError(f"unknown {kind} {name!r}; valid {plural}: {', '.join(sorted(valid))}")
+
+
+def nearest(name: str, candidates) -> str | None:  # TEMPORARY (lead): the config branch brings the real one
+    import difflib
+
+    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None

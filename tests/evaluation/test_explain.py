@@ -30,7 +30,7 @@ from cnnkit.evaluation.explain import (
 )
 from cnnkit.evaluation.layers import conv_stages, default_gradcam_layer, map_centres
 from cnnkit.models import BackboneClassifier, create_model
-from cnnkit.workflows import load_checkpoint
+from cnnkit import load_checkpoint
 
 DIGITS = 20
 

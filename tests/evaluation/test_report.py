@@ -12,7 +12,7 @@ from PIL import Image
 
 import cnnkit
 from cli_helpers import run_cli
-from cnnkit.workflows import evaluate_checkpoint, report
+from cnnkit import evaluate_checkpoint, report
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))

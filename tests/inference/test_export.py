@@ -40,7 +40,7 @@ from cnnkit.inference.export import (
 )
 from cnnkit.inference.predictor import METADATA_KEY, Metadata, onnx_session
 from cnnkit.models import create_model
-from cnnkit.workflows import export_checkpoint
+from cnnkit import export_checkpoint
 
 STRICT = 1e-4  # what the tests hold every subject to (the command's default is 1e-3)
 PER_CLASS = 4  # real images per class for the parity subjects: 40 images each

@@ -16,7 +16,7 @@ from cli_helpers import one_line_error, run_cli
 from cnnkit.data.datasets import load_source
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference import Prediction, Predictor, Skipped, expand_inputs
-from cnnkit.workflows import evaluate_checkpoint
+from cnnkit import evaluate_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from cnnkit.inference import Predictor
 from cnnkit.inference.predictor import Metadata, TorchBackend
 from cnnkit.models import create_model
 from cnnkit.serve.app import DemoModel, build_demo, editor_image, is_digit_model
-from cnnkit.workflows import example_images
+from cnnkit import example_images
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from cnnkit.evaluation.layers import (
 )
 
 if TYPE_CHECKING:
-    from cnnkit.workflows import LoadedCheckpoint
+    from cnnkit.inference.loading import LoadedCheckpoint
 
 
 @dataclass
@@ -315,7 +315,7 @@ def explain_image(
     The image goes through the checkpoint's own preprocessing (mode, size, mean/std).
 
     Args:
-        loaded: from :func:`cnnkit.workflows.load_checkpoint`.
+        loaded: from :func:`cnnkit.load_checkpoint`.
         image_path: the image file.
         out_dir: created if missing; files are replaced atomically.
         layer: Grad-CAM layer (default: :func:`default_gradcam_layer`); also shown among

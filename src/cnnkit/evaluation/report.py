@@ -3,7 +3,7 @@
 :func:`collect_predictions` runs a model over a loader once and keeps what the report
 needs (logits, labels and the worst mistakes' images); :func:`write_report` turns that,
 the training history and the run's config into figures and HTML. Nothing here loads data
-or checkpoints: the caller (``cnnkit.workflows``) does, so notebooks can pass their own.
+or checkpoints: the caller (``cnnkit.commands.report``) does, so notebooks can pass their own.
 """
 
 from __future__ import annotations

@@ -1,0 +1,91 @@
+"""``cnnkit eval``: score a checkpoint on a split of its own data (or of other data)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnkit.engine import EvalResult, evaluate, resolve_device
+from cnnkit.engine.device import amp_dtype
+from cnnkit.engine.tta import check_tta
+from cnnkit.inference.loading import check_split, checkpoint_loaders, default_split, load_checkpoint, split_loader
+
+
+@dataclass
+class EvalReport:
+    """What ``cnnkit eval`` prints: the split scored, its result, the classes, the checkpoint."""
+
+    split: str
+    result: EvalResult
+    class_names: list[str]
+    checkpoint: Path
+    tta: str = "none"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.checkpoint),
+            "split": self.split,
+            "tta": self.tta,
+            "images": self.result.count,
+            "loss": self.result.loss,
+            "top1": self.result.acc,
+            "top5": self.result.top5,
+            "per_class_accuracy": dict(zip(self.class_names, self.result.per_class_acc, strict=True)),
+        }
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    split: str | None = None,
+    data: str | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    tta: str | None = None,
+) -> EvalReport:
+    """Evaluate a checkpoint on a split of its own data (the saved split) or of ``data``.
+
+    ``split``: ``test``, ``val`` or ``train`` (None: the test split when the run has one,
+    else val; the report names the split actually scored). The checkpoint's
+    preprocessing (size, channels, mean/std) is always used, and its run's test-time
+    augmentation and precision unless ``tta`` names another (``none``, ``flip``...).
+    """
+    if split is not None:
+        check_split(split)
+    if tta is not None:
+        check_tta(tta)
+    loaded = load_checkpoint(path)
+    torch_device = resolve_device(device)
+    loaders, spec, cfg = checkpoint_loaders(loaded, data=data, data_dir=data_dir, device=torch_device,
+                                            batch_size=batch_size)  # fmt: skip
+    scored = split or default_split(loaders)
+    if scored == "test" and loaders.test is None:
+        scored = "val"  # the run has no test split: say which split the figures are of
+    views = cfg.train.tta if tta is None else tta
+    result = evaluate(loaded.model.to(torch_device), split_loader(loaders, scored), spec.num_classes,
+                      device=torch_device, dtype=amp_dtype(cfg.train.amp, torch_device), tta=views)  # fmt: skip
+    return EvalReport(scored, result, loaded.class_names, loaded.path, views)
+
+
+def main(args: Any) -> None:
+    """``cnnkit eval``."""
+    report = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, data_dir=args.data_dir,
+                                 device=args.device, batch_size=args.batch_size, tta=args.tta)  # fmt: skip
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+        return
+    result = report.result
+    print(f"checkpoint: {report.checkpoint}")
+    print(f"split: {report.split} ({result.count:,} images)" + (f", tta {report.tta}" if report.tta != "none" else ""))
+    print(f"loss: {result.loss:.4f}")
+    print(f"top-1: {result.acc:.2%}")
+    if result.top5 is not None:
+        print(f"top-5: {result.top5:.2%}")
+    width = max(len(name) for name in report.class_names)
+    support = result.confusion.sum(dim=1).tolist()
+    print(f"{'class':<{width}}  accuracy  images")
+    for name, acc, count in zip(report.class_names, result.per_class_acc, support, strict=True):
+        print(f"{name:<{width}}  {acc:8.2%}  {count:6d}")

@@ -1,0 +1,95 @@
+"""``cnnkit train --resume RUN``: continue a run from its ``last.pt`` on the same split."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cnnkit.commands.setup import bind_checkpoint_code
+from cnnkit.config import RunConfig, apply_overrides
+from cnnkit.data import DataSpec
+from cnnkit.engine import read_checkpoint, resolve_device
+from cnnkit.engine.phases import total_epochs
+from cnnkit.errors import CnnkitError, DataError, UsageError
+from cnnkit.runfolder import RunFolder
+
+# Config keys a resumed run may change: how long and where it trains, not what it learns.
+RESUME_OVERRIDES = ("train.epochs", "train.device", "train.threads", "train.checkpoint_every_steps",
+                    "data.data_dir", "data.workers", "report", "tensorboard", "loggers")  # fmt: skip
+
+
+def resume_state(run: str | Path, overrides: dict[str, Any],
+                 trust_code: Any = None) -> tuple[RunConfig, RunFolder, dict[str, Any]]:  # fmt: skip
+    """The config, folder and ``last.pt`` payload of a run to resume.
+
+    Raises:
+        UsageError: an override that would change what the run learns, a run already
+            finished, or fewer epochs than it has done.
+        CnnkitError: no such run folder or no ``last.pt`` in it.
+    """
+    folder = RunFolder(run)
+    if not folder.path.is_dir():
+        raise CnnkitError(f"--resume: run folder not found: {run}")
+    if not folder.last.is_file():
+        raise CnnkitError(f"--resume: {run} has no checkpoints/last.pt (the run stopped before its first "
+                          "checkpoint); start it again without --resume")  # fmt: skip
+    payload = read_checkpoint(folder.last)
+    if "history" not in payload or "rng" not in payload:
+        raise CnnkitError(f"--resume: {folder.last} was written by an older cnnkit without the training state; "
+                          "start the run again")  # fmt: skip
+    refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if refused:
+        raise UsageError(f"--resume continues a run with its own config; {', '.join(refused)} cannot change "
+                         f"(allowed: {', '.join(RESUME_OVERRIDES)}); start a new run to change them")  # fmt: skip
+    bind_checkpoint_code(payload, trust_code)  # the run's own code, recorded in last.pt: only if trusted
+    cfg = RunConfig.from_dict(payload["config"])
+    cfg.name, cfg.output_dir = folder.name, str(folder.path.parent)
+    apply_overrides(cfg, overrides)
+    _check_length(cfg, payload, overrides, folder)
+    return cfg, folder, payload
+
+
+def _check_length(cfg: RunConfig, payload: dict[str, Any], overrides: dict[str, Any], folder: RunFolder) -> None:
+    total, done = total_epochs(cfg.train), payload["epoch"]
+    before = payload["config"]["train"]["epochs"]
+    if "train.epochs" in overrides and total != before and cfg.train.scheduler == "onecycle":
+        raise UsageError("--epochs cannot change when resuming a onecycle schedule (its length is fixed); "
+                         f"start a new run, e.g. with --weights {folder.path}")  # fmt: skip
+    if total < done or (total == done and not payload.get("in_epoch")):
+        raise UsageError(f"{folder.path} has already trained {done} of {total} epochs; "
+                         f"pass --epochs N (more than {done}) to train it longer")  # fmt: skip
+
+
+def saved_split(folder: RunFolder) -> dict[str, Any]:
+    """The run's own split (``split.json``), to rebuild exactly the same loaders."""
+    split = folder.read_json("split.json")
+    if split is None:
+        raise CnnkitError(f"--resume: {folder.file('split.json')} is missing; the run cannot continue on the same split")
+    return {key: value for key, value in split.items() if key not in ("fingerprint", "sizes")}
+
+
+def check_same_data(payload: dict[str, Any], spec: DataSpec, folder: RunFolder) -> None:
+    before = payload.get("data_fingerprint")
+    if before and before != spec.fingerprint:
+        raise DataError(f"the data of {folder.path} changed since the run started (fingerprint {before} -> "
+                        f"{spec.fingerprint}); resuming would train on other images. Restore the data or "
+                        "start a new run")  # fmt: skip
+
+
+def position(payload: dict[str, Any], steps_per_epoch: int) -> str:
+    """`` and B/N steps of epoch E`` when the checkpoint was written inside an epoch."""
+    in_epoch = payload.get("in_epoch")
+    if not in_epoch:
+        return ""
+    return f" and {in_epoch['batches']}/{steps_per_epoch} steps of epoch {payload['epoch'] + 1}"
+
+
+def record_resume(folder: RunFolder, cfg: RunConfig) -> None:
+    """Append this resumption (time, command, device) to ``env.json``; save the new config."""
+    env = folder.read_json("env.json", {})
+    env.setdefault("resumed", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv,
+                                          "device": resolve_device(cfg.train.device).type})  # fmt: skip
+    folder.write_json("env.json", env)
+    folder.write_config(cfg)  # with the new --epochs etc. (`cnnkit runs` reads it)

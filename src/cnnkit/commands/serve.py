@@ -1,0 +1,26 @@
+"""``cnnkit serve``: the Gradio demo of a run, checkpoint or ONNX file, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cnnkit.errors import UsageError
+
+
+def main(args: Any) -> None:
+    """Serve until Ctrl-C."""
+    from cnnkit.inference import Predictor
+    from cnnkit.inference.loading import example_images
+    from cnnkit.serve import build_demo, launch, wait
+
+    if args.topk < 1 or args.examples < 0:
+        raise UsageError("--topk must be at least 1 and --examples at least 0")
+    predictor = Predictor.load(args.checkpoint, device=args.device)
+    onnx = predictor.model is None
+    examples = example_images(args.checkpoint, args.examples, args.data_dir) if args.examples and not onnx else []
+    demo = build_demo(predictor, examples=examples, topk=args.topk, gradcam=not args.no_gradcam,
+                      title=f"cnnkit: {os.path.basename(os.path.normpath(args.checkpoint))}")  # fmt: skip
+    url = launch(demo, host=args.host, port=args.port)
+    print(f"serving {args.checkpoint} on {url}  (Ctrl-C to stop)", flush=True)
+    wait(demo)

@@ -1,0 +1,301 @@
+"""``cnnkit train``: resolve and check the config, build data and model, fit, test, report.
+
+Read :func:`train` top to bottom: everything is validated before the run folder exists,
+then :func:`_run` trains inside it and records how the run ended in ``status.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from cnnkit.commands import resume as resuming
+from cnnkit.commands.expectation import expectation_line
+from cnnkit.commands.finish import finish_run
+from cnnkit.commands.run_files import log_data_check, new_run_folder, quick_data_check
+from cnnkit.commands.setup import (
+    absolute_paths,
+    balanced_class_weights,
+    check_transfer_options,
+    checkpoint_meta,
+    code_lines,
+    fmt_values,
+    load_run_code,
+    prepare,
+)
+from cnnkit.config import RunConfig, keyword_overrides, resolve_config, validate
+from cnnkit.data import DataSpec
+from cnnkit.data.folder import skipped_files_log
+from cnnkit.engine import EvalResult, distributed, evaluate, read_checkpoint
+from cnnkit.engine.device import amp_dtype
+from cnnkit.engine.phases import fit_phases, total_epochs
+from cnnkit.log import console, logger, say
+from cnnkit.models import model_info
+from cnnkit.runfolder import RunFolder
+from cnnkit.tracking import check_loggers, open_loggers
+
+SKIP_LOG = "skipped_files.jsonl"  # raw, one line per skip and process; folded into skipped_files.json
+
+
+@dataclass
+class Run:
+    """A finished training run: its folder, metrics and the trained model (best weights).
+
+    Attributes:
+        dir: the run folder (``config.yaml``, ``metrics.csv``, ``checkpoints/``...).
+        config: the resolved config.
+        spec: classes, preprocessing and split sizes of the data.
+        model: the trained model with the best validation weights, in eval mode.
+        history: one metrics dict per epoch (as in ``metrics.csv``).
+        best_epoch: the epoch whose weights are ``best.pt``.
+        test: evaluation of the best weights on the test split (None when there is none).
+        seconds: wall time of the whole run.
+        notes: what the data layer noted (split drawn, channels converted...).
+    """
+
+    dir: Path | None
+    config: RunConfig
+    spec: DataSpec
+    model: nn.Module
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    test: EvalResult | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Final figures: the best epoch's validation metrics and the test result."""
+        best = next((r for r in self.history if r["epoch"] == self.best_epoch), self.history[-1])
+        out = {"best_epoch": best["epoch"], "val_acc": best["val_acc"], "val_loss": best["val_loss"]}
+        if self.test is not None:
+            out.update(test_acc=self.test.acc, test_loss=self.test.loss, test_top5=self.test.top5)
+        out["seconds"] = round(self.seconds, 1)
+        return out
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return None if self.dir is None else self.dir / "checkpoints" / "best.pt"
+
+    def __repr__(self) -> str:
+        return f"Run(dir={str(self.dir)!r}, metrics={self.metrics})"
+
+
+def train(
+    recipe: str | None = None,
+    *,
+    config: RunConfig | None = None,
+    config_file: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    resume: str | Path | None = None,
+    check: bool = True,
+    trust_code: Any = None,
+    **overrides: Any,
+) -> Run:
+    """Train a model as ``cnnkit train`` does and return the :class:`Run`.
+
+    Args:
+        recipe: a shipped recipe name (see ``cnnkit recipes``); None: the default run.
+        config: a ready :class:`RunConfig` (then ``recipe``/``config_file`` are ignored).
+        config_file: a YAML file of config values layered over the recipe.
+        progress: show progress bars (only on a terminal).
+        log: receives each log line (default: printed, unless the ``cnnkit`` logger has
+            handlers of your own); lines also go to the run's ``log.txt``.
+        resume: a run folder to continue from its ``last.pt`` (killed, crashed or
+            finished early), with its own config, split and data order; only
+            :data:`cnnkit.commands.resume.RESUME_OVERRIDES` may change (``epochs`` to train longer).
+        check: first run the quick dataset check (:mod:`cnnkit.data.audit`) on a folder or
+            CSV dataset: unusable data stops here, anything training survives is logged.
+        trust_code: with ``resume``, the files/modules of the run's own model or dataset
+            code that may be imported (``True``: whatever the checkpoint names).
+        **overrides: config values by field name (``epochs=2``, ``lr=0.01``, ``data="cifar10"``,
+            ``data_dir=...``, ``model="vgg16_bn"``, ``model_kwargs={...}``) or dotted key.
+
+    Raises:
+        UsageError: a bad config value (nothing is written). CnnkitError / DataError:
+            missing data, unusable files, a run that cannot resume.
+
+    Example:
+        >>> run = cnnkit.train(recipe="mnist-lenet", epochs=1, data_dir="../shared/data")
+        >>> run.metrics["test_acc"]
+    """
+    with console(log):
+        if resume is not None:
+            cfg, folder, state = resuming.resume_state(resume, keyword_overrides(overrides), trust_code)
+        else:
+            cfg = config if config is not None else resolve_config(recipe, config_file, keyword_overrides(overrides))
+            folder, state = None, None
+            load_run_code(cfg)  # the FILE.py:NAME code this new run names: imported now, as asked
+        cfg = check_run_config(cfg)
+        data_check = quick_data_check(cfg, progress and distributed.from_environment().is_main) if check else None
+        ranks = distributed.setup(cfg.train.device)  # under torchrun: join the group (a no-op otherwise)
+        try:
+            return _run(cfg, folder, state, data_check, ranks, progress)
+        finally:
+            distributed.teardown()
+
+
+def check_run_config(cfg: RunConfig) -> RunConfig:
+    """Every check a run needs before anything is written; returns ``cfg`` with absolute data paths."""
+    validate(cfg)
+    model_info(cfg.model.name)  # unknown names fail here, before any slow work
+    check_transfer_options(cfg)
+    check_loggers(cfg)  # --log mlflow/wandb without the package fails here
+    return absolute_paths(cfg)
+
+
+def _run(cfg: RunConfig, folder: RunFolder | None, state: dict[str, Any] | None, data_check: Any,
+         ranks: distributed.DistEnv, progress: bool) -> Run:  # fmt: skip
+    """Train inside the run folder. Under torchrun every rank runs this on its shard of the
+    data; only rank 0 writes files and prints."""
+    start = time.perf_counter()
+    split = resuming.saved_split(folder) if state is not None else None
+    session = prepare(cfg, resume=state, split=split, ranks=ranks)
+    if state is not None:
+        resuming.check_same_data(state, session.spec, folder)
+    folder = folder or new_run_folder(cfg, session.spec, ranks)
+    with folder.logging_to_file(logger), _recording_status(folder, ranks.is_main):
+        _log_start(cfg, session, folder, state, data_check, ranks)
+        if state is not None and folder.writer:
+            resuming.record_resume(folder, cfg)
+        result, test, scores = _fit_and_test(cfg, session, folder, state, data_check, progress and ranks.is_main)
+        run = Run(folder.path, cfg, session.spec, session.model, result.history, result.best_epoch, test,
+                  time.perf_counter() - start, session.spec.notes)  # fmt: skip
+        if folder.writer:
+            finish_run(folder, run, result, cfg, session, scores)
+            say(_final_line(run))
+            for line in expectation_line(cfg, run):
+                say(line)
+    distributed.barrier()  # the other ranks leave once the run folder is complete
+    return run
+
+
+def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: dict[str, Any] | None, data_check: Any,
+                  progress: bool) -> tuple[Any, EvalResult | None, Any]:  # fmt: skip
+    """Fit (every phase), reload the best weights, score the test split with the run's TTA."""
+    spec, model, loaders, device = session.spec, session.model, session.loaders, session.device
+    if cfg.train.lr_find and state is None:  # --lr auto: sweep first, then train at the suggestion
+        from cnnkit.commands.lr_find import sweep_and_adopt
+
+        sweep_and_adopt(model, loaders.train, cfg, device, folder)
+    meta = checkpoint_meta(cfg, spec, weights_source=_weights_source(session, state))
+    for line in code_lines(meta):
+        say(line)
+    class_weights = balanced_class_weights(loaders.train, spec.num_classes) if cfg.data.balance == "weights" else None
+    if class_weights is not None:
+        say("note: class-balanced loss weights " + fmt_values([round(float(w), 3) for w in class_weights]))
+    tracked = cfg if folder.writer else dataclasses.replace(cfg, tensorboard=False, loggers=None)
+    first_epoch = state["epoch"] + 1 if state else 1
+    with (skipped_files_log(folder.file(SKIP_LOG)) as skip_log,  # bad files met by any loader worker
+          open_loggers(folder.path, tracked, first_epoch=first_epoch, say=say) as trackers):
+        trackers.start(model, (spec.channels, *spec.input_size), cfg)  # TensorBoard, MLflow, W&B
+        result = fit_phases(model, loaders, cfg, spec, device, folder.path if folder.writer else None, meta, say,
+                            progress, resume=state, class_weights=class_weights, trackers=trackers)  # fmt: skip
+        result.run_dir = folder.path
+        if folder.writer:
+            model.load_state_dict(read_checkpoint(folder.best)["state_dict"])
+        distributed.broadcast_module(model)  # rank 0's best weights on every rank (no shared disk needed)
+        test, scores = None, None
+        if loaders.test is not None:
+            test = evaluate(model, loaders.test, spec.num_classes, device=device,
+                            dtype=amp_dtype(cfg.train.amp, device), tta=cfg.train.tta)  # fmt: skip
+            trackers.log_test(test, step=len(result.history))
+    if folder.writer:
+        from cnnkit.commands.run_files import list_skipped_files
+
+        list_skipped_files(folder, skip_log, data_check, loaders)
+    model.eval()
+    return result, test, scores
+
+
+def _weights_source(session: Any, state: dict[str, Any] | None) -> str | None:
+    if session.weights is not None:
+        return session.weights.source
+    return state["model"].get("source") if state else None
+
+
+def _log_start(cfg: RunConfig, session: Any, folder: RunFolder, state: dict[str, Any] | None, data_check: Any,
+               ranks: distributed.DistEnv) -> None:  # fmt: skip
+    """The run's first lines: folder (or resumption), data, notes, model, device, precision."""
+    spec, device = session.spec, session.device
+    if state is None:
+        say(f"run folder: {folder.path}")
+        if ranks.active:
+            say(f"distributed: {ranks.world} processes (torchrun), global batch {cfg.data.batch_size} = "
+                f"{ranks.world} x {cfg.data.batch_size // ranks.world}; rank 0 writes this folder")  # fmt: skip
+    else:
+        say(f"resuming {folder.path} after epoch {state['epoch']}"
+            + resuming.position(state, len(session.loaders.train))
+            + (f" on {ranks.world} processes" if ranks.active else ""))  # fmt: skip
+    sizes = " / ".join(f"{name} {count:,}" for name, count in spec.sizes.items())
+    say(f"data: {spec.name}  {spec.num_classes} classes  {sizes}  "
+        f"input {spec.channels}x{spec.input_size[0]}x{spec.input_size[1]}")  # fmt: skip
+    for note in spec.notes:
+        say(f"note: {note}")
+    for line in session.notes:
+        say(line)
+    if folder.writer:
+        log_data_check(folder, data_check)
+    params = sum(p.numel() for p in session.model.parameters())
+    precision = amp_dtype(cfg.train.amp, device, training=True, deterministic=cfg.train.deterministic)
+    say(f"model: {cfg.model.name} ({params:,} parameters)  device: {device}  epochs: {total_epochs(cfg.train)}  "
+        f"precision: {'float32' if precision is None else str(precision).removeprefix('torch.') + ' autocast'}")
+
+
+@contextmanager
+def _recording_status(folder: RunFolder, writer: bool) -> Iterator[None]:
+    """``status.json`` says running, then completed, failed (with why) or interrupted."""
+    if writer:
+        folder.set_status("running")
+    try:
+        yield
+    except KeyboardInterrupt:
+        if writer:
+            folder.set_status("interrupted", "stopped by Ctrl-C")
+            logger.warning(f"interrupted; continue with: cnnkit train --resume {_quoted(folder.path)}")
+        raise
+    except BaseException as exc:
+        if writer:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            folder.set_status("failed", f"{type(exc).__name__}: {reason}"[:500])
+        raise
+    if writer:
+        folder.set_status("completed")
+
+
+def _quoted(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def _final_line(run: Run) -> str:
+    m = run.metrics
+    parts = [f"done in {m['seconds']:.0f}s", f"best epoch {m['best_epoch']}: val acc {m['val_acc']:.2%}"]
+    if run.test is not None:
+        parts.append(f"test acc {run.test.acc:.2%}" + (f" top5 {run.test.top5:.2%}" if run.test.top5 is not None else ""))
+    return "  ".join(parts) + f"\nrun folder: {run.dir}"
+
+
+def main(args: Any) -> None:
+    """``cnnkit train`` (argparse namespace from :mod:`cnnkit.cli`)."""
+    from cnnkit.config import overrides_from_args
+    from cnnkit.errors import UsageError
+
+    progress = not args.no_progress
+    if args.resume:
+        if args.recipe or args.config:
+            raise UsageError("--resume continues a run with its own config; drop --recipe/--config")
+        train(resume=args.resume, progress=progress, check=not args.no_check, **overrides_from_args(args))
+        return
+    cfg = resolve_config(args.recipe, args.config, overrides_from_args(args))
+    train(config=cfg, progress=progress, check=not args.no_check)
+

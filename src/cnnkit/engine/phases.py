@@ -1,0 +1,148 @@
+"""Training in phases: a frozen backbone's head first (on cached features when possible),
+then all layers, as ``--freeze`` and ``--fine-tune E1,E2`` ask.
+
+A model without a backbone trains in one phase; :func:`fit_phases` is then one call of
+:func:`cnnkit.engine.fit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnkit.config import RunConfig, TrainConfig
+from cnnkit.data import DataSpec, build
+from cnnkit.data.builder import shard_loaders
+from cnnkit.data.datasets import cache_dir
+from cnnkit.data.tensor_data import Part
+from cnnkit.data.transforms import config_augment
+from cnnkit.engine import distributed
+from cnnkit.engine.device import amp_dtype
+from cnnkit.engine.features import FeatureLoader, HeadOnly, cache_key, cached_features, extract_features, state_digest
+from cnnkit.engine.loop import FitResult, fit
+from cnnkit.models import BackboneClassifier
+
+
+def phases(train: TrainConfig) -> list[tuple[int, bool]]:
+    """(epochs, backbone frozen) per training phase, leaving out empty ones."""
+    if train.fine_tune:
+        planned = [(train.fine_tune[0], True), (train.fine_tune[1], False)]
+    else:
+        planned = [(train.epochs, train.freeze)]
+    return [(epochs, frozen) for epochs, frozen in planned if epochs > 0]
+
+
+def total_epochs(train: TrainConfig) -> int:
+    return sum(epochs for epochs, _ in phases(train))
+
+
+def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,
+               run_dir: Path | None, meta: dict[str, Any], log: Callable[[str], None], progress: bool, *,
+               resume: dict[str, Any] | None = None, class_weights: torch.Tensor | None = None,
+               trackers: Any = None) -> FitResult:  # fmt: skip
+    """Train ``model`` through each phase of ``cfg.train``; returns the last phase's result.
+
+    A resumed run skips the phases its checkpoint has finished and resumes inside the one
+    it was in. ``trackers`` (a :class:`cnnkit.tracking.RunLoggers`) receives each epoch's
+    metrics row and a copy of the first training images.
+    """
+    planned = phases(cfg.train)
+    total = sum(epochs for epochs, _ in planned)
+    result, begun = None, 0
+    for epochs, frozen in planned:
+        begun, phase_start = begun + epochs, begun
+        if resume is not None and resume["epoch"] >= begun:
+            continue  # finished before the interruption; its history comes back with the checkpoint
+        result, resume = _resumed_result(result, resume, phase_start, run_dir)
+        phase_model, phase_loaders = _phase_inputs(model, loaders, cfg, spec, device, frozen, epochs,
+                                                   len(planned) > 1, log, progress)  # fmt: skip
+        if trackers is not None:
+            phase_loaders = trackers.watch(phase_loaders, spec.preprocess.mean, spec.preprocess.std)
+        result = fit(phase_model, phase_loaders, dataclasses.replace(cfg.train, epochs=epochs),
+                     num_classes=spec.num_classes, run_dir=run_dir, meta=meta, log=log, progress=progress,
+                     previous=result, total_epochs=total, resume=resume, class_weights=class_weights,
+                     on_epoch_end=trackers.log_epoch if trackers is not None else None)  # fmt: skip
+        resume = None
+        if result.stopped_early:
+            break
+    return result
+
+
+def _resumed_result(result: FitResult | None, resume: dict[str, Any] | None, phase_start: int,
+                    run_dir: Path | None) -> tuple[FitResult | None, dict[str, Any] | None]:  # fmt: skip
+    """The history a resumed phase continues from, and the resume state it still needs."""
+    if resume is None:
+        return result, None
+    if resume["epoch"] == phase_start and not resume.get("in_epoch"):
+        # stopped between two phases: this one starts afresh (as it did uninterrupted) from the saved weights
+        restored = FitResult(history=[dict(r) for r in resume["history"]], best_metric=resume.get("best_metric"),
+                             best_epoch=resume.get("best_epoch"), run_dir=run_dir, steps=resume["step"])  # fmt: skip
+        return restored, None
+    return FitResult(history=[dict(r) for r in resume["history"][:phase_start]], run_dir=run_dir), resume
+
+
+def _phase_inputs(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,
+                  frozen: bool, epochs: int, several: bool, log: Callable[[str], None],
+                  progress: bool) -> tuple[nn.Module, Any]:  # fmt: skip
+    """What a phase trains (the model, or its head on cached features) and on which loaders."""
+    if not isinstance(model, BackboneClassifier):
+        return model, loaders
+    model.freeze_backbone(frozen)
+    if several:
+        lr = f"lr {cfg.train.lr:g}" + ("" if frozen else f", backbone lr {cfg.train.lr * cfg.train.backbone_lr_scale:g}")
+        log(f"phase: {'head only (backbone frozen)' if frozen else 'all layers'}, {epochs} epochs, {lr}")
+    if frozen and use_feature_cache(cfg):
+        return HeadOnly(model), feature_loaders(model, cfg, spec, device, log, progress)
+    return model, loaders
+
+
+def use_feature_cache(cfg: RunConfig) -> bool:
+    mode = cfg.train.cache_features
+    return mode == "on" or (mode == "auto" and config_augment(cfg.data).is_identity)
+
+
+def feature_loaders(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: torch.device,
+                    log: Callable[[str], None], progress: bool) -> tuple:  # fmt: skip
+    """Train/val loaders of backbone features, computed once and cached on disk.
+
+    The images come from the same split, un-augmented and in order; the cache key holds
+    everything the features depend on (data, split members, preprocessing, backbone weights).
+    The images are only decoded when a cache entry is missing.
+    """
+    model.to(device)
+    dtype = amp_dtype(cfg.train.amp, device)
+    members = spec.split.get("indices") or spec.split.get("files")
+    backbone = state_digest(model.backbone)
+    eval_loaders: list[Any] = []  # built on first need: a warm cache needs no image at all
+
+    def images(name: str) -> Any:
+        if not eval_loaders:
+            data_device = device if device.type == "cuda" else torch.device("cpu")
+            built, _ = build(cfg.data, seed=cfg.train.seed, device=data_device, split=spec.split, training=False)
+            eval_loaders.append(built)
+        return getattr(eval_loaders[0], name)
+
+    out = []
+    for name in ("train", "val"):
+        key = cache_key(data=spec.fingerprint, split=name,
+                        members=hashlib.sha1(json.dumps(members[name]).encode()).hexdigest(),
+                        preprocess=spec.preprocess.to_dict(), model=cfg.model.name, backbone=backbone,
+                        dtype=str(dtype))  # fmt: skip
+        path = cache_dir() / "features" / f"{key}.pt"
+        feats, labels, seconds = cached_features(path, lambda name=name: extract_features(
+            model, images(name), device=device, dtype=dtype, progress=progress, desc=f"{name} features"))  # fmt: skip
+        how = "from the cache" if seconds is None else f"computed in {seconds:.1f}s ({len(labels) / max(seconds, 1e-9):.0f} img/s)"
+        log(f"features: {name} {len(labels):,} x {feats.shape[1]:,} {how}; cached in {path.parent}")
+        out.append(FeatureLoader(feats, labels, cfg.data.batch_size if name == "train" else 1024,
+                                 shuffle=name == "train" and cfg.data.shuffle, drop_last=name == "train",
+                                 seed=cfg.train.seed))  # fmt: skip
+    ranks = distributed.current()
+    shard_loaders(out, Part(ranks.rank, ranks.world))  # torchrun: this process's share, as for the images
+    return tuple(out)

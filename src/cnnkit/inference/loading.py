@@ -1,0 +1,218 @@
+"""A checkpoint, rebuilt: the model, its classes and preprocessing, and its run's data.
+
+Every command that starts from a run (``eval``, ``report``, ``export``, ``explain``,
+``serve``, ``summary``) goes through :func:`load_checkpoint` and, for images of the run's
+own split, :func:`checkpoint_loaders`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnkit import usercode
+from cnnkit.config import RunConfig
+from cnnkit.data import DataSpec, build
+from cnnkit.engine import read_checkpoint
+from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.inference.predictor import model_from_checkpoint
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model rebuilt from a checkpoint, with everything needed to use it."""
+
+    model: nn.Module
+    class_names: list[str]
+    preprocess: dict[str, Any]
+    config: RunConfig
+    metrics: dict[str, Any]
+    path: Path
+    payload: dict[str, Any]
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder the checkpoint sits in (``RUN/checkpoints/X.pt``), if it does."""
+        run = self.path.parent.parent
+        return run if (run / "config.yaml").is_file() else None
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its ``best.pt``, else ``last.pt``).
+
+    Raises:
+        CnnkitError: nothing there, or a folder without checkpoints.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise CnnkitError(f"{path} holds no checkpoints/best.pt or last.pt; give a run folder or a .pt file")
+    if not path.exists():
+        raise CnnkitError(f"not found: {path}; give a run folder or a checkpoint .pt file")
+    return path
+
+
+def load_checkpoint(path: str | Path, trust_code: Any = None) -> LoadedCheckpoint:
+    """Rebuild the model from a checkpoint (or run folder) alone, in eval mode on the CPU.
+
+    ``trust_code``: files/modules of your own model code that may be imported (``True``:
+    whatever the checkpoint names); without them a checkpoint of a ``FILE.py:NAME`` model
+    raises :class:`UsageError` saying what to pass (see :mod:`cnnkit.usercode`).
+    """
+    path = checkpoint_path(path)
+    payload = read_checkpoint(path)
+    model = model_from_checkpoint(payload, trust_code=trust_code)
+    config = RunConfig.from_dict(payload.get("config", {}))
+    return LoadedCheckpoint(model, list(payload["class_names"]), payload["preprocess"], config,
+                            payload.get("metrics", {}), path, payload)  # fmt: skip
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(sorted(SPLITS))}")
+
+
+def checkpoint_loaders(
+    loaded: LoadedCheckpoint, *, data: str | None = None, data_dir: str | None = None,
+    device: torch.device, batch_size: int | None = None, training: bool = False,
+) -> tuple[Any, DataSpec, RunConfig]:  # fmt: skip
+    """Loaders of the checkpoint's own split (or of ``data``) with its stored preprocessing.
+
+    ``training=True`` keeps the run's augmentation on the train loader (to show what the
+    model saw); otherwise every split is plain, unshuffled evaluation data.
+
+    Raises:
+        DataError: the run's data cannot be found (the message says where it looked).
+        CnnkitError: ``data`` has other classes than the checkpoint.
+    """
+    if data is None:  # the run's own data: your own Dataset code is imported only if trusted
+        usercode.bind_record(loaded.payload.get("data_code"), "dataset")
+    cfg = _evaluation_config(loaded, training=training, batch_size=batch_size)
+    saved_split = None
+    if data is not None:
+        cfg.data.name = data
+        cfg.data.limit_train = cfg.data.limit_eval = None
+    else:
+        saved_split = saved_split_of(loaded.path)
+        cfg.data.name = _data_location(cfg.data.name, saved_split)
+    if data_dir is not None:
+        cfg.data.data_dir = data_dir
+    device = device if device.type == "cuda" else torch.device("cpu")
+    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=device, split=saved_split, training=training)
+    if spec.class_names != loaded.class_names:
+        raise CnnkitError(
+            f"the data's classes {spec.class_names[:10]} differ from the checkpoint's {loaded.class_names[:10]}"
+        )
+    return loaders, spec, cfg
+
+
+def split_loader(loaders: Any, split: str) -> Any:
+    """The loader of ``split`` (``test`` falls back to ``val`` for runs without a test split)."""
+    check_split(split)
+    return {"train": loaders.train, "val": loaders.val, "test": loaders.test or loaders.val}[split]
+
+
+def default_split(loaders: Any) -> str:
+    """``test`` when the run has a test split, else ``val``."""
+    return "test" if loaders.test is not None else "val"
+
+
+def _evaluation_config(loaded: LoadedCheckpoint, *, training: bool, batch_size: int | None) -> RunConfig:
+    """The run's config with the checkpoint's preprocessing and, unless ``training``, no augmentation."""
+    cfg = copy.deepcopy(loaded.config)  # callers build several loader sets from one checkpoint
+    pre = loaded.preprocess
+    cfg.data.mean, cfg.data.std = list(pre["mean"]), list(pre["std"])
+    cfg.data.channels, cfg.data.image_size = pre["channels"], pre["input_size"][0]
+    cfg.data.resize = pre.get("resize")
+    cfg.data.interpolation = pre.get("interpolation")
+    if not training:
+        cfg.data.augment, cfg.data.shuffle = "none", False
+    if batch_size:
+        cfg.data.eval_batch_size = batch_size
+    return cfg
+
+
+def _data_location(name: str, split: dict[str, Any] | None) -> str:
+    """Where the run's data is: its name, or for a folder run its absolute root.
+
+    Runs made before data paths were stored absolutely hold a name relative to the folder
+    they were started in; their ``split.json`` has the absolute root, which is used when
+    the relative path does not exist from here.
+    """
+    root = (split or {}).get("root")
+    if root and not Path(name).exists() and Path(root).exists() and not _is_registered(name):
+        csv = Path(root) / Path(name).name
+        return str(csv) if Path(name).suffix.lower() == ".csv" and csv.is_file() else root
+    return name
+
+
+def _is_registered(name: str) -> bool:
+    from cnnkit.data.datasets import list_datasets
+
+    return name in list_datasets()
+
+
+def saved_split_of(checkpoint: Path) -> dict[str, Any] | None:
+    """The run's ``split.json`` next to ``checkpoints/``, if there is one."""
+    split_file = checkpoint.parent.parent / "split.json"
+    if split_file.is_file():
+        return json.loads(split_file.read_text(encoding="utf-8"))
+    return None
+
+
+# Validation images example_images() looks through for one of each class (a bound on decoding).
+EXAMPLE_SCAN_LIMIT = 2000
+
+
+def example_images(checkpoint: str | Path, count: int = 8, data_dir: str | None = None) -> list[tuple[Any, str]]:
+    """Up to ``count`` images of the run's validation split as (8-bit PIL image, class name).
+
+    The first image of each class (in class order; classes not among the split's first
+    2,000 images are left out), then the next images of the split; each is the model's
+    input, de-normalised. Returns ``[]``, never raising, when the checkpoint or its data
+    cannot be found (a demo then simply has no examples).
+    """
+    try:
+        loaded = load_checkpoint(checkpoint)
+        loaders, _, _ = checkpoint_loaders(loaded, data_dir=data_dir, device=torch.device("cpu"))
+    except (CnnkitError, OSError):
+        return []
+    chosen = _one_per_class(loaders.val, count, len(loaded.class_names))
+    return [(_to_pil(image, loaded.preprocess), loaded.class_names[label]) for image, label in chosen]
+
+
+def _one_per_class(loader: Any, count: int, num_classes: int) -> list[tuple[torch.Tensor, int]]:
+    firsts: dict[int, torch.Tensor] = {}  # class -> its first image
+    rest: list[tuple[torch.Tensor, int]] = []
+    scanned = 0
+    for images, labels in loader:
+        for image, label in zip(images.cpu(), labels.tolist(), strict=True):
+            if label not in firsts:
+                firsts[label] = image
+            elif len(rest) < count:
+                rest.append((image, label))
+        scanned += len(labels)
+        enough = len(firsts) >= min(count, num_classes) and len(firsts) + len(rest) >= count
+        if enough or scanned >= EXAMPLE_SCAN_LIMIT:
+            break
+    return ([(firsts[label], label) for label in sorted(firsts)] + rest)[:count]
+
+
+def _to_pil(image: torch.Tensor, pre: dict[str, Any]) -> Any:
+    """A normalised ``[C, H, W]`` tensor back to an 8-bit PIL image."""
+    from PIL import Image
+
+    mean, std = torch.tensor(pre["mean"]).view(-1, 1, 1), torch.tensor(pre["std"]).view(-1, 1, 1)
+    pixels = ((image.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)  # [C, H, W]
+    array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
