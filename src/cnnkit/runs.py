@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from cnnkit.engine.loop import LOWER_IS_BETTER, METRIC_ALIASES, SELECT_METRICS, metric_column
-from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.errors import UsageError
 
 # --sort keys besides metrics: key -> (largest first?)
 SORT_KEYS = {"date": False, "name": False, "time": False, "epochs": True, "test_acc": True}
@@ -39,7 +39,9 @@ class RunRow:
         name: the folder's name.
         recipe, model, data: from ``config.yaml`` (a data path is shown by its last part).
         epochs_run: rows of ``metrics.csv``. epochs_planned: from the config.
-        status: ``done``, ``early stop`` or ``incomplete`` (killed, crashed or running).
+        status: ``done``, ``early stop``, ``failed`` (``reason`` says why), ``interrupted``
+            (Ctrl-C), ``running``, ``killed`` (its process is gone), or ``incomplete`` for
+            runs older than ``status.json`` that have no summary.
         metric: the ``metrics.csv`` column compared (the run's select metric, or --sort's).
         best: its best value over the epochs (None: no epoch finished). best_epoch: where.
         test_acc: accuracy of ``best.pt`` on the test split (None: no test split, or unfinished).
@@ -61,6 +63,7 @@ class RunRow:
     test_acc: float | None
     seconds: float
     started: str
+    reason: str | None = None
 
 
 @dataclass
@@ -71,6 +74,7 @@ class RunsTable:
     sort: str
     rows: list[RunRow] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    missing: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "sort": self.sort, "runs": [asdict(r) for r in self.rows],
@@ -88,12 +92,13 @@ def compare_runs(folder: str | Path = "runs", *, sort: str = "date") -> RunsTabl
 
     Raises:
         UsageError: an unknown sort key (the valid ones are listed).
-        CnnkitError: ``folder`` does not exist.
+
+    A missing ``folder`` gives an empty table with ``missing`` set (no runs yet).
     """
     column = _sort_column(sort)
     folder = Path(folder)
-    if not folder.is_dir():
-        raise CnnkitError(f"no such folder: {folder} (give the folder holding the run folders, e.g. runs)")
+    if not folder.is_dir():  # no runs yet: an empty table that says so, not an error
+        return RunsTable(folder, sort, missing=True)
     candidates = [folder] if (folder / "config.yaml").is_file() else sorted(p for p in folder.iterdir() if p.is_dir())
     table = RunsTable(folder, sort)
     for path in candidates:
@@ -126,23 +131,52 @@ def read_run(path: Path, *, metric: str | None = None) -> tuple[RunRow | None, s
     column = metric or _select_column(train.get("select_metric"))
     best, best_epoch = _best(history, column)
     planned = sum(train["fine_tune"]) if train.get("fine_tune") else int(train.get("epochs") or 0)
-    status = "incomplete"
-    if summary and summary.get("stopped_early"):
-        status = "early stop"
-    elif summary and len(history) >= planned:
-        status = "done"
+    status, reason = _status(path, summary, len(history), planned)
     return RunRow(
         name=path.name, path=str(path), recipe=cfg.get("recipe"), model=str(model.get("name")),
         data=_data_label(str(data.get("name"))), epochs_run=len(history), epochs_planned=planned,
         status=status, metric=column, best=best, best_epoch=best_epoch,
         test_acc=summary.get("test_acc") if summary else None,
         seconds=round(sum(row.get("epoch_time_s") or 0.0 for row in history), 1),
-        started=_started(path),
+        started=_started(path), reason=reason,
     ), ""  # fmt: skip
+
+
+def _status(path: Path, summary: dict[str, Any] | None, epochs_run: int, planned: int) -> tuple[str, str | None]:
+    """``done``, ``early stop``, ``failed``, ``interrupted``, ``running``, ``killed`` or
+    ``incomplete`` (a run from before ``status.json``, without a summary), and why it failed."""
+    recorded = _read_json(path / "status.json")
+    state = recorded.get("status") if recorded else None
+    if state == "failed":
+        return "failed", recorded.get("reason")
+    if state == "interrupted":
+        return "interrupted", recorded.get("reason")
+    if state == "running":
+        return ("running" if _alive(recorded.get("pid")) else "killed"), None
+    if summary and summary.get("stopped_early"):
+        return "early stop", None
+    if summary and epochs_run >= planned:
+        return "done", None
+    return "incomplete", None
+
+
+def _alive(pid: Any) -> bool:
+    """Whether process ``pid`` still runs on this machine (a run killed with -9 left 'running')."""
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def format_runs(table: RunsTable) -> str:
     """The table as aligned plain text, with a closing line of counts."""
+    if table.missing:
+        return f"no runs yet: {table.folder} does not exist (`cnnkit train` writes its runs there)"
     if not table.rows:
         lines = [f"no runs in {table.folder}"]
     else:
@@ -160,6 +194,7 @@ def format_runs(table: RunsTable) -> str:
         lines = ["  ".join(cell.rjust(w) if header[i] in right else cell.ljust(w)
                            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
                  for cells in [header, *rows]]  # fmt: skip
+        lines += [f"  {row.name} failed: {row.reason}" for row in table.rows if row.status == "failed" and row.reason]
         count = len(table.rows)
         lines.append(f"{count} run{'s' if count != 1 else ''} in {table.folder}, sorted by {table.sort}")
     if table.skipped:

@@ -71,8 +71,9 @@ def prepare(cfg: RunConfig, *, resume: dict[str, Any] | None = None, split: dict
     weights = start_weights(cfg) if resume is None else None  # a resumed run's weights are in last.pt
     notes = adopt_preprocess(cfg, weights)
     data_cfg = dataclasses.replace(cfg.data, batch_size=distributed.local_batch_size(cfg.data.batch_size, ranks))
-    loaders, spec = build(data_cfg, seed=cfg.train.seed, device=data_device(device),
-                          default_image_size=model_info(cfg.model.name).default_input_size[0], split=split)  # fmt: skip
+    loaders, spec = build(data_cfg, seed=cfg.train.seed, device=data_device(device), split=split,
+                          default_image_size=model_info(cfg.model.name).default_input_size[0],
+                          needs_channels=_weights_channels(cfg, weights))  # fmt: skip
     shard_loaders(loaders, Part(ranks.rank, ranks.world))  # torchrun: this process's share of every epoch
     torch.manual_seed(cfg.train.seed)  # initial weights (a new head too) follow the seed
     model = create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.channels,
@@ -107,6 +108,13 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     if cfg.data.data_dir:
         cfg.data.data_dir = str(Path(cfg.data.data_dir).expanduser().absolute())
     return cfg
+
+
+def _weights_channels(cfg: RunConfig, weights: Weights | None) -> int | None:
+    """The input channels starting weights fix (3 for pretrained RGB backbones), or None."""
+    if weights is not None and weights.preprocess and weights.preprocess.get("channels"):
+        return int(weights.preprocess["channels"])
+    return 3 if cfg.model.pretrained else None
 
 
 def data_device(device: torch.device) -> torch.device:

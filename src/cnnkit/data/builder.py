@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnkit.config import DataConfig
@@ -100,6 +101,7 @@ def build(
     default_image_size: int | None = None,
     split: dict[str, Any] | None = None,
     training: bool = True,
+    needs_channels: int | None = None,
 ) -> tuple[Loaders, DataSpec]:
     """Build the train/val/test loaders described by ``cfg``.
 
@@ -110,6 +112,9 @@ def build(
         default_image_size: input side for file datasets when ``cfg.image_size`` is None
             (the model's preferred size; data knows no architecture, the caller does).
         split: a ``DataSpec.split`` from an earlier run (``split.json``) to reuse.
+        needs_channels: file datasets: the channels the model must get (3 for pretrained
+            RGB backbones); None lets the files decide (a folder of greyscale images
+            trains as 1 channel, like the registered MNIST). ``cfg.channels`` wins over both.
         training: False builds the train split like the evaluation splits (no shuffling,
             augmentation or dropped last batch), for evaluating a model on it.
 
@@ -122,7 +127,8 @@ def build(
     source = resolve_source(cfg, seed)
     if isinstance(source, TensorSource):
         return _build_tensor(cfg, source, seed=seed, device=device, split=split, training=training)
-    return _build_files(cfg, source, seed=seed, image_size=default_image_size, split=split, training=training)
+    return _build_files(cfg, source, seed=seed, image_size=default_image_size, split=split, training=training,
+                        needs_channels=needs_channels)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -263,9 +269,31 @@ def _tensor_fingerprint(pools: dict) -> str:
 # ----------------------------------------------------------------------------- files
 
 
+# Training files whose PIL mode decides a folder's channels (headers only: no decoding).
+CHANNEL_SAMPLE = 64
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def _file_channels(paths: list[str], notes: list[str]) -> int:
+    """1 when every sampled training image is greyscale (as MNIST digits saved as PNG are),
+    else 3. Reading a header opens the file but decodes no pixels."""
+    step = max(1, len(paths) // CHANNEL_SAMPLE)
+    modes = set()
+    for path in paths[::step][:CHANNEL_SAMPLE]:
+        try:
+            with Image.open(path) as image:
+                modes.add(image.mode)
+        except (OSError, ValueError):  # unreadable: the loaders skip and list it
+            continue
+    if modes and modes <= _GREY_MODES:
+        notes.append("greyscale images: training on 1 channel (--channels 3 for RGB)")
+        return 1
+    return 3
+
+
 def _build_files(
     cfg: DataConfig, source: FileDataset, *, seed: int, image_size: int | None, split: dict | None,
-    training: bool,
+    training: bool, needs_channels: int | None = None,
 ) -> tuple[Loaders, DataSpec]:
     notes: list[str] = []
     if split:
@@ -273,7 +301,7 @@ def _build_files(
     else:
         lists = _file_splits(cfg, source, seed, notes)
     side = cfg.image_size or image_size or DEFAULT_FILE_IMAGE_SIZE
-    channels = cfg.channels or 3
+    channels = cfg.channels or needs_channels or _file_channels(lists["train"].paths, notes)
     mode = "L" if channels == 1 else "RGB"
     pre = Preprocess(channels, (side, side), (0.0,) * channels, (1.0,) * channels, resize=cfg.resize or side,
                      interpolation=cfg.interpolation or "bilinear")  # fmt: skip

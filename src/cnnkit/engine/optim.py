@@ -203,10 +203,7 @@ def build_scheduler(
     if cfg.scheduler == "triangle":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _triangle(step, warmup, total, cfg))
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total,
-            pct_start=max(warmup / total, 0.01) if warmup else 0.25,
-        )  # fmt: skip
+        return _one_cycle(optimizer, total, max(warmup / total, 0.01) if warmup else 0.25)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -220,6 +217,33 @@ def build_scheduler(
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _one_cycle(optimizer: torch.optim.Optimizer, total: int, pct_start: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """PyTorch's one-cycle schedule, for any number of steps.
+
+    ``OneCycleLR`` divides by the length of its rising and falling phases
+    (``pct_start * total - 1`` and the rest), so a short run (a small folder: 4 optimizer
+    steps) raised ZeroDivisionError. Below :data:`ONE_CYCLE_MIN_STEPS` steps the same shape
+    (a linear rise from lr/25 over the first step(s), then a cosine fall) is a ``LambdaLR``.
+    """
+    if total >= ONE_CYCLE_MIN_STEPS:
+        pct_start = min(max(pct_start, 2 / total), 1 - 2 / total)  # each phase at least 2 steps
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+                                                   total_steps=total, pct_start=pct_start)  # fmt: skip
+    rise = max(1, round(pct_start * total))
+
+    def factor(step: int) -> float:
+        if step < rise:
+            return 1 / 25 + (1 - 1 / 25) * step / rise
+        progress = (step - rise) / max(1, total - rise)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# Fewer optimizer steps than this: one-cycle runs as a LambdaLR (see _one_cycle).
+ONE_CYCLE_MIN_STEPS = 10
 
 
 def _triangle(step: int, warmup: int, total: int, cfg: TrainConfig) -> float:

@@ -65,7 +65,9 @@ def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, d
                                                    len(planned) > 1, log, progress)  # fmt: skip
         if trackers is not None:
             phase_loaders = trackers.watch(phase_loaders, spec.preprocess.mean, spec.preprocess.std)
-        result = fit(phase_model, phase_loaders, dataclasses.replace(cfg.train, epochs=epochs),
+        phase_cfg = phase_train_config(cfg, model, epochs)
+        log(optimizer_line(phase_model, phase_cfg))
+        result = fit(phase_model, phase_loaders, phase_cfg,
                      num_classes=spec.num_classes, run_dir=run_dir, meta=meta, log=log, progress=progress,
                      previous=result, total_epochs=total, resume=resume, class_weights=class_weights,
                      on_epoch_end=trackers.log_epoch if trackers is not None else None)  # fmt: skip
@@ -73,6 +75,30 @@ def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, d
         if result.stopped_early:
             break
     return result
+
+
+def phase_train_config(cfg: RunConfig, model: nn.Module, epochs: int) -> TrainConfig:
+    """The training config of one phase: its epochs, and ``backbone_lr_scale`` only where it
+    means something: a pretrained backbone (``--pretrained`` or ``--weights``) being
+    fine-tuned. A ``tv:resnet18`` trained from scratch trains every layer at ``lr``."""
+    fine_tuning = isinstance(model, BackboneClassifier) and bool(cfg.model.pretrained or cfg.model.weights)
+    scale = cfg.train.backbone_lr_scale if fine_tuning else 1.0
+    return dataclasses.replace(cfg.train, epochs=epochs, backbone_lr_scale=scale)
+
+
+def optimizer_line(model: nn.Module, train: TrainConfig) -> str:
+    """``optimizer: adam, lr 0.001 (1,234 params), 0.0001 (backbone, 5,678 params)``: every group's lr."""
+    from cnnkit.engine.optim import param_groups
+
+    inner = model.module if isinstance(model, HeadOnly) else model
+    backbone = {id(p) for p in getattr(inner, "backbone", nn.Module()).parameters()}
+    parts = []
+    for group in param_groups(model, train):
+        count = sum(p.numel() for p in group["params"])
+        where = "backbone, " if all(id(p) in backbone for p in group["params"]) and backbone else ""
+        decay = f", decay {group['weight_decay']:g}" if group["weight_decay"] else ""
+        parts.append(f"lr {group['lr']:g} ({where}{count:,} params{decay})")
+    return f"optimizer: {train.optimizer}, " + ("; ".join(parts) if parts else "no trainable parameters")
 
 
 def _resumed_result(result: FitResult | None, resume: dict[str, Any] | None, phase_start: int,

@@ -1,0 +1,182 @@
+"""The commands' contracts from a user's side: relative data paths, run status, channels,
+short schedules, learning-rate groups, light start-up.
+
+The data is real: digits from the embedded MNIST subset, saved as greyscale PNG files in a
+class-per-folder tree (what a user with their own scans has).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import one_line_error, run_cli
+from PIL import Image
+
+import cnnkit
+
+EMBEDDED = Path(cnnkit.__file__).parent / "data" / "embedded" / "mnist_subset.npz"
+
+
+def _digit_folder(root: Path, per_class: int, classes: int = 10) -> Path:
+    """``root/<digit>/<i>.png``: real greyscale digits, ``per_class`` of each."""
+    data = np.load(EMBEDDED)
+    images, labels = data["train_images"], data["train_labels"]
+    for digit in range(classes):
+        folder = root / str(digit)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, index in enumerate(np.flatnonzero(labels == digit)[:per_class]):
+            Image.fromarray(images[index]).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def digits_600(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _digit_folder(tmp_path_factory.mktemp("digits") / "digits", per_class=60)
+
+
+def test_a_greyscale_folder_trains_as_one_channel(digits_600: Path, tmp_path: Path) -> None:
+    run = cnnkit.train(data=str(digits_600), model="lenet", epochs=2, batch_size=16, output_dir=str(tmp_path), report=False,
+                       progress=False, log=lambda _: None, tensorboard=False)  # fmt: skip
+    assert run.spec.channels == 1
+    assert next(run.model.parameters()).shape[1] == 1  # LeNet's first conv takes one channel
+    assert run.metrics["val_acc"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_mnist_fast_recipe_on_a_600_image_folder_trains(digits_600: Path, tmp_path: Path) -> None:
+    """One-cycle over a handful of optimizer steps used to raise ZeroDivisionError."""
+    run = cnnkit.train(recipe="mnist-fast", data=str(digits_600), output_dir=str(tmp_path), report=False,
+                       progress=False, log=lambda _: None, tensorboard=False)  # fmt: skip
+    assert len(run.history) == 1 and np.isfinite(run.history[0]["train_loss"])
+
+
+def test_a_run_with_relative_data_works_from_another_folder(digits_600: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    os.symlink(digits_600, work / "my_digits")
+    monkeypatch.chdir(work)
+    code, _, err = run_cli(capsys, "train", "--data", "my_digits", "--epochs", "1", "--name", "rel", "--no-progress",
+                           "--no-tensorboard", "--no-report")  # fmt: skip
+    assert code == 0, err
+    run = work / "runs" / "rel"
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_cli(capsys, "eval", str(run), "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"] > 0
+    code, out, err = run_cli(capsys, "report", str(run))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "export", str(run), "--format", "torchscript")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "2", "--no-progress")
+    assert code == 0, err
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+
+def test_status_json_records_how_a_run_ended(tmp_path: Path) -> None:
+    run = cnnkit.train(epochs=1, limit_train=500, output_dir=str(tmp_path), name="ok", report=False,
+                       progress=False, log=lambda _: None, tensorboard=False)  # fmt: skip
+    assert json.loads((run.dir / "status.json").read_text())["status"] == "completed"
+
+
+def test_runs_with_no_runs_yet_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "runs")
+    assert code == 0
+    assert out.startswith("no runs yet")
+
+
+def test_runs_lists_a_failed_run_with_its_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = cnnkit.RunFolder.create(tmp_path, "broken")
+    (folder.file("config.yaml")).write_text("data: {name: mnist}\nmodel: {name: lenet}\ntrain: {epochs: 2}\n")
+    folder.write_json("env.json", {"started": "2026-01-01T00:00:00"})
+    folder.set_status("failed", "DataError: data folder not found")
+    code, out, _ = run_cli(capsys, "runs", str(tmp_path))
+    assert code == 0
+    assert "failed" in out and "data folder not found" in out
+
+
+def test_a_recipe_below_its_expectation_says_so() -> None:
+    from types import SimpleNamespace
+
+    from cnnkit.commands.expectation import expectation_line, parse_bar
+
+    assert parse_bar(">= 97% on the 2,000 held-out test digits") == (">=", 0.97)
+    cfg = cnnkit.resolve_config("default")
+    low = SimpleNamespace(test=SimpleNamespace(acc=0.9645), metrics={"val_acc": 0.98})
+    (line,) = expectation_line(cfg, low)
+    assert line.startswith("warning: below the default recipe's expectation: 96.45%")
+    high = SimpleNamespace(test=SimpleNamespace(acc=0.975), metrics={"val_acc": 0.98})
+    assert expectation_line(cfg, high) == ["expected >= 97.0%: reached 97.50%"]
+    cfg.data.name = "/some/other/folder"
+    (note,) = expectation_line(cfg, low)
+    assert "for the recipe as shipped" in note and "the data" in note
+
+
+def test_a_backbone_from_scratch_trains_every_layer_at_lr() -> None:
+    from cnnkit.engine.optim import param_groups
+    from cnnkit.engine.phases import phase_train_config
+
+    cfg = cnnkit.resolve_config(overrides={"data.name": "cifar10", "model.name": "tv:resnet18", "train.lr": 0.01})
+    model = cnnkit.create_model("tv:resnet18", num_classes=10, input_size=(32, 32))
+    groups = param_groups(model, phase_train_config(cfg, model, 1))
+    assert {group["lr"] for group in groups} == {0.01}
+    cfg.model.pretrained = True  # fine-tuning pretrained weights: the backbone gets its scale
+    groups = param_groups(model, phase_train_config(cfg, model, 1))
+    assert sorted({group["lr"] for group in groups}) == [pytest.approx(0.001), 0.01]
+
+
+@pytest.mark.parametrize("code", [
+    "import cnnkit, sys; assert 'torch' not in sys.modules, 'import cnnkit loads torch'",
+    "import sys; from cnnkit.cli import build_parser; build_parser();"
+    "assert 'torch' not in sys.modules, 'the parser loads torch'",
+])  # fmt: skip
+def test_start_up_does_not_import_torch(code: str) -> None:
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_version_is_fast_and_right(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_cli(capsys, "--version")
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cnnkit {cnnkit.__version__}"
+
+
+@pytest.fixture
+def locked(tmp_path: Path):
+    """A folder nobody may write into: read-only for a user, immutable (chattr +i) for root."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr +i: no folder is read-only to root here")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_read_only_output_folder_is_one_line_and_leaves_nothing(locked: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    code, _, err = run_cli(capsys, "train", "--output-dir", str(locked / "runs"), "--epochs", "1")
+    assert code == 1
+    line = one_line_error(err)
+    assert "ermission denied" in line or "not permitted" in line
+    assert str(locked) in line
+    assert list(locked.iterdir()) == []
+
+
+def test_a_mistyped_flag_suggests_the_nearest(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_cli(capsys, "train", "--epocs", "3")
+    assert stop.value.code == 2
+    assert "did you mean --epochs?" in capsys.readouterr().err
