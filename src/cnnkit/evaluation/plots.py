@@ -28,9 +28,10 @@ ANNOTATE_MAX_CLASSES = 20  # above this, per-cell numbers are unreadable at any 
 MAX_TICK_LABELS = 100  # class names per confusion axis; at 16 inches more overlap even at 6 pt
 
 
-def _figure(width: float, height: float) -> Figure:
-    """A fresh figure (inches) on its own Agg canvas, laid out so labels are never cut."""
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+def _figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    """A fresh figure (inches) on its own Agg canvas, laid out so labels are never cut
+    (``layout=None``: the caller places the axes itself)."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -309,9 +310,14 @@ def image_grid_figure(
     ncols = max(1, min(ncols, count))
     nrows = math.ceil(count / ncols)
     lines = max(str(t).count("\n") + 1 for t in titles)
-    tile = 1.6  # inches per image, plus room for its caption
-    fig = _figure(tile * ncols, (tile + 0.15 * lines) * nrows + (0.4 if title else 0))
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    tile, caption, heading = 1.6, 0.15 * lines, 0.4 if title else 0.0  # inches
+    width, height = tile * ncols, (tile + caption) * nrows + heading
+    fig = _figure(width, height, layout=None)
+    # A fixed grid: each image gets a tile with its caption above it. Constrained layout
+    # measured every caption of every tile and took most of a report's time (4 s of 14).
+    axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={
+        "left": 0.01, "right": 0.99, "bottom": 0.01, "top": 1 - (heading + caption) / height,
+        "wspace": 0.08, "hspace": caption / tile + 0.05})  # fmt: skip
     for index, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if index >= count:
