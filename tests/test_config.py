@@ -94,7 +94,7 @@ def test_no_recipe_means_the_default_recipe() -> None:
 
 
 def test_keyword_overrides_in_train_reach_every_key(tmp_path: Path) -> None:
-    from cnnkit.workflows import keyword_overrides
+    from cnnkit.config import keyword_overrides
 
     dotted = keyword_overrides({"epochs": 2, "data": "mnist", "output_dir": str(tmp_path), "train.gamma": 0.5})
 
