@@ -49,7 +49,7 @@ def test_config_module_imports_neither_torch_nor_numpy() -> None:
     # (the package's __init__ still imports the whole stack until it is made lazy).
     code = ("import sys, types; pkg = types.ModuleType('cnnkit'); pkg.__path__ = [sys.argv[1]]; "
             "sys.modules['cnnkit'] = pkg; import cnnkit.config as c; c.resolve_config('cifar10-cnn'); "
-            "assert not {'torch', 'numpy'} & set(sys.modules), sorted({'torch', 'numpy'} & set(sys.modules))")  # fmt: skip
+            "heavy = {'torch', 'numpy'} & set(sys.modules); assert not heavy, heavy")  # fmt: skip
     subprocess.run([sys.executable, "-c", code, str(SRC / "cnnkit")], check=True, timeout=60)
 
 
@@ -109,7 +109,8 @@ RULES = [
     ({"train.scheduler": "cosin"}, "unknown scheduler 'cosin'; did you mean 'cosine'? valid schedulers: cosine, ",
      {"train.scheduler": "onecycle"}),
     ({"train.amp": "bf61"}, "unknown amp mode 'bf61'; did you mean 'bf16'?", {"train.amp": "off"}),
-    ({"train.tta": "flipp"}, "unknown test-time augmentation mode 'flipp'; did you mean 'flip'?", {"train.tta": "shift"}),
+    ({"train.tta": "flipp"}, "unknown test-time augmentation mode 'flipp'; did you mean 'flip'?",
+     {"train.tta": "shift"}),
     ({"data.augment": "crop-flp"}, "unknown augmentation preset 'crop-flp'; did you mean 'crop-flip'?",
      {"data.augment": "airbench"}),
     ({"data.augment_policy": "randaug"}, "unknown augmentation policy 'randaug'; did you mean 'randaugment'?",
@@ -118,7 +119,8 @@ RULES = [
      {"data.interpolation": "nearest"}),
     ({"data.balance": "sampeler"}, "unknown --balance mode 'sampeler'; did you mean 'sampler'?",
      {"data.balance": "weights"}),
-    ({"data.decode_cache": "offf"}, "unknown --decode-cache mode 'offf'; did you mean 'off'?", {"data.decode_cache": "on"}),
+    ({"data.decode_cache": "offf"}, "unknown --decode-cache mode 'offf'; did you mean 'off'?",
+     {"data.decode_cache": "on"}),
     ({"train.select_metric": "acuracy"}, "unknown select metric 'acuracy'; did you mean 'accuracy'?",
      {"train.select_metric": "macro_f1"}),
     ({"train.compile": "yes"}, "unknown --compile mode 'yes'; valid --compile modes: auto, off, on",
@@ -329,3 +331,14 @@ def test_registered_datasets_validate_on_their_test_split_with_val_fraction_0() 
 
     assert spec.sizes == {"train": 10_000, "val": 2_000, "test": 2_000}
     assert spec.split["indices"]["val"]["from"] == "test"
+
+
+def test_a_legacy_config_keeps_what_its_val_fraction_meant() -> None:
+    from cnnkit.config import upgrade_legacy
+
+    stored = RunConfig().to_dict()  # as format-1 checkpoints stored it: 0.0 meant "the default"
+    stored["data"]["val_fraction"] = 0.0
+
+    assert RunConfig.from_dict(upgrade_legacy(stored)).data.val_fraction is None
+    assert stored["data"]["val_fraction"] == 0.0  # the caller's dict is left alone
+    assert upgrade_legacy({"data": {"val_fraction": 0.1}})["data"]["val_fraction"] == 0.1

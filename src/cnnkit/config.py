@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -321,6 +322,19 @@ class RunConfig:
         return cfg
 
 
+def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """A nested config stored before this schema (checkpoint format 1), in today's meaning.
+
+    Then ``data.val_fraction`` had no None and its default 0.0 meant "hold out 0.2 where the
+    data has neither a val nor a test split, else validate on the test split": exactly what
+    None means now that 0 means no holdout. Returns a copy; newer configs need no call.
+    """
+    data = dict(values.get("data") or {})
+    if data.get("val_fraction") == 0:
+        data["val_fraction"] = None
+    return {**values, "data": data} if "data" in values else dict(values)
+
+
 # Flags that set one entry of model.kwargs: arguments of some builders, not config keys.
 MODEL_KWARG_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--layers": ("model.kwargs.layers", str, "convnet: conv widths and pools, e.g. 16,16,M,32,32,M,64,M "
@@ -345,7 +359,8 @@ _ALIASES = {"data": "data.name", "model": "model.name", "model_kwargs": "model.k
             "name": "name"}  # fmt: skip
 
 
-def schema() -> list[tuple[str, dataclasses.Field, Key]]:
+@functools.cache
+def schema() -> tuple[tuple[str, dataclasses.Field, Key], ...]:
     """``(dotted key, dataclass field, Key)`` of every declared key, in declaration order."""
     rows = []
     for prefix, klass in (("", RunConfig), *((f"{s}.", k) for s, k in _SECTIONS.items())):
@@ -353,7 +368,7 @@ def schema() -> list[tuple[str, dataclasses.Field, Key]]:
             spec = item.metadata.get("cnnkit")
             if spec is not None:
                 rows.append((prefix + item.name, item, spec))
-    return rows
+    return tuple(rows)
 
 
 def flag_of(dotted: str) -> str:
@@ -577,7 +592,8 @@ def check_choice(dotted: str, value: Any) -> Any:
     """``value`` itself when it is one of ``dotted``'s declared choices; else the key's
     "unknown X" UsageError (for modules that take such a value outside a config)."""
     spec = next(spec for name, _, spec in schema() if name == dotted)
-    _check_value(dotted, value, "str | None", spec)
+    if value not in spec.choices:
+        raise unknown_name(spec.kind, value, spec.choices)
     return value
 
 
