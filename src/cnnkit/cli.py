@@ -20,10 +20,8 @@ import sys
 from collections.abc import Sequence
 
 from cnnkit._version import __version__
+from cnnkit.config import AMP_MODES, TTA_MODES
 from cnnkit.errors import CnnkitError, nearest
-
-AMP_CHOICES = ("auto", "off", "bf16", "fp16")
-TTA_CHOICES = ("none", "flip", "shift", "flip-shift")
 
 
 class Parser(argparse.ArgumentParser):
@@ -109,7 +107,7 @@ def _eval(sub) -> None:
     ev.add_argument("--split", choices=("test", "val", "train"), help="default: test when the run has one, else val")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int)
-    ev.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation (default: the run's own)")
+    ev.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's own)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _trust_code(ev)
 
@@ -127,7 +125,7 @@ def _predict(sub) -> None:
     pr.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
                     help="auto: onnxruntime for .onnx files, else torch")  # fmt: skip
     pr.add_argument("--device", default="cpu", help="torch backend: cpu (default), cuda, mps or auto")
-    pr.add_argument("--amp", choices=AMP_CHOICES, default="off",
+    pr.add_argument("--amp", choices=AMP_MODES, default="off",
                     help="torch backend precision: off (float32, default), bf16, fp16, auto (bf16 on CUDA)")  # fmt: skip
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     _trust_code(pr)

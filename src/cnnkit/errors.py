@@ -7,6 +7,9 @@ prints its message on one line (no traceback) and exits with its ``exit_code``:
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class CnnkitError(Exception):
     """A failure the user can fix; the message says what was wrong and what to do."""
@@ -26,14 +29,19 @@ class DataError(CnnkitError):
     exit_code = 1
 
 
-def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UsageError:
-    """Build the standard 'unknown X' error that lists the valid choices."""
+def nearest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to a mistyped ``name`` (difflib's ratio >= 0.6), or None."""
+    matches = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_name(kind: str, name: object, valid: Iterable[object]) -> UsageError:
+    """The standard 'unknown X' error: the nearest valid choice, then all of them.
+
+    Example: ``unknown optimizer 'adm'; did you mean 'adam'? valid optimizers: adam, adamw, sgd``.
+    """
+    choices = sorted(str(v) for v in valid)
     plural = kind[:-1] + "ies" if kind.endswith("y") and kind[-2:-1] not in "aeiou" else kind + "s"
-    return UsageError(f"unknown {kind} {name!r}; valid {plural}: {', '.join(sorted(valid))}")
-
-
-def nearest(name: str, candidates) -> str | None:  # TEMPORARY (lead): the config branch brings the real one
-    import difflib
-
-    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return found[0] if found else None
+    match = nearest(str(name), choices)
+    hint = f"; did you mean {match!r}?" if match else ";"
+    return UsageError(f"unknown {kind} {name!r}{hint} valid {plural}: {', '.join(choices)}")

@@ -35,10 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnkit.config import RunConfig, flatten
+from cnnkit.config import TRACKERS, RunConfig, flatten
 from cnnkit.errors import CnnkitError, unknown_name
 
-TRACKERS = ("tensorboard", "mlflow", "wandb")
 # The package each tracker imports, and what to install for it.
 _PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard"),
              "mlflow": ("mlflow", "pip install 'cnnkit[mlflow]' (mlflow-skinny) or pip install mlflow"),

@@ -13,6 +13,7 @@ from cnnkit.data import DataSpec
 from cnnkit.engine import read_checkpoint, resolve_device
 from cnnkit.engine.phases import total_epochs
 from cnnkit.errors import CnnkitError, DataError, UsageError
+from cnnkit.inference.loading import stored_config
 from cnnkit.runfolder import RunFolder
 
 # Config keys a resumed run may change: how long and where it trains, not what it learns.
@@ -44,7 +45,7 @@ def resume_state(run: str | Path, overrides: dict[str, Any],
         raise UsageError(f"--resume continues a run with its own config; {', '.join(refused)} cannot change "
                          f"(allowed: {', '.join(RESUME_OVERRIDES)}); start a new run to change them")  # fmt: skip
     bind_checkpoint_code(payload, trust_code)  # the run's own code, recorded in last.pt: only if trusted
-    cfg = RunConfig.from_dict(payload["config"])
+    cfg = stored_config(payload)
     cfg.name, cfg.output_dir = folder.name, str(folder.path.parent)
     apply_overrides(cfg, overrides)
     _check_length(cfg, payload, overrides, folder)

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cnnkit.config import DataConfig
+from cnnkit.config import DEFAULT_VAL_FRACTION, DataConfig
 from cnnkit.data.cache import CachedFileLoader, use_cache
 from cnnkit.data.cache import check_mode as check_cache_mode
 from cnnkit.data.custom import is_user_dataset, load_user_dataset
@@ -64,8 +64,8 @@ from cnnkit.data.tensor_data import (
 from cnnkit.data.transforms import config_augment, eval_transform, train_transform
 from cnnkit.errors import DataError, UsageError, unknown_name
 
-# Folder datasets with no validation split of their own hold out this fraction by default.
-DEFAULT_FOLDER_VAL_FRACTION = 0.2
+# Data with neither a validation nor a test split holds out this fraction when val_fraction is None.
+DEFAULT_FOLDER_VAL_FRACTION = DEFAULT_VAL_FRACTION
 DEFAULT_FILE_IMAGE_SIZE = 224
 
 
@@ -80,11 +80,12 @@ def resolve_source(cfg: DataConfig, seed: int) -> Source:
     if name in list_datasets():
         return load_source(name, cfg.data_dir, cfg.download)
     path = Path(name).expanduser()
-    val_fraction = cfg.val_fraction
+    # None (the default) carves nothing here; _file_splits applies the default where it is due.
+    fractions = {"val_fraction": cfg.val_fraction or 0.0, "test_fraction": cfg.test_fraction or 0.0}
     if path.is_file() and path.suffix.lower() == ".csv":
-        return read_csv(path, val_fraction=val_fraction, test_fraction=cfg.test_fraction, seed=seed)
+        return read_csv(path, seed=seed, **fractions)
     if path.is_dir():
-        return scan_folder(path, val_fraction=val_fraction, test_fraction=cfg.test_fraction, seed=seed)
+        return scan_folder(path, seed=seed, **fractions)
     if "/" in name or "\\" in name or path.suffix:
         raise DataError(
             f"data not found: {path} does not exist; give a folder with one sub-folder of images "
@@ -190,8 +191,8 @@ def _draw_tensor_split(cfg: DataConfig, pools: dict, seed: int, notes: list[str]
     """Indices into the official train/test pools for each split the run uses."""
     train_labels = pools["train"][1]
     chosen: dict[str, dict] = {}
-    if cfg.val_fraction > 0 or "test" not in pools:
-        fraction = cfg.val_fraction or DEFAULT_FOLDER_VAL_FRACTION
+    fraction = _val_holdout(cfg.val_fraction, has_test="test" in pools)
+    if fraction:
         parts = stratified_split(train_labels.tolist(), {"val": fraction}, seed)
         chosen["train"] = {"from": "train", "indices": parts["train"]}
         chosen["val"] = {"from": "train", "indices": parts["val"]}
@@ -204,6 +205,26 @@ def _draw_tensor_split(cfg: DataConfig, pools: dict, seed: int, notes: list[str]
         chosen["test"] = {"from": "test", "indices": list(range(len(pools["test"][1])))}
     _apply_limits(cfg, chosen, seed)
     return chosen
+
+
+def _val_holdout(val_fraction: float | None, *, has_test: bool) -> float:
+    """The fraction of train to hold out for validation when the data has no val split.
+
+    ``val_fraction`` > 0: that fraction. None (the default): none when there is a test
+    split (the run validates on it), else :data:`DEFAULT_FOLDER_VAL_FRACTION`. 0: none.
+
+    Raises:
+        UsageError: 0 with no test split either (nothing to validate on).
+    """
+    if val_fraction:
+        return val_fraction
+    if has_test:
+        return 0.0
+    if val_fraction is None:
+        return DEFAULT_FOLDER_VAL_FRACTION
+    raise UsageError("--val-fraction 0 holds out no validation images and the data has no val or test split "
+                     "to validate on; give --val-fraction > 0 (e.g. 0.2), --test-fraction > 0 or a val/ "
+                     "folder")  # fmt: skip
 
 
 def _apply_limits(cfg: DataConfig, chosen: dict[str, dict], seed: int) -> None:
@@ -345,11 +366,11 @@ def _build_files(
 def _file_splits(cfg: DataConfig, source: FileDataset, seed: int, notes: list[str]) -> dict[str, FileList]:
     lists = dict(source.splits)
     if "val" not in lists:
-        if "test" in lists and cfg.val_fraction == 0:
+        fraction = _val_holdout(cfg.val_fraction, has_test="test" in lists)
+        if not fraction:
             lists["val"] = lists["test"]
             notes.append("no validation split: validating on the test split")
         else:
-            fraction = cfg.val_fraction or DEFAULT_FOLDER_VAL_FRACTION
             parts = stratified_split(lists["train"].labels, {"val": fraction}, seed)
             train = lists["train"]
             lists["train"] = FileList([train.paths[i] for i in parts["train"]], [train.labels[i] for i in parts["train"]])

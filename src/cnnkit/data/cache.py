@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cnnkit.config import SWITCH_MODES as CACHE_MODES
 from cnnkit.data.datasets import cache_dir
 from cnnkit.data.folder import ImageLoadError, load_image
 from cnnkit.data.spec import Batch, Preprocess
@@ -44,7 +45,6 @@ from cnnkit.data.tensor_data import TensorLoader
 from cnnkit.data.transforms import Augment, flip_base, resize_crop_transform
 from cnnkit.errors import unknown_name
 
-CACHE_MODES = ("auto", "on", "off")
 FORMAT_VERSION = 1
 # ``auto`` caches a split when its decoded images take at most this much disk...
 AUTO_MAX_BYTES = 8 * 2**30

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode, v2
 
+from cnnkit.config import AUGMENT_BACKENDS as POLICY_BACKENDS
+from cnnkit.config import AUGMENT_POLICIES as POLICIES
 from cnnkit.data.spec import Preprocess
 from cnnkit.errors import UsageError, unknown_name
 
 FLIP_MODES = ("random", "alternate")
 PAD_MODES = ("zeros", "reflect")
-POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
-POLICY_BACKENDS = ("torchvision", "kornia")
 # RandAugment's setting in timm's and torchvision's ImageNet recipes: 2 ops at magnitude 9 of 30.
 RANDAUGMENT_OPS, RANDAUGMENT_MAGNITUDE = 2, 9
 # Random erasing's box: 2-33 % of the image, aspect ratio 0.3-3.3 (Zhong et al., 2017; torchvision's defaults).

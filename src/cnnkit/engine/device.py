@@ -10,6 +10,7 @@ import random
 import numpy as np
 import torch
 
+from cnnkit.config import AMP_MODES
 from cnnkit.errors import UsageError
 
 
@@ -43,9 +44,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-
-
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 def amp_dtype(mode: str, device: torch.device, *, training: bool = False, deterministic: bool = False) -> torch.dtype | None:

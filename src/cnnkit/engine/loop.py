@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cnnkit.config import TrainConfig
+from cnnkit.config import METRIC_ALIASES, SELECT_METRICS, TrainConfig
 from cnnkit.engine.checkpoint import (
     clean_state_dict,
     rng_state,
@@ -55,10 +55,6 @@ from cnnkit.evaluation.metrics import (
 
 # Metrics where a lower value is better; every other select_metric is maximised.
 LOWER_IS_BETTER = {"val_loss"}
-SELECT_METRICS = ("val_acc", "val_balanced_acc", "val_macro_f1", "val_top5", "val_loss")
-# Plain names accepted for --select-metric, and the metrics.csv column each one means.
-METRIC_ALIASES = {"accuracy": "val_acc", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1",
-                  "top5": "val_top5", "loss": "val_loss"}  # fmt: skip
 
 
 def metric_column(name: str) -> str:

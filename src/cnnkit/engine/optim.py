@@ -16,59 +16,20 @@ import math
 import torch
 from torch import nn
 
-from cnnkit.config import TrainConfig
+from cnnkit.config import OPTIMIZERS, SCHEDULERS, RunConfig, TrainConfig, validate
 from cnnkit.engine.checkpoint import unwrap
-from cnnkit.engine.speed import check_switch
-from cnnkit.engine.tta import check_tta
-from cnnkit.errors import UsageError, unknown_name
+from cnnkit.errors import unknown_name
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "step", "cosine", "onecycle", "triangle")
 # Normalisation layers: their parameters are a "norm" group (own lr scale, optionally no decay).
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-CACHE_MODES = ("auto", "on", "off")
 
 
 def check_train_config(cfg: TrainConfig) -> None:
-    """Fail fast on bad names, before any data is loaded or a run folder is made."""
-    from cnnkit.engine.device import AMP_MODES
-    from cnnkit.engine.loop import metric_column
+    """Fail fast on bad training values, before any data is loaded or a run folder is made.
 
-    metric_column(cfg.select_metric)
-    for kind, value, valid in (
-        ("optimizer", cfg.optimizer, OPTIMIZERS),
-        ("scheduler", cfg.scheduler, SCHEDULERS),
-        ("amp mode", cfg.amp, AMP_MODES),
-    ):
-        if value not in valid:
-            raise unknown_name(kind, value, valid)
-    if cfg.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
-        raise UsageError(f"--checkpoint-every-steps must be at least 1, got {cfg.checkpoint_every_steps}")
-    check_tta(cfg.tta)
-    check_switch("channels-last", cfg.channels_last)
-    check_switch("compile", cfg.compile)
-    if cfg.accumulate < 1:
-        raise UsageError(f"--accumulate must be at least 1, got {cfg.accumulate}")
-    if cfg.ema is not None and not 0 <= cfg.ema < 1:
-        raise UsageError(f"--ema takes a decay between 0 and 1 (e.g. 0.999; 0: off), got {cfg.ema}")
-    if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mix_prob <= 1:
-        raise UsageError(f"--mixup and --cutmix take alpha >= 0 and --mix-prob a probability; got "
-                         f"{cfg.mixup}, {cfg.cutmix}, {cfg.mix_prob}")  # fmt: skip
-    if cfg.profile < 0:
-        raise UsageError(f"--profile takes a number of epochs (0 or more), got {cfg.profile}")
-    if cfg.cache_features not in CACHE_MODES:
-        raise unknown_name("--cache-features mode", cfg.cache_features, CACHE_MODES)
-    if cfg.fine_tune is not None and (len(cfg.fine_tune) != 2 or min(cfg.fine_tune) < 0 or sum(cfg.fine_tune) < 1):
-        raise UsageError(f"--fine-tune expects E1,E2 (head-only epochs, then all-layer epochs), got {cfg.fine_tune}")
-    if not 0 < cfg.backbone_lr_scale <= 10:
-        raise UsageError(f"--backbone-lr-scale must be in (0, 10], got {cfg.backbone_lr_scale}")
-    if not 0 < cfg.norm_lr_scale <= 1000:
-        raise UsageError(f"train.norm_lr_scale must be in (0, 1000], got {cfg.norm_lr_scale}")
-    for name in ("lr_start_factor", "lr_end_factor"):
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise UsageError(f"train.{name} must be in [0, 1], got {getattr(cfg, name)}")
+    A thin wrapper kept for its callers: the rules are :func:`cnnkit.config.validate`'s.
+    """
+    validate(RunConfig(train=cfg))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

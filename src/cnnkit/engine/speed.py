@@ -22,9 +22,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from cnnkit.config import SWITCH_MODES
 from cnnkit.errors import unknown_name
 
-SWITCH_MODES = ("auto", "on", "off")
 # auto-compile when the eager epochs still to run are projected to take longer than this:
 # compiling a small CNN takes 20-60 s, and a compiled step saves 10-40 % at best.
 AUTO_COMPILE_MIN_SECONDS = 300.0

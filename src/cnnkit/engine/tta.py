@@ -15,16 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnkit.errors import unknown_name
-
-TTA_MODES = ("none", "flip", "shift", "flip-shift")
+from cnnkit.config import TTA_MODES as TTA_MODES  # declared with the config schema (no torch needed)
+from cnnkit.config import check_choice
 
 
 def check_tta(mode: str) -> str:
-    """``mode`` itself, or a UsageError listing the valid modes."""
-    if mode not in TTA_MODES:
-        raise unknown_name("test-time augmentation mode", mode, TTA_MODES)
-    return mode
+    """``mode`` itself, or a UsageError listing the valid modes (the ``train.tta`` rule)."""
+    return check_choice("train.tta", mode)
 
 
 def tta_views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cnnkit import usercode
-from cnnkit.config import RunConfig
+from cnnkit.config import RunConfig, upgrade_legacy
 from cnnkit.data import DataSpec, build
 from cnnkit.engine import read_checkpoint
 from cnnkit.errors import CnnkitError, UsageError
@@ -72,9 +72,18 @@ def load_checkpoint(path: str | Path, trust_code: Any = None) -> LoadedCheckpoin
     path = checkpoint_path(path)
     payload = read_checkpoint(path)
     model = model_from_checkpoint(payload, trust_code=trust_code)
-    config = RunConfig.from_dict(payload.get("config", {}))
+    config = stored_config(payload)
     return LoadedCheckpoint(model, list(payload["class_names"]), payload["preprocess"], config,
                             payload.get("metrics", {}), path, payload)  # fmt: skip
+
+
+def stored_config(payload: dict[str, Any]) -> RunConfig:
+    """The run config a checkpoint stores, in today's meaning (format 1 kept ``val_fraction``
+    0.0 for "the default", which is None now; see :func:`cnnkit.config.upgrade_legacy`)."""
+    values = payload.get("config", {})
+    if payload.get("format", 1) < 2:
+        values = upgrade_legacy(values)
+    return RunConfig.from_dict(values)
 
 
 def check_split(split: str) -> None:
