@@ -227,7 +227,10 @@ def _listings(sub) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cnnkit`` script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand, which knows its own flags (for "did you mean")
+        _subcommand(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     from cnnkit.log import console
 
     try:
@@ -250,8 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
 def _fail(message: str, code: int) -> int:
-    print(f"cnnkit: error: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
+    print(f"cnnkit: error: {message or 'failed'}", file=sys.stderr)
     return code
 
 

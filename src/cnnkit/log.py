@@ -2,8 +2,8 @@
 
 The command line shows them on stdout as plain lines; a run folder copies them into its
 ``log.txt`` (:meth:`cnnkit.runfolder.RunFolder.logging_to_file`). From Python, a workflow
-shows them on stdout unless the application configured handlers of its own for the
-``cnnkit`` logger, or passes ``log=`` (a callable receiving each line).
+shows them on stdout, or hands each line to ``log=`` (a callable; ``lambda line: None``
+silences it). Handlers an application adds to the ``cnnkit`` logger receive them too.
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ class _CallbackHandler(logging.Handler):
 def console(callback: Callable[[str], None] | None = None) -> Iterator[None]:
     """Show cnnkit's messages while inside: each line to ``callback``, else to stdout.
 
-    Nothing is added when ``callback`` is None and the logger already has a handler that
-    is not a file handler (the application chose where the messages go).
+    Nothing is added when ``callback`` is None and an outer ``console`` already shows the
+    messages (the command line's, around a command that calls another).
     """
-    chosen = [h for h in logger.handlers if not isinstance(h, logging.FileHandler)]
-    if callback is None and chosen:
+    if callback is None and any(isinstance(h, _CallbackHandler) for h in logger.handlers):
         yield
         return
     handler = _CallbackHandler(callback or _print)
