@@ -10,7 +10,13 @@ from typing import Any
 from cnnkit.engine import EvalResult, evaluate, resolve_device
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.tta import check_tta
-from cnnkit.inference.loading import check_split, checkpoint_loaders, default_split, load_checkpoint, split_loader
+from cnnkit.inference.loading import (
+    check_split,
+    checkpoint_loaders,
+    default_split,
+    load_checkpoint,
+    split_loader,
+)
 
 
 @dataclass

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import statistics
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cnnkit import atomic
 from cnnkit.data.folder import (
     FileDataset,
     ImageLoadError,
@@ -811,9 +811,7 @@ def write_json(report: AuditReport, path: str | os.PathLike[str]) -> None:
         UsageError: the file cannot be written there (missing folder, no permission).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic.write_json(path, report.to_dict())
     except OSError as error:
         raise UsageError(f"cannot write the report to {path}: {error.strerror or error}") from None

@@ -25,7 +25,14 @@ from cnnkit.data.tensor_data import Part
 from cnnkit.data.transforms import config_augment
 from cnnkit.engine import distributed
 from cnnkit.engine.device import amp_dtype
-from cnnkit.engine.features import FeatureLoader, HeadOnly, cache_key, cached_features, extract_features, state_digest
+from cnnkit.engine.features import (
+    FeatureLoader,
+    HeadOnly,
+    cache_key,
+    cached_features,
+    extract_features,
+    state_digest,
+)
 from cnnkit.engine.loop import FitResult, fit
 from cnnkit.models import BackboneClassifier
 

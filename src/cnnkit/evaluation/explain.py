@@ -16,7 +16,6 @@ of its receptive field, see :func:`cnnkit.evaluation.layers.map_centres`) and sc
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.utils import make_grid
 
+from cnnkit.atomic import atomic_write
 from cnnkit.data.folder import load_image
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_transform
@@ -372,11 +372,5 @@ def display_image(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
-    """Save as PNG through a temporary file and ``os.replace``: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Save as PNG atomically (:mod:`cnnkit.atomic`): never a half-written file."""
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))

@@ -9,8 +9,6 @@ needed, safe from threads and notebooks. Callers write figures with :func:`save_
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from cnnkit.atomic import atomic_write
 from cnnkit.evaluation.metrics import CalibrationResult
 
 DPI = 110
@@ -37,23 +36,11 @@ def _figure(width: float, height: float, layout: str | None = "constrained") -> 
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically: readers never see a half-written file.
-
-    Parent folders are created. The figure is left open; it holds no global state, so
-    dropping the reference frees it.
+    """Write ``fig`` as a PNG at ``path`` atomically (:mod:`cnnkit.atomic`): readers never
+    see a half-written file. Parent folders are created. The figure is left open; it holds
+    no global state, so dropping the reference frees it.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name in the same folder (so os.replace is atomic), created with the usual
-    # umask permissions: mkstemp's 0600 would hide the figure from a web server.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
 
 
 # ----------------------------------------------------------------------------- training curves
