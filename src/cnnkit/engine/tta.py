@@ -1,19 +1,28 @@
-"""Test-time augmentation: average a model's predictions over a few views of each image.
+"""Test-time augmentation: combine a model's logits over a few views of each image.
 
-One place defines the views, so validation during training (``--tta``), ``cnnkit eval``
-and ``Predictor`` agree. Modes:
+One place defines the views and the rule that combines them, so validation during
+training (``--tta``), ``cnnkit eval``, the report and ``Predictor`` agree. Modes:
 
 * ``none``: the image alone.
 * ``flip``: the image and its mirror (for models trained with horizontal flips).
 * ``shift``: the image and four one-pixel shifts (digits and letters: a mirror changes them).
 * ``flip-shift``: the image, its mirror, and both shifted one pixel up-left and down-right
   (airbench's strongest setting on CIFAR-10).
+
+The rule: the views' float32 **logits are averaged** (:func:`combine_views`). Softmax of
+the mean is the normalised geometric mean of the views' probabilities. Measured against
+the arithmetic mean of probabilities on the same weights it moved top-1 by at most a
+few images (CIFAR-10 test, CifarCNN + EMA, flip: 88.20 % vs 88.22 %; see the report of
+the branch that chose it), while keeping one logit tensor whose cross-entropy (the
+validation loss) needs no clamp or log of an average. airbench, whose settings
+``flip-shift`` copies, averages logits too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import nn
 
 from cnnkit.errors import unknown_name
 
@@ -40,11 +49,26 @@ def tta_views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:
     return [images, mirrored] + [shift(shift(view, 2, p), 3, p) for view in (images, mirrored) for p in (1, -1)]
 
 
-def tta_logits(model: nn.Module, images: torch.Tensor, mode: str) -> torch.Tensor:
-    """Logits ``[B, K]`` averaged over the views of ``mode`` (one forward pass per view)."""
-    if mode == "none":
-        return model(images)
-    return torch.stack([model(view).float() for view in tta_views(images, mode)]).mean(0)
+def combine_views(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The one combination rule: the mean of the views' float32 logits ``[B, K]`` each."""
+    if len(logits) == 1:
+        return logits[0].float()
+    return torch.stack([view.float() for view in logits]).mean(0)
+
+
+def tta_logits(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str) -> torch.Tensor:
+    """Float32 logits ``[B, K]`` of ``forward`` (a model or a predictor backend) over the
+    views of ``mode``, combined by :func:`combine_views` (one forward pass per view)."""
+    return combine_views([forward(view) for view in tta_views(images, mode)])
+
+
+def suggested_tta(augment: str | None) -> str:
+    """Views that suit a run trained without TTA, from its augmentation preset: ``flip``
+    when it trained with mirrored images, else ``shift`` (a mirror changes a digit)."""
+    from cnnkit.data.transforms import AUGMENT_PRESETS  # data layer: only when asked
+
+    preset = AUGMENT_PRESETS.get(augment or "none")
+    return "flip" if preset is not None and preset.flips else "shift"
 
 
 def shift(images: torch.Tensor, axis: int, pixels: int) -> torch.Tensor:
