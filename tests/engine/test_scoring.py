@@ -63,18 +63,35 @@ def test_eval_report_and_predictor_agree_under_the_runs_flip_tta(flip_run, val_l
     assert predictor.resolve_tta(None) == "flip" and predictor.resolve_tta(False) == "none"
 
 
-def test_flip_tta_changes_the_logits_by_the_mean_of_logits_rule(val_loader, predictor) -> None:
+def test_flip_tta_combines_the_views_by_the_mean_of_probabilities(val_loader, predictor) -> None:
     model = predictor.model
     images, _ = next(iter(val_loader))
     with torch.no_grad():
-        expected = (model(images) + model(images.flip(-1))) / 2  # the rule: mean of the views' logits
+        plain, mirrored = model(images), model(images.flip(-1))
+    mean_probs = (plain.softmax(1) + mirrored.softmax(1)) / 2  # the rule
 
-    scored = score(model, [(images, torch.zeros(len(images), dtype=torch.long))], device="cpu", tta="flip")
+    batches = [(images, torch.zeros(len(images), dtype=torch.long))]
+    scored = score(model, batches, device="cpu", tta="flip")
 
-    torch.testing.assert_close(scored.logits, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(predictor.logits(images, "flip"), expected, rtol=0, atol=1e-5)
-    assert not torch.allclose(scored.logits, model(images).detach(), atol=1e-3)  # the mirror did change them
+    torch.testing.assert_close(scored.logits.softmax(1), mean_probs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(scored.logits.exp().sum(1), torch.ones(len(images)), rtol=0, atol=1e-5)  # log-probs
+    torch.testing.assert_close(predictor.logits(images, "flip"), scored.logits, rtol=0, atol=1e-5)
+    assert not torch.allclose(scored.logits.softmax(1), plain.softmax(1), atol=1e-3)  # the mirror did change them
     assert scored.tta == "flip" and scored.logits.dtype == torch.float32 and scored.logits.device.type == "cpu"
+    # no TTA: the model's own logits, untouched
+    torch.testing.assert_close(score(model, batches, device="cpu").logits, plain, rtol=0, atol=0)
+
+
+def test_one_confidently_wrong_view_cannot_outvote_the_others() -> None:
+    from cnnkit.engine.tta import combine_views
+
+    wrong, right = torch.tensor([[0.0, 10.0]]), torch.tensor([[3.0, 0.0]])
+    combined = combine_views([wrong, right, right])
+
+    assert int(combined.argmax()) == 0  # probabilities (0.03, 0.97), twice (0.95, 0.05): class 0
+    assert int(((wrong + 2 * right) / 3).argmax()) == 1  # a mean of logits would pick class 1
+    torch.testing.assert_close(combined.exp(), (wrong.softmax(1) + 2 * right.softmax(1)) / 3)
+    assert torch.equal(combine_views([right]), right)
 
 
 def test_report_reuses_precomputed_scores_and_decodes_only_its_images(val_loader, predictor) -> None:
