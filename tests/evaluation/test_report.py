@@ -97,7 +97,7 @@ def test_no_report_switch(tmp_path: Path) -> None:
 # Needs the call sites in cnnkit.workflows (report(): the run's tta/amp; _train: the test Scores
 # reused by the end-of-run report): the lead applies them while splitting workflows.py, then
 # removes this marker (strict: it fails loudly once they are in).
-WORKFLOWS_WIRED = pytest.mark.xfail(strict=True, reason="workflows.report/_train not yet wired to cnnkit.engine.scoring")
+WORKFLOWS_WIRED = pytest.mark.xfail(strict=True, reason="workflows.report/_train not yet wired to engine.scoring")
 
 
 @WORKFLOWS_WIRED
