@@ -119,7 +119,9 @@ def _predict(sub) -> None:
     pr.add_argument("--topk", type=int, default=5, help="classes to list per image (default 5)")
     pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     pr.add_argument("--workers", type=int, help="decoding processes (default: one per core, at most 8)")
-    pr.add_argument("--tta", action="store_true", help="test-time augmentation (mirror, or small shifts for digits)")
+    pr.add_argument("--tta", nargs="?", const=True, default=None, choices=(True, *TTA_MODES), metavar="MODE",
+                    help="test-time augmentation: none, flip, shift, flip-shift; --tta alone: the run's own, else "
+                         "mirror (or small shifts for digits); default: the run's own, as eval")  # fmt: skip
     pr.add_argument("--threshold", type=float, help="label predictions below this probability 'unknown'")
     pr.add_argument("--out", help="write results to a .csv, .json or .jsonl file (default: print them)")
     pr.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",

@@ -92,3 +92,21 @@ def test_no_report_switch(tmp_path: Path) -> None:
 
     assert not (run.dir / "report").exists()
     assert report(run.dir, split="val").name == "report.html"
+
+
+def test_a_flip_tta_run_reports_the_same_top1_as_eval_and_summary(tmp_path: Path) -> None:
+    """The defect: report.html said 94.30 % and eval 77.00 % for a run trained with --tta flip."""
+    import json
+
+    run = cnnkit.train(epochs=1, limit_train=2000, limit_eval=500, tta="flip", output_dir=str(tmp_path),
+                       progress=False, log=lambda line: None)  # fmt: skip
+    ev = evaluate_checkpoint(run.dir, split="test")
+    summary = json.loads((run.dir / "summary.json").read_text(encoding="utf-8"))
+    reported = (run.dir / "report" / "report.html").read_text(encoding="utf-8")  # from the reused test scores
+    again = report(run.dir, out_dir=tmp_path / "again").read_text(encoding="utf-8")  # scored afresh
+
+    assert run.test is not None and run.test.acc == ev.result.acc
+    for text in (reported, again):
+        assert f"top-1: <b>{ev.result.acc:.2%}</b>" in text and f"loss: <b>{ev.result.loss:.4f}</b>" in text
+        assert "TTA: <b>flip</b>" in text
+    assert summary["test_acc"] == ev.result.acc

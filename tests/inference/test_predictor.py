@@ -163,8 +163,10 @@ def test_threshold_topk_and_tta(predictor, digits) -> None:
         assert b.label in (a.label, "unknown") and b.index == a.index
         assert (b.label == "unknown") == (a.confidence < 0.999999)
     assert len(predictor.predict(images[0], topk=50).topk) == 10  # clipped to the classes
-    # Digits were not trained with flips: TTA uses four one-pixel shifts, never a mirror.
-    views = predictor.tta_views(predictor.preprocess.normalize(images[:2]))
+    # The run has no TTA of its own, so by default none; asked for (True), and the digits
+    # not trained with flips, it uses four one-pixel shifts, never a mirror.
+    assert len(predictor.tta_views(predictor.preprocess.normalize(images[:2]))) == 1
+    views = predictor.tta_views(predictor.preprocess.normalize(images[:2]), True)
     assert len(views) == 5 and not any(torch.equal(v, views[0].flip(-1)) for v in views[1:])
     tta = predictor.predict(images[:200], tta=True)
     accuracy = np.mean([p.index == y for p, y in zip(tta, labels[:200].tolist())])

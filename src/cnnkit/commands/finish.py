@@ -27,7 +27,7 @@ def _write_report(folder: RunFolder, cfg: RunConfig, session: Any, scores: Any) 
     from cnnkit.commands.report import report
 
     try:
-        path = report(folder.path, device=cfg.train.device, data_dir=cfg.data.data_dir)
+        path = report(folder.path, device=cfg.train.device, data_dir=cfg.data.data_dir, scores=scores)
     except CnnkitError as err:
         logger.warning(f"warning: no report written: {err}")
         return

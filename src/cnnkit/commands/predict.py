@@ -40,7 +40,7 @@ def predict(
     topk: int = 5,
     batch_size: int = 64,
     workers: int | None = None,
-    tta: bool = False,
+    tta: bool | str | None = None,
     threshold: float | None = None,
     progress: bool = True,
     amp: str = "off",
@@ -48,6 +48,9 @@ def predict(
     """Predict every image among ``inputs`` (files, folders, globs), streaming results to ``out``.
 
     ``amp`` (torch backend): ``off`` (float32), ``bf16``, ``fp16`` or ``auto`` (bf16 on CUDA).
+    ``tta``: None uses the run's own test-time augmentation (as ``cnnkit eval`` does),
+    ``False``/``"none"`` none, ``True`` the run's or, for a run without, the views that suit
+    its training augmentation, a mode name (``flip``, ``shift``...) that mode.
 
     Unreadable files and inputs that match nothing are skipped and listed (in ``out`` and
     the returned summary); they never end the run. ``out`` is a .csv, .json or .jsonl file
@@ -63,10 +66,10 @@ def predict(
 
     _check_options(topk, batch_size, workers, threshold)
     out_path = check_out_path(out) if out is not None else None
+    predictor = Predictor.load(model, backend=backend, device=device, amp=amp)
     files, missing = expand_inputs(inputs)
     if not files:
         raise CnnkitError("no files to predict: " + "; ".join(f"{m.source}: {m.reason}" for m in missing))
-    predictor = Predictor.load(model, backend=backend, device=device, amp=amp)
     writer, target = open_writer(out_path, topk)
     start = time.perf_counter()
     try:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from cnnkit.engine import resolve_device
+from cnnkit.engine.device import amp_dtype
 from cnnkit.inference.loading import (
     LoadedCheckpoint,
     check_split,
@@ -31,6 +32,7 @@ def report(
     data_dir: str | None = None,
     device: str = "auto",
     out_dir: str | Path | None = None,
+    scores: Any = None,
 ) -> Path:
     """Write ``report/report.html`` (and its PNGs) for a run folder or checkpoint.
 
@@ -43,6 +45,9 @@ def report(
         data_dir: folder holding torchvision datasets, if not the run's.
         device: where to run the model.
         out_dir: where to write (None: ``report/`` in the run folder).
+        scores: the split's :class:`~cnnkit.engine.scoring.Scores`, already computed with the
+            run's TTA and precision (the end of a run passes its test evaluation's); None:
+            scored here.
 
     Returns:
         The path of ``report.html``.
@@ -60,9 +65,11 @@ def report(
     loader = split_loader(loaders, split)
     pre = loaded.preprocess
     model = loaded.model.to(torch_device)
-    pred = rep.collect_predictions(model, loader, mean=pre["mean"], std=pre["std"], device=torch_device)
+    dtype = amp_dtype(cfg.train.amp, torch_device)  # the run's precision and TTA, as `cnnkit eval` scores
+    pred = rep.collect_predictions(model, loader, mean=pre["mean"], std=pre["std"], device=torch_device, dtype=dtype,
+                                   tta=cfg.train.tta, scores=scores)  # fmt: skip
     data = rep.summarise(pred, loaded.class_names, split)
-    extra = _robustness(model, loader, pre, torch_device, loaded.class_names) if robustness else None
+    extra = _robustness(model, loader, pre, torch_device, loaded.class_names, dtype, cfg.train.tta) if robustness else None
     if extra is not None:
         extra["images"] = min(ROBUSTNESS_IMAGES, data.count)
     summary = summarize(model.cpu(), (pre["channels"], *pre["input_size"]))
@@ -104,12 +111,12 @@ def _train_preview(loaded: LoadedCheckpoint, device: torch.device, data_dir: str
     return shown, [loaded.class_names[int(i)] for i in labels[:count]]
 
 
-def _robustness(model, loader, pre, device, class_names) -> dict[str, Any]:
+def _robustness(model, loader, pre, device, class_names, dtype=None, tta="none") -> dict[str, Any]:
     from cnnkit.evaluation import plots
     from cnnkit.evaluation.robustness import Normalisation, robustness_table
 
     rows, example = robustness_table(model, loader, Normalisation.of(pre["mean"], pre["std"]), device=device,
-                                     max_images=ROBUSTNESS_IMAGES)  # fmt: skip
+                                     max_images=ROBUSTNESS_IMAGES, dtype=dtype, tta=tta)  # fmt: skip
     figure = None
     if example is not None:
         diff = (example["adversarial"] - example["clean"]).abs()

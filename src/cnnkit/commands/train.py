@@ -33,9 +33,10 @@ from cnnkit.commands.setup import (
 from cnnkit.config import RunConfig, keyword_overrides, resolve_config, validate
 from cnnkit.data import DataSpec
 from cnnkit.data.folder import skipped_files_log
-from cnnkit.engine import EvalResult, distributed, evaluate, read_checkpoint
+from cnnkit.engine import EvalResult, distributed, read_checkpoint
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.phases import fit_phases, total_epochs
+from cnnkit.engine.scoring import metrics, score
 from cnnkit.log import console, logger, say
 from cnnkit.models import model_info
 from cnnkit.runfolder import RunFolder
@@ -204,10 +205,12 @@ def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: dict[s
             model.load_state_dict(read_checkpoint(folder.best)["state_dict"])
         distributed.broadcast_module(model)  # rank 0's best weights on every rank (no shared disk needed)
         test, scores = None, None
-        if loaders.test is not None:
-            test = evaluate(model, loaders.test, spec.num_classes, device=device,
-                            dtype=amp_dtype(cfg.train.amp, device), tta=cfg.train.tta)  # fmt: skip
+        if loaders.test is not None:  # the run's TTA and precision, as `cnnkit eval` scores
+            scores = score(model, loaders.test, device=device, dtype=amp_dtype(cfg.train.amp, device), tta=cfg.train.tta)
+            test = metrics(scores, spec.num_classes, reduce=distributed.all_reduce_sum)
             trackers.log_test(test, step=len(result.history))
+            if distributed.current().world > 1:
+                scores = None  # each rank scored its shard: the report scores the whole split itself
     if folder.writer:
         from cnnkit.commands.run_files import list_skipped_files
 

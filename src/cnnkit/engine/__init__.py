@@ -3,16 +3,20 @@
 from cnnkit.engine.checkpoint import read_checkpoint, save_checkpoint, unwrap
 from cnnkit.engine.device import resolve_device, seed_everything
 from cnnkit.engine.loop import EvalResult, FitResult, evaluate, fit, train_one_epoch
+from cnnkit.engine.scoring import Scores, score, validation_loss
 
 __all__ = [
     "EvalResult",
     "FitResult",
+    "Scores",
     "evaluate",
     "fit",
     "read_checkpoint",
     "resolve_device",
     "save_checkpoint",
+    "score",
     "seed_everything",
     "train_one_epoch",
     "unwrap",
+    "validation_loss",
 ]

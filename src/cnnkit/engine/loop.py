@@ -42,16 +42,9 @@ from cnnkit.engine.device import amp_dtype, autocast, resolve_device, seed_every
 from cnnkit.engine.distributed import all_reduce_sum, current
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.regularize import BatchMixer, WeightEma, build_mixer
+from cnnkit.engine.scoring import EvalResult, metrics, score, to_device
 from cnnkit.engine.speed import CompilePlan, NoTimer, StepTimer, use_channels_last
-from cnnkit.engine.tta import tta_logits
 from cnnkit.errors import UsageError
-from cnnkit.evaluation.metrics import (
-    accuracy,
-    confusion_matrix,
-    per_class_accuracy,
-    precision_recall_f1,
-    topk_correct,
-)
 
 # Metrics where a lower value is better; every other select_metric is maximised.
 LOWER_IS_BETTER = {"val_loss"}
@@ -68,33 +61,6 @@ def metric_column(name: str) -> str:
         valid = ", ".join([*METRIC_ALIASES, *SELECT_METRICS])
         raise UsageError(f"unknown select metric {name!r}; valid: {valid}")
     return column
-
-
-@dataclass
-class EvalResult:
-    """Loss, accuracy and the confusion matrix of one pass over a loader."""
-
-    loss: float
-    acc: float
-    top5: float | None
-    confusion: torch.Tensor
-    count: int
-    seconds: float
-
-    @property
-    def per_class_acc(self) -> list[float]:
-        return per_class_accuracy(self.confusion).tolist()
-
-    @property
-    def balanced_acc(self) -> float:
-        """Mean recall over the classes present (scikit-learn's ``balanced_accuracy_score``)."""
-        recalls = per_class_accuracy(self.confusion)
-        return float(recalls.nanmean()) if not recalls.isnan().all() else float("nan")
-
-    @property
-    def macro_f1(self) -> float:
-        """F1 averaged over all classes, each counting the same."""
-        return precision_recall_f1(self.confusion)["macro"]["f1"]
 
 
 @dataclass
@@ -307,15 +273,6 @@ def _optimizer_step(model, optimizer, scheduler, scaler, grad_clip: float | None
         scheduler.step()
 
 
-def to_device(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """A batch on ``device`` (asynchronously from pinned memory); image batches
-    ``[B, C, H, W]`` in channels-last memory format when asked (feature batches stay as they are)."""
-    if channels_last and images.dim() == 4:
-        return images.to(device, non_blocking=True, memory_format=torch.channels_last)
-    return images.to(device, non_blocking=True)
-
-
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: Iterable,
@@ -323,42 +280,19 @@ def evaluate(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
-    loss_fn: nn.Module | None = None,
     tta: str = "none",
     channels_last: bool = False,
 ) -> EvalResult:
-    """Loss, top-1, top-5 (when there are more than 5 classes) and the confusion matrix.
+    """Loss, top-1, top-5 (when there are more than 5 classes) and the confusion matrix:
+    :func:`~cnnkit.engine.scoring.metrics` of :func:`~cnnkit.engine.scoring.score`.
 
-    ``tta`` averages the logits over test-time views (:mod:`cnnkit.engine.tta`);
-    ``channels_last`` hands the model its batches in that memory format.
+    The loss is the validation loss (plain cross-entropy of the TTA-combined logits);
+    ``tta`` names the test-time views (:mod:`cnnkit.engine.tta`), ``channels_last`` hands
+    the model its batches in that memory format. Under torchrun each rank scores its shard
+    and the sums are added up over the ranks.
     """
-    device = torch.device(device)
-    loss_fn = loss_fn or nn.CrossEntropyLoss()
-    model.eval()
-    start = time.perf_counter()
-    loss_sum, top5, count = 0.0, 0, 0
-    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for images, labels in loader:
-        images = to_device(images, device, channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            logits = tta_logits(model, images, tta)
-        logits = logits.float()
-        loss_sum += float(loss_fn(logits, labels)) * labels.shape[0]
-        top5 += topk_correct(logits, labels, 5)
-        matrix += confusion_matrix(logits.argmax(1).cpu(), labels.cpu(), num_classes)
-        count += labels.shape[0]
-    # under torchrun each rank evaluated its shard: add up the sums and the confusion matrices
-    matrix = all_reduce_sum(matrix)
-    loss_sum, top5, count = all_reduce_sum(torch.tensor([loss_sum, top5, count], dtype=torch.float64)).tolist()
-    return EvalResult(
-        loss=loss_sum / max(count, 1),
-        acc=accuracy(matrix),
-        top5=top5 / max(count, 1) if num_classes > 5 else None,
-        confusion=matrix,
-        count=int(count),
-        seconds=time.perf_counter() - start,
-    )
+    scores = score(model, loader, device=device, dtype=dtype, tta=tta, channels_last=channels_last)
+    return metrics(scores, num_classes, reduce=all_reduce_sum)
 
 
 def fit(
@@ -399,7 +333,11 @@ def fit(
             optimizer, scheduler, scaler, history, RNG and epoch position are restored
             and training continues where it stopped, to the same end as uninterrupted.
         class_weights: ``[num_classes]`` weights of the training loss (``--balance
-            weights``); validation loss stays unweighted.
+            weights``). Label smoothing and class weights shape the training loss only:
+            the validation loss is :func:`~cnnkit.engine.scoring.validation_loss`.
+
+    The best epoch (``best.pt``) is the one with the best ``cfg.select_metric``; a tie
+    goes to the lower validation loss (see :func:`improves`).
 
     Returns:
         The per-epoch history and the best validation metric; the model is left with the
@@ -427,7 +365,6 @@ def fit(
     mixer = build_mixer(num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob)
     weights = class_weights.to(device=device, dtype=torch.float32) if class_weights is not None else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    eval_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     run_dir = Path(run_dir) if run_dir is not None else None
     result = previous if previous is not None else FitResult(run_dir=run_dir)
     first = len(result.history) + 1
@@ -463,13 +400,13 @@ def fit(
         result.steps += len(train_loader)
         plan.observe(train["seconds"], last - epoch)
         val = evaluate(runner if state.ema is None else state.ema.module, val_loader, num_classes, device=device,
-                       dtype=eval_dtype, loss_fn=eval_loss_fn, tta=cfg.tta, channels_last=channels_last)  # fmt: skip
+                       dtype=eval_dtype, tta=cfg.tta, channels_last=channels_last)  # fmt: skip
         if timer is not None:
             timer.steps = len(train_loader)
             log(timer.table(epoch, train["images"], val.seconds))
         row = _metrics_row(epoch, lr, train, val)
         result.history.append(row)
-        improved = _improved(row[select], result.best_metric, select)
+        improved = improves(row, _best_row(result, select), select)
         if improved:
             result.best_metric, result.best_epoch, stale = row[select], epoch, 0
         else:
@@ -533,12 +470,45 @@ def _metrics_row(epoch: int, lr: float, train: dict[str, float], val: EvalResult
     }
 
 
-def _improved(value: float | None, best: float | None, metric: str) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+# What breaks a tie in the selection metric: (column, True when lower is better).
+TIE_BREAK = {"val_loss": ("val_acc", False)}
+DEFAULT_TIE_BREAK = ("val_loss", True)
+
+
+def improves(row: dict[str, Any], best: dict[str, Any] | None, metric: str) -> bool:
+    """Whether the epoch ``row`` beats the ``best`` row so far on ``metric`` (a metrics.csv column).
+
+    A better value wins. An equal value (1,000 validation images make ties common) goes
+    to the lower validation loss, or for ``val_loss`` itself to the higher ``val_acc``;
+    equal on both, the earlier epoch stays. NaN or missing never improves.
+    """
+    value = row.get(metric)
+    if not _number(value):
         return False
-    if best is None:
+    if best is None or not _number(best.get(metric)):
         return True
-    return value < best if metric in LOWER_IS_BETTER else value > best
+    if value != best[metric]:
+        return value < best[metric] if metric in LOWER_IS_BETTER else value > best[metric]
+    column, lower = TIE_BREAK.get(metric, DEFAULT_TIE_BREAK)
+    mine, theirs = row.get(column), best.get(column)
+    if not (_number(mine) and _number(theirs)):
+        return False
+    return mine < theirs if lower else mine > theirs
+
+
+def _number(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _best_row(result: FitResult, metric: str) -> dict[str, Any] | None:
+    """The history row of the best epoch so far (a row of the metric alone when an older
+    checkpoint's history lacks it), or None before the first epoch."""
+    if result.best_epoch is None and result.best_metric is None:
+        return None
+    for row in reversed(result.history):
+        if row.get("epoch") == result.best_epoch:
+            return row
+    return {metric: result.best_metric}
 
 
 def _summary_line(row: dict[str, Any], epochs: int, improved: bool) -> str:

@@ -1,9 +1,14 @@
 """The evaluation report: one self-contained ``report.html`` plus the PNGs it shows.
 
-:func:`collect_predictions` runs a model over a loader once and keeps what the report
-needs (logits, labels and the worst mistakes' images); :func:`write_report` turns that,
-the training history and the run's config into figures and HTML. Nothing here loads data
-or checkpoints: the caller (``cnnkit.commands.report``) does, so notebooks can pass their own.
+:func:`collect_predictions` scores a loader through the one scoring path
+(:func:`cnnkit.engine.scoring.score`, with the run's TTA and precision) or takes the
+:class:`~cnnkit.engine.scoring.Scores` of an evaluation already made (the end of a run
+reuses its test evaluation), then fetches the pixels of only the images the report shows
+(the worst mistakes). :func:`summarise` computes the numbers with
+:func:`cnnkit.engine.scoring.metrics`, so they equal ``cnnkit eval``'s on the same
+scores; :func:`write_report` turns that, the training history and the run's config into
+figures and HTML. Nothing here loads data or checkpoints: the caller
+(``cnnkit.commands.report``) does, so notebooks can pass their own.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any
 import jinja2
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from cnnkit.engine.scoring import Scores, metrics, score
 from cnnkit.evaluation import metrics as M
 from cnnkit.evaluation import plots
 
@@ -30,54 +35,107 @@ GALLERY_SIZE = 16
 
 @dataclass
 class Predictions:
-    """One pass of a model over a loader.
+    """The scores of a loader and the images the report shows.
 
     Attributes:
-        logits: ``[N, num_classes]`` float32 on the CPU.
+        logits: ``[N, num_classes]`` float32 on the CPU (TTA views combined).
         labels: ``[N]`` true classes.
         worst_images: de-normalised images ``[K, C, H, W]`` in [0, 1] of the K samples
-            with the highest loss, highest first, with their indices in ``worst_index``.
+            with the highest loss, highest first, with their positions in ``worst_index``.
+        tta: the test-time augmentation of the logits.
     """
 
     logits: torch.Tensor
     labels: torch.Tensor
     worst_images: torch.Tensor
     worst_index: torch.Tensor
+    tta: str = "none"
+
+    @property
+    def scores(self) -> Scores:
+        return Scores(self.logits, self.labels, self.tta)
 
 
-@torch.no_grad()
 def collect_predictions(
-    model: nn.Module, loader: Iterable, *, mean: Iterable[float], std: Iterable[float],
-    device: torch.device | str = "cpu", keep: int = GALLERY_SIZE,
+    model: nn.Module | None, loader: Iterable, *, mean: Iterable[float], std: Iterable[float],
+    device: torch.device | str = "cpu", keep: int = GALLERY_SIZE, dtype: torch.dtype | None = None,
+    tta: str = "none", scores: Scores | None = None,
 ) -> Predictions:  # fmt: skip
-    """Logits and labels of every sample, keeping the ``keep`` worst images on the way.
+    """The scores of ``loader`` and the pixels of its ``keep`` highest-loss images.
 
-    ``mean``/``std`` undo the loader's normalisation for display.
+    Args:
+        model: the classifier (unused when ``scores`` is given: pass None).
+        loader: the evaluation loader (unshuffled), scored or to be scored.
+        mean: the loader's normalisation, undone for display (with ``std``).
+        dtype: autocast precision of the scoring pass (the run's ``train.amp``).
+        tta: the test-time augmentation (the run's ``train.tta``).
+        scores: logits of this same loader already computed by
+            :func:`~cnnkit.engine.scoring.score` (no model pass is run).
     """
-    model.eval()
-    device = torch.device(device)
+    if scores is None:
+        if model is None:
+            raise ValueError("collect_predictions needs a model or precomputed scores")
+        scores = score(model, loader, device=device, dtype=dtype, tta=tta)
+    empty = torch.zeros(0, dtype=torch.long)
+    worst = M.top_losses(scores.logits, scores.labels, keep).indices if scores.count else empty
+    images = images_at(loader, worst, scores.labels, mean, std)
+    return Predictions(scores.logits, scores.labels, images, worst, scores.tta)
+
+
+def images_at(
+    loader: Iterable, positions: torch.Tensor, labels: torch.Tensor, mean: Iterable[float], std: Iterable[float],
+) -> torch.Tensor:  # fmt: skip
+    """Pixels ``[K, C, H, W]`` in [0, 1] of the loader's samples at ``positions`` (in its order).
+
+    In-memory loaders and file datasets give them by index, decoding only those images; a
+    loader whose order cannot be mapped to its dataset (files skipped as unreadable, an
+    unknown loader) is walked once without running any model. ``labels`` (``[N]``, the
+    scored labels) guard the mapping: on any mismatch the walk is used.
+    """
+    if not len(positions):
+        return torch.zeros(0)
     mean_t = torch.tensor(list(mean)).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std)).view(1, -1, 1, 1)
-    all_logits, all_labels = [], []
-    best_loss = torch.empty(0)
-    best_images = torch.empty(0)
-    best_index = torch.empty(0, dtype=torch.long)
+    direct = _indexed_images(loader, positions, labels, mean_t, std_t)
+    if direct is not None:
+        return direct
+    wanted = {int(p): k for k, p in enumerate(positions)}
+    found: dict[int, torch.Tensor] = {}
     seen = 0
-    for images, labels in loader:
-        logits = model(images.to(device)).float().cpu()
-        labels = labels.cpu()
-        losses = F.cross_entropy(logits, labels, reduction="none")
-        shown = (images.cpu().float() * std_t + mean_t).clamp_(0, 1)
-        # Running top-k by loss: merge this batch's candidates with the kept ones.
-        best_loss = torch.cat([best_loss, losses])
-        best_images = torch.cat([best_images, shown]) if best_images.numel() else shown
-        best_index = torch.cat([best_index, torch.arange(seen, seen + len(labels))])
-        order = best_loss.argsort(descending=True)[:keep]
-        best_loss, best_images, best_index = best_loss[order], best_images[order], best_index[order]
-        all_logits.append(logits)
-        all_labels.append(labels)
-        seen += len(labels)
-    return Predictions(torch.cat(all_logits), torch.cat(all_labels), best_images, best_index)
+    for batch_images, _ in loader:
+        for offset in range(len(batch_images)):
+            if seen + offset in wanted:
+                found[seen + offset] = batch_images[offset].cpu().float()
+        seen += len(batch_images)
+        if len(found) == len(wanted):
+            break
+    shown = torch.stack([found[int(p)] for p in positions])
+    return (shown * std_t + mean_t).clamp_(0, 1)
+
+
+def _indexed_images(loader, positions, labels, mean_t, std_t) -> torch.Tensor | None:
+    """The images at ``positions`` by index when the loader's order is its dataset's (None otherwise)."""
+    from cnnkit.data.builder import FileLoader
+    from cnnkit.data.tensor_data import WHOLE, TensorLoader
+
+    if isinstance(loader, TensorLoader):
+        if loader.images is None or loader.shuffle or loader.part != WHOLE or loader.sample_weights is not None \
+                or len(loader.labels) != len(labels):  # fmt: skip
+            return None
+        if not torch.equal(loader.labels[positions.to(loader.labels.device)].cpu(), labels[positions]):
+            return None
+        return loader.images[positions.to(loader.images.device)].cpu().float().div_(255)  # uint8 -> [0, 1]
+    if isinstance(loader, FileLoader):
+        dataset = loader.loader.dataset
+        if loader.sampler.shuffle or loader.sampler.weights is not None or loader.part != WHOLE \
+                or len(dataset) != len(labels):  # type: ignore[arg-type]  # fmt: skip
+            return None
+        samples = [dataset[int(p)] for p in positions]  # None: an unreadable file
+        if any(sample is None or int(sample[1]) != int(labels[p])
+               for sample, p in zip(samples, positions, strict=True)):
+            return None
+        return (torch.stack([sample[0].float() for sample in samples]) * std_t + mean_t).clamp_(0, 1)
+    return None
 
 
 @dataclass
@@ -97,23 +155,23 @@ class ReportData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def summarise(pred: Predictions, class_names: list[str], split: str) -> ReportData:
-    """The report's numbers: the same loss/top-1/top-5 as ``cnnkit eval`` on the same images."""
-    num_classes = len(class_names)
-    confusion = M.confusion_matrix(pred.logits.argmax(1), pred.labels, num_classes)
-    count = len(pred.labels)
-    top5 = M.topk_correct(pred.logits, pred.labels, 5) / max(count, 1) if num_classes > 5 else None
+def summarise(pred: Predictions | Scores, class_names: list[str], split: str) -> ReportData:
+    """The report's numbers: :func:`cnnkit.engine.scoring.metrics` of the scores (the same
+    loss/top-1/top-5 as ``cnnkit eval`` on the same images, TTA and precision)."""
+    scores = pred.scores if isinstance(pred, Predictions) else pred
+    result = metrics(scores, len(class_names))
     return ReportData(
         split=split,
-        count=count,
-        loss=float(F.cross_entropy(pred.logits, pred.labels)) if count else float("nan"),
-        top1=M.accuracy(confusion),
-        top5=top5,
-        confusion=confusion,
-        prf=M.precision_recall_f1(confusion),
-        calibration=M.expected_calibration_error(pred.logits.softmax(1), pred.labels),
-        confused_pairs=M.most_confused_pairs(confusion, k=10),
+        count=result.count,
+        loss=result.loss,
+        top1=result.acc,
+        top5=result.top5,
+        confusion=result.confusion,
+        prf=M.precision_recall_f1(result.confusion),
+        calibration=M.expected_calibration_error(scores.logits.softmax(1), scores.labels),
+        confused_pairs=M.most_confused_pairs(result.confusion, k=10),
         class_names=list(class_names),
+        extra={"tta": scores.tta},
     )
 
 
@@ -211,7 +269,9 @@ img{max-width:100%;border:1px solid #eee} pre{background:#f7f7f7;padding:1em;ove
 <span class="kpi">top-1: <b>{{ pct(data.top1) }}</b></span>
 <span class="kpi">top-5: <b>{{ pct(data.top5) }}</b></span>
 <span class="kpi">loss: <b>{{ "%.4f"|format(data.loss) }}</b></span>
-<span class="kpi">ECE: <b>{{ "%.4f"|format(data.calibration.ece) }}</b></span></p>
+<span class="kpi">ECE: <b>{{ "%.4f"|format(data.calibration.ece) }}</b></span>
+{% if data.extra.tta and data.extra.tta != "none" %}<span class="kpi">TTA: <b>{{ data.extra.tta }}</b></span>
+{% endif %}</p>
 {% if images.curves %}<h2 id="curves">Training curves</h2>
 <img alt="loss and accuracy curves" src="data:image/png;base64,{{ images.curves }}">{% endif %}
 <h2 id="confusion">Confusion matrix</h2>
@@ -247,4 +307,4 @@ against the gradient of the loss; the corruptions are Gaussian noise, a 5x5 box 
 """
 )
 
-__all__ = ["Predictions", "ReportData", "collect_predictions", "png_bytes", "summarise", "write_report"]
+__all__ = ["Predictions", "ReportData", "collect_predictions", "images_at", "png_bytes", "summarise", "write_report"]

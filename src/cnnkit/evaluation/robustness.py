@@ -3,17 +3,25 @@
 The seed tutorial warns that an imperceptible perturbation can flip a confident
 prediction; :func:`robustness_table` measures it. Perturbations act in pixel space
 ([0, 1] per channel, so ``eps = 2/255`` means two grey levels), then the image is
-normalised again, exactly as the model would see a perturbed photo.
+normalised again, exactly as the model would see a perturbed photo. The model is scored
+as everywhere else: the run's test-time views combined by :func:`cnnkit.engine.tta.tta_logits`
+under its precision, so the clean row equals ``cnnkit eval`` on the same images and FGSM
+attacks that same classifier.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from cnnkit.engine.device import autocast
+from cnnkit.engine.tta import check_tta, tta_logits
+
+Forward = Callable[[torch.Tensor], torch.Tensor]  # normalised inputs [B, C, H, W] -> float32 logits [B, K]
 
 # FGSM step sizes in grey levels out of 255.
 FGSM_LEVELS = (1, 2, 4, 8)
@@ -37,7 +45,8 @@ class Normalisation:
         return (pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)
 
 
-def fgsm(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float, norm: Normalisation) -> torch.Tensor:
+def fgsm(model: nn.Module | Forward, pixels: torch.Tensor, labels: torch.Tensor, eps: float,
+         norm: Normalisation) -> torch.Tensor:  # fmt: skip
     """Fast gradient sign attack: ``pixels + eps * sign(grad of the loss)``, kept in [0, 1]."""
     pixels = pixels.clone().requires_grad_(True)
     loss = F.cross_entropy(model(norm.to_inputs(pixels)), labels)
@@ -57,9 +66,12 @@ def corruptions(pixels: torch.Tensor, generator: torch.Generator) -> Iterator[tu
 
 def robustness_table(
     model: nn.Module, loader: Iterable, norm: Normalisation, *, device: torch.device | str = "cpu",
-    max_images: int = 1000, seed: int = 0,
+    max_images: int = 1000, seed: int = 0, dtype: torch.dtype | None = None, tta: str = "none",
 ) -> tuple[list[tuple[str, float]], dict[str, torch.Tensor] | None]:  # fmt: skip
     """Top-1 accuracy on clean images, under FGSM at each level and under each corruption.
+
+    ``tta`` and ``dtype`` are the run's test-time augmentation and autocast precision
+    (the forward of :func:`cnnkit.engine.scoring.score`).
 
     Returns:
         ``[(perturbation, accuracy)]`` over the first ``max_images`` images, and one
@@ -69,6 +81,12 @@ def robustness_table(
     """
     device = torch.device(device)
     model.eval()
+    check_tta(tta)
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            return tta_logits(model, inputs, tta)
+
     generator = torch.Generator().manual_seed(seed)
     correct: dict[str, int] = {}
     seen = 0
@@ -80,12 +98,12 @@ def robustness_table(
         pixels = norm.to_pixels(inputs[:take].to(device).float())
         labels = labels[:take].to(device)
         with torch.no_grad():
-            clean_pred = model(norm.to_inputs(pixels)).argmax(1)
+            clean_pred = forward(norm.to_inputs(pixels)).argmax(1)
         _count(correct, "clean", clean_pred, labels)
         for level in FGSM_LEVELS:
-            adv = fgsm(model, pixels, labels, level / 255, norm)
+            adv = fgsm(forward, pixels, labels, level / 255, norm)
             with torch.no_grad():
-                adv_pred = model(norm.to_inputs(adv)).argmax(1)
+                adv_pred = forward(norm.to_inputs(adv)).argmax(1)
             _count(correct, f"FGSM eps {level}/255", adv_pred, labels)
             flipped = ((clean_pred == labels) & (adv_pred != labels)).nonzero()
             if example is None and len(flipped):
@@ -94,7 +112,7 @@ def robustness_table(
                            "clean_pred": int(clean_pred[i]), "adv_pred": int(adv_pred[i]), "eps": level}  # fmt: skip
         with torch.no_grad():
             for name, corrupted in corruptions(pixels, generator):
-                _count(correct, name, model(norm.to_inputs(corrupted)).argmax(1), labels)
+                _count(correct, name, forward(norm.to_inputs(corrupted)).argmax(1), labels)
         seen += take
     return [(name, hits / max(seen, 1)) for name, hits in correct.items()], example
 

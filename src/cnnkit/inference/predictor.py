@@ -27,7 +27,7 @@ from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_transform
 from cnnkit.engine.checkpoint import read_checkpoint
 from cnnkit.engine.device import autocast
-from cnnkit.engine.tta import tta_views
+from cnnkit.engine.tta import check_tta, suggested_tta, tta_logits, tta_views
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.models import create_model, require_model_code
 
@@ -75,23 +75,32 @@ class Skipped:
 
 @dataclass
 class Metadata:
-    """What an exported model carries besides its weights (JSON in the exported file)."""
+    """What an exported model carries besides its weights (JSON in the exported file).
+
+    Attributes:
+        augment: the run's training augmentation preset.
+        tta: the run's test-time augmentation (``train.tta``): what eval scored with, and
+            what :class:`Predictor` uses unless told otherwise. ``none`` for files
+            exported before it was recorded.
+    """
 
     class_names: list[str]
     preprocess: Preprocess
     model: dict[str, Any] = field(default_factory=dict)
     augment: str = "none"
+    tta: str = "none"
 
     def to_json(self) -> str:
         return json.dumps({"class_names": self.class_names, "preprocess": self.preprocess.to_dict(),
-                           "model": self.model, "augment": self.augment})  # fmt: skip
+                           "model": self.model, "augment": self.augment, "tta": self.tta})  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Metadata:
         try:
             values = json.loads(text)
             return cls(list(values["class_names"]), Preprocess.from_dict(values["preprocess"]),
-                       dict(values.get("model", {})), str(values.get("augment", "none")))  # fmt: skip
+                       dict(values.get("model", {})), str(values.get("augment", "none")),
+                       check_tta(str(values.get("tta") or "none")))  # fmt: skip
         except (ValueError, KeyError, TypeError) as exc:
             raise CnnkitError(f"{where}: its cnnkit metadata is unreadable ({exc}); re-export it") from None
 
@@ -116,10 +125,13 @@ def model_from_checkpoint(payload: dict[str, Any], trust_code: Any = None) -> nn
 
 
 def checkpoint_metadata(payload: dict[str, Any]) -> Metadata:
-    """Class names, preprocessing, model description and training augmentation of a checkpoint."""
-    augment = payload.get("config", {}).get("data", {}).get("augment", "none")
+    """Class names, preprocessing, model description, training augmentation and test-time
+    augmentation of a checkpoint."""
+    config = payload.get("config") or {}
+    augment = (config.get("data") or {}).get("augment", "none")
+    tta = (config.get("train") or {}).get("tta", "none")
     return Metadata(list(payload["class_names"]), Preprocess.from_dict(payload["preprocess"]),
-                    dict(payload["model"]), str(augment or "none"))  # fmt: skip
+                    dict(payload["model"]), str(augment or "none"), check_tta(str(tta or "none")))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- backends
@@ -358,27 +370,42 @@ class Predictor:
         """One image -> the normalised tensor ``[C, H, W]`` the model sees."""
         return self.transform(to_pil(image, self.mode))
 
-    def logits(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """Normalised ``[B, C, H, W]`` -> logits ``[B, K]`` (TTA: mean over views' probabilities, as log)."""
-        if not tta:
-            return self.backend(images)
-        probs = torch.stack([self.backend(view).softmax(-1) for view in self.tta_views(images)]).mean(0)
-        return probs.clamp_min(1e-12).log()
+    def resolve_tta(self, tta: bool | str | None = None) -> str:
+        """The test-time augmentation a ``tta`` argument means.
 
-    def tta_views(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The test-time views: the image and its mirror when the model was trained with
-        flips; otherwise the image and four one-pixel shifts (mirroring a digit or a letter
-        would change its class)."""
-        from cnnkit.data.transforms import AUGMENT_PRESETS
+        ``None`` (the default everywhere): the run's own ``train.tta``, as ``cnnkit eval``
+        scores it. ``False``: none. ``True``: the run's own, or for a run trained without
+        TTA the views that suit its augmentation (the mirror when it trained with flips,
+        else four one-pixel shifts: a mirror changes a digit). A mode name (``none``,
+        ``flip``, ``shift``, ``flip-shift``): that one.
 
-        preset = AUGMENT_PRESETS.get(self.metadata.augment)
-        if preset is not None and preset.flip_p > 0:
-            return tta_views(images, "flip")
-        return tta_views(images, "shift")
+        Raises:
+            UsageError: an unknown mode name.
+        """
+        if tta is None:
+            return self.metadata.tta
+        if tta is False:
+            return "none"
+        if tta is True:
+            return self.metadata.tta if self.metadata.tta != "none" else suggested_tta(self.metadata.augment)
+        return check_tta(str(tta))
+
+    def logits(self, images: torch.Tensor, tta: bool | str | None = None) -> torch.Tensor:
+        """Normalised ``[B, C, H, W]`` -> float32 logits ``[B, K]``, the views of
+        :meth:`resolve_tta` combined by the one rule of ``cnnkit eval`` (the mean of their
+        logits, :func:`cnnkit.engine.tta.combine_views`)."""
+        return tta_logits(self.backend, images, self.resolve_tta(tta))
+
+    def tta_views(self, images: torch.Tensor, tta: bool | str | None = None) -> list[torch.Tensor]:
+        """The test-time views of a normalised batch (see :meth:`resolve_tta`), the image first."""
+        return tta_views(images, self.resolve_tta(tta))
 
     def predict(self, images: ImageLike | Sequence[ImageLike], *, topk: int = 5, batch_size: int = 64,
-                tta: bool = False, threshold: float | None = None) -> Prediction | list[Prediction]:  # fmt: skip
+                tta: bool | str | None = None, threshold: float | None = None,
+                ) -> Prediction | list[Prediction]:  # fmt: skip
         """Predict one image (returns a :class:`Prediction`) or a list of them (a list).
+
+        ``tta``: see :meth:`resolve_tta` (default: the run's own, as ``cnnkit eval``).
 
         A 4-D array/tensor ``[N, ...]`` counts as N images. Bad inputs raise
         :class:`~cnnkit.errors.CnnkitError` subclasses with a message (use
@@ -387,6 +414,7 @@ class Predictor:
         single = not isinstance(images, (list, tuple)) and not _is_batch(images)
         items = [images] if single else list(images)
         results: list[Prediction] = []
+        tta = self.resolve_tta(tta)  # a bad mode fails before any image is decoded
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             batch = torch.stack([self.prepare(item) for item in chunk])
@@ -395,13 +423,17 @@ class Predictor:
         return results[0] if single else results
 
     def predict_files(self, paths: Sequence[str], *, topk: int = 5, batch_size: int = 64, workers: int | None = None,
-                      tta: bool = False, threshold: float | None = None) -> Iterator[Prediction | Skipped]:  # fmt: skip
+                      tta: bool | str | None = None, threshold: float | None = None,
+                      ) -> Iterator[Prediction | Skipped]:  # fmt: skip
         """Stream results for many files, in the given order; bad files come as :class:`Skipped`.
+
+        ``tta``: see :meth:`resolve_tta` (default: the run's own, as ``cnnkit eval``).
 
         Decoding runs in ``workers`` processes (default: one per CPU core, at most 8)
         while the model runs in this one; at most a few batches are in memory at a time.
         """
         workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+        tta = self.resolve_tta(tta)
         loader = torch.utils.data.DataLoader(
             ImageFiles(paths, self.transform, self.mode), batch_size=batch_size, shuffle=False,
             num_workers=workers, collate_fn=_collate, persistent_workers=False,
