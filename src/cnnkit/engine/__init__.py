@@ -1,10 +1,11 @@
 """Training engine: the loop, optimizers, devices and the checkpoint contract."""
 
-from cnnkit.engine.checkpoint import read_checkpoint, save_checkpoint, unwrap
+from cnnkit.engine.checkpoint import Checkpoint, TrainingState, read_checkpoint, save_checkpoint, unwrap
 from cnnkit.engine.device import resolve_device, seed_everything
 from cnnkit.engine.loop import EvalResult, FitResult, evaluate, fit, train_one_epoch
 
 __all__ = [
+    "Checkpoint",
     "EvalResult",
     "FitResult",
     "evaluate",
@@ -14,5 +15,6 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "train_one_epoch",
+    "TrainingState",
     "unwrap",
 ]
