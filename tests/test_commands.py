@@ -180,3 +180,27 @@ def test_a_mistyped_flag_suggests_the_nearest(capsys: pytest.CaptureFixture[str]
         run_cli(capsys, "train", "--epocs", "3")
     assert stop.value.code == 2
     assert "did you mean --epochs?" in capsys.readouterr().err
+
+
+def test_best_pt_is_weights_only_and_starts_a_run_on_other_data(digits_600: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """best.pt used to carry Adam's two moments (3x the weights); --weights refused cnnkit's own models."""
+    import torch
+
+    run = cnnkit.train(data=str(digits_600), model="cifar_cnn", image_size=32, epochs=1, output_dir=str(tmp_path),
+                       name="first", report=False, progress=False, log=lambda _: None, tensorboard=False)  # fmt: skip
+    tensors = list(run.model.parameters()) + list(run.model.buffers())
+    weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    assert (run.dir / "checkpoints" / "best.pt").stat().st_size <= 1.2 * weight_bytes
+    assert (run.dir / "checkpoints" / "last.pt").stat().st_size > 2 * weight_bytes  # the optimizer state is there
+
+    three = _digit_folder(tmp_path / "three", per_class=40, classes=3)
+    code, out, err = run_cli(capsys, "train", "--weights", str(run.dir), "--data", str(three), "--model", "cifar_cnn",
+                             "--image-size", "32", "--epochs", "1", "--output-dir", str(tmp_path), "--name", "second",
+                             "--no-progress", "--no-report", "--no-tensorboard")  # fmt: skip
+    assert code == 0, err
+    assert "new head" in out and "(10 -> 3 classes)" in out
+    second = cnnkit.load_checkpoint(tmp_path / "second")
+    assert second.class_names == ["0", "1", "2"]
+    first_conv = next(iter(torch.load(run.dir / "checkpoints" / "best.pt", weights_only=True)["state_dict"].values()))
+    assert first_conv.shape == next(second.model.parameters()).shape

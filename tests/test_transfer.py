@@ -240,7 +240,7 @@ def test_flowers_transfer_without_the_data_says_where_it_looked(capsys, tmp_path
 # ----------------------------------------------------------------------------- CLI errors and weight files
 
 
-@pytest.mark.parametrize("flags", [["--freeze"], ["--pretrained"], ["--fine-tune", "1,1"], ["--weights", "w.pt"]])
+@pytest.mark.parametrize("flags", [["--freeze"], ["--pretrained"], ["--fine-tune", "1,1"]])
 def test_transfer_flags_need_a_backbone_model(capsys, tmp_path, flags) -> None:
     code, _, err = run_cli(capsys, "train", "--model", "lenet", *flags, "--output-dir", str(tmp_path))
 

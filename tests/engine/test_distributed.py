@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import torch.distributed as dist
 
 import cnnkit
+from cnnkit.engine import Checkpoint
+from cnnkit.errors import CnnkitError
 
 pytestmark = [
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
@@ -97,10 +98,10 @@ def _inside_epoch_2(checkpoint: Path) -> bool:
     """Whether ``checkpoint`` (written atomically by rank 0) was saved inside epoch 2 (not
     inside epoch 1: that one is still there just after epoch 1's metrics row is written)."""
     try:
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError):
+        training = Checkpoint.load(checkpoint).training
+    except CnnkitError:
         return False
-    return payload["in_epoch"] is not None and payload["epoch"] == 1
+    return training is not None and training.in_epoch is not None and training.epoch == 1
 
 
 def test_kill_one_rank_mid_epoch_then_resume_on_one_then_two_processes(tmp_path: Path) -> None:
@@ -123,8 +124,7 @@ def test_kill_one_rank_mid_epoch_then_resume_on_one_then_two_processes(tmp_path:
     assert launcher.returncode != 0, "torchrun must report the killed rank"
     assert metrics_epochs(run_dir) == [1]
     assert not (run_dir / "summary.json").exists()
-    saved = torch.load(last, map_location="cpu", weights_only=True)
-    assert saved["in_epoch"] is not None  # killed inside epoch 2, after a mid-epoch checkpoint
+    assert Checkpoint.load(last).training.in_epoch is not None  # killed inside epoch 2, after a mid-epoch checkpoint
 
     # the 2-process run continues mid-epoch in a single process (a step is the same global batch)...
     single = cnnkit.train(resume=run_dir, progress=False, log=lambda line: None)

@@ -19,7 +19,7 @@ import yaml
 import cnnkit
 from cnnkit.config import DataConfig, TrainConfig
 from cnnkit.data import build
-from cnnkit.engine import fit, read_checkpoint, save_checkpoint
+from cnnkit.engine import Checkpoint, fit, read_checkpoint, save_checkpoint
 from cnnkit.engine.optim import SCHEDULERS, build_scheduler
 from cnnkit.models import create_model
 
@@ -31,8 +31,9 @@ MNIST_RUN = dict(data="mnist", limit_train=10_000, limit_eval=2_000, epochs=2, b
                  optimizer="adam", scheduler="cosine", augment="none", val_fraction=0.0)  # fmt: skip
 STEPS_PER_EPOCH = 10_000 // 32  # the last partial batch is dropped
 RUN_FILES = ("config.yaml", "metrics.csv", "classes.json", "split.json", "env.json", "log.txt")
-CHECKPOINT_KEYS = {"format", "model", "state_dict", "class_names", "preprocess", "config", "optimizer",
-                   "scheduler", "scaler", "epoch", "step", "rng", "metrics"}  # fmt: skip
+CHECKPOINT_KEYS = {"format", "model", "state_dict", "class_names", "preprocess", "config", "metrics",
+                   "data_fingerprint", "cnnkit_version", "training"}  # fmt: skip
+TRAINING_KEYS = {"optimizer", "scheduler", "scaler", "epoch", "step", "rng", "history", "best_metric", "best_epoch"}
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +122,17 @@ def test_checkpoint_is_plain_weights_with_the_contract_keys(mnist_run: cnnkit.Ru
     payload = torch.load(mnist_run.dir / "checkpoints" / name, map_location="cpu", weights_only=True)
 
     assert CHECKPOINT_KEYS <= set(payload)
-    assert payload["format"] == 1
+    assert payload["format"] == 2
     assert payload["model"]["name"] == "lenet" and payload["model"]["num_classes"] == 10
     assert payload["class_names"] == [str(d) for d in range(10)]
     assert payload["preprocess"]["channels"] == 1 and payload["preprocess"]["input_size"] == [28, 28]
-    assert payload["epoch"] in (1, 2) and payload["step"] == payload["epoch"] * STEPS_PER_EPOCH
-    assert payload["optimizer"]["state"]  # Adam moments, for resuming
+    if name == "best.pt":  # weights and metadata only: what is deployed
+        assert payload["training"] is None and payload["metrics"]["epoch"] == mnist_run.metrics["best_epoch"]
+    else:  # everything resuming needs
+        training = payload["training"]
+        assert TRAINING_KEYS <= set(training)
+        assert training["epoch"] == 2 and training["step"] == training["epoch"] * STEPS_PER_EPOCH
+        assert training["optimizer"]["state"]  # Adam moments, for resuming
     keys = list(payload["state_dict"])
     assert keys and not [k for k in keys if k.startswith(("_orig_mod.", "module."))]
     assert set(keys) == set(mnist_run.model.state_dict())
@@ -151,9 +157,9 @@ def _tiny_fit(tiny_loaders, run_dir=None, on_epoch_end=None, **train) -> cnnkit.
                progress=False, on_epoch_end=on_epoch_end)  # fmt: skip
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path) -> Checkpoint:
     # engine.fit without meta writes weights and training state only (no model description).
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return Checkpoint.load(path)
 
 
 def test_on_epoch_end_fires_once_per_epoch_after_checkpoints(tiny_loaders, tmp_path: Path) -> None:
@@ -161,7 +167,7 @@ def test_on_epoch_end_fires_once_per_epoch_after_checkpoints(tiny_loaders, tmp_p
 
     def callback(row: dict) -> None:
         payload = _load(tmp_path / "checkpoints" / "last.pt")
-        assert payload["epoch"] == row["epoch"]  # written before the callback fires
+        assert payload.training.epoch == row["epoch"]  # written before the callback fires
         seen.append(dict(row))
 
     result = _tiny_fit(tiny_loaders, run_dir=tmp_path, on_epoch_end=callback, epochs=3)
@@ -187,7 +193,7 @@ def test_select_metric_val_loss_picks_the_lowest_loss(tiny_loaders, tmp_path: Pa
     losses = [row["val_loss"] for row in result.history]
     assert result.best_metric == min(losses)
     assert result.best_epoch == losses.index(min(losses)) + 1
-    assert _load(tmp_path / "checkpoints" / "best.pt")["epoch"] == result.best_epoch
+    assert _load(tmp_path / "checkpoints" / "best.pt").metrics["epoch"] == result.best_epoch
 
 
 def test_unknown_select_metric_is_a_usage_error(tiny_loaders) -> None:

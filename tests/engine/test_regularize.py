@@ -56,12 +56,16 @@ def test_ema_is_what_best_pt_holds_and_what_was_validated(tmp_path: Path) -> Non
     run = cnnkit.train(limit_train=2000, limit_eval=500, epochs=2, ema=0.9, device="cpu", deterministic=True,
                        output_dir=str(tmp_path), name="ema", report=False, progress=False, log=lambda _: None)  # fmt: skip
     best = read_checkpoint(run.dir / "checkpoints" / "best.pt")
+    last = read_checkpoint(run.dir / "checkpoints" / "last.pt")
 
-    assert best["raw_state_dict"] is not None and best["ema_updates"] == best["epoch"] * (2000 // 64)
-    differs = [k for k in best["state_dict"] if not torch.equal(best["state_dict"][k], best["raw_state_dict"][k])]
+    assert best["raw_state_dict"] is None and best["optimizer"] is None  # best.pt: the deployed weights only
+    assert last["raw_state_dict"] is not None and last["ema_updates"] == 2 * (2000 // 64)
+    differs = [k for k in last["state_dict"] if not torch.equal(last["state_dict"][k], last["raw_state_dict"][k])]
     assert differs  # the average is not the last step's weights
+    if best["metrics"]["epoch"] == 2:  # the same epoch's average in both files
+        assert all(torch.equal(best["state_dict"][k], last["state_dict"][k]) for k in best["state_dict"])
     report = cnnkit.evaluate_checkpoint(run.dir, split="val", device="cpu")
-    row = next(r for r in run.history if r["epoch"] == best["epoch"])
+    row = next(r for r in run.history if r["epoch"] == best["metrics"]["epoch"])
     assert report.result.acc == pytest.approx(row["val_acc"], abs=1e-6)  # validation scored the average
 
 

@@ -65,7 +65,7 @@ def export_checkpoint(
     images, checked, notes = _parity_images(loaded, check_images, data_dir, count)
     target = Path(out) if out else _export_path(Path(path), loaded.path, fmt)
     # the example fixes the file's batch size (1) unless dynamic_batch; any image traces the same graph
-    exported = export.export_model(loaded.model, images[:1], target, checkpoint_metadata(loaded.payload), fmt,
+    exported = export.export_model(loaded.model, images[:1], target, checkpoint_metadata(loaded.checkpoint), fmt,
                                    dynamic_batch=dynamic_batch, opset=opset)  # fmt: skip
     reference = export.reference_logits(loaded.model, images)
     parity = export.check_parity(reference, export.exported_logits(exported.path, fmt, images), tolerance)
@@ -96,7 +96,7 @@ def _parity_images(loaded: LoadedCheckpoint, files: list[str] | None, data_dir: 
                    count: int) -> tuple[torch.Tensor, str, list[str]]:  # fmt: skip
     """Normalised images ``[N, C, H, W]`` for the parity check, what they are, and notes."""
     if files:
-        images, skipped = export.prepare_files(files, checkpoint_metadata(loaded.payload))
+        images, skipped = export.prepare_files(files, checkpoint_metadata(loaded.checkpoint))
         notes = [f"skipped {item.source}: {item.reason}" for item in skipped]
         if images is None:
             raise CnnkitError(f"none of the --check-images could be used ({'; '.join(notes)[:500]})")

@@ -80,7 +80,7 @@ def report(
         preview=_train_preview(loaded, torch_device, data_dir),
         config_text=config_file.read_text(encoding="utf-8") if config_file.is_file() else "",
         summary_text=format_summary(summary),
-        title=f"{run_dir.name}: {loaded.payload['model']['name']} on {cfg.data.name}",
+        title=f"{run_dir.name}: {loaded.checkpoint.model.name} on {cfg.data.name}",
         robustness=extra,
     )  # fmt: skip
 

@@ -10,7 +10,8 @@ from typing import Any
 from cnnkit.commands.setup import bind_checkpoint_code
 from cnnkit.config import RunConfig, apply_overrides
 from cnnkit.data import DataSpec
-from cnnkit.engine import read_checkpoint, resolve_device
+from cnnkit.engine import resolve_device
+from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.engine.phases import total_epochs
 from cnnkit.errors import CnnkitError, DataError, UsageError
 from cnnkit.inference.loading import stored_config
@@ -22,8 +23,8 @@ RESUME_OVERRIDES = ("train.epochs", "train.device", "train.threads", "train.chec
 
 
 def resume_state(run: str | Path, overrides: dict[str, Any],
-                 trust_code: Any = None) -> tuple[RunConfig, RunFolder, dict[str, Any]]:  # fmt: skip
-    """The config, folder and ``last.pt`` payload of a run to resume.
+                 trust_code: Any = None) -> tuple[RunConfig, RunFolder, Checkpoint]:  # fmt: skip
+    """The config, folder and ``last.pt`` of a run to resume.
 
     Raises:
         UsageError: an override that would change what the run learns, a run already
@@ -36,29 +37,29 @@ def resume_state(run: str | Path, overrides: dict[str, Any],
     if not folder.last.is_file():
         raise CnnkitError(f"--resume: {run} has no checkpoints/last.pt (the run stopped before its first "
                           "checkpoint); start it again without --resume")  # fmt: skip
-    payload = read_checkpoint(folder.last)
-    if "history" not in payload or "rng" not in payload:
-        raise CnnkitError(f"--resume: {folder.last} was written by an older cnnkit without the training state; "
+    ckpt = Checkpoint.load(folder.last)
+    if not ckpt.resumable:
+        raise CnnkitError(f"--resume: {folder.last} holds no training state (an older cnnkit, or weights only); "
                           "start the run again")  # fmt: skip
     refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if refused:
         raise UsageError(f"--resume continues a run with its own config; {', '.join(refused)} cannot change "
                          f"(allowed: {', '.join(RESUME_OVERRIDES)}); start a new run to change them")  # fmt: skip
-    bind_checkpoint_code(payload, trust_code)  # the run's own code, recorded in last.pt: only if trusted
-    cfg = stored_config(payload)
+    bind_checkpoint_code(ckpt, trust_code)  # the run's own code, recorded in last.pt: only if trusted
+    cfg = stored_config(ckpt)
     cfg.name, cfg.output_dir = folder.name, str(folder.path.parent)
     apply_overrides(cfg, overrides)
-    _check_length(cfg, payload, overrides, folder)
-    return cfg, folder, payload
+    _check_length(cfg, ckpt, overrides, folder)
+    return cfg, folder, ckpt
 
 
-def _check_length(cfg: RunConfig, payload: dict[str, Any], overrides: dict[str, Any], folder: RunFolder) -> None:
-    total, done = total_epochs(cfg.train), payload["epoch"]
-    before = payload["config"]["train"]["epochs"]
+def _check_length(cfg: RunConfig, ckpt: Checkpoint, overrides: dict[str, Any], folder: RunFolder) -> None:
+    total, done = total_epochs(cfg.train), ckpt.training.epoch
+    before = ckpt.config["train"]["epochs"]
     if "train.epochs" in overrides and total != before and cfg.train.scheduler == "onecycle":
         raise UsageError("--epochs cannot change when resuming a onecycle schedule (its length is fixed); "
                          f"start a new run, e.g. with --weights {folder.path}")  # fmt: skip
-    if total < done or (total == done and not payload.get("in_epoch")):
+    if total < done or (total == done and not ckpt.training.in_epoch):
         raise UsageError(f"{folder.path} has already trained {done} of {total} epochs; "
                          f"pass --epochs N (more than {done}) to train it longer")  # fmt: skip
 
@@ -71,20 +72,20 @@ def saved_split(folder: RunFolder) -> dict[str, Any]:
     return {key: value for key, value in split.items() if key not in ("fingerprint", "sizes")}
 
 
-def check_same_data(payload: dict[str, Any], spec: DataSpec, folder: RunFolder) -> None:
-    before = payload.get("data_fingerprint")
+def check_same_data(ckpt: Checkpoint, spec: DataSpec, folder: RunFolder) -> None:
+    before = ckpt.data_fingerprint
     if before and before != spec.fingerprint:
         raise DataError(f"the data of {folder.path} changed since the run started (fingerprint {before} -> "
                         f"{spec.fingerprint}); resuming would train on other images. Restore the data or "
                         "start a new run")  # fmt: skip
 
 
-def position(payload: dict[str, Any], steps_per_epoch: int) -> str:
+def position(ckpt: Checkpoint, steps_per_epoch: int) -> str:
     """`` and B/N steps of epoch E`` when the checkpoint was written inside an epoch."""
-    in_epoch = payload.get("in_epoch")
+    in_epoch = ckpt.training.in_epoch
     if not in_epoch:
         return ""
-    return f" and {in_epoch['batches']}/{steps_per_epoch} steps of epoch {payload['epoch'] + 1}"
+    return f" and {in_epoch['batches']}/{steps_per_epoch} steps of epoch {ckpt.training.epoch + 1}"
 
 
 def record_resume(folder: RunFolder, cfg: RunConfig) -> None:

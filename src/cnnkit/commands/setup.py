@@ -20,6 +20,7 @@ from cnnkit.data import DataSpec, build
 from cnnkit.data.builder import shard_loaders
 from cnnkit.data.tensor_data import Part, sample_images
 from cnnkit.engine import distributed, resolve_device
+from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.errors import UsageError
 from cnnkit.models import (
     BackboneClassifier,
@@ -59,9 +60,9 @@ class Session:
     notes: list[str] = field(default_factory=list)
 
 
-def prepare(cfg: RunConfig, *, resume: dict[str, Any] | None = None, split: dict[str, Any] | None = None,
+def prepare(cfg: RunConfig, *, resume: Checkpoint | None = None, split: dict[str, Any] | None = None,
             ranks: distributed.DistEnv | None = None) -> Session:  # fmt: skip
-    """Build device, loaders and model for ``cfg`` (``resume``: a ``last.pt`` payload to continue).
+    """Build device, loaders and model for ``cfg`` (``resume``: the ``last.pt`` to continue).
 
     ``split``: the saved split of a resumed run. Under torchrun each rank gets its shard
     of every epoch and ``cfg.data.batch_size`` is the global batch.
@@ -79,7 +80,7 @@ def prepare(cfg: RunConfig, *, resume: dict[str, Any] | None = None, split: dict
     model = create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.channels,
                          input_size=spec.input_size, **cfg.model.kwargs)  # fmt: skip
     if resume is not None:
-        model.load_state_dict(resume["state_dict"])  # before any feature caching reads the backbone
+        model.load_state_dict(resume.state_dict)  # before any feature caching reads the backbone
         return Session(device, loaders, spec, model, None, notes)
     if hasattr(model, "init_from_data"):  # a stem set from the data (airbench's whitening conv)
         images = sample_images(loaders.train, INIT_IMAGES)
@@ -233,15 +234,15 @@ def load_run_code(cfg: RunConfig) -> None:
         usercode.load(cfg.data.name)
 
 
-def bind_checkpoint_code(payload: dict[str, Any], trust: Any = None) -> None:
+def bind_checkpoint_code(ckpt: Checkpoint, trust: Any = None) -> None:
     """Make the model and dataset code a checkpoint records usable, importing it only if
     trusted (``trust``, ``cnnkit.trust_code`` blocks, ``$CNNKIT_TRUST_CODE``).
 
     Raises:
         UsageError: untrusted code; the message says what to pass.
     """
-    require_model_code(payload["model"], trust)
-    usercode.bind_record(payload.get("data_code"), "dataset", trust=trust)
+    require_model_code(ckpt.model.to_dict(), trust)
+    usercode.bind_record(ckpt.data_code, "dataset", trust=trust)
 
 
 def code_lines(meta: dict[str, Any]) -> list[str]:

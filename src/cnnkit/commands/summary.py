@@ -26,8 +26,8 @@ def _target(args: Any) -> tuple[Any, tuple[int, int, int]]:
         if args.num_classes is not None:
             raise UsageError("--num-classes applies to model names; a checkpoint keeps its own")
         loaded = load_checkpoint(path)
-        desc, pre = loaded.payload["model"], loaded.preprocess
-        size = (pre.get("channels", desc["in_chans"]), *pre.get("input_size", desc["input_size"]))
+        desc, pre = loaded.checkpoint.model, loaded.preprocess
+        size = (pre.get("channels", desc.in_chans), *pre.get("input_size", desc.input_size))
         return loaded.model, tuple(args.input_size or size)
     from cnnkit.models import create_model, load_model_code, model_info
 

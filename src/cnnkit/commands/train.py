@@ -33,7 +33,8 @@ from cnnkit.commands.setup import (
 from cnnkit.config import RunConfig, keyword_overrides, resolve_config, validate
 from cnnkit.data import DataSpec
 from cnnkit.data.folder import skipped_files_log
-from cnnkit.engine import EvalResult, distributed, read_checkpoint
+from cnnkit.engine import EvalResult, distributed
+from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.phases import fit_phases, total_epochs
 from cnnkit.engine.scoring import metrics, score
@@ -153,7 +154,7 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
     return absolute_paths(cfg)
 
 
-def _run(cfg: RunConfig, folder: RunFolder | None, state: dict[str, Any] | None, data_check: Any,
+def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, data_check: Any,
          ranks: distributed.DistEnv, progress: bool) -> Run:  # fmt: skip
     """Train inside the run folder. Under torchrun every rank runs this on its shard of the
     data; only rank 0 writes files and prints."""
@@ -179,7 +180,7 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: dict[str, Any] | None,
     return run
 
 
-def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: dict[str, Any] | None, data_check: Any,
+def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: Checkpoint | None, data_check: Any,
                   progress: bool) -> tuple[Any, EvalResult | None, Any]:  # fmt: skip
     """Fit (every phase), reload the best weights, score the test split with the run's TTA."""
     spec, model, loaders, device = session.spec, session.model, session.loaders, session.device
@@ -194,7 +195,7 @@ def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: dict[s
     if class_weights is not None:
         say("note: class-balanced loss weights " + fmt_values([round(float(w), 3) for w in class_weights]))
     tracked = cfg if folder.writer else dataclasses.replace(cfg, tensorboard=False, loggers=None)
-    first_epoch = state["epoch"] + 1 if state else 1
+    first_epoch = state.training.epoch + 1 if state else 1
     with (skipped_files_log(folder.file(SKIP_LOG)) as skip_log,  # bad files met by any loader worker
           open_loggers(folder.path, tracked, first_epoch=first_epoch, say=say) as trackers):
         trackers.start(model, (spec.channels, *spec.input_size), cfg)  # TensorBoard, MLflow, W&B
@@ -202,7 +203,7 @@ def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: dict[s
                             progress, resume=state, class_weights=class_weights, trackers=trackers)  # fmt: skip
         result.run_dir = folder.path
         if folder.writer:
-            model.load_state_dict(read_checkpoint(folder.best)["state_dict"])
+            model.load_state_dict(Checkpoint.load(folder.best).state_dict)
         distributed.broadcast_module(model)  # rank 0's best weights on every rank (no shared disk needed)
         test, scores = None, None
         if loaders.test is not None:  # the run's TTA and precision, as `cnnkit eval` scores
@@ -219,13 +220,13 @@ def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: dict[s
     return result, test, scores
 
 
-def _weights_source(session: Any, state: dict[str, Any] | None) -> str | None:
+def _weights_source(session: Any, state: Checkpoint | None) -> str | None:
     if session.weights is not None:
         return session.weights.source
-    return state["model"].get("source") if state else None
+    return state.model.source if state is not None and state.model is not None else None
 
 
-def _log_start(cfg: RunConfig, session: Any, folder: RunFolder, state: dict[str, Any] | None, data_check: Any,
+def _log_start(cfg: RunConfig, session: Any, folder: RunFolder, state: Checkpoint | None, data_check: Any,
                ranks: distributed.DistEnv) -> None:  # fmt: skip
     """The run's first lines: folder (or resumption), data, notes, model, device, precision."""
     spec, device = session.spec, session.device
@@ -235,7 +236,7 @@ def _log_start(cfg: RunConfig, session: Any, folder: RunFolder, state: dict[str,
             say(f"distributed: {ranks.world} processes (torchrun), global batch {cfg.data.batch_size} = "
                 f"{ranks.world} x {cfg.data.batch_size // ranks.world}; rank 0 writes this folder")  # fmt: skip
     else:
-        say(f"resuming {folder.path} after epoch {state['epoch']}"
+        say(f"resuming {folder.path} after epoch {state.training.epoch}"
             + resuming.position(state, len(session.loaders.train))
             + (f" on {ranks.world} processes" if ranks.active else ""))  # fmt: skip
     sizes = " / ".join(f"{name} {count:,}" for name, count in spec.sizes.items())

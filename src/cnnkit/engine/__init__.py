@@ -1,11 +1,12 @@
 """Training engine: the loop, optimizers, devices and the checkpoint contract."""
 
-from cnnkit.engine.checkpoint import read_checkpoint, save_checkpoint, unwrap
+from cnnkit.engine.checkpoint import Checkpoint, TrainingState, read_checkpoint, save_checkpoint, unwrap
 from cnnkit.engine.device import resolve_device, seed_everything
 from cnnkit.engine.loop import EvalResult, FitResult, evaluate, fit, train_one_epoch
 from cnnkit.engine.scoring import Scores, score, validation_loss
 
 __all__ = [
+    "Checkpoint",
     "EvalResult",
     "FitResult",
     "Scores",
@@ -17,6 +18,7 @@ __all__ = [
     "score",
     "seed_everything",
     "train_one_epoch",
+    "TrainingState",
     "unwrap",
     "validation_loss",
 ]

@@ -1,24 +1,38 @@
-"""The checkpoint contract: one self-describing ``.pt`` file, safe to load.
+"""The checkpoint contract: one type, one writer, one reader, a format version.
 
-A checkpoint is a dict of plain types and tensors only, so it loads with
-``torch.load(weights_only=True)`` (no pickled code ever runs). Keys:
+A :class:`Checkpoint` is a model description, the weights of the unwrapped module, what
+makes them usable on their own (class names, preprocessing, the resolved config,
+metrics, data fingerprint, where user code came from) and, for ``last.pt`` only, the
+:class:`TrainingState` that resuming needs. :meth:`Checkpoint.save` is the one writer
+(atomic: temp file, fsync, rename, so a crash mid-save leaves the previous file) and
+:meth:`Checkpoint.load` the one reader: ``torch.load(weights_only=True)`` on the CPU, so
+no pickled code ever runs, with every unusable file reported in one line.
 
-* ``format``: :data:`FORMAT_VERSION`.
-* ``model``: ``{"name", "kwargs", "num_classes", "in_chans", "input_size"}``.
-* ``state_dict``: weights of the unwrapped module (no ``_orig_mod.``/``module.`` prefixes).
-* ``class_names``, ``preprocess`` (a :class:`~cnnkit.data.spec.Preprocess` dict), ``config``
-  (the resolved run config), ``metrics`` (last epoch's row), ``best_metric``.
-* for resuming: ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``step``, ``rng``.
+Payload layout, format 2 (``to_payload``)::
 
-Writes are atomic: temp file, fsync, rename, so a crash mid-save leaves the previous file.
+    {"format": 2, "model": {"name", "kwargs", "num_classes", "in_chans", "input_size",
+     "source", "code"}, "state_dict": {...}, "class_names": [...], "preprocess": {...},
+     "config": {...}, "metrics": {...} | None, "data_fingerprint": str | None,
+     "data_code": {...} | None, "cnnkit_version": str | None,
+     "training": {"epoch", "step", "optimizer", "scheduler", "scaler", "raw_state_dict",
+                  "ema_updates", "rng", "history", "best_metric", "best_epoch", "stale",
+                  "in_epoch", "in_epoch_lr"} | None}
+
+Format 1 (cnnkit before the type) kept the training keys at the top level and wrote them
+into every file; :meth:`Checkpoint.from_payload` reads both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import random
+import re
 import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +40,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnkit.config import upgrade_legacy
 from cnnkit.errors import CnnkitError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+# Keys of a format-1 payload that belonged to the training state (top level then).
+_TRAINING_KEYS = ("epoch", "step", "optimizer", "scheduler", "scaler", "raw_state_dict", "ema_updates", "rng",
+                  "history", "best_metric", "best_epoch", "stale", "in_epoch", "in_epoch_lr")  # fmt: skip
+# File signatures of what people mistake for a checkpoint.
+_SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"GIF8", "a GIF image"),
+               (b"BM", "a BMP image"), (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"),
+               (b"\x08", "an ONNX or protobuf file"))  # fmt: skip
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -83,15 +106,320 @@ def _from_safe(value: Any) -> Any:
     return tuple(_from_safe(v) for v in value) if isinstance(value, list) else value
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write ``payload`` atomically to ``path`` (temp file in the same folder, fsync, rename).
+# ----------------------------------------------------------------------------- the type
 
-    A process killed mid-save leaves the previous ``path`` intact and at worst a stray
-    ``.NAME.*.tmp`` beside it, which the next successful save of ``path`` removes.
+
+@dataclass
+class ModelDesc:
+    """How to rebuild the network: ``create_model(name, num_classes=..., in_chans=...,
+    input_size=..., **kwargs)``.
+
+    Attributes:
+        name: registry name (``"lenet"``, ``"timm:resnet18"``, ``"nets.py:Tiny"``).
+        kwargs: the model's own keyword arguments (``--model-kwargs``).
+        num_classes: logits the head produces.
+        in_chans: image channels.
+        input_size: (height, width) it was trained at.
+        source: where the starting weights came from (None: random init).
+        code: where a user model's code came from (:mod:`cnnkit.usercode` record), None for cnnkit's own.
+    """
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    in_chans: int | None = None
+    input_size: list[int] | None = None
+    source: str | None = None
+    code: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelDesc:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        values["kwargs"] = dict(values.get("kwargs") or {})
+        if values.get("input_size") is not None:
+            values["input_size"] = [int(v) for v in values["input_size"]]
+        return cls(**values)
+
+
+@dataclass
+class TrainingState:
+    """What resuming needs besides the weights; only ``last.pt`` (and ``epoch_NNN.pt``) carry it.
+
+    Attributes:
+        epoch: epochs completed.
+        step: optimizer steps done in the whole run (mid-epoch ones included).
+        optimizer, scheduler, scaler: their ``state_dict()`` (None: not used).
+        raw_state_dict: with an EMA, the trained weights (the checkpoint's ``state_dict`` is then
+            the average); None without one.
+        ema_updates: how many updates the EMA has had (its warm-up depends on it).
+        rng: :func:`rng_state` at the moment of saving.
+        history: one metrics row per epoch completed.
+        best_metric, best_epoch: the selection metric's best value so far and its epoch.
+        stale: epochs since it last improved (early stopping).
+        in_epoch: for a mid-epoch checkpoint, how far the next epoch got
+            (``cnnkit.engine.loop.EpochProgress.to_dict()``); None at an epoch's end.
+        in_epoch_lr: the learning rate that interrupted epoch started with.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    raw_state_dict: dict[str, torch.Tensor] | None = None
+    ema_updates: int | None = None
+    rng: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    stale: int = 0
+    in_epoch: dict[str, Any] | None = None
+    in_epoch_lr: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingState:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in known and v is not None}
+        return cls(**values)
+
+    @property
+    def resumable(self) -> bool:
+        """It holds the optimizer and RNG states an exact resume restores."""
+        return self.optimizer is not None and self.rng is not None
+
+
+@dataclass
+class Checkpoint:
+    """One self-describing checkpoint: weights, metadata and, optionally, the training state.
+
+    Attributes:
+        model: how to rebuild the network (None: written by ``engine.fit`` without ``meta``).
+        state_dict: weights of the unwrapped module, no ``_orig_mod.``/``module.`` prefixes; with
+            an EMA, the average (what is evaluated and deployed).
+        class_names: one name per logit.
+        preprocess: a :class:`~cnnkit.data.spec.Preprocess` dict.
+        config: the resolved run config (``RunConfig.to_dict()``).
+        metrics: the metrics row of the epoch these weights are from.
+        data_fingerprint: the training data's fingerprint (resume refuses changed data).
+        data_code: where a user dataset's code came from, or None.
+        cnnkit_version: the cnnkit that wrote it.
+        training: what resuming needs (``last.pt``), None in ``best.pt``.
+        path: the file it was read from (not saved).
+    """
+
+    model: ModelDesc | None
+    state_dict: dict[str, torch.Tensor]
+    class_names: list[str] = field(default_factory=list)
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    data_fingerprint: str | None = None
+    data_code: dict[str, Any] | None = None
+    cnnkit_version: str | None = None
+    training: TrainingState | None = None
+    path: Path | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def resumable(self) -> bool:
+        """``fit(resume=...)`` can continue from it exactly."""
+        return self.training is not None and self.training.resumable
+
+    def weights_only(self) -> Checkpoint:
+        """A copy without the training state (what ``best.pt`` holds); tensors are shared."""
+        return dataclasses.replace(self, training=None)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The format-2 dict of plain types and tensors that :meth:`save` writes."""
+        return {
+            "format": FORMAT_VERSION,
+            "model": self.model.to_dict() if self.model is not None else None,
+            "state_dict": self.state_dict,
+            "class_names": list(self.class_names),
+            "preprocess": self.preprocess,
+            "config": self.config,
+            "metrics": self.metrics,
+            "data_fingerprint": self.data_fingerprint,
+            "data_code": self.data_code,
+            "cnnkit_version": self.cnnkit_version,
+            "training": self.training.to_dict() if self.training is not None else None,
+        }
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """The format-1 layout (training keys at the top level, None when absent; ``format`` 1),
+        for code that still reads ``payload["epoch"]``; new code reads the attributes."""
+        payload = self.to_payload()
+        training = payload.pop("training") or {}
+        payload["model"] = payload["model"] or {}
+        # "format" 1 says which layout this is, so from_payload reads the dict back as it is
+        # "flat_of" marks a dict made here from a newer file: its config needs no upgrade_legacy
+        return {**payload, "format": 1, "flat_of": FORMAT_VERSION, **{key: training.get(key) for key in _TRAINING_KEYS}}
+
+    @classmethod
+    def from_payload(cls, payload: Any, where: str | Path = "checkpoint") -> Checkpoint:
+        """Read a format-1 or format-2 payload (what ``torch.load`` returned).
+
+        Raises:
+            CnnkitError: not a cnnkit checkpoint, or written by a newer cnnkit.
+        """
+        if not isinstance(payload, dict):
+            kind = type(payload).__name__
+            raise CnnkitError(f"{where} is a PyTorch file but not a cnnkit checkpoint (it holds a {kind}); "
+                              "give a run folder or a .pt file written by cnnkit")  # fmt: skip
+        if not isinstance(payload.get("state_dict"), dict) or ("model" not in payload and "format" not in payload):
+            what = "a plain state dict" if payload and all(isinstance(v, torch.Tensor) for v in payload.values()) \
+                else "a dict without a model description and state_dict"  # fmt: skip
+            raise CnnkitError(f"{where} is not a cnnkit checkpoint (it holds {what}); give a run folder or a .pt "
+                              "file written by cnnkit (train from a plain state dict with --weights)")  # fmt: skip
+        version = payload.get("format", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CnnkitError(f"{where} was written by a newer cnnkit (checkpoint format {version}; this cnnkit "
+                              f"reads formats 1 to {FORMAT_VERSION}); upgrade cnnkit")  # fmt: skip
+        state = payload["state_dict"]
+        if not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CnnkitError(f"{where} is not a usable checkpoint: its state_dict holds values other than tensors")
+        if version >= 2:
+            training = TrainingState.from_dict(payload["training"]) if payload.get("training") else None
+        else:  # format 1: the training keys sat at the top level of every file
+            present = {k: payload[k] for k in _TRAINING_KEYS if payload.get(k) is not None}
+            training = TrainingState.from_dict(present) if present else None
+        model = payload.get("model")
+        config = dict(payload.get("config") or {})
+        if version < 2 and "flat_of" not in payload:  # a file written before the config schema
+            config = upgrade_legacy(config)
+        return cls(
+            model=ModelDesc.from_dict(model) if isinstance(model, dict) and "name" in model else None,
+            state_dict=clean_state_dict(state),
+            class_names=list(payload.get("class_names") or []),
+            preprocess=dict(payload.get("preprocess") or {}),
+            config=config,
+            metrics=payload.get("metrics"),
+            data_fingerprint=payload.get("data_fingerprint"),
+            data_code=payload.get("data_code"),
+            cnnkit_version=payload.get("cnnkit_version"),
+            training=training,
+            path=Path(where) if isinstance(where, Path) else None,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write it atomically to ``path`` (temp file in the same folder, fsync, rename).
+
+        A process killed mid-save leaves the previous ``path`` intact and at worst a stray
+        ``.NAME.*.tmp`` beside it, which the next successful save of ``path`` removes.
+        """
+        return _write_atomic(self.to_payload(), Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        """Read a checkpoint file, or a run folder's ``best.pt`` (else ``last.pt``), onto the CPU.
+
+        Raises:
+            CnnkitError: one line saying what the file is instead (missing, empty, text,
+                an image, truncated, another kind of PyTorch file, a pickle that would
+                run code, a newer format).
+        """
+        path = checkpoint_file(path)
+        return cls.from_payload(load_tensor_file(path), path)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or for a run folder its ``checkpoints/best.pt`` (else ``last.pt``).
+
+    Raises:
+        CnnkitError: a folder without checkpoints, or nothing at ``path``.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise CnnkitError(f"{path} holds no checkpoints/best.pt or last.pt; give a run folder or a .pt file")
+    if not path.is_file():
+        raise CnnkitError(f"checkpoint not found: {path}; give a run folder or a .pt file")
+    return path
+
+
+def load_tensor_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one clear line for every file it cannot use.
+
+    Only tensors and plain containers come back: a pickle that needs any other object is
+    refused before anything in it runs.
+
+    Raises:
+        CnnkitError: missing, empty, text, an image or other known non-PyTorch file,
+            truncated or corrupt, or a pickle of arbitrary objects.
     """
     path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"{what} not found: {path}")
+    with path.open("rb") as handle:
+        head = handle.read(512)
+    kind = _not_torch(head)
+    if kind is not None:
+        raise CnnkitError(f"{path} is {kind}, not a PyTorch {what}; give a .pt file written by cnnkit or torch.save")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise CnnkitError(f"{path} is not a PyTorch {what} (its pickle data is unreadable)") from None
+        raise CnnkitError(f"refused to load {path}: it contains a pickled Python object ({found.group(1)}) and "
+                          f"loading it would run code; cnnkit only loads plain-tensor checkpoints, never pickled "
+                          "code") from None  # fmt: skip
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
+        raise CnnkitError(f"{path} {_damage(head, path, exc)}; copy it again or use another {what}") from None
+
+
+def _not_torch(head: bytes) -> str | None:
+    """What the first bytes say a file is, when they say it is no PyTorch file (None: it may be one)."""
+    if not head:
+        return "empty (0 bytes)"
+    if head.startswith(_ZIP_MAGIC) or head.startswith(b"\x80"):  # torch.save: a zip; legacy: a pickle
+        return None
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    if _is_text(head):
+        return "a text file"
+    return "not a PyTorch file (unrecognised content)"
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just the 512-byte read ending inside a character
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
+def _damage(head: bytes, path: Path, exc: Exception) -> str:
+    """Why torch could not read a file that starts like a PyTorch file."""
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            return "is truncated or corrupt (its zip archive is incomplete)"
+        return "is a zip archive but not a PyTorch file (or a damaged one)"
+    if isinstance(exc, EOFError):
+        return "is truncated (it ends in the middle of its data)"
+    return f"is a damaged PyTorch file ({type(exc).__name__})"
+
+
+def _write_atomic(payload: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT_VERSION, **payload}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -119,27 +447,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# ----------------------------------------------------------------------------- compatibility
+
+
+def save_checkpoint(payload: dict[str, Any] | Checkpoint, path: str | Path) -> Path:
+    """Compatibility writer: ``Checkpoint.from_payload(payload).save(path)`` (a dict in either layout)."""
+    ckpt = payload if isinstance(payload, Checkpoint) else Checkpoint.from_payload(payload, Path(path))
+    return ckpt.save(path)
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a cnnkit checkpoint safely (``weights_only=True``) onto the CPU.
+    """Compatibility reader: ``Checkpoint.load(path).to_flat_dict()`` (the format-1 key layout).
 
     Raises:
-        CnnkitError: missing file, not a checkpoint, or a file that needs arbitrary
-            unpickling (refused: it could run code).
+        CnnkitError: as :meth:`Checkpoint.load`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CnnkitError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CnnkitError(
-            f"refused to load {path}: it is not a plain-weights checkpoint and loading it would "
-            f"require unpickling arbitrary objects, which can run code ({str(exc).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CnnkitError(f"{path} is not a readable checkpoint ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(payload, dict) or "state_dict" not in payload or "model" not in payload:
-        raise CnnkitError(f"{path} is not a cnnkit checkpoint (no model description or state_dict)")
-    if payload.get("format", 0) > FORMAT_VERSION:
-        raise CnnkitError(f"{path} was written by a newer cnnkit (format {payload['format']}); upgrade cnnkit")
-    return payload
+    return Checkpoint.load(path).to_flat_dict()

@@ -6,9 +6,11 @@ summary line per epoch, writes ``metrics.csv`` and saves ``last.pt``/``best.pt``
 The only callback is ``on_epoch_end(row)``, called once per epoch after the checkpoints
 are written.
 
-Resuming is exact: ``last.pt`` holds the weights, optimizer, scheduler, scaler, the
-history, the RNG states and, for a checkpoint written mid-epoch
-(``checkpoint_every_steps``), how far into the epoch it was. Loaders draw each epoch's
+``best.pt`` holds the weights that were validated (the EMA with ``--ema``) and the
+metadata only; ``last.pt`` (and ``epoch_NNN.pt``) also hold the
+:class:`~cnnkit.engine.checkpoint.TrainingState`. Resuming is exact: ``last.pt`` holds the
+weights, optimizer, scheduler, scaler, the history, the RNG states and, for a checkpoint
+written mid-epoch (``checkpoint_every_steps``), how far into the epoch it was. Loaders draw each epoch's
 order and augmentation from ``(seed, epoch)``, so ``fit(resume=payload)`` replays the
 rest of the interrupted epoch as the uninterrupted run would have seen it.
 """
@@ -32,9 +34,10 @@ from tqdm.auto import tqdm
 
 from cnnkit.config import METRIC_ALIASES, SELECT_METRICS, TrainConfig
 from cnnkit.engine.checkpoint import (
+    Checkpoint,
+    TrainingState,
     clean_state_dict,
     rng_state,
-    save_checkpoint,
     set_rng_state,
     unwrap,
 )
@@ -44,7 +47,7 @@ from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.regularize import BatchMixer, WeightEma, build_mixer
 from cnnkit.engine.scoring import EvalResult, metrics, score, to_device
 from cnnkit.engine.speed import CompilePlan, NoTimer, StepTimer, use_channels_last
-from cnnkit.errors import UsageError
+from cnnkit.errors import CnnkitError, UsageError
 
 # Metrics where a lower value is better; every other select_metric is maximised.
 LOWER_IS_BETTER = {"val_loss"}
@@ -302,13 +305,13 @@ def fit(
     *,
     num_classes: int,
     run_dir: str | Path | None = None,
-    meta: dict[str, Any] | None = None,
+    meta: Checkpoint | dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     previous: FitResult | None = None,
     total_epochs: int | None = None,
-    resume: dict[str, Any] | None = None,
+    resume: Checkpoint | dict[str, Any] | None = None,
     class_weights: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs, validating after each.
@@ -320,8 +323,9 @@ def fit(
         cfg: optimizer, schedule, precision, device, checkpointing and stopping settings.
         num_classes: number of classes (for the confusion matrix).
         run_dir: where ``metrics.csv`` and ``checkpoints/`` go (None: nothing is written).
-        meta: extra checkpoint keys that make it self-describing (model description,
-            class names, preprocessing, config); see :mod:`cnnkit.engine.checkpoint`.
+        meta: what makes the checkpoints self-describing (model description, class names,
+            preprocessing, config...): a :class:`~cnnkit.engine.checkpoint.Checkpoint`
+            whose weights and training state are ignored, or the same as a payload dict.
         log: receives one summary line per epoch.
         progress: show a progress bar with ETA (only on a terminal).
         on_epoch_end: called with each epoch's metrics row, after checkpoints are saved.
@@ -329,7 +333,7 @@ def fit(
             before fine-tuning): epochs are numbered on from it, its history is kept in
             ``metrics.csv`` and its best metric must be beaten to replace ``best.pt``.
         total_epochs: epochs of the whole run, for progress lines (None: ``cfg.epochs``).
-        resume: a checkpoint payload (``last.pt``) of this same run and phase: weights,
+        resume: the ``last.pt`` checkpoint (or its payload) of this same run and phase: weights,
             optimizer, scheduler, scaler, history, RNG and epoch position are restored
             and training continues where it stopped, to the same end as uninterrupted.
         class_weights: ``[num_classes]`` weights of the training loss (``--balance
@@ -370,7 +374,9 @@ def fit(
     first = len(result.history) + 1
     last = first - 1 + cfg.epochs
     stale, partial = 0, None
+    describe = _description(meta)
     if resume is not None:
+        resume = resume if isinstance(resume, Checkpoint) else Checkpoint.from_payload(resume)
         first, stale, partial = _restore(resume, state, result)
         if not ranks.is_main:  # the checkpoint holds rank 0's random state: the others draw their own
             seed_everything(cfg.seed + ranks.rank + 1_000_003 * first, cfg.deterministic)
@@ -381,13 +387,13 @@ def fit(
                 loader.set_epoch(epoch - 1)
         bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{total}", unit="batch",
                    leave=False, dynamic_ncols=True, disable=None if progress else True)  # fmt: skip
-        lr = resume["in_epoch_lr"] if partial is not None else optimizer.param_groups[0]["lr"]  # at the epoch's start
+        lr = resume.training.in_epoch_lr if partial is not None else optimizer.param_groups[0]["lr"]  # epoch start
         save_progress = None
         if run_dir is not None:
             def save_progress(done: EpochProgress, epoch: int = epoch, lr: float = lr) -> None:
-                payload = _checkpoint(state, epoch - 1, result.steps + done.batches, None, result, meta, stale,
-                                      in_epoch=done, lr=lr)  # fmt: skip
-                save_checkpoint(payload, run_dir / "checkpoints" / "last.pt")
+                ckpt = _checkpoint(state, epoch - 1, result.steps + done.batches, None, result, describe, stale,
+                                   in_epoch=done, lr=lr)  # fmt: skip
+                ckpt.save(run_dir / "checkpoints" / "last.pt")
         timer = StepTimer(device) if epoch - first < cfg.profile else None
         runner = plan.module(model)
         train = train_one_epoch(runner, train_loader, optimizer, state.scheduler, loss_fn, device=device, dtype=dtype,
@@ -414,12 +420,12 @@ def fit(
         log(_summary_line(row, total, improved and epoch > 1))
         if run_dir is not None:
             _write_metrics(run_dir / "metrics.csv", result.history)
-            payload = _checkpoint(state, epoch, result.steps, row, result, meta, stale)
-            save_checkpoint(payload, run_dir / "checkpoints" / "last.pt")
-            if improved:
-                save_checkpoint(payload, run_dir / "checkpoints" / "best.pt")
-            if cfg.save_every and epoch % cfg.save_every == 0:
-                save_checkpoint(payload, run_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
+            ckpt = _checkpoint(state, epoch, result.steps, row, result, describe, stale)
+            ckpt.save(run_dir / "checkpoints" / "last.pt")
+            if improved:  # what is deployed: the validated weights and metadata, no optimizer state
+                ckpt.weights_only().save(run_dir / "checkpoints" / "best.pt")
+            if cfg.save_every and epoch % cfg.save_every == 0:  # snapshots to resume from, like last.pt
+                ckpt.save(run_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
         if on_epoch_end is not None:
             on_epoch_end(row)
         if cfg.patience is not None and stale >= cfg.patience:
@@ -429,28 +435,35 @@ def fit(
     return result
 
 
-def _restore(payload: dict[str, Any], state: TrainState, result: FitResult):
-    """Load a ``last.pt`` payload into the training state; returns (first epoch to run,
-    epochs without improvement, progress into that epoch or None)."""
-    raw = payload.get("raw_state_dict")  # set when the run keeps an EMA: state_dict is the average
-    unwrap(state.model).load_state_dict(raw if raw is not None else payload["state_dict"])
+def _restore(ckpt: Checkpoint, state: TrainState, result: FitResult):
+    """Load a ``last.pt`` checkpoint into the training state; returns (first epoch to run,
+    epochs without improvement, progress into that epoch or None).
+
+    Raises:
+        CnnkitError: a checkpoint without the training state (``best.pt``).
+    """
+    saved = ckpt.training
+    if saved is None or not saved.resumable:
+        where = ckpt.path or "the checkpoint"
+        raise CnnkitError(f"{where} holds weights only, not the training state; resume from the run's last.pt")
+    raw = saved.raw_state_dict  # set when the run keeps an EMA: state_dict is the average
+    unwrap(state.model).load_state_dict(raw if raw is not None else ckpt.state_dict)
     if state.ema is not None and raw is not None:
-        state.ema.load(payload["state_dict"], payload.get("ema_updates", 0))
+        state.ema.load(ckpt.state_dict, saved.ema_updates or 0)
     elif state.ema is not None:  # an EMA switched on when resuming: start it from the weights
         state.ema.update(state.model)
-    state.optimizer.load_state_dict(payload["optimizer"])
-    if state.scheduler is not None and payload.get("scheduler") is not None:
-        state.scheduler.load_state_dict(payload["scheduler"])
-    if state.scaler is not None and payload.get("scaler") is not None:
-        state.scaler.load_state_dict(payload["scaler"])
-    result.history = [dict(row) for row in payload.get("history", [])]
-    result.best_metric, result.best_epoch = payload.get("best_metric"), payload.get("best_epoch")
-    done = payload["epoch"]  # epochs completed
-    result.steps = payload["step"] - (payload["in_epoch"]["batches"] if payload.get("in_epoch") else 0)
-    if payload.get("in_epoch"):
-        return done + 1, payload.get("stale", 0), EpochProgress.from_dict(payload["in_epoch"])
-    set_rng_state(payload["rng"])  # the state the next epoch started with in the uninterrupted run
-    return done + 1, payload.get("stale", 0), None
+    state.optimizer.load_state_dict(saved.optimizer)
+    if state.scheduler is not None and saved.scheduler is not None:
+        state.scheduler.load_state_dict(saved.scheduler)
+    if state.scaler is not None and saved.scaler is not None:
+        state.scaler.load_state_dict(saved.scaler)
+    result.history = [dict(row) for row in saved.history]
+    result.best_metric, result.best_epoch = saved.best_metric, saved.best_epoch
+    result.steps = saved.step - (saved.in_epoch["batches"] if saved.in_epoch else 0)
+    if saved.in_epoch:
+        return saved.epoch + 1, saved.stale, EpochProgress.from_dict(saved.in_epoch)
+    set_rng_state(saved.rng)  # the state the next epoch started with in the uninterrupted run
+    return saved.epoch + 1, saved.stale, None
 
 
 def _metrics_row(epoch: int, lr: float, train: dict[str, float], val: EvalResult) -> dict[str, Any]:
@@ -532,29 +545,36 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _checkpoint(state: TrainState, epoch, step, row, result, meta, stale,
-                in_epoch: EpochProgress | None = None, lr: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """The checkpoint payload. ``epoch`` counts completed epochs; ``in_epoch`` says how far
+def _description(meta: Checkpoint | dict[str, Any] | None) -> Checkpoint:
+    """The self-describing part of every checkpoint of this run (its weights are filled in per save)."""
+    if isinstance(meta, Checkpoint):
+        return dataclasses.replace(meta, state_dict={}, training=None)
+    return Checkpoint.from_payload({"format": 2, **(meta or {}), "state_dict": {}}, "meta")
+
+
+def _checkpoint(state: TrainState, epoch, step, row, result, describe: Checkpoint, stale,
+                in_epoch: EpochProgress | None = None, lr: float | None = None) -> Checkpoint:  # fmt: skip
+    """The run's checkpoint now. ``epoch`` counts completed epochs; ``in_epoch`` says how far
     the next one got when written mid-epoch (None at an epoch's end). With an EMA,
     ``state_dict`` holds the averaged weights (what predict/export use) and
-    ``raw_state_dict`` the trained ones (what resume continues from)."""
+    ``training.raw_state_dict`` the trained ones (what resume continues from)."""
     ema = state.ema
-    return {
-        **(meta or {}),
-        "state_dict": clean_state_dict(unwrap(state.evaluated).state_dict()),
-        "raw_state_dict": clean_state_dict(unwrap(state.model).state_dict()) if ema is not None else None,
-        "ema_updates": ema.updates if ema is not None else None,
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
-        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-        "epoch": epoch,
-        "step": step,
-        "rng": rng_state(),
-        "metrics": row if row is not None else (result.history[-1] if result.history else None),
-        "history": [dict(r) for r in result.history],
-        "best_metric": result.best_metric,
-        "best_epoch": result.best_epoch,
-        "stale": stale,
-        "in_epoch": in_epoch.to_dict() if in_epoch is not None else None,
-        "in_epoch_lr": lr,
-    }
+    training = TrainingState(
+        epoch=epoch,
+        step=step,
+        optimizer=state.optimizer.state_dict(),
+        scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
+        scaler=state.scaler.state_dict() if state.scaler is not None else None,
+        raw_state_dict=clean_state_dict(unwrap(state.model).state_dict()) if ema is not None else None,
+        ema_updates=ema.updates if ema is not None else None,
+        rng=rng_state(),
+        history=[dict(r) for r in result.history],
+        best_metric=result.best_metric,
+        best_epoch=result.best_epoch,
+        stale=stale,
+        in_epoch=in_epoch.to_dict() if in_epoch is not None else None,
+        in_epoch_lr=lr,
+    )
+    return dataclasses.replace(describe, state_dict=clean_state_dict(unwrap(state.evaluated).state_dict()),
+                               metrics=row if row is not None else (result.history[-1] if result.history else None),
+                               training=training)  # fmt: skip

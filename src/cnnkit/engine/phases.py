@@ -24,6 +24,7 @@ from cnnkit.data.datasets import cache_dir
 from cnnkit.data.tensor_data import Part
 from cnnkit.data.transforms import config_augment
 from cnnkit.engine import distributed
+from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.features import (
     FeatureLoader,
@@ -52,7 +53,7 @@ def total_epochs(train: TrainConfig) -> int:
 
 def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,
                run_dir: Path | None, meta: dict[str, Any], log: Callable[[str], None], progress: bool, *,
-               resume: dict[str, Any] | None = None, class_weights: torch.Tensor | None = None,
+               resume: Checkpoint | None = None, class_weights: torch.Tensor | None = None,
                trackers: Any = None) -> FitResult:  # fmt: skip
     """Train ``model`` through each phase of ``cfg.train``; returns the last phase's result.
 
@@ -65,7 +66,7 @@ def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, d
     result, begun = None, 0
     for epochs, frozen in planned:
         begun, phase_start = begun + epochs, begun
-        if resume is not None and resume["epoch"] >= begun:
+        if resume is not None and resume.training.epoch >= begun:
             continue  # finished before the interruption; its history comes back with the checkpoint
         result, resume = _resumed_result(result, resume, phase_start, run_dir)
         phase_model, phase_loaders = _phase_inputs(model, loaders, cfg, spec, device, frozen, epochs,
@@ -108,17 +109,18 @@ def optimizer_line(model: nn.Module, train: TrainConfig) -> str:
     return f"optimizer: {train.optimizer}, " + ("; ".join(parts) if parts else "no trainable parameters")
 
 
-def _resumed_result(result: FitResult | None, resume: dict[str, Any] | None, phase_start: int,
-                    run_dir: Path | None) -> tuple[FitResult | None, dict[str, Any] | None]:  # fmt: skip
+def _resumed_result(result: FitResult | None, resume: Checkpoint | None, phase_start: int,
+                    run_dir: Path | None) -> tuple[FitResult | None, Checkpoint | None]:  # fmt: skip
     """The history a resumed phase continues from, and the resume state it still needs."""
     if resume is None:
         return result, None
-    if resume["epoch"] == phase_start and not resume.get("in_epoch"):
+    state = resume.training
+    if state.epoch == phase_start and not state.in_epoch:
         # stopped between two phases: this one starts afresh (as it did uninterrupted) from the saved weights
-        restored = FitResult(history=[dict(r) for r in resume["history"]], best_metric=resume.get("best_metric"),
-                             best_epoch=resume.get("best_epoch"), run_dir=run_dir, steps=resume["step"])  # fmt: skip
+        restored = FitResult(history=[dict(r) for r in state.history], best_metric=state.best_metric,
+                             best_epoch=state.best_epoch, run_dir=run_dir, steps=state.step)  # fmt: skip
         return restored, None
-    return FitResult(history=[dict(r) for r in resume["history"][:phase_start]], run_dir=run_dir), resume
+    return FitResult(history=[dict(r) for r in state.history[:phase_start]], run_dir=run_dir), resume
 
 
 def _phase_inputs(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,

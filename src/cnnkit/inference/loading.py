@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from cnnkit import usercode
-from cnnkit.config import RunConfig, upgrade_legacy
+from cnnkit.config import RunConfig
 from cnnkit.data import DataSpec, build
-from cnnkit.engine import read_checkpoint
+from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.predictor import model_from_checkpoint
 
@@ -28,7 +28,16 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class LoadedCheckpoint:
-    """A model rebuilt from a checkpoint, with everything needed to use it."""
+    """A model rebuilt from a checkpoint, with everything needed to use it.
+
+    Attributes:
+        model: the network with the checkpoint's weights, in eval mode on the CPU.
+        class_names, preprocess: what the model predicts and how its input is prepared.
+        config: the run's resolved config.
+        metrics: the metrics of the epoch the weights come from.
+        path: the ``.pt`` file.
+        checkpoint: the :class:`~cnnkit.engine.checkpoint.Checkpoint` as read.
+    """
 
     model: nn.Module
     class_names: list[str]
@@ -36,7 +45,12 @@ class LoadedCheckpoint:
     config: RunConfig
     metrics: dict[str, Any]
     path: Path
-    payload: dict[str, Any]
+    checkpoint: Checkpoint
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The checkpoint as the plain dict of format 1 (``payload["model"]["name"]``...)."""
+        return self.checkpoint.to_flat_dict()
 
     @property
     def run_dir(self) -> Path | None:
@@ -70,20 +84,16 @@ def load_checkpoint(path: str | Path, trust_code: Any = None) -> LoadedCheckpoin
     raises :class:`UsageError` saying what to pass (see :mod:`cnnkit.usercode`).
     """
     path = checkpoint_path(path)
-    payload = read_checkpoint(path)
-    model = model_from_checkpoint(payload, trust_code=trust_code)
-    config = stored_config(payload)
-    return LoadedCheckpoint(model, list(payload["class_names"]), payload["preprocess"], config,
-                            payload.get("metrics", {}), path, payload)  # fmt: skip
+    ckpt = Checkpoint.load(path)
+    model = model_from_checkpoint(ckpt, trust_code=trust_code)
+    return LoadedCheckpoint(model, list(ckpt.class_names), ckpt.preprocess, stored_config(ckpt), ckpt.metrics or {},
+                            path, ckpt)  # fmt: skip
 
 
-def stored_config(payload: dict[str, Any]) -> RunConfig:
-    """The run config a checkpoint stores, in today's meaning (format 1 kept ``val_fraction``
-    0.0 for "the default", which is None now; see :func:`cnnkit.config.upgrade_legacy`)."""
-    values = payload.get("config", {})
-    if payload.get("format", 1) < 2:
-        values = upgrade_legacy(values)
-    return RunConfig.from_dict(values)
+def stored_config(ckpt: Checkpoint) -> RunConfig:
+    """The run config a checkpoint stores (in today's meaning: :meth:`Checkpoint.from_payload`
+    upgrades a format-1 file's config, see :func:`cnnkit.config.upgrade_legacy`)."""
+    return RunConfig.from_dict(ckpt.config or {})
 
 
 def check_split(split: str) -> None:
@@ -105,7 +115,7 @@ def checkpoint_loaders(
         CnnkitError: ``data`` has other classes than the checkpoint.
     """
     if data is None:  # the run's own data: your own Dataset code is imported only if trusted
-        usercode.bind_record(loaded.payload.get("data_code"), "dataset")
+        usercode.bind_record(loaded.checkpoint.data_code, "dataset")
     cfg = _evaluation_config(loaded, training=training, batch_size=batch_size)
     saved_split = None
     if data is not None:

