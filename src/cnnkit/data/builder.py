@@ -304,7 +304,7 @@ def _file_channels(paths: list[str], notes: list[str]) -> int:
         try:
             with Image.open(path) as image:
                 modes.add(image.mode)
-        except (OSError, ValueError):  # unreadable: the loaders skip and list it
+        except (OSError, ValueError, Image.DecompressionBombError):  # unreadable or a bomb: the loaders skip and list it
             continue
     if modes and modes <= _GREY_MODES:
         notes.append("greyscale images: training on 1 channel (--channels 3 for RGB)")
