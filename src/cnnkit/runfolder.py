@@ -110,9 +110,9 @@ class RunFolder:
 
     def write_config(self, cfg: Any) -> Path:
         """``config.yaml``: the resolved :class:`~cnnkit.config.RunConfig`."""
-        import yaml
+        from cnnkit.config import to_yaml
 
-        return self.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return self.write_text("config.yaml", to_yaml(cfg))
 
     def read_json(self, name: str, default: Any = None) -> Any:
         path = self.file(name)

@@ -15,6 +15,7 @@ from cnnkit.config import RunConfig, keyword_overrides, resolve_config, validate
 from cnnkit.engine import distributed
 from cnnkit.engine.lr_find import LrFindResult, lr_range_test
 from cnnkit.engine.lr_find import plot as lr_plot
+from cnnkit.evaluation.plots import save_png
 from cnnkit.log import console, logger, say
 from cnnkit.models import BackboneClassifier, model_info
 from cnnkit.runfolder import RunFolder
@@ -63,7 +64,8 @@ def sweep(model: nn.Module, loader: Any, cfg: RunConfig, device: torch.device, f
     say(f"lr-find: sweeping the learning rate ({cfg.train.optimizer}, batch {batch}) ...")
     result = lr_range_test(model, loader, cfg.train, device=device, **options)
     figure = lr_plot(result, title=f"{cfg.model.name} on {cfg.data.name}: learning-rate range test")
-    figure.savefig(folder.file("lr_find.png"))
+    if folder.writer:
+        save_png(figure, folder.file("lr_find.png"), dpi=120)
     folder.write_json("lr_find.json", result.as_dict())
     ended = "the loss diverged" if result.diverged else "the sweep ended"
     say(f"lr-find: suggested lr {result.suggestion:.2e} (the lower of the steepest descent, {result.steepest_lr:.2e}, "
