@@ -1,0 +1,127 @@
+"""Validation of a whole config against the ranges, choices and rules its keys declare.
+
+This module owns :func:`validate` (each key's type, choices and bounds from its
+:class:`~cnnkit.config.keys.Key`, then the rules that tie keys together: held-out
+fractions, mean/std lengths, ``--fine-tune``, ``--log`` trackers) and
+:func:`check_choice` for modules that take a declared choice outside a config. Every
+failure is a one-line :class:`~cnnkit.errors.UsageError` naming the flag and what is valid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cnnkit.config.choices import TRACKERS
+from cnnkit.config.keys import DataConfig, Key, RunConfig, flag_of, schema
+from cnnkit.errors import UsageError, unknown_name
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every value of ``cfg`` against its declared type, range and choices, and the
+    rules that tie keys together; call it before anything is written.
+
+    Raises:
+        UsageError: one line naming the flag (or key) and what is valid, e.g.
+            ``--lr must be > 0, got -1`` or ``unknown optimizer 'adm'; did you mean 'adam'? ...``.
+    """
+    for dotted, item, spec in schema():
+        section, _, name = dotted.rpartition(".")
+        owner = getattr(cfg, section) if section else cfg
+        if spec.unless and getattr(owner, spec.unless):
+            continue
+        _check_value(dotted, getattr(owner, name), str(item.type), spec)
+    _check_fractions(cfg.data)
+    _check_stats(cfg.data)
+    _check_fine_tune(cfg.train.fine_tune)
+    _check_loggers(cfg.loggers)
+
+
+def _check_value(dotted: str, value: Any, type_name: str, spec: Key) -> None:
+    """One key's value: its type, then its choices or bounds."""
+    where = flag_of(dotted)
+    if value is None:
+        if "None" not in type_name:
+            raise UsageError(f"{where} cannot be empty")
+        return
+    _check_type(where, value, type_name)
+    if spec.choices and value not in spec.choices:
+        if spec.kind:
+            raise unknown_name(spec.kind, value, spec.choices)
+        raise UsageError(f"{where} must be one of {', '.join(map(str, spec.choices))}, got {_show(value)}")
+    for number in value if isinstance(value, list) else [value]:
+        _check_bounds(where, number, spec)
+
+
+def _check_type(where: str, value: Any, type_name: str) -> None:
+    """A value set in Python (not parsed from text) must already have the field's type."""
+    base = type_name.split("|")[0].split("[")[0].strip()
+    kinds: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+                                          "list": (list, tuple), "dict": (dict,)}  # fmt: skip
+    wanted = kinds.get(base)
+    if wanted and (not isinstance(value, wanted) or (isinstance(value, bool) and base in ("int", "float"))):
+        raise UsageError(f"{where} expects {type_name}, got {value!r}")
+
+
+def _check_bounds(where: str, value: Any, spec: Key) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    low_ok = (spec.gt is None or value > spec.gt) and (spec.ge is None or value >= spec.ge)
+    high_ok = (spec.lt is None or value < spec.lt) and (spec.le is None or value <= spec.le)
+    if not (low_ok and high_ok):
+        raise UsageError(f"{where} must be {_describe_range(spec)}, got {_show(value)}")
+
+
+def _describe_range(spec: Key) -> str:
+    """``> 0``, ``>= 1``, ``in [0, 1)``, ``in (0, 10]``..."""
+    low = ("(", spec.gt) if spec.gt is not None else ("[", spec.ge) if spec.ge is not None else None
+    high = (")", spec.lt) if spec.lt is not None else ("]", spec.le) if spec.le is not None else None
+    if low and high:
+        return f"in {low[0]}{_show(low[1])}, {_show(high[1])}{high[0]}"
+    if low:
+        return f"{'>' if low[0] == '(' else '>='} {_show(low[1])}"
+    assert high is not None
+    return f"{'<' if high[0] == ')' else '<='} {_show(high[1])}"
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _check_fractions(data: DataConfig) -> None:
+    held_out = (data.val_fraction or 0.0) + (data.test_fraction or 0.0)
+    if held_out >= 1:
+        raise UsageError(f"--val-fraction and --test-fraction must sum below 1 (something must be left to train on), "
+                         f"got {_show(data.val_fraction)} + {_show(data.test_fraction)}")  # fmt: skip
+
+
+def _check_stats(data: DataConfig) -> None:
+    """mean/std: one value, or one per channel (3 unless ``channels`` says 1), and as many of each."""
+    allowed = {1, data.channels} if data.channels else {1, 3}
+    for flag, values in (("--mean", data.mean), ("--std", data.std)):
+        if values is not None and len(values) not in allowed:
+            raise UsageError(f"{flag} takes {' or '.join(map(str, sorted(allowed)))} comma-separated values, "
+                             f"got {len(values)}")  # fmt: skip
+    if data.mean is not None and data.std is not None and len(data.mean) != len(data.std):
+        raise UsageError(f"--mean and --std must have the same number of values, got {len(data.mean)} and "
+                         f"{len(data.std)}")  # fmt: skip
+
+
+def _check_fine_tune(fine_tune: list[int] | None) -> None:
+    if fine_tune is not None and (len(fine_tune) != 2 or min(fine_tune) < 0 or sum(fine_tune) < 1):
+        raise UsageError(f"--fine-tune expects E1,E2 (head-only epochs, then all-layer epochs; non-negative, "
+                         f"at least one epoch in all), got {','.join(map(str, fine_tune))}")  # fmt: skip
+
+
+def _check_loggers(loggers: str | None) -> None:
+    for name in (loggers or "").split(","):
+        if name.strip() and name.strip().lower() not in TRACKERS:
+            raise unknown_name("logger", name.strip(), TRACKERS)
+
+
+def check_choice(dotted: str, value: Any) -> Any:
+    """``value`` itself when it is one of ``dotted``'s declared choices; else the key's
+    "unknown X" UsageError (for modules that take such a value outside a config)."""
+    spec = next(spec for name, _, spec in schema() if name == dotted)
+    if value not in spec.choices:
+        raise unknown_name(spec.kind, value, spec.choices)
+    return value
