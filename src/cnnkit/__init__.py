@@ -14,6 +14,7 @@ so ``cnnkit --version`` and scripts that only need the config never import torch
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from cnnkit._version import __version__
@@ -97,8 +98,10 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cnnkit' has no attribute {name!r}")
+    if module is None:  # a subpackage used as an attribute: cnnkit.models.model_info(...)
+        if importlib.util.find_spec(f"cnnkit.{name}") is None:
+            raise AttributeError(f"module 'cnnkit' has no attribute {name!r}")
+        return importlib.import_module(f"cnnkit.{name}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later look-ups skip this function
     return value
