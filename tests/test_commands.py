@@ -204,3 +204,72 @@ def test_best_pt_is_weights_only_and_starts_a_run_on_other_data(digits_600: Path
     assert second.class_names == ["0", "1", "2"]
     first_conv = next(iter(torch.load(run.dir / "checkpoints" / "best.pt", weights_only=True)["state_dict"].values()))
     assert first_conv.shape == next(second.model.parameters()).shape
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "-1"], "--lr must be > 0, got -1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--image-size", "0"], "--image-size must be >= 1, got 0"),
+])  # fmt: skip
+def test_bad_values_stop_before_a_run_folder_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    flags: list[str], message: str) -> None:  # fmt: skip
+    code, _, err = run_cli(capsys, "train", *flags, "--output-dir", str(tmp_path / "runs"))
+    assert code == 2
+    assert message in one_line_error(err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("content", [b"hello, I am a text file\n", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(64)])
+def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   content: bytes) -> None:  # fmt: skip
+    fake = tmp_path / "x.pt"
+    fake.write_bytes(content)
+    for command in ("eval", "export", "report"):
+        code, _, err = run_cli(capsys, command, str(fake))
+        assert code == 1, command
+        line = one_line_error(err)
+        assert "x.pt" in line and "weights_only" not in line
+
+
+def _quick_run(tmp_path: Path, name: str, **extra) -> dict:
+    return dict(epochs=1, limit_train=300, output_dir=str(tmp_path), name=name, report=False, progress=False,
+                log=lambda _: None, tensorboard=False, **extra)  # fmt: skip
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_says_how_to_continue(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from cnnkit.commands import train as train_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_command, "fit_phases", interrupted)
+    code, out, err = run_cli(capsys, "train", "--epochs", "1", "--output-dir", str(tmp_path), "--name", "stop",
+                             "--no-tensorboard", "--no-progress")  # fmt: skip
+    assert code == 130
+    status = json.loads((tmp_path / "stop" / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert f"cnnkit train --resume {tmp_path / 'stop'}" in out + err
+
+
+def test_a_run_that_fails_is_marked_failed_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnkit.commands import train as train_command
+    from cnnkit.errors import DataError
+
+    def broken(*args, **kwargs):
+        raise DataError("the disk with the photos went away")
+
+    monkeypatch.setattr(train_command, "fit_phases", broken)
+    with pytest.raises(DataError):
+        cnnkit.train(**_quick_run(tmp_path, "broken"))
+    status = json.loads((tmp_path / "broken" / "status.json").read_text())
+    assert status == {**status, "status": "failed", "reason": "DataError: the disk with the photos went away"}
+
+
+def test_eval_of_a_run_without_a_test_split_names_the_split_it_scored(digits_600: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    run = cnnkit.train(data=str(digits_600), **_quick_run(tmp_path, "no-test"))
+    assert run.test is None
+    code, out, err = run_cli(capsys, "eval", str(run.dir), "--json")
+    assert code == 0, err
+    assert json.loads(out)["split"] == "val"
