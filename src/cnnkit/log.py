@@ -58,3 +58,16 @@ def _print(line: str) -> None:
 def say(line: str) -> None:
     """Log one informational line (the engine's ``log=`` callable for cnnkit's commands)."""
     logger.info(line)
+
+
+@contextmanager
+def quiet_unless(speaking: bool) -> Iterator[None]:
+    """Silence cnnkit's messages while inside unless ``speaking`` (torchrun ranks other than 0)."""
+    if speaking:
+        yield
+        return
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = False

@@ -203,4 +203,4 @@ def test_fit_breaks_a_tie_on_validation_loss(tmp_path: Path, monkeypatch: pytest
     assert [row["val_acc"] for row in result.history] == [0.5] * 4
     assert result.best_epoch == 2  # the lowest loss; epoch 4 only ties it, so the earlier stays
     payload = torch.load(tmp_path / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
-    assert payload["epoch"] == 2
+    assert payload["metrics"]["epoch"] == 2

@@ -38,7 +38,7 @@ from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.phases import fit_phases, total_epochs
 from cnnkit.engine.scoring import metrics, score
-from cnnkit.log import console, logger, say
+from cnnkit.log import console, logger, quiet_unless, say
 from cnnkit.models import model_info
 from cnnkit.runfolder import RunFolder
 from cnnkit.tracking import check_loggers, open_loggers
@@ -140,7 +140,8 @@ def train(
         data_check = quick_data_check(cfg, progress and distributed.from_environment().is_main) if check else None
         ranks = distributed.setup(cfg.train.device)  # under torchrun: join the group (a no-op otherwise)
         try:
-            return _run(cfg, folder, state, data_check, ranks, progress)
+            with quiet_unless(ranks.is_main):  # torchrun: only rank 0 prints
+                return _run(cfg, folder, state, data_check, ranks, progress)
         finally:
             distributed.teardown()
 
@@ -159,6 +160,8 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
     """Train inside the run folder. Under torchrun every rank runs this on its shard of the
     data; only rank 0 writes files and prints."""
     start = time.perf_counter()
+    if folder is not None:
+        folder.writer = ranks.is_main  # a resumed run under torchrun: only rank 0 writes
     split = resuming.saved_split(folder) if state is not None else None
     session = prepare(cfg, resume=state, split=split, ranks=ranks)
     if state is not None:
