@@ -49,7 +49,7 @@ from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 import cnnkit  # noqa: E402
-from cnnkit.engine.checkpoint import read_checkpoint  # noqa: E402
+from cnnkit.checkpoint import read_checkpoint  # noqa: E402
 from cnnkit.inference import Predictor  # noqa: E402
 from cnnkit.inference.export import export_onnx  # noqa: E402
 from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint  # noqa: E402

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error, run_cli
 from PIL import Image
 
 import cnnkit
+from cli_helpers import one_line_error, run_cli
 
 EMBEDDED = Path(cnnkit.__file__).parent / "data" / "embedded" / "mnist_subset.npz"
 

@@ -8,12 +8,12 @@ import torch
 
 import cnnkit
 from cli_helpers import one_line_error, run_cli
+from cnnkit.commands.setup import balanced_class_weights
 from cnnkit.config import TrainConfig
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.tensor_data import TensorLoader, epoch_order
 from cnnkit.engine import evaluate, fit
 from cnnkit.models import create_model
-from cnnkit.commands.setup import balanced_class_weights
 
 MINORITY, PER_CLASS = 5, 600  # 600 training digits of each class, 30 fives: 20:1
 PRE = Preprocess(1, (28, 28), (0.1307,), (0.3081,))

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from cnnkit.checkpoint import FORMAT_VERSION, ModelDesc
 from cnnkit.config import DataConfig, RunConfig, TrainConfig
 from cnnkit.data import build
 from cnnkit.engine import Checkpoint, fit, read_checkpoint, save_checkpoint
-from cnnkit.engine.checkpoint import FORMAT_VERSION, ModelDesc
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
 

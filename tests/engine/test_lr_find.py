@@ -7,8 +7,8 @@ from pathlib import Path
 
 import cnnkit
 from cli_helpers import run_cli
-from cnnkit.engine.lr_find import read_sweep, steepest_descent
 from cnnkit import lr_find
+from cnnkit.engine.lr_find import read_sweep, steepest_descent
 
 SUBSET = dict(limit_train=3000, limit_eval=500, device="cpu")
 

@@ -20,7 +20,7 @@ import torch
 
 import cnnkit
 from cli_helpers import one_line_error, run_cli
-from cnnkit.engine.checkpoint import read_checkpoint, save_checkpoint
+from cnnkit.checkpoint import read_checkpoint, save_checkpoint
 from cnnkit.errors import CnnkitError
 
 # The default run (LeNet, embedded MNIST, "digits" augmentation, cosine schedule) cut to
@@ -114,7 +114,7 @@ def test_kill_between_temp_write_and_rename_keeps_the_previous_checkpoint(tmp_pa
     path = tmp_path / "last.pt"
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from cnnkit.engine.checkpoint import save_checkpoint
+        from cnnkit.checkpoint import save_checkpoint
         save_checkpoint({{"model": {{"name": "lenet"}}, "state_dict": {{"w": torch.ones(3)}}, "epoch": 1}}, {str(path)!r})
         os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)  # die after the temp file is written
         save_checkpoint({{"model": {{"name": "lenet"}}, "state_dict": {{"w": torch.zeros(3)}}, "epoch": 2}}, {str(path)!r})

@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 import cnnkit
+from cnnkit import evaluate_checkpoint
 from cnnkit.config import DataConfig, TrainConfig
 from cnnkit.data import build
 from cnnkit.engine import Scores, evaluate, fit, score, validation_loss
@@ -22,7 +23,6 @@ from cnnkit.engine.loop import improves
 from cnnkit.evaluation import report as rep
 from cnnkit.inference import Predictor
 from cnnkit.models import create_model
-from cnnkit import evaluate_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from PIL import Image
 
 import cnnkit
 from cli_helpers import one_line_error, run_cli
+from cnnkit import load_checkpoint
 from cnnkit.data.spec import Preprocess
 from cnnkit.evaluation.explain import (
     feature_maps,
@@ -30,7 +31,6 @@ from cnnkit.evaluation.explain import (
 )
 from cnnkit.evaluation.layers import conv_stages, default_gradcam_layer, map_centres
 from cnnkit.models import BackboneClassifier, create_model
-from cnnkit import load_checkpoint
 
 DIGITS = 20
 

@@ -25,6 +25,7 @@ from PIL import Image
 
 import cnnkit
 from cli_helpers import one_line_error, run_cli
+from cnnkit import export_checkpoint
 from cnnkit.cli import main
 from cnnkit.data.datasets import load_source
 from cnnkit.data.spec import Preprocess
@@ -40,7 +41,6 @@ from cnnkit.inference.export import (
 )
 from cnnkit.inference.predictor import METADATA_KEY, Metadata, onnx_session
 from cnnkit.models import create_model
-from cnnkit import export_checkpoint
 
 STRICT = 1e-4  # what the tests hold every subject to (the command's default is 1e-3)
 PER_CLASS = 4  # real images per class for the parity subjects: 40 images each

@@ -13,10 +13,10 @@ from PIL import Image
 
 import cnnkit
 from cli_helpers import one_line_error, run_cli
+from cnnkit import evaluate_checkpoint
 from cnnkit.data.datasets import load_source
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference import Prediction, Predictor, Skipped, expand_inputs
-from cnnkit import evaluate_checkpoint
 
 
 @pytest.fixture(scope="module")

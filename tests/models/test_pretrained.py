@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
+from cnnkit.checkpoint import unwrap
 from cnnkit.config import TrainConfig
-from cnnkit.engine.checkpoint import unwrap
 from cnnkit.engine.features import (
     FeatureLoader,
     HeadOnly,

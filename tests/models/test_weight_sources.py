@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 import cnnkit
+from cnnkit.checkpoint import Checkpoint, ModelDesc
 from cnnkit.data import build
-from cnnkit.engine.checkpoint import Checkpoint, ModelDesc
 from cnnkit.errors import CnnkitError
 from cnnkit.inference.predictor import model_from_checkpoint
 from cnnkit.models import create_model, find_weights, list_models, load_weights

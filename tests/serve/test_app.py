@@ -14,6 +14,7 @@ import cnnkit.cli
 import cnnkit.serve.app
 import cnnkit.serve.drawing
 from cli_helpers import one_line_error, run_cli
+from cnnkit import example_images
 from cnnkit.data.datasets import load_source
 from cnnkit.data.spec import Preprocess
 from cnnkit.errors import UsageError
@@ -21,7 +22,6 @@ from cnnkit.inference import Predictor
 from cnnkit.inference.predictor import Metadata, TorchBackend
 from cnnkit.models import create_model
 from cnnkit.serve.app import DemoModel, build_demo, editor_image, is_digit_model
-from cnnkit import example_images
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cnnkit.checkpoint import Checkpoint
 from cnnkit.commands.setup import bind_checkpoint_code
 from cnnkit.config import RunConfig, apply_overrides
 from cnnkit.data import DataSpec
 from cnnkit.engine import resolve_device
-from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.engine.phases import total_epochs
 from cnnkit.errors import CnnkitError, DataError, UsageError
 from cnnkit.inference.loading import stored_config

@@ -15,12 +15,12 @@ from torch import nn
 
 from cnnkit import usercode
 from cnnkit._version import __version__
+from cnnkit.checkpoint import Checkpoint
 from cnnkit.config import RunConfig
 from cnnkit.data import DataSpec, build
 from cnnkit.data.builder import shard_loaders
 from cnnkit.data.tensor_data import Part, sample_images
 from cnnkit.engine import distributed, resolve_device
-from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.errors import UsageError
 from cnnkit.models import (
     BackboneClassifier,
@@ -200,7 +200,7 @@ def balanced_class_weights(loader: Any, num_classes: int) -> torch.Tensor:
 
 
 def checkpoint_meta(cfg: RunConfig, spec: DataSpec, weights_source: str | None = None) -> dict[str, Any]:
-    """The self-describing part of a checkpoint (see :mod:`cnnkit.engine.checkpoint`).
+    """The self-describing part of a checkpoint (see :mod:`cnnkit.checkpoint`).
 
     ``model.source`` says where the starting weights came from (None: random init).
     """

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from cnnkit.checkpoint import Checkpoint
 from cnnkit.commands import resume as resuming
 from cnnkit.commands.expectation import expectation_line
 from cnnkit.commands.finish import finish_run
@@ -34,7 +35,6 @@ from cnnkit.config import RunConfig, keyword_overrides, resolve_config, validate
 from cnnkit.data import DataSpec
 from cnnkit.data.folder import skipped_files_log
 from cnnkit.engine import EvalResult, distributed
-from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.phases import fit_phases, total_epochs
 from cnnkit.engine.scoring import metrics, score

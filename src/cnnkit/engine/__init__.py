@@ -1,6 +1,6 @@
 """Training engine: the loop, optimizers, devices and the checkpoint contract."""
 
-from cnnkit.engine.checkpoint import Checkpoint, TrainingState, read_checkpoint, save_checkpoint, unwrap
+from cnnkit.checkpoint import Checkpoint, TrainingState, read_checkpoint, save_checkpoint, unwrap
 from cnnkit.engine.device import resolve_device, seed_everything
 from cnnkit.engine.loop import EvalResult, FitResult, evaluate, fit, train_one_epoch
 from cnnkit.engine.scoring import Scores, score, validation_loss

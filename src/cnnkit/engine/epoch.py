@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cnnkit.engine.checkpoint import rng_state, set_rng_state
+from cnnkit.checkpoint import rng_state, set_rng_state
 from cnnkit.engine.device import autocast
 from cnnkit.engine.distributed import all_reduce_sum, current
 from cnnkit.engine.regularize import BatchMixer, WeightEma

@@ -8,7 +8,7 @@ after the checkpoints are written.
 
 ``best.pt`` holds the weights that were validated (the EMA with ``--ema``) and the
 metadata only; ``last.pt`` (and ``epoch_NNN.pt``) also hold the
-:class:`~cnnkit.engine.checkpoint.TrainingState`. Resuming is exact: ``last.pt`` holds the
+:class:`~cnnkit.checkpoint.TrainingState`. Resuming is exact: ``last.pt`` holds the
 weights, optimizer, scheduler, scaler, the history, the RNG states and, for a checkpoint
 written mid-epoch (``checkpoint_every_steps``), how far into the epoch it was. Loaders draw each epoch's
 order and augmentation from ``(seed, epoch)``, so ``fit(resume=payload)`` replays the
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cnnkit.checkpoint import Checkpoint
 from cnnkit.config import METRIC_ALIASES, SELECT_METRICS, TrainConfig
-from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.engine.device import amp_dtype, resolve_device, seed_everything
 from cnnkit.engine.distributed import all_reduce_sum, current
 from cnnkit.engine.epoch import EpochProgress, train_one_epoch
@@ -108,7 +108,7 @@ def fit(
         num_classes: number of classes (for the confusion matrix).
         run_dir: where ``metrics.csv`` and ``checkpoints/`` go (None: nothing is written).
         meta: what makes the checkpoints self-describing (model description, class names, preprocessing, config):
-            a :class:`~cnnkit.engine.checkpoint.Checkpoint` (its weights and training state ignored) or its payload.
+            a :class:`~cnnkit.checkpoint.Checkpoint` (its weights and training state ignored) or its payload.
         log: receives one summary line per epoch.
         progress: show a progress bar with ETA (only on a terminal).
         on_epoch_end: called with each epoch's metrics row, after checkpoints are saved.

@@ -16,8 +16,8 @@ import math
 import torch
 from torch import nn
 
+from cnnkit.checkpoint import unwrap
 from cnnkit.config import OPTIMIZERS, SCHEDULERS, RunConfig, TrainConfig, validate
-from cnnkit.engine.checkpoint import unwrap
 from cnnkit.errors import unknown_name
 
 # Normalisation layers: their parameters are a "norm" group (own lr scale, optionally no decay).

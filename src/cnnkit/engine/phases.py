@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnkit.checkpoint import Checkpoint
 from cnnkit.config import RunConfig, TrainConfig
 from cnnkit.data import DataSpec, build
 from cnnkit.data.builder import shard_loaders
@@ -24,7 +25,6 @@ from cnnkit.data.datasets import cache_dir
 from cnnkit.data.tensor_data import Part
 from cnnkit.data.transforms import config_augment
 from cnnkit.engine import distributed
-from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.features import (
     FeatureLoader,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from cnnkit.engine.checkpoint import unwrap
+from cnnkit.checkpoint import unwrap
 
 
 class BatchMixer:

@@ -2,7 +2,7 @@
 
 :class:`TrainState` is what the steps change (model, optimizer, schedule, scaler, EMA),
 :class:`FitResult` the record of the epochs (history, best epoch, steps).
-:func:`run_checkpoint` writes both into a :class:`~cnnkit.engine.checkpoint.Checkpoint`
+:func:`run_checkpoint` writes both into a :class:`~cnnkit.checkpoint.Checkpoint`
 and :func:`restore` loads a ``last.pt`` back into them, so a resumed run continues
 exactly where the interrupted one stopped.
 """
@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnkit.engine.checkpoint import Checkpoint, TrainingState, clean_state_dict, rng_state, set_rng_state, unwrap
+from cnnkit.checkpoint import (
+    Checkpoint,
+    TrainingState,
+    clean_state_dict,
+    rng_state,
+    set_rng_state,
+    unwrap,
+)
 from cnnkit.engine.epoch import EpochProgress
 from cnnkit.engine.regularize import WeightEma
 from cnnkit.errors import CnnkitError

@@ -28,7 +28,9 @@ from collections.abc import Callable
 
 import torch
 
-from cnnkit.config import TTA_MODES as TTA_MODES  # declared with the config schema (no torch needed)
+from cnnkit.config import (
+    TTA_MODES as TTA_MODES,  # declared with the config schema (no torch needed)
+)
 from cnnkit.config import check_choice
 
 

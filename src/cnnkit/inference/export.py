@@ -27,8 +27,8 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from cnnkit.checkpoint import unwrap
 from cnnkit.data.folder import ImageLoadError
-from cnnkit.engine.checkpoint import unwrap
 from cnnkit.errors import CnnkitError, unknown_name
 from cnnkit.inference.predictor import (
     METADATA_KEY,

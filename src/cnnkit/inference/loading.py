@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from cnnkit import usercode
+from cnnkit.checkpoint import Checkpoint
 from cnnkit.config import RunConfig
 from cnnkit.data import DataSpec, build
-from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.predictor import model_from_checkpoint
 
@@ -36,7 +36,7 @@ class LoadedCheckpoint:
         config: the run's resolved config.
         metrics: the metrics of the epoch the weights come from.
         path: the ``.pt`` file.
-        checkpoint: the :class:`~cnnkit.engine.checkpoint.Checkpoint` as read.
+        checkpoint: the :class:`~cnnkit.checkpoint.Checkpoint` as read.
     """
 
     model: nn.Module

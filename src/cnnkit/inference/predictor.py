@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from cnnkit.checkpoint import Checkpoint
 from cnnkit.data.folder import ImageLoadError, load_image, to_mode
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_transform
-from cnnkit.engine.checkpoint import Checkpoint
 from cnnkit.engine.device import autocast
 from cnnkit.engine.tta import check_tta, suggested_tta, tta_logits, tta_views
 from cnnkit.errors import CnnkitError, UsageError
@@ -108,7 +108,7 @@ class Metadata:
 def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], trust_code: Any = None) -> nn.Module:
     """The model a checkpoint describes, with its weights, in eval mode on the CPU.
 
-    ``ckpt`` is a :class:`~cnnkit.engine.checkpoint.Checkpoint` (or a payload dict of one).
+    ``ckpt`` is a :class:`~cnnkit.checkpoint.Checkpoint` (or a payload dict of one).
     A model from your own code (``FILE.py:NAME``, ``module:NAME``, or registered by your
     module) is built only if that code is already imported in this process or trusted:
     ``trust_code`` (files/modules, or ``True``), ``cnnkit.trust_code(...)`` blocks or

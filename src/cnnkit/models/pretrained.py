@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnkit.engine.checkpoint import Checkpoint, checkpoint_file, clean_state_dict, load_tensor_file
+from cnnkit.checkpoint import Checkpoint, checkpoint_file, clean_state_dict, load_tensor_file
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.models.base import ClassifierBase
 from cnnkit.models.registry import ModelInfo, register_source
@@ -384,7 +384,7 @@ def read_weights_file(path: str | Path) -> Weights:
 
     Raises:
         CnnkitError: one line for a missing or unusable file (see
-            :func:`~cnnkit.engine.checkpoint.load_tensor_file`) or one without tensors.
+            :func:`~cnnkit.checkpoint.load_tensor_file`) or one without tensors.
     """
     path = Path(path).expanduser()
     if path.is_dir():

@@ -29,7 +29,9 @@ Layout (import every name from ``cnnkit.data.audit`` itself):
 from __future__ import annotations
 
 from cnnkit.data.audit.duplicates import DEFAULT_NEAR_DISTANCE, NEAR_SEARCH_LIMIT, close_pairs
-from cnnkit.data.audit.duplicates import _popcount as _popcount  # tests/data/test_audit.py imports it from here
+from cnnkit.data.audit.duplicates import (
+    _popcount as _popcount,  # tests/data/test_audit.py imports it from here
+)
 from cnnkit.data.audit.examine import FileFacts, examine_file, examine_files
 from cnnkit.data.audit.report import DEFAULT_MIN_SIDE, AuditReport, write_json
 from cnnkit.data.audit.scan import IMBALANCE_WARNING, SIZE_BINS, TINY_FRACTION, audit

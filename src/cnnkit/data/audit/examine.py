@@ -22,7 +22,13 @@ from typing import Any
 
 from PIL import Image
 
-from cnnkit.data.folder import ImageLoadError, _strict_truncation, decode_error, refuse_bomb, to_mode
+from cnnkit.data.folder import (
+    ImageLoadError,
+    _strict_truncation,
+    decode_error,
+    refuse_bomb,
+    to_mode,
+)
 from cnnkit.errors import DataError
 
 _HASH_SIDE = 32  # imagehash.phash looks at a 32x32 greyscale image; decode at least 2x that

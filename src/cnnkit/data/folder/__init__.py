@@ -25,8 +25,17 @@ from __future__ import annotations
 
 from cnnkit.data.folder.csv_list import LABEL_COLUMNS, PATH_COLUMNS, read_csv
 from cnnkit.data.folder.dataset import ImageFileDataset, collate_skip_bad
-from cnnkit.data.folder.decode import LOAD_ERROR_KINDS, ImageLoadError, decode_error, load_image, refuse_bomb, to_mode
-from cnnkit.data.folder.decode import _strict_truncation as _strict_truncation  # cnnkit.data.audit uses it
+from cnnkit.data.folder.decode import (
+    LOAD_ERROR_KINDS,
+    ImageLoadError,
+    decode_error,
+    load_image,
+    refuse_bomb,
+    to_mode,
+)
+from cnnkit.data.folder.decode import (
+    _strict_truncation as _strict_truncation,  # cnnkit.data.audit uses it
+)
 from cnnkit.data.folder.listing import (
     IMAGE_EXTENSIONS,
     SPLIT_ALIASES,
