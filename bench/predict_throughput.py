@@ -49,12 +49,12 @@ from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 import cnnkit  # noqa: E402
+from cnnkit import predict  # noqa: E402
 from cnnkit.checkpoint import read_checkpoint  # noqa: E402
 from cnnkit.inference import Predictor  # noqa: E402
 from cnnkit.inference.export import export_onnx  # noqa: E402
-from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint  # noqa: E402
-from cnnkit import predict  # noqa: E402
 from cnnkit.inference.loading import checkpoint_path  # noqa: E402
+from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64

@@ -474,7 +474,7 @@ def load_weights(model: nn.Module, weights: Weights) -> LoadReport | TransferRep
     rest_t = [k for k in target if k not in mapping]
     rest_s = [k for k in source if k not in target and k not in head_keys]
     if rest_t and len(rest_s) >= len(rest_t) and _same_shapes(source, rest_s[: len(rest_t)], target, rest_t):
-        mapping.update(zip(rest_t, rest_s[: len(rest_t)]))
+        mapping.update(zip(rest_t, rest_s[: len(rest_t)], strict=True))
         how = "matched by name" if len(rest_t) < len(target) // 2 else "names differ: matched by order and shape"
     state, adapted = _fitted_tensors(mapping, source, target, weights.source)
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
@@ -609,7 +609,7 @@ def _strip_prefixes(state: dict[str, torch.Tensor], target: dict[str, torch.Tens
 def _same_shapes(source, source_keys, target, target_keys) -> bool:
     return all(
         source[s].shape == target[t].shape or _adapt_first_conv(t, source[s], target[t]) is not None
-        for s, t in zip(source_keys, target_keys)
+        for s, t in zip(source_keys, target_keys, strict=True)
     )
 
 
