@@ -67,7 +67,9 @@ def test_predict_command_matches_eval_on_the_whole_test_split(run_dir, test_pngs
     assert torch.equal(matrix, report.result.confusion)
 
 
-def test_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(predictor, run_dir, digits, tmp_path, capsys) -> None:
+def test_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(
+    predictor, run_dir, digits, tmp_path, capsys
+) -> None:
     images, labels = digits
     folder = tmp_path / "mixed"
     (folder / "nested" / "deeper").mkdir(parents=True)
@@ -169,10 +171,12 @@ def test_threshold_topk_and_tta(predictor, digits) -> None:
     views = predictor.tta_views(predictor.preprocess.normalize(images[:2]), True)
     assert len(views) == 5 and not any(torch.equal(v, views[0].flip(-1)) for v in views[1:])
     tta = predictor.predict(images[:200], tta=True)
-    accuracy = np.mean([p.index == y for p, y in zip(tta, labels[:200].tolist(), strict=True)])
-    plain_acc = np.mean([p.index == y for p, y in zip(predictor.predict(images[:200]), labels[:200].tolist(), strict=True)])
+    truth = labels[:200].tolist()
+    accuracy = np.mean([p.index == y for p, y in zip(tta, truth, strict=True)])
+    plain_acc = np.mean([p.index == y for p, y in zip(predictor.predict(images[:200]), truth, strict=True)])
     assert accuracy >= plain_acc - 0.02  # shifts by a pixel do not hurt a digit model
-    assert all(abs(sum(prob for _, prob in p.topk[:10]) - 1) < 0.05 for p in predictor.predict(images[:5], tta=True, topk=10))
+    ranked = predictor.predict(images[:5], tta=True, topk=10)
+    assert all(abs(sum(prob for _, prob in p.topk[:10]) - 1) < 0.05 for p in ranked)
 
 
 def test_predict_files_keeps_the_input_order_across_workers(predictor, test_pngs, tmp_path) -> None:
