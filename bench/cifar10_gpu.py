@@ -140,7 +140,9 @@ class SeedStyleCIFAR10(torch.utils.data.Dataset):
 SEED_NORMALIZE = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 
 
-def seed_loader(images: torch.Tensor, labels: torch.Tensor, *, train: bool, workers: int = 2) -> torch.utils.data.DataLoader:
+def seed_loader(
+    images: torch.Tensor, labels: torch.Tensor, *, train: bool, workers: int = 2
+) -> torch.utils.data.DataLoader:
     """The tutorial's loaders: per-sample PIL transforms (crop + flip for training), batch 128."""
     from torchvision import transforms
 
@@ -242,7 +244,8 @@ def time_to_94(args: argparse.Namespace, seeds: list[int], out: Path) -> None:
               f"{statistics.median(r['seconds'] for r in air):.2f} | - |")  # fmt: skip
     accs = [r["acc"] for r in fast]
     print(f"| cnnkit cifar10-fast | {statistics.mean(accs):.2%} | {sum(a >= TARGET for a in accs)}/{len(accs)} | "
-          f"{statistics.median(r['train_seconds'] for r in fast):.2f} | {statistics.median(r['wall'] for r in fast):.1f} |")  # fmt: skip
+          f"{statistics.median(r['train_seconds'] for r in fast):.2f} | "
+          f"{statistics.median(r['wall'] for r in fast):.1f} |")  # fmt: skip
     print("per-epoch test accuracy of cnnkit seed 0:", [f"{row['val_acc']:.4f}" for row in fast[0]["history"]])
 
 
@@ -262,7 +265,8 @@ def recipes(args: argparse.Namespace, seeds: list[int], out: Path) -> None:
         print(f"\n== recipe {recipe} ==", flush=True)
         start = time.perf_counter()
         run = recipe_run(recipe, args.data_dir, out / "recipes", quick=args.quick)
-        print(f"  {recipe}: test {run.test.acc:.2%} after {len(run.history)} epochs, {time.perf_counter() - start:.0f}s wall")
+        print(f"  {recipe}: test {run.test.acc:.2%} after {len(run.history)} epochs, "
+              f"{time.perf_counter() - start:.0f}s wall")
 
 
 def seed_accuracy(args: argparse.Namespace, seeds: list[int], out: Path) -> None:
@@ -279,7 +283,8 @@ def seed_accuracy(args: argparse.Namespace, seeds: list[int], out: Path) -> None
         curve = seed_loop_curve(args.data_dir, seed, epochs, limit)
         rows[f"seed loop fp32, seed {seed}"] = curve
         print(f"  seed loop seed {seed}: {time.perf_counter() - start:.0f}s, test per epoch "
-              f"{[round(100 * test, 2) for _, test in curve]}, train at the end {curve[-1][0]:.2%}", flush=True)  # fmt: skip
+              f"{[round(100 * test, 2) for _, test in curve]}, train at the end {curve[-1][0]:.2%}",
+              flush=True)  # fmt: skip
         for amp in ("off", "bf16"):
             extra = {**QUICK, "limit_train": 20 * 128} if args.quick else {}
             run = cnnkit.train(recipe="cifar10-cnn", data_dir=args.data_dir, seed=seed, amp=amp, ema=0, tta="none",

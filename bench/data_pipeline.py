@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     for repeat in range(args.repeats):
         for side, mode in sides.items():
             rates[side].append(epoch_rates(args.data, args.image_size, mode))
-            print(f"  repeat {repeat + 1} {side}: " + ", ".join(f"epoch {i + 1} {r:.0f} img/s"
-                                                                for i, r in enumerate(rates[side][-1])), flush=True)  # fmt: skip
+            epochs = ", ".join(f"epoch {i + 1} {r:.0f} img/s" for i, r in enumerate(rates[side][-1]))
+            print(f"  repeat {repeat + 1} {side}: {epochs}", flush=True)
     print("\n| path | epoch 1 images/s | epoch 2 images/s (median) |")
     print("|---|---|---|")
     medians = {}
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         medians[side] = statistics.median(r[1] for r in rates[side])
         print(f"| {side} | {first:.0f} | {medians[side]:.0f} |")
     ratio = medians["decode cache"] / medians["PIL per sample"]
-    print(f"\nepoch 2: decode cache / PIL per sample = {ratio:.1f}x (goal >= {GOAL:g}x: {'met' if ratio >= GOAL else 'NOT met'})")
+    print(f"\nepoch 2: decode cache / PIL per sample = {ratio:.1f}x "
+          f"(goal >= {GOAL:g}x: {'met' if ratio >= GOAL else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -200,7 +200,8 @@ def _fmt_time(value: float | None) -> str:
 
 
 def print_table(runs: dict[str, list[Result]], caps: dict[str, int]) -> None:
-    print("\n| method | time to 99 % (s), median | epochs to 99 % | final test acc (median) | per repeat: s to 99 % (acc) |")
+    print("\n| method | time to 99 % (s), median | epochs to 99 % | final test acc (median) "
+          "| per repeat: s to 99 % (acc) |")
     print("|---|---|---|---|---|")
     for method, results in runs.items():
         reached = [r.time_to_target for r in results if r.time_to_target is not None]
@@ -217,7 +218,8 @@ def print_table(runs: dict[str, list[Result]], caps: dict[str, int]) -> None:
     if base and ours and None not in base and None not in ours:
         ratio = statistics.median(base) / statistics.median(ours)
         verdict = "met" if ratio >= GOAL_SPEEDUP else "NOT met"
-        print(f"\nspeed-up to 99 % (examples-style / cnnkit, medians): {ratio:.1f}x (goal >= {GOAL_SPEEDUP:g}x: {verdict})")
+        print(f"\nspeed-up to 99 % (examples-style / cnnkit, medians): {ratio:.1f}x "
+              f"(goal >= {GOAL_SPEEDUP:g}x: {verdict})")
     elif base and ours:
         print("\nspeed-up: not computed (a side did not reach 99 % in every repeat)")
 
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         if "cnnkit" not in args.skip:
             runs.setdefault("cnnkit mnist-fast", []).append(cnnkit_run(args.data_dir, repeat, log))
         if "examples-style" not in args.skip:
-            runs.setdefault("examples-style", []).append(examples_style(args.data_dir, repeat, args.examples_epochs, log))
+            result = examples_style(args.data_dir, repeat, args.examples_epochs, log)
+            runs.setdefault("examples-style", []).append(result)
         if "seed-style" not in args.skip:
             runs.setdefault("seed-style", []).append(seed_style(args.data_dir, repeat, args.seed_epochs, log))
     print_table(runs, {"seed-style": args.seed_epochs, "examples-style": args.examples_epochs})

@@ -49,12 +49,12 @@ from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 import cnnkit  # noqa: E402
+from cnnkit import predict  # noqa: E402
 from cnnkit.checkpoint import read_checkpoint  # noqa: E402
 from cnnkit.inference import Predictor  # noqa: E402
 from cnnkit.inference.export import export_onnx  # noqa: E402
-from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint  # noqa: E402
-from cnnkit import predict  # noqa: E402
 from cnnkit.inference.loading import checkpoint_path  # noqa: E402
+from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -95,7 +95,9 @@ def naive_loop(model: torch.nn.Module, files: list[str], pre) -> tuple[float, li
     return time.perf_counter() - start, top1
 
 
-def cnnkit_predict(checkpoint: Path, folder: Path, backend: str = "torch", amp: str = "off") -> tuple[float, dict[str, str]]:
+def cnnkit_predict(
+    checkpoint: Path, folder: Path, backend: str = "torch", amp: str = "off"
+) -> tuple[float, dict[str, str]]:
     """``cnnkit predict CHECKPOINT FOLDER --out preds.csv [--amp bf16]`` through its Python entry point."""
     import csv
 
@@ -141,7 +143,8 @@ def throughput_table(checkpoint: Path, data: Path, repeats: int) -> None:
         bf16_s.append(seconds)
         bf16_agree.append(sum(labels[f] == names[i] for f, i in zip(files, top1, strict=True)) / len(files))
         print(f"  repeat {repeat + 1}: naive {naive_s[-1]:.1f} s, cnnkit {cnnkit_s[-1]:.1f} s, "
-              f"cnnkit --amp bf16 {bf16_s[-1]:.1f} s, top-1 agreement {agree[-1]:.2%} / {bf16_agree[-1]:.2%}")  # fmt: skip
+              f"cnnkit --amp bf16 {bf16_s[-1]:.1f} s, "
+              f"top-1 agreement {agree[-1]:.2%} / {bf16_agree[-1]:.2%}")  # fmt: skip
     naive_rate = len(files) / statistics.median(naive_s)
     cnnkit_rate = len(files) / statistics.median(cnnkit_s)
     bf16_rate = len(files) / statistics.median(bf16_s)
@@ -169,10 +172,13 @@ def throughput_table(checkpoint: Path, data: Path, repeats: int) -> None:
     print(f"| {'pipeline':<44} | {'img/s':>7} | {'vs naive':>8} | top-1 = naive |")
     print(f"|{'-' * 46}|{'-' * 9}|{'-' * 10}|---------------|")
     print(f"| {'naive loop (PIL, transform, batch of 1)':<44} | {naive_rate:7.1f} | {'1.00x':>8} | - |")
-    print(f"| {'cnnkit predict (torch)':<44} | {cnnkit_rate:7.1f} | {cnnkit_rate / naive_rate:7.2f}x | {min(agree):.2%} |")
-    print(f"| {'cnnkit predict --amp bf16':<44} | {bf16_rate:7.1f} | {bf16_rate / naive_rate:7.2f}x | {min(bf16_agree):.2%} |")
+    print(f"| {'cnnkit predict (torch)':<44} | {cnnkit_rate:7.1f} | {cnnkit_rate / naive_rate:7.2f}x "
+          f"| {min(agree):.2%} |")
+    print(f"| {'cnnkit predict --amp bf16':<44} | {bf16_rate:7.1f} | {bf16_rate / naive_rate:7.2f}x "
+          f"| {min(bf16_agree):.2%} |")
     ort_rate = len(files) / ort_s
-    print(f"| {'cnnkit predict --backend onnxruntime':<44} | {ort_rate:7.1f} | {ort_rate / naive_rate:7.2f}x | {ort_agree:.2%} |")
+    print(f"| {'cnnkit predict --backend onnxruntime':<44} | {ort_rate:7.1f} | {ort_rate / naive_rate:7.2f}x "
+          f"| {ort_agree:.2%} |")
     print("\nnetwork only (pre-decoded tensors), images/s")
     print("| runtime | batch 1 | batch 32 |")
     print("|---|---|---|")
@@ -206,7 +212,8 @@ def memory_table(count: int) -> None:
             for i in range(n):
                 os.symlink(originals[i % len(originals)], folder / f"{i:06d}.png")
             code = ("import resource, sys, time; from cnnkit import predict; t = time.perf_counter(); "
-                    f"s = predict({str(run.checkpoint)!r}, [{str(folder)!r}], out={str(tmp_path / 'p.csv')!r}, progress=False); "
+                    f"s = predict({str(run.checkpoint)!r}, [{str(folder)!r}], "
+                    f"out={str(tmp_path / 'p.csv')!r}, progress=False); "
                     "print(s.predicted, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
                     "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

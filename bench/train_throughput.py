@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     peaks = {"fp32": conv_peak(torch.float32), "bf16": conv_peak(torch.bfloat16)}
     print(f"conv microbenchmark (3x3, 256->256, 16x16, batch {BATCH}, channels-last): "
           f"{peaks['fp32']:.0f} GFLOP/s fp32, {peaks['bf16']:.0f} GFLOP/s bf16")  # fmt: skip
-    print(f"{args.steps} timed steps of batch {BATCH} after {args.warmup} warm-up steps; {args.repeats} repeats, medians")
+    print(f"{args.steps} timed steps of batch {BATCH} after {args.warmup} warm-up steps; "
+          f"{args.repeats} repeats, medians")
     rows = []
     for name in args.models.split(","):
         macs = summarize(create_model(name, num_classes=10, input_size=32), (3, 32, 32)).total_macs
@@ -175,15 +176,16 @@ def main(argv: list[str] | None = None) -> None:
             sides["tutorial"].append(tutorial(name, array, labels.numpy(), args.steps, args.warmup))
             sides["cnnkit fp32"].append(cnnkit_path(name, images, labels, args.steps, args.warmup, bf16=False))
             sides["cnnkit bf16"].append(cnnkit_path(name, images, labels, args.steps, args.warmup, bf16=True))
-            print(f"  {name} repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in sides.items()) + " img/s",
-                  flush=True)  # fmt: skip
+            rates = ", ".join(f"{k} {v[-1]:.1f}" for k, v in sides.items())
+            print(f"  {name} repeat {repeat + 1}: {rates} img/s", flush=True)
         base = statistics.median(sides["tutorial"])
         for side, values in sides.items():
             rate = statistics.median(values)
             gflops = macs * 2 * rate / 1e9
             peak = peaks["bf16" if "bf16" in side else "fp32"]
             rows.append((name, macs, side, rate, rate / base, gflops, 3 * gflops / peak))
-    print("\n| model | MACs/image | path | images/s (median) | vs tutorial | GFLOP/s (MACs x 2 x img/s) | 3x that / conv peak |")
+    print("\n| model | MACs/image | path | images/s (median) | vs tutorial | GFLOP/s (MACs x 2 x img/s) "
+          "| 3x that / conv peak |")
     print("|---|---|---|---|---|---|---|")
     for name, macs, side, rate, ratio, gflops, fraction in rows:
         print(f"| {name} | {macs / 1e6:.0f} M | {side} | {rate:.1f} | {ratio:.2f}x | {gflops:.1f} | {fraction:.0%} |")

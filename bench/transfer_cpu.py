@@ -329,7 +329,7 @@ def table(rows: list[tuple[str, Result]]) -> str:
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
 
     def line(row: tuple[str, ...]) -> str:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         return "  ".join(cells)
 
     return "\n".join([line(head), line(tuple("-" * w for w in widths)), *map(line, body)])
@@ -387,7 +387,7 @@ def report(args: argparse.Namespace, naive: list[Result], fast: list[Result],
         print("\nper repeat:")
         rows = [(f"{r.method} #{i}", r) for res in (naive, fast) for i, r in enumerate(res, 1)]
         print(table(rows))
-        speedups = ", ".join(f"{n.wall_s / f.wall_s:.1f}x" for n, f in zip(naive, fast))
+        speedups = ", ".join(f"{n.wall_s / f.wall_s:.1f}x" for n, f in zip(naive, fast, strict=True))
         print(f"speed-up per repeat: {speedups}")
         print("\nmedians over repeats:")
     many = args.repeats > 1

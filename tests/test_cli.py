@@ -122,9 +122,8 @@ def test_python_m_cnnkit_bad_name_has_no_traceback(tmp_path) -> None:
 
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        f"cnnkit: error: unknown model 'nope'; valid models: {', '.join(sorted(list_models() + ['timm:ARCH', 'tv:ARCH']))}"
-    ]
+    valid = ", ".join(sorted(list_models() + ["timm:ARCH", "tv:ARCH"]))
+    assert proc.stderr.strip().splitlines() == [f"cnnkit: error: unknown model 'nope'; valid models: {valid}"]
 
 
 # ----------------------------------------------------------------------------- data errors

@@ -41,8 +41,8 @@ def digits_600(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_greyscale_folder_trains_as_one_channel(digits_600: Path, tmp_path: Path) -> None:
-    run = cnnkit.train(data=str(digits_600), model="lenet", epochs=2, batch_size=16, output_dir=str(tmp_path), report=False,
-                       progress=False, log=lambda _: None, tensorboard=False)  # fmt: skip
+    run = cnnkit.train(data=str(digits_600), model="lenet", epochs=2, batch_size=16, output_dir=str(tmp_path),
+                       report=False, progress=False, log=lambda _: None, tensorboard=False)  # fmt: skip
     assert run.spec.channels == 1
     assert next(run.model.parameters()).shape[1] == 1  # LeNet's first conv takes one channel
     assert run.metrics["val_acc"] > 0.5  # 10 classes: chance is 0.1
@@ -165,8 +165,9 @@ def locked(tmp_path: Path):
     subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
-def test_a_read_only_output_folder_is_one_line_and_leaves_nothing(locked: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_read_only_output_folder_is_one_line_and_leaves_nothing(
+    locked: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run_cli(capsys, "train", "--output-dir", str(locked / "runs"), "--epochs", "1")
     assert code == 1
     line = one_line_error(err)
@@ -182,8 +183,9 @@ def test_a_mistyped_flag_suggests_the_nearest(capsys: pytest.CaptureFixture[str]
     assert "did you mean --epochs?" in capsys.readouterr().err
 
 
-def test_best_pt_is_weights_only_and_starts_a_run_on_other_data(digits_600: Path, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_best_pt_is_weights_only_and_starts_a_run_on_other_data(
+    digits_600: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """best.pt used to carry Adam's two moments (3x the weights); --weights refused cnnkit's own models."""
     import torch
 
@@ -236,8 +238,9 @@ def _quick_run(tmp_path: Path, name: str, **extra) -> dict:
                 log=lambda _: None, tensorboard=False, **extra)  # fmt: skip
 
 
-def test_ctrl_c_marks_the_run_interrupted_and_says_how_to_continue(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_ctrl_c_marks_the_run_interrupted_and_says_how_to_continue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cnnkit.commands import train as train_command
 
     def interrupted(*args, **kwargs):
@@ -266,8 +269,9 @@ def test_a_run_that_fails_is_marked_failed_with_its_reason(tmp_path: Path, monke
     assert status == {**status, "status": "failed", "reason": "DataError: the disk with the photos went away"}
 
 
-def test_eval_of_a_run_without_a_test_split_names_the_split_it_scored(digits_600: Path, tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_eval_of_a_run_without_a_test_split_names_the_split_it_scored(
+    digits_600: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = cnnkit.train(data=str(digits_600), **_quick_run(tmp_path, "no-test"))
     assert run.test is None
     code, out, err = run_cli(capsys, "eval", str(run.dir), "--json")

@@ -156,7 +156,8 @@ def test_without_the_feature_cache_the_backbone_runs_every_epoch(imagenette, tmp
 def test_fine_tuning_trains_the_head_then_all_layers(capsys, imagenette, tmp_path) -> None:
     code, out, _ = run_cli(capsys, "train", "--data", str(imagenette), "--model", LITE0, "--pretrained",
                         "--fine-tune", "1,1", "--limit-train", "40", "--limit-eval", "20", "--image-size", "64",
-                        "--batch-size", "8", "--save-every", "1", "--output-dir", str(tmp_path), "--no-progress", "--no-report")  # fmt: skip
+                        "--batch-size", "8", "--save-every", "1", "--output-dir", str(tmp_path), "--no-progress",
+                        "--no-report")  # fmt: skip
 
     assert code == 0
     (run_dir,) = tmp_path.iterdir()
@@ -183,7 +184,9 @@ def test_grey_digits_on_an_rgb_backbone(tmp_path) -> None:
 
     assert run.model.backbone.conv_stem.weight.shape == (32, 1, 3, 3)
     assert "weights: adapted conv_stem.weight to the input channels (timm-style)" in lines
-    assert "note: 28x28 images are resized to 64x64 per batch (the model's input size; --image-size changes it)" in lines
+    assert (
+        "note: 28x28 images are resized to 64x64 per batch (the model's input size; --image-size changes it)" in lines
+    )
     assert run.spec.preprocess.channels == 1
     assert run.spec.preprocess.mean == (0.5,) and run.spec.preprocess.std == (0.5,)
     loaded = cnnkit.load_checkpoint(run.checkpoint)

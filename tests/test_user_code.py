@@ -305,7 +305,9 @@ class Tiny(nn.Module):
 
     def __init__(self, num_classes=10):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(8 * 6 * 6, num_classes))
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(8 * 6 * 6, num_classes)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -323,7 +325,8 @@ def test_register_model_in_python(tmp_path, monkeypatch) -> None:
     assert info.default_in_chans == 3 and info.description.startswith("A registered plain module")
 
     run = cnnkit.train(model="user_tiny_test", epochs=1, limit_train=1000, limit_eval=200, threads=1,
-                       output_dir=str(tmp_path / "runs"), report=False, progress=False, log=lambda line: None)  # fmt: skip
+                       output_dir=str(tmp_path / "runs"), report=False, progress=False,
+                       log=lambda line: None)  # fmt: skip
     record = read_checkpoint(run.checkpoint)["model"]["code"]
     assert record["kind"] == "registered" and record["module"] == "my_registered" and record["attr"] == "Tiny"
 

@@ -82,7 +82,8 @@ def _train(sub) -> None:
     add_config_flags(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--no-check", action="store_true",
-                       help="skip the quick dataset check of a folder/CSV before training (see `cnnkit check`)")  # fmt: skip
+                       help="skip the quick dataset check of a folder/CSV before training "
+                            "(see `cnnkit check`)")  # fmt: skip
     train.add_argument("--resume", metavar="RUN", help="continue a killed or stopped run from its last.pt "
                        "(with its own config; --epochs N trains it longer)")  # fmt: skip
     _trust_code(train)
@@ -96,7 +97,8 @@ def _lr_find(sub) -> None:
     add_config_flags(lf)
     lf.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate of the sweep (default 1e-7)")
     lf.add_argument("--end-lr", type=float, default=10.0, help="last learning rate of the sweep (default 10)")
-    lf.add_argument("--steps", type=int, help="batches in the sweep (default 100, more for small batches: 3,000 images)")
+    lf.add_argument("--steps", type=int,
+                    help="batches in the sweep (default 100, more for small batches: 3,000 images)")  # fmt: skip
 
 
 def _eval(sub) -> None:
@@ -113,7 +115,8 @@ def _eval(sub) -> None:
 
 
 def _predict(sub) -> None:
-    pr = _command(sub, "predict", "predict:main", "predict image files, folders or globs with a checkpoint or ONNX file")
+    pr = _command(sub, "predict", "predict:main",
+                  "predict image files, folders or globs with a checkpoint or ONNX file")  # fmt: skip
     pr.add_argument("model", metavar="MODEL", help="run folder, .pt checkpoint, or .onnx file from `cnnkit export`")
     pr.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     pr.add_argument("--topk", type=int, default=5, help="classes to list per image (default 5)")
@@ -128,13 +131,15 @@ def _predict(sub) -> None:
                     help="auto: onnxruntime for .onnx files, else torch")  # fmt: skip
     pr.add_argument("--device", default="cpu", help="torch backend: cpu (default), cuda, mps or auto")
     pr.add_argument("--amp", choices=AMP_MODES, default="off",
-                    help="torch backend precision: off (float32, default), bf16, fp16, auto (bf16 on CUDA)")  # fmt: skip
+                    help="torch backend precision: off (float32, default), bf16, fp16, "
+                         "auto (bf16 on CUDA)")  # fmt: skip
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     _trust_code(pr)
 
 
 def _report(sub) -> None:
-    rp = _command(sub, "report", "report:main", "write report/report.html (curves, confusion, per-class, calibration...)")
+    rp = _command(sub, "report", "report:main",
+                  "write report/report.html (curves, confusion, per-class, calibration...)")  # fmt: skip
     rp.add_argument("run", help="run folder or .pt checkpoint")
     rp.add_argument("--split", choices=("test", "val", "train"), help="default: test when the run has one, else val")
     rp.add_argument("--robustness", action="store_true", help="also measure FGSM and corruption accuracy")
@@ -146,7 +151,8 @@ def _report(sub) -> None:
 
 def _summary(sub) -> None:
     sm = _command(sub, "summary", "summary:main", "layer table of a model: output shapes, parameters, MACs")
-    sm.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="model name (or timm:NAME, tv:NAME), run folder or .pt file")
+    sm.add_argument("model", metavar="MODEL_OR_CHECKPOINT",
+                    help="model name (or timm:NAME, tv:NAME), run folder or .pt file")  # fmt: skip
     sm.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                     help="input image (default: the model's, or the checkpoint's)")  # fmt: skip
     sm.add_argument("--num-classes", type=int, metavar="N", help="logits of a model built by name (default 10)")
@@ -172,7 +178,8 @@ def _export(sub) -> None:
                   "write ONNX or TorchScript (classes and preprocessing inside), checked against PyTorch")  # fmt: skip
     xp.add_argument("checkpoint", help="run folder or .pt checkpoint")
     xp.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
-    xp.add_argument("--out", metavar="FILE", help="default: RUN/export/model.onnx (or model.torchscript.pt), else beside the .pt")
+    xp.add_argument("--out", metavar="FILE",
+                    help="default: RUN/export/model.onnx (or model.torchscript.pt), else beside the .pt")  # fmt: skip
     xp.add_argument("--dynamic-batch", action="store_true", help="ONNX: accept any batch size (default: batch 1)")
     xp.add_argument("--opset", type=int, metavar="N", help="ONNX opset version (default: the exporter's)")
     xp.add_argument("--check-images", nargs="+", metavar="PATH",
@@ -199,24 +206,29 @@ def _serve(sub) -> None:
 def _check(sub) -> None:
     ck = _command(sub, "check", "check:main",
                   "the dataset doctor: unreadable files, modes, sizes, duplicates, leakage, balance")  # fmt: skip
-    ck.add_argument("data", metavar="DATA", help="class-per-folder tree (optionally train/ val/ test/) or CSV file (path,label)")
+    ck.add_argument("data", metavar="DATA",
+                    help="class-per-folder tree (optionally train/ val/ test/) or CSV file (path,label)")  # fmt: skip
     ck.add_argument("--json", action="store_true", help="print the full report as JSON instead of the summary")
     ck.add_argument("--out", metavar="FILE", help="also write the full JSON report to FILE")
     ck.add_argument("--quick", action="store_true",
                     help="headers and byte hashes only, no decoding (what `cnnkit train` runs first)")  # fmt: skip
     ck.add_argument("--workers", type=int, help="checking processes (default: one per core, at most 8; 0: none)")
     ck.add_argument("--near-distance", type=int, metavar="BITS",
-                    help="perceptual-hash bits (of 64) within which two images are near duplicates (default 2)")  # fmt: skip
+                    help="perceptual-hash bits (of 64) within which two images are near duplicates "
+                         "(default 2)")  # fmt: skip
     ck.add_argument("--min-side", type=int, metavar="PX",
-                    help="images with a shorter side under PX (or 1/8 of the median) are tiny (default 16)")  # fmt: skip
+                    help="images with a shorter side under PX (or 1/8 of the median) are tiny "
+                         "(default 16)")  # fmt: skip
     ck.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _runs(sub) -> None:
-    rn = _command(sub, "runs", "runs:main", "compare run folders: recipe, model, data, epochs, best metric, test accuracy, time")
+    rn = _command(sub, "runs", "runs:main",
+                  "compare run folders: recipe, model, data, epochs, best metric, test accuracy, time")  # fmt: skip
     rn.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default: ./runs)")
     rn.add_argument("--sort", default="date", metavar="KEY",
-                    help="date (default), name, time, epochs, test_acc, or a metrics.csv column (best epoch's value)")  # fmt: skip
+                    help="date (default), name, time, epochs, test_acc, or a metrics.csv column "
+                         "(best epoch's value)")  # fmt: skip
     rn.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

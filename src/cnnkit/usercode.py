@@ -232,7 +232,8 @@ def bind_record(
     if kind == "registered":
         if registered is not None and not registered():
             raise CnnkitError(f"importing {source} did not register model {record['ref']!r} "
-                              f"(it was registered by {record.get('module')}.{record.get('attr')} when trained)")  # fmt: skip
+                              f"(it was registered by {record.get('module')}.{record.get('attr')} "
+                              "when trained)")  # fmt: skip
         return
     _BOUND[record["ref"]] = attribute(module, record["attr"], source)
 
@@ -321,8 +322,12 @@ def attribute(module: ModuleType, attr: str, source: str) -> Any:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            defined = sorted(n for n, v in vars(module).items() if not n.startswith("_")
-                             and (inspect.isclass(v) or inspect.isfunction(v)) and v.__module__ == module.__name__)  # fmt: skip
+            defined = sorted(
+                n for n, v in vars(module).items()
+                if not n.startswith("_")
+                and (inspect.isclass(v) or inspect.isfunction(v))
+                and v.__module__ == module.__name__
+            )
             raise UsageError(f"{source} has no {attr!r}; it defines: {', '.join(defined) or 'no classes or functions'}")
         obj = getattr(obj, part)
     return obj
@@ -370,7 +375,8 @@ def record_registered(name: str, fn: Callable[..., Any]) -> dict[str, Any]:
         file = None
     path = Path(file).resolve() if file else None
     return {"ref": name, "kind": "registered", "module": module, "attr": getattr(target, "__qualname__", None),
-            "path": str(path) if path else None, "sha256": _sha256(path) if path and path.is_file() else None}  # fmt: skip
+            "path": str(path) if path else None,
+            "sha256": _sha256(path) if path and path.is_file() else None}  # fmt: skip
 
 
 def is_user_code(fn: Any) -> bool:

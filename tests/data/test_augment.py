@@ -83,7 +83,9 @@ def test_reflect_translate_moves_pixels_exactly(photos: torch.Tensor) -> None:
 
 
 def test_translate_and_flip_fold_into_one_gather(photos: torch.Tensor) -> None:
-    both = augment_batch(photos, Augment(crop_padding=2, pad_mode="reflect", flip_p=1.0), torch.Generator().manual_seed(1))
+    both = augment_batch(
+        photos, Augment(crop_padding=2, pad_mode="reflect", flip_p=1.0), torch.Generator().manual_seed(1)
+    )
     moved = augment_batch(photos, Augment(crop_padding=2, pad_mode="reflect"), torch.Generator().manual_seed(1))
 
     assert torch.equal(both, moved.flip(-1))  # same offsets, then mirrored
@@ -169,7 +171,9 @@ def test_same_seed_and_epoch_give_the_same_batches(photos: torch.Tensor) -> None
 def test_cuda_batches_equal_cpu_batches(photos: torch.Tensor) -> None:
     augment = Augment(crop_padding=2, pad_mode="reflect", flip_p=0.5, flip="alternate", cutout=8)
     cpu = TensorLoader(photos, torch.arange(len(photos)), PLAIN, 32, shuffle=True, augment=augment, seed=2)
-    gpu = TensorLoader(photos, torch.arange(len(photos)), PLAIN, 32, shuffle=True, augment=augment, seed=2, device="cuda")
+    gpu = TensorLoader(
+        photos, torch.arange(len(photos)), PLAIN, 32, shuffle=True, augment=augment, seed=2, device="cuda"
+    )
     for (a, ya), (b, yb) in zip(cpu, gpu, strict=True):
         assert b.is_cuda and torch.equal(ya, yb.cpu())
         torch.testing.assert_close(a, b.cpu(), atol=1e-6, rtol=0)

@@ -183,7 +183,7 @@ def test_crop_padding_shifts_each_image_exactly(digits: torch.Tensor) -> None:
 
     assert out.shape == digits.shape and out.dtype == torch.uint8
     shifts = []
-    for original, cropped in zip(digits, out):
+    for original, cropped in zip(digits, out, strict=True):
         matches = [(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)
                    if torch.equal(cropped, _shift(original, dy, dx))]  # fmt: skip
         assert matches, "a crop that is not a zero-filled shift of its image"
@@ -197,9 +197,9 @@ def test_flips(digits: torch.Tensor) -> None:
     assert torch.equal(always, digits.flip(-1))
 
     half = augment_batch(digits, Augment(flip_p=0.5), torch.Generator().manual_seed(0))
-    flipped = [torch.equal(a, b.flip(-1)) for a, b in zip(half, digits)]
-    kept = [torch.equal(a, b) for a, b in zip(half, digits)]
-    assert all(f or k for f, k in zip(flipped, kept))
+    flipped = [torch.equal(a, b.flip(-1)) for a, b in zip(half, digits, strict=True)]
+    kept = [torch.equal(a, b) for a, b in zip(half, digits, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
     assert 16 <= sum(flipped) <= 48 and sum(kept) >= 16
 
 

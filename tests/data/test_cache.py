@@ -67,7 +67,8 @@ def test_cached_images_are_bit_identical_to_decoding(photos: Path, cache: Path) 
     # The eval view (no augmentation) is the eval transform's image, normalised.
     val = loaders.val
     x, _ = next(iter(val))
-    want = spec.preprocess.normalize(torch.stack([decode_image(p, spec.preprocess, "RGB") for p in val.paths[: len(x)]]))
+    decoded = [decode_image(p, spec.preprocess, "RGB") for p in val.paths[: len(x)]]
+    want = spec.preprocess.normalize(torch.stack(decoded))
     torch.testing.assert_close(x, want, atol=2e-6, rtol=0)
 
 

@@ -88,8 +88,10 @@ def test_train_with_balance_and_select_metric_from_the_cli(tmp_path, capsys) -> 
     assert history["epoch"] == int(rows[best][0])
 
 
-@pytest.mark.parametrize(("flag", "value", "valid"), [("--balance", "oversample", "none, sampler, weights"),
-                                                      ("--select-metric", "precision", "balanced_accuracy")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("flag", "value", "valid"),
+    [("--balance", "oversample", "none, sampler, weights"), ("--select-metric", "precision", "balanced_accuracy")],
+)
 def test_bad_balance_or_metric_names_list_the_valid_ones(flag, value, valid, capsys) -> None:
     code, _, err = run_cli(capsys, "train", flag, value, "--epochs", "1")
     assert code == 2

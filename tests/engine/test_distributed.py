@@ -24,7 +24,9 @@ from cnnkit.engine import Checkpoint
 from cnnkit.errors import CnnkitError
 
 pytestmark = [
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+    ),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc"),
 ]
 
@@ -110,7 +112,9 @@ def test_kill_one_rank_mid_epoch_then_resume_on_one_then_two_processes(tmp_path:
     # batch 16: about 560 steps (several seconds) per epoch, so the kill lands well inside epoch 2
     args = [*SMALL_RUN, "--limit-train", "9000", "--batch-size", "16", "--epochs", "3", "--checkpoint-every-steps",
             "20", "--output-dir", str(run_dir.parent), "--name", run_dir.name]  # fmt: skip
-    launcher = subprocess.Popen(torchrun(args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        torchrun(args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline, ranks = time.monotonic() + 240, {}
     while time.monotonic() < deadline and launcher.poll() is None:
         ranks = ranks if 1 in ranks else _rank_pids(launcher)

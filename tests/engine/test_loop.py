@@ -238,7 +238,7 @@ def test_scheduler_shapes() -> None:
     cosine = _lr_trace("cosine", warmup_epochs=1)
     assert cosine[0] == pytest.approx(0.01)  # warm-up: 1/10 of the peak on the first step
     assert cosine[9] == pytest.approx(0.1)  # peak at the end of warm-up
-    assert all(a >= b for a, b in zip(cosine[9:], cosine[10:]))  # then never rises
+    assert all(a >= b for a, b in zip(cosine[9:], cosine[10:], strict=False))  # then never rises
     assert cosine[-2] < 0.001 and cosine[-1] == pytest.approx(0.0, abs=1e-12)
 
     onecycle = _lr_trace("onecycle", warmup_epochs=1)

@@ -54,7 +54,8 @@ def test_mix_prob_zero_leaves_hard_one_hot_targets() -> None:
 
 def test_ema_is_what_best_pt_holds_and_what_was_validated(tmp_path: Path) -> None:
     run = cnnkit.train(limit_train=2000, limit_eval=500, epochs=2, ema=0.9, device="cpu", deterministic=True,
-                       output_dir=str(tmp_path), name="ema", report=False, progress=False, log=lambda _: None)  # fmt: skip
+                       output_dir=str(tmp_path), name="ema", report=False, progress=False,
+                       log=lambda _: None)  # fmt: skip
     best = read_checkpoint(run.dir / "checkpoints" / "best.pt")
     last = read_checkpoint(run.dir / "checkpoints" / "last.pt")
 

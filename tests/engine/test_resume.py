@@ -115,9 +115,11 @@ def test_kill_between_temp_write_and_rename_keeps_the_previous_checkpoint(tmp_pa
     script = textwrap.dedent(f"""
         import os, signal, torch
         from cnnkit.checkpoint import save_checkpoint
-        save_checkpoint({{"model": {{"name": "lenet"}}, "state_dict": {{"w": torch.ones(3)}}, "epoch": 1}}, {str(path)!r})
+        save_checkpoint({{"model": {{"name": "lenet"}}, "state_dict": {{"w": torch.ones(3)}}, "epoch": 1}},
+                        {str(path)!r})
         os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)  # die after the temp file is written
-        save_checkpoint({{"model": {{"name": "lenet"}}, "state_dict": {{"w": torch.zeros(3)}}, "epoch": 2}}, {str(path)!r})
+        save_checkpoint({{"model": {{"name": "lenet"}}, "state_dict": {{"w": torch.zeros(3)}}, "epoch": 2}},
+                        {str(path)!r})
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
 

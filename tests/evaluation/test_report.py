@@ -39,7 +39,8 @@ def test_training_writes_a_report_whose_numbers_equal_eval(mnist_run: Path) -> N
     assert f"top-5: <b>{ev.result.top5:.2%}</b>" in text
     assert f"loss: <b>{ev.result.loss:.4f}</b>" in text
     assert "(2000 images)" in text
-    for section in ("curves", "confusion", "per-class", "confused", "top-losses", "calibration", "preview", "model", "config"):
+    for section in ("curves", "confusion", "per-class", "confused", "top-losses", "calibration", "preview",
+                    "model", "config"):
         assert f'id="{section}"' in text, section
     assert "macro avg" in text and "weighted avg" in text
 

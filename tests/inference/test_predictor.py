@@ -41,7 +41,7 @@ def test_pngs(tmp_path_factory: pytest.TempPathFactory, digits) -> Path:
     """All 2,000 test digits as PNG files named ``NNNN_label.png``."""
     folder = tmp_path_factory.mktemp("digits")
     images, labels = digits
-    for i, (image, label) in enumerate(zip(images, labels.tolist())):
+    for i, (image, label) in enumerate(zip(images, labels.tolist(), strict=True)):
         Image.fromarray(image[0].numpy()).save(folder / f"{i:04d}_{label}.png")
     return folder
 
@@ -67,7 +67,9 @@ def test_predict_command_matches_eval_on_the_whole_test_split(run_dir, test_pngs
     assert torch.equal(matrix, report.result.confusion)
 
 
-def test_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(predictor, run_dir, digits, tmp_path, capsys) -> None:
+def test_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(
+    predictor, run_dir, digits, tmp_path, capsys
+) -> None:
     images, labels = digits
     folder = tmp_path / "mixed"
     (folder / "nested" / "deeper").mkdir(parents=True)
@@ -90,7 +92,7 @@ def test_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(pred
     assert set(predicted) == set(good)
     expected = _direct_top1(predictor, torch.stack([torch.from_numpy(np.array(Image.open(p).convert("L")))[None]
                                                     for p in good]))  # fmt: skip
-    for (path, _), top1 in zip(good.items(), expected):
+    for (path, _), top1 in zip(good.items(), expected, strict=True):
         entry = predicted[path]
         assert entry["label"] == predictor.class_names[top1]
         assert len(entry["topk"]) == 5 and entry["topk"][0]["label"] == entry["label"]
@@ -159,7 +161,7 @@ def test_threshold_topk_and_tta(predictor, digits) -> None:
     plain = predictor.predict(images[:64])
     strict = predictor.predict(images[:64], threshold=0.999999)
     assert any(p.label == "unknown" for p in strict)
-    for a, b in zip(plain, strict):
+    for a, b in zip(plain, strict, strict=True):
         assert b.label in (a.label, "unknown") and b.index == a.index
         assert (b.label == "unknown") == (a.confidence < 0.999999)
     assert len(predictor.predict(images[0], topk=50).topk) == 10  # clipped to the classes
@@ -169,10 +171,12 @@ def test_threshold_topk_and_tta(predictor, digits) -> None:
     views = predictor.tta_views(predictor.preprocess.normalize(images[:2]), True)
     assert len(views) == 5 and not any(torch.equal(v, views[0].flip(-1)) for v in views[1:])
     tta = predictor.predict(images[:200], tta=True)
-    accuracy = np.mean([p.index == y for p, y in zip(tta, labels[:200].tolist())])
-    plain_acc = np.mean([p.index == y for p, y in zip(predictor.predict(images[:200]), labels[:200].tolist())])
+    truth = labels[:200].tolist()
+    accuracy = np.mean([p.index == y for p, y in zip(tta, truth, strict=True)])
+    plain_acc = np.mean([p.index == y for p, y in zip(predictor.predict(images[:200]), truth, strict=True)])
     assert accuracy >= plain_acc - 0.02  # shifts by a pixel do not hurt a digit model
-    assert all(abs(sum(prob for _, prob in p.topk[:10]) - 1) < 0.05 for p in predictor.predict(images[:5], tta=True, topk=10))
+    ranked = predictor.predict(images[:5], tta=True, topk=10)
+    assert all(abs(sum(prob for _, prob in p.topk[:10]) - 1) < 0.05 for p in ranked)
 
 
 def test_predict_files_keeps_the_input_order_across_workers(predictor, test_pngs, tmp_path) -> None:

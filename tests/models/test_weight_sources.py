@@ -48,7 +48,7 @@ def test_timm_hub_weights_load_from_the_hugging_face_cache_offline(hf_cache) -> 
 
     reference = timm.create_model("efficientnet_lite0")  # the timm names and shapes
     package = _lite_package("efficientnet_lite0").state_dict
-    renamed = dict(zip(reference.state_dict(), package.values()))
+    renamed = dict(zip(reference.state_dict(), package.values(), strict=True))
     _put_in_hf_cache(hf_cache, "timm/efficientnet_lite0.ra_in1k", renamed)
 
     weights = find_weights("timm:efficientnet_lite0")

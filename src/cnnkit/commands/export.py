@@ -76,7 +76,9 @@ def _check_options(fmt: str, dynamic_batch: bool, opset: int | None, tolerance: 
     if fmt not in export.FORMATS:
         raise unknown_name("format", fmt, export.FORMATS)
     if fmt != "onnx" and (dynamic_batch or opset is not None):
-        raise UsageError("--dynamic-batch and --opset apply to --format onnx (a traced TorchScript file takes any batch)")
+        raise UsageError(
+            "--dynamic-batch and --opset apply to --format onnx (a traced TorchScript file takes any batch)"
+        )
     if opset is not None and opset < 7:
         raise UsageError(f"--opset must be 7 or more, got {opset}")
     if not tolerance >= 0:  # also refuses NaN
@@ -104,8 +106,10 @@ def _parity_images(loaded: LoadedCheckpoint, files: list[str] | None, data_dir: 
     try:
         loaders, _, _ = checkpoint_loaders(loaded, data_dir=data_dir, device=torch.device("cpu"))
     except DataError as err:
-        raise CnnkitError(f"the parity check needs the run's validation images, which were not found ({err}); "
-                          "pass --check-images FILES, or --data-dir FOLDER holding the run's data") from None  # fmt: skip
+        raise CnnkitError(
+            f"the parity check needs the run's validation images, which were not found ({err}); "
+            "pass --check-images FILES, or --data-dir FOLDER holding the run's data"
+        ) from None
     batches, have = [], 0
     for images, _ in loaders.val:
         batches.append(images[: count - have].cpu().float())

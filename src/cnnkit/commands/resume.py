@@ -68,7 +68,9 @@ def saved_split(folder: RunFolder) -> dict[str, Any]:
     """The run's own split (``split.json``), to rebuild exactly the same loaders."""
     split = folder.read_json("split.json")
     if split is None:
-        raise CnnkitError(f"--resume: {folder.file('split.json')} is missing; the run cannot continue on the same split")
+        raise CnnkitError(
+            f"--resume: {folder.file('split.json')} is missing; the run cannot continue on the same split"
+        )
     return {key: value for key, value in split.items() if key not in ("fingerprint", "sizes")}
 
 

@@ -172,7 +172,9 @@ def _build_tensor(
             drop_last=train, seed=seed, device=device, output_size=size if upsample else None,
         )  # fmt: skip
 
-    loaders = Loaders(loader("train", training), loader("val", False), loader("test", False) if "test" in parts else None)
+    loaders = Loaders(
+        loader("train", training), loader("val", False), loader("test", False) if "test" in parts else None
+    )
     if training and cfg.balance == "sampler":
         loaders.train.balance_classes()
     spec = DataSpec(
@@ -304,7 +306,8 @@ def _file_channels(paths: list[str], notes: list[str]) -> int:
         try:
             with Image.open(path) as image:
                 modes.add(image.mode)
-        except (OSError, ValueError, Image.DecompressionBombError):  # unreadable or a bomb: the loaders skip and list it
+        except (OSError, ValueError, Image.DecompressionBombError):
+            # unreadable or a bomb: the loaders skip and list it
             continue
     if modes and modes <= _GREY_MODES:
         notes.append("greyscale images: training on 1 channel (--channels 3 for RGB)")
@@ -340,15 +343,20 @@ def _build_files(
         if why_not and why_not not in notes:
             notes.append(why_not)
         if cached:  # decoded once into a memory-mapped uint8 file; batched augmentation after that
-            return CachedFileLoader(lists[name].paths, lists[name].labels, pre, mode, cfg.batch_size if train else eval_bs,
-                                    shuffle=train and cfg.shuffle, augment=augment if augmented and not augment.is_identity else None,
-                                    drop_last=train, seed=seed, workers=cfg.workers)  # fmt: skip
+            return CachedFileLoader(
+                lists[name].paths, lists[name].labels, pre, mode, cfg.batch_size if train else eval_bs,
+                shuffle=train and cfg.shuffle,
+                augment=augment if augmented and not augment.is_identity else None,
+                drop_last=train, seed=seed, workers=cfg.workers,
+            )  # fmt: skip
         transform = train_transform(pre, augment) if augmented else eval_transform(pre)
         dataset = ImageFileDataset(lists[name].paths, lists[name].labels, transform, mode)
         return FileLoader(dataset, cfg.batch_size if train else eval_bs, shuffle=train and cfg.shuffle,
                           workers=cfg.workers, seed=seed, drop_last=train)  # fmt: skip
 
-    loaders = Loaders(loader("train", training), loader("val", False), loader("test", False) if "test" in lists else None)
+    loaders = Loaders(
+        loader("train", training), loader("val", False), loader("test", False) if "test" in lists else None
+    )
     if training and cfg.balance == "sampler":
         loaders.train.balance_classes()
     spec = DataSpec(
@@ -356,7 +364,11 @@ def _build_files(
         class_names=list(source.class_names),
         preprocess=pre,
         sizes={name: len(fl) for name, fl in lists.items()},
-        split={"kind": "files", "root": source.root, "files": {n: {"paths": fl.paths, "labels": fl.labels} for n, fl in lists.items()}},
+        split={
+            "kind": "files",
+            "root": source.root,
+            "files": {n: {"paths": fl.paths, "labels": fl.labels} for n, fl in lists.items()},
+        },
         fingerprint=fingerprint(source),
         notes=notes + [f"ignored {len(source.ignored)} non-image files"] * bool(source.ignored),
     )
@@ -373,7 +385,9 @@ def _file_splits(cfg: DataConfig, source: FileDataset, seed: int, notes: list[st
         else:
             parts = stratified_split(lists["train"].labels, {"val": fraction}, seed)
             train = lists["train"]
-            lists["train"] = FileList([train.paths[i] for i in parts["train"]], [train.labels[i] for i in parts["train"]])
+            lists["train"] = FileList(
+                [train.paths[i] for i in parts["train"]], [train.labels[i] for i in parts["train"]]
+            )
             lists["val"] = FileList([train.paths[i] for i in parts["val"]], [train.labels[i] for i in parts["val"]])
             notes.append(f"held out {fraction:.0%} of each class for validation")
     refs = {name: {"paths": fl.paths, "labels": fl.labels} for name, fl in lists.items()}
@@ -434,7 +448,9 @@ class EpochSampler(Sampler[int]):
 class FileLoader:
     """A DataLoader over image files that skips unreadable ones and has :meth:`set_epoch`."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int, drop_last: bool) -> None:
+    def __init__(
+        self, dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int, drop_last: bool
+    ) -> None:
         self.sampler = EpochSampler(len(dataset), shuffle, seed)
         if drop_last:
             self.sampler.even_batch = batch_size
@@ -504,7 +520,9 @@ class _TensorsOf(Dataset):
         return image, int(label)
 
 
-def loader_from_dataset(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int = 0, seed: int = 0) -> FileLoader:
+def loader_from_dataset(
+    dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int = 0, seed: int = 0
+) -> FileLoader:
     """Batches from any torch ``Dataset`` returning ``(image, label)`` pairs.
 
     Images may be float tensors ``[C, H, W]`` (used as they are: the user's transform

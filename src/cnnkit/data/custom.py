@@ -132,7 +132,8 @@ def _read(dataset: Any, name: str, split: str, num_classes: int, image_size: int
         labels.append(_label(item[1], num_classes, f"{name}[{index}]"))
         if index == 0 and count * images[0].numel() > MAX_BYTES:
             raise DataError(f"{name}: {count:,} images of {list(images[0].shape)} need over "
-                            f"{MAX_BYTES >> 30} GB in memory; use a class-per-folder tree or a CSV file instead")  # fmt: skip
+                            f"{MAX_BYTES >> 30} GB in memory; use a class-per-folder tree or a CSV file "
+                            "instead")  # fmt: skip
     return _stack(images, name, image_size, like), torch.tensor(labels, dtype=torch.long)
 
 
@@ -145,7 +146,8 @@ def to_uint8(image: Any, where: str) -> torch.Tensor:
     if isinstance(image, Image.Image):
         mode = "L" if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else "RGB"
         array = np.asarray(to_mode(image, mode))
-        return torch.from_numpy(array.copy()).unsqueeze(0) if array.ndim == 2 else torch.from_numpy(array.copy()).permute(2, 0, 1)
+        tensor = torch.from_numpy(array.copy())
+        return tensor.unsqueeze(0) if array.ndim == 2 else tensor.permute(2, 0, 1)
     if isinstance(image, np.ndarray):
         tensor = torch.from_numpy(np.ascontiguousarray(image))
         tensor = tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1) if tensor.dim() == 3 else tensor

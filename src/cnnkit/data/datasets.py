@@ -255,7 +255,7 @@ def _flowers102(root: Path, download: bool) -> FileDataset:
     splits = {}
     for split in ("train", "val", "test"):
         ds = _torchvision(
-            "flowers102", lambda **kw: datasets.Flowers102(split=split, **kw), root, download, expected,
+            "flowers102", lambda split=split, **kw: datasets.Flowers102(split=split, **kw), root, download, expected,
             homepage="https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz unpacked as "
             "flowers-102/jpg/, imagelabels.mat, setid.mat)",
         )  # fmt: skip

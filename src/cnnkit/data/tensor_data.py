@@ -31,7 +31,9 @@ from cnnkit.data.transforms import (
 )
 
 
-def epoch_order(count: int, *, shuffle: bool, seed: int, epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+def epoch_order(
+    count: int, *, shuffle: bool, seed: int, epoch: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sample order of one epoch: a permutation that depends only on ``(seed, epoch)``.
 
     Every loader in cnnkit draws its order here, so a resumed run sees the same data order.

@@ -351,8 +351,10 @@ def draw_augment(
         height, width = size
         if augment.cutout > min(height, width):
             raise UsageError(f"cutout {augment.cutout} is larger than the {height}x{width} input; use a smaller cutout")
-        draws.corners = torch.stack([torch.randint(0, height - augment.cutout + 1, (count,), generator=generator),
-                                     torch.randint(0, width - augment.cutout + 1, (count,), generator=generator)], 1)  # fmt: skip
+        draws.corners = torch.stack([
+            torch.randint(0, height - augment.cutout + 1, (count,), generator=generator),
+            torch.randint(0, width - augment.cutout + 1, (count,), generator=generator),
+        ], 1)  # fmt: skip
     if augment.erase_p:
         draws.erase = _draw_erase_boxes(count, size, augment.erase_p, generator)
     return draws

@@ -57,5 +57,7 @@ def _count_classes(dataset: Dataset, model: nn.Module) -> int:
         return len(classes)
     out = getattr(model, "num_classes", None)
     if out is None:
-        raise UsageError("cannot tell the number of classes: pass class_names=[...] or give the dataset a 'classes' attribute")
+        raise UsageError(
+            "cannot tell the number of classes: pass class_names=[...] or give the dataset a 'classes' attribute"
+        )
     return int(out)

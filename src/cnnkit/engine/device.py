@@ -46,7 +46,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def amp_dtype(mode: str, device: torch.device, *, training: bool = False, deterministic: bool = False) -> torch.dtype | None:
+def amp_dtype(
+    mode: str, device: torch.device, *, training: bool = False, deterministic: bool = False
+) -> torch.dtype | None:
     """The autocast dtype for ``mode`` on ``device`` (None: full precision).
 
     ``auto`` means bf16 on CUDA GPUs that support it, for training and evaluation alike;

@@ -174,7 +174,9 @@ def plot(result: LrFindResult, title: str = "learning-rate range test"):
     axes.set_xscale("log")
     axes.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggested lr {result.suggestion:.2e}")
     if result.steepest_lr is not None and result.steepest_lr != result.suggestion:
-        axes.axvline(result.steepest_lr, color="tab:orange", linestyle="-.", label=f"steepest descent {result.steepest_lr:.2e}")
+        axes.axvline(
+            result.steepest_lr, color="tab:orange", linestyle="-.", label=f"steepest descent {result.steepest_lr:.2e}"
+        )
     axes.axvline(result.min_loss_lr, color="tab:gray", linestyle=":", label=f"lowest loss at {result.min_loss_lr:.2e}")
     axes.set_xlabel("learning rate (log scale)")
     axes.set_ylabel("training loss (smoothed)")

@@ -101,7 +101,8 @@ def make_head(num_features: int, num_classes: int, hidden: int | None, dropout: 
 
 
 def _build(source: str, arch: str, *, num_classes: int, in_chans: int, input_size: tuple[int, int],
-           head_hidden: int | None = None, head_dropout: float = 0.0, drop_path: float = 0.0) -> BackboneClassifier:  # fmt: skip
+           head_hidden: int | None = None, head_dropout: float = 0.0,
+           drop_path: float = 0.0) -> BackboneClassifier:  # fmt: skip
     """Registry builder for ``source:arch`` (random weights; see :func:`load_weights`).
 
     ``drop_path`` is the stochastic-depth rate (timm's ``drop_path_rate``, torchvision's
@@ -119,8 +120,10 @@ def _build(source: str, arch: str, *, num_classes: int, in_chans: int, input_siz
         if not drop_path or "unexpected keyword" not in str(err):
             raise
         hint = "any timm model with residual blocks (timm:resnet18, timm:convnext_atto...)"
-        raise UsageError(f"{source}:{arch} has no stochastic depth to set with --drop-path; it is supported by "
-                         f"{hint} and by tv:efficientnet_*, tv:convnext_*, tv:swin_*, tv:maxvit_t") from None  # fmt: skip
+        raise UsageError(
+            f"{source}:{arch} has no stochastic depth to set with --drop-path; it is supported by "
+            f"{hint} and by tv:efficientnet_*, tv:convnext_*, tv:swin_*, tv:maxvit_t"
+        ) from None
     return BackboneClassifier(backbone, num_features, num_classes, head_hidden, head_dropout)
 
 
@@ -148,8 +151,9 @@ def _tv_backbone(arch: str, in_chans: int, drop_path: float = 0.0) -> tuple[nn.M
         num_features = last.in_features
     if in_chans != 3:
         name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-        model.set_submodule(name, nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride,
-                                            conv.padding, conv.dilation, conv.groups, conv.bias is not None))  # fmt: skip
+        stem = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride,
+                         conv.padding, conv.dilation, conv.groups, conv.bias is not None)  # fmt: skip
+        model.set_submodule(name, stem)
     return model, num_features
 
 
@@ -292,7 +296,9 @@ def _timm_hub(arch: str) -> Weights:
         if _offline():
             raise _Unavailable(f"{cfg.hf_hub_id} is not in the Hugging Face cache and CNNKIT_OFFLINE=1")
         if not _reachable(_HUB_HOSTS["timm"]):
-            raise _Unavailable(f"{_HUB_HOSTS['timm']} is unreachable and {cfg.hf_hub_id} is not in the Hugging Face cache")
+            raise _Unavailable(
+                f"{_HUB_HOSTS['timm']} is unreachable and {cfg.hf_hub_id} is not in the Hugging Face cache"
+            )
     overlay = {"file": cached} if cached else None
     model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay)
     return Weights(model.state_dict(), f"timm hub {cfg.hf_hub_id or cfg.url}", _timm_preprocess(model.pretrained_cfg))
@@ -474,20 +480,22 @@ def load_weights(model: nn.Module, weights: Weights) -> LoadReport | TransferRep
     rest_t = [k for k in target if k not in mapping]
     rest_s = [k for k in source if k not in target and k not in head_keys]
     if rest_t and len(rest_s) >= len(rest_t) and _same_shapes(source, rest_s[: len(rest_t)], target, rest_t):
-        mapping.update(zip(rest_t, rest_s[: len(rest_t)]))
+        mapping.update(zip(rest_t, rest_s[: len(rest_t)], strict=True))
         how = "matched by name" if len(rest_t) < len(target) // 2 else "names differ: matched by order and shape"
     state, adapted = _fitted_tensors(mapping, source, target, weights.source)
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
         raise CnnkitError(f"weights from {weights.source} lack {len(missing)} of the model's {len(target)} backbone "
-                          f"tensors, e.g. {', '.join(missing[:3])}. Were they saved from another architecture?")  # fmt: skip
+                          f"tensors, e.g. {', '.join(missing[:3])}. Were they saved from another "
+                          "architecture?")  # fmt: skip
     used = set(mapping.values()) | set(head_keys)
     unused = [k for k in source if k not in used]
     classifier = _trailing(list(source), set(unused))
     extra = [k for k in unused if k not in classifier and "aux" not in k.lower()]
     if extra:
         raise CnnkitError(f"weights from {weights.source} hold {len(extra)} tensor(s) this backbone does not have, "
-                          f"e.g. {', '.join(extra[:3])}. Were they saved from a deeper variant of the architecture?")  # fmt: skip
+                          f"e.g. {', '.join(extra[:3])}. Were they saved from a deeper variant of the "
+                          "architecture?")  # fmt: skip
     model.backbone.load_state_dict(state, strict=False)
     head_state = {k[len("head."):]: source[k] for k in head_keys}
     head_loaded = _load_head(model, head_state or _classifier_tensors(source, classifier))
@@ -609,7 +617,7 @@ def _strip_prefixes(state: dict[str, torch.Tensor], target: dict[str, torch.Tens
 def _same_shapes(source, source_keys, target, target_keys) -> bool:
     return all(
         source[s].shape == target[t].shape or _adapt_first_conv(t, source[s], target[t]) is not None
-        for s, t in zip(source_keys, target_keys)
+        for s, t in zip(source_keys, target_keys, strict=True)
     )
 
 

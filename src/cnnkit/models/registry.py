@@ -223,7 +223,9 @@ def _trunk_accepts(model: nn.Module, in_chans: int, side: int) -> bool:
         return False
 
 
-def _build(info: ModelInfo, num_classes: int, chans: int, size: tuple[int, int], kwargs: dict[str, object]) -> nn.Module:
+def _build(
+    info: ModelInfo, num_classes: int, chans: int, size: tuple[int, int], kwargs: dict[str, object]
+) -> nn.Module:
     """Call the builder with the build arguments its signature names and ``kwargs``.
 
     Raises:

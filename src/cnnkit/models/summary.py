@@ -216,8 +216,8 @@ def format_summary(summary: ModelSummary) -> str:
     widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
-        left = [f"{c:<{w}}" for c, w in zip(cells[:3], widths)]
-        right = [f"{c:>{w}}" for c, w in zip(cells[3:], widths[3:])]
+        left = [f"{c:<{w}}" for c, w in zip(cells[:3], widths[:3], strict=True)]
+        right = [f"{c:>{w}}" for c, w in zip(cells[3:], widths[3:], strict=True)]
         return "  ".join(left + right).rstrip()
 
     rule = "-" * len(line(tuple("x" * w for w in widths)))
