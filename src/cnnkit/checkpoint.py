@@ -25,11 +25,9 @@ into every file; :meth:`Checkpoint.from_payload` reads both.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnkit.atomic import atomic_write, remove_strays
 from cnnkit.config import upgrade_legacy
 from cnnkit.errors import CnnkitError
 
@@ -419,32 +418,9 @@ def _damage(head: bytes, path: Path, exc: Exception) -> str:
 
 
 def _write_atomic(payload: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    for stray in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
-        stray.unlink(missing_ok=True)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+    remove_strays(path)  # left by a process killed mid-save
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported on every platform (Windows)
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- compatibility

@@ -69,8 +69,9 @@ def report(
     pred = rep.collect_predictions(model, loader, mean=pre["mean"], std=pre["std"], device=torch_device, dtype=dtype,
                                    tta=cfg.train.tta, scores=scores)  # fmt: skip
     data = rep.summarise(pred, loaded.class_names, split)
-    extra = _robustness(model, loader, pre, torch_device, loaded.class_names, dtype, cfg.train.tta) if robustness else None
-    if extra is not None:
+    extra = None
+    if robustness:
+        extra = _robustness(model, loader, pre, torch_device, loaded.class_names, dtype, cfg.train.tta)
         extra["images"] = min(ROBUSTNESS_IMAGES, data.count)
     summary = summarize(model.cpu(), (pre["channels"], *pre["input_size"]))
     config_file = run_dir / "config.yaml"

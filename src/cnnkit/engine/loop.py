@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cnnkit import atomic
 from cnnkit.checkpoint import Checkpoint
 from cnnkit.config import METRIC_ALIASES, SELECT_METRICS, TrainConfig
 from cnnkit.engine.device import amp_dtype, resolve_device, seed_everything
@@ -345,8 +345,6 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, buffer.getvalue())
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import jinja2
 import torch
 from torch import nn
 
+from cnnkit import atomic
 from cnnkit.engine.scoring import Scores, metrics, score
 from cnnkit.evaluation import metrics as M
 from cnnkit.evaluation import plots
@@ -194,7 +194,7 @@ def write_report(
         config_text=config_text, summary_text=summary_text, robustness=robustness, pct=_pct,
     )  # fmt: skip
     target = out / "report.html"
-    _atomic_write_text(target, page)
+    atomic.write_text(target, page)
     return target
 
 
@@ -213,11 +213,12 @@ def _figures(data, pred, history, preview, robustness) -> dict[str, Any]:
         probs = pred.logits[pred.worst_index].softmax(1)
         titles = [
             f"true {names[int(pred.labels[i])]}\npred {names[int(p.argmax())]} {float(p.max()):.0%}"
-            for i, p in zip(pred.worst_index.tolist(), probs)
+            for i, p in zip(pred.worst_index.tolist(), probs, strict=True)
         ]
         figs["top_losses"] = plots.image_grid_figure(pred.worst_images, titles, title="highest-loss images")
     if preview is not None:
-        figs["train_preview"] = plots.image_grid_figure(preview[0], preview[1], title="training images as the model sees them")
+        title = "training images as the model sees them"
+        figs["train_preview"] = plots.image_grid_figure(preview[0], preview[1], title=title)
     if robustness and robustness.get("figure") is not None:
         figs["adversarial"] = robustness["figure"]
     return figs
@@ -240,12 +241,6 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def png_bytes(fig: Any) -> bytes:
     """A figure as PNG bytes (for notebooks and tests)."""
     buffer = io.BytesIO()
@@ -253,58 +248,9 @@ def png_bytes(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-_TEMPLATE = jinja2.Environment(autoescape=True).from_string(
-    """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
-img{max-width:100%;border:1px solid #eee} pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
-.kpi{display:inline-block;margin-right:2em;font-size:1.2em}
-</style></head><body>
-<h1>{{ title }}</h1>
-<p><span class="kpi">split: <b>{{ data.split }}</b> ({{ data.count }} images)</span>
-<span class="kpi">top-1: <b>{{ pct(data.top1) }}</b></span>
-<span class="kpi">top-5: <b>{{ pct(data.top5) }}</b></span>
-<span class="kpi">loss: <b>{{ "%.4f"|format(data.loss) }}</b></span>
-<span class="kpi">ECE: <b>{{ "%.4f"|format(data.calibration.ece) }}</b></span>
-{% if data.extra.tta and data.extra.tta != "none" %}<span class="kpi">TTA: <b>{{ data.extra.tta }}</b></span>
-{% endif %}</p>
-{% if images.curves %}<h2 id="curves">Training curves</h2>
-<img alt="loss and accuracy curves" src="data:image/png;base64,{{ images.curves }}">{% endif %}
-<h2 id="confusion">Confusion matrix</h2>
-<img alt="confusion matrix (counts)" src="data:image/png;base64,{{ images.confusion }}">
-<img alt="confusion matrix (row-normalised)" src="data:image/png;base64,{{ images.confusion_normalized }}">
-<h2 id="per-class">Per-class precision, recall, F1</h2>
-<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>
-{% for r in rows %}<tr><td>{{ r.name }}</td><td>{{ pct(r.precision) }}</td><td>{{ pct(r.recall) }}</td><td>{{ pct(r.f1) }}</td><td>{{ r.support }}</td></tr>
-{% endfor %}<tr><th>macro avg</th><td>{{ pct(data.prf.macro.precision) }}</td><td>{{ pct(data.prf.macro.recall) }}</td><td>{{ pct(data.prf.macro.f1) }}</td><td>{{ data.count }}</td></tr>
-<tr><th>weighted avg</th><td>{{ pct(data.prf.weighted.precision) }}</td><td>{{ pct(data.prf.weighted.recall) }}</td><td>{{ pct(data.prf.weighted.f1) }}</td><td>{{ data.count }}</td></tr>
-</table>
-<img alt="per-class precision, recall and F1" src="data:image/png;base64,{{ images.per_class }}">
-<h2 id="confused">Most confused pairs</h2>
-{% if pairs %}<table><tr><th>true</th><th>predicted</th><th>images</th></tr>
-{% for p in pairs %}<tr><td>{{ p.true }}</td><td>{{ p.pred }}</td><td>{{ p.count }}</td></tr>{% endfor %}</table>
-{% else %}<p>No mistakes.</p>{% endif %}
-{% if images.top_losses %}<h2 id="top-losses">Top losses</h2>
-<img alt="highest-loss images" src="data:image/png;base64,{{ images.top_losses }}">{% endif %}
-<h2 id="calibration">Calibration</h2>
-<p>Expected calibration error (15 bins, top-1 confidence): {{ "%.4f"|format(data.calibration.ece) }}</p>
-<img alt="reliability diagram" src="data:image/png;base64,{{ images.reliability }}">
-{% if images.train_preview %}<h2 id="preview">Training images as the model sees them</h2>
-<img alt="training images after augmentation" src="data:image/png;base64,{{ images.train_preview }}">{% endif %}
-{% if robustness %}<h2 id="robustness">Robustness</h2>
-<p>Top-1 accuracy on the first {{ robustness.images }} images of the split: FGSM moves every pixel by eps grey levels
-against the gradient of the loss; the corruptions are Gaussian noise, a 5x5 box blur and +30 % brightness.</p>
-<table><tr><th>perturbation</th><th>top-1</th></tr>
-{% for name, acc in robustness.rows %}<tr><td>{{ name }}</td><td>{{ pct(acc) }}</td></tr>{% endfor %}</table>
-{% if images.adversarial %}<img alt="adversarial example" src="data:image/png;base64,{{ images.adversarial }}">{% endif %}{% endif %}
-<h2 id="model">Model</h2><pre>{{ summary_text }}</pre>
-<h2 id="config">Config</h2><pre>{{ config_text }}</pre>
-</body></html>
-"""
-)
+# The page's HTML lives beside this module (package data), autoescaped.
+_TEMPLATE = jinja2.Environment(
+    loader=jinja2.PackageLoader("cnnkit.evaluation", "templates"), autoescape=True
+).get_template("report.html.j2")
 
 __all__ = ["Predictions", "ReportData", "collect_predictions", "images_at", "png_bytes", "summarise", "write_report"]

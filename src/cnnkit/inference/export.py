@@ -99,7 +99,8 @@ class ParityResult:
     def summary(self) -> str:
         """``max |Δlogit| 3.1e-06, top-1 agreement 100.00% (tolerance 1e-03): OK``."""
         ties = f", {self.near_ties} near-tie(s) excused" if self.near_ties else ""
-        tolerance = f"{self.tolerance:.0e}" if float(f"{self.tolerance:.0e}") == self.tolerance else f"{self.tolerance:.2e}"
+        short = f"{self.tolerance:.0e}"
+        tolerance = short if float(short) == self.tolerance else f"{self.tolerance:.2e}"
         return (f"max |Δlogit| {self.max_abs_diff:.1e}, top-1 agreement {self.top1_agreement:.2%}{ties} "
                 f"(tolerance {tolerance}): {'OK' if self.ok else 'FAILED'}")  # fmt: skip
 
@@ -195,7 +196,7 @@ def _exporter_log(notes: list[str]) -> Iterator[None]:
     try:
         yield
     finally:
-        for logger, (handlers, propagate) in zip(loggers, saved):
+        for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
             logger.handlers, logger.propagate = handlers, propagate
 
 
