@@ -195,8 +195,8 @@ def test_save_png_is_atomic_and_readable(tmp_path: Path) -> None:
 def test_save_png_cleans_up_after_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fig = plots.curves_figure(HISTORY)
 
-    def broken(*args: object, **kwargs: object) -> None:
-        Path(args[0]).write_bytes(b"half a png")
+    def broken(handle, *args: object, **kwargs: object) -> None:
+        handle.write(b"half a png")  # the temporary file cnnkit.atomic hands it
         raise OSError("disk full")
 
     monkeypatch.setattr(fig, "savefig", broken)
