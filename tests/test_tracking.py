@@ -74,6 +74,24 @@ def test_tensorboard_events_hold_the_metrics_csv_scalars_per_epoch(finished) -> 
     assert "config/text_summary" in tags["tensors"]
 
 
+def test_a_large_model_gets_no_graph_and_a_note_saying_why(imagenette: Path, tmp_path: Path) -> None:
+    """Tracing EfficientNet-Lite0 for its TensorBoard graph took 10 s at the start of every
+    run, more than a frozen rerun on cached features trains: models over
+    GRAPH_MAX_MODULES modules get their metrics and images, but no graph."""
+    from cnnkit.tracking import GRAPH_MAX_MODULES
+
+    run, lines = _train(tmp_path, "lite0", data=str(imagenette), model="timm:efficientnet_lite0", limit_train=40,
+                        limit_eval=20, image_size=64, epochs=1, check=False)  # fmt: skip
+
+    modules = sum(1 for _ in run.model.modules())
+    assert modules > GRAPH_MAX_MODULES
+    assert f"note: no model graph in TensorBoard: timm:efficientnet_lite0 has {modules:,} modules " \
+           f"(tracing more than {GRAPH_MAX_MODULES} takes seconds at every start)" in lines  # fmt: skip
+    tags = _events(run.dir).Tags()
+    assert not tags["graph"]
+    assert {"train_loss", "val_acc"} <= set(tags["scalars"]) and tags["images"] == ["train_images"]
+
+
 def test_resumed_run_logs_each_epoch_once(tmp_path: Path) -> None:
     run, _ = _train(tmp_path, "resumed", save_every=1)
     checkpoints = run.dir / "checkpoints"

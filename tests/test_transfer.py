@@ -136,6 +136,55 @@ def test_a_second_run_takes_the_features_from_the_cache(imagenette_run, imagenet
     assert [r["val_loss"] for r in again.history] == [r["val_loss"] for r in first.history]
 
 
+def test_a_frozen_rerun_reports_from_the_cached_features_without_a_backbone_pass(
+    imagenette_run, imagenette, tmp_path, monkeypatch
+) -> None:
+    """The defect: a rerun with every feature cached logged `done in 4s` and took 66 s wall,
+    its end-of-run report running the backbone over the val split again."""
+    first, _ = imagenette_run
+    seen: list[int] = []  # images through the backbone, per call
+    through = BackboneClassifier.forward_features
+
+    def counting(self, x):
+        seen.append(int(x.shape[0]))
+        return through(self, x)
+
+    monkeypatch.setattr(BackboneClassifier, "forward_features", counting)
+    again, lines = train_logged(data=str(imagenette), model=LITE0, pretrained=True, freeze=True, epochs=4,
+                                output_dir=str(tmp_path), report=True)  # fmt: skip
+
+    assert all(" from the cache; " in line for line in feature_lines(lines))
+    assert "report: val scores from the cached features through the head (500 images, no backbone pass)" in lines
+    assert seen == [1]  # the report's model summary probes one image; no graph trace, no scoring pass
+    page = (again.dir / "report" / "report.html").read_text(encoding="utf-8")
+    assert f"top-1: <b>{first.metrics['val_acc']:.2%}</b>" in page and "(500 images)" in page  # the run's own figure
+    assert 'id="top-losses"' in page  # its 16 images decoded by index
+
+
+def test_cached_head_scores_are_the_runs_val_scores_and_only_for_the_cached_backbone(imagenette_run) -> None:
+    import copy
+    import dataclasses
+
+    from cnnkit.engine.phases import cached_head_scores
+    from cnnkit.engine.scoring import metrics
+
+    run, _ = imagenette_run
+    cpu = torch.device("cpu")
+
+    scores = cached_head_scores(run.model, run.config, run.spec, cpu, "val")
+
+    assert scores is not None and scores.count == 500
+    best = next(r for r in run.history if r["epoch"] == run.best_epoch)
+    assert metrics(scores, 10).acc == best["val_acc"] and scores.loss == pytest.approx(best["val_loss"], abs=1e-6)
+    assert cached_head_scores(run.model, run.config, run.spec, cpu, "test") is None  # no test split
+    flip = dataclasses.replace(run.config, train=dataclasses.replace(run.config.train, tta="flip"))
+    assert cached_head_scores(run.model, flip, run.spec, cpu, "val") is None  # its views need the pixels
+    tuned = copy.deepcopy(run.model)
+    with torch.no_grad():
+        next(tuned.backbone.parameters()).add_(1e-3)  # a fine-tuned backbone: its features are not cached
+    assert cached_head_scores(tuned, run.config, run.spec, cpu, "val") is None
+
+
 # ----------------------------------------------------------------------------- smaller runs
 
 

@@ -1,7 +1,7 @@
 """Experiment tracking: TensorBoard event files in every run, MLflow or W&B when asked.
 
 :class:`RunLoggers` hands what a run reports to each logger: the config and the model
-graph when training starts, a grid of the first training images as the model saw them
+graph (models up to 100 modules) when training starts, a grid of the first training images as the model saw them
 (augmented, de-normalised) at the end of the epoch they came in, every epoch's metrics row
 under the names of the ``metrics.csv`` columns (``train_loss``, ``val_acc``, ``lr``...,
 step = epoch), and the test result at the end.
@@ -43,6 +43,10 @@ _PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard"),
              "mlflow": ("mlflow", "pip install 'cnnkit[mlflow]' (mlflow-skinny) or pip install mlflow"),
              "wandb": ("wandb", "pip install 'cnnkit[wandb]' (or pip install wandb)")}  # fmt: skip
 IMAGES_SHOWN = 16  # training images in the logged grid
+# Larger models get no TensorBoard graph: torch.jit.trace runs the model three times with
+# first-call costs, about 40 ms a module on 2 CPU cores (EfficientNet-Lite0, 276 modules:
+# 12 s, more than a frozen rerun on cached features trains); LeNet 15, VGG16-BN 55, ResNet-18 71.
+GRAPH_MAX_MODULES = 100
 IDS_FILE = "tracking.json"  # MLflow / W&B run ids, so a resumed run continues the same one
 
 
@@ -139,11 +143,18 @@ class RunLoggers:
         return [logger.name for logger in self.loggers]
 
     def start(self, model: nn.Module, input_shape: tuple[int, int, int], cfg: RunConfig) -> None:
-        """Log the config and, in a run's first process, the model graph (where it traces)."""
+        """Log the config and, in a run's first process, the model graph (where it traces, and
+        for models of at most :data:`GRAPH_MAX_MODULES` modules: a note says when it is left out)."""
         self._each("config", cfg)
         if self.first_epoch > 1:
             return
-        for logger in [logger for logger in self.loggers if hasattr(logger, "graph")]:
+        graphing = [logger for logger in self.loggers if hasattr(logger, "graph")]
+        modules = sum(1 for _ in model.modules())
+        if graphing and modules > GRAPH_MAX_MODULES:
+            self.say(f"note: no model graph in TensorBoard: {cfg.model.name} has {modules:,} modules "
+                     f"(tracing more than {GRAPH_MAX_MODULES} takes seconds at every start)")  # fmt: skip
+            return
+        for logger in graphing:
             try:
                 logger.graph(model, torch.zeros(1, *input_shape, device=_device_of(model)))
             except Exception as err:  # noqa: BLE001 (models that do not trace still train)

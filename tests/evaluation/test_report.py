@@ -95,6 +95,37 @@ def test_no_report_switch(tmp_path: Path) -> None:
     assert report(run.dir, split="val").name == "report.html"
 
 
+def test_the_end_of_run_report_reuses_the_test_scores_without_a_model_pass(tmp_path: Path, monkeypatch) -> None:
+    """The report at the end of a run with a test split takes the final evaluation's logits:
+    the model only sees the model summary's one-image probe."""
+    import torch
+
+    import cnnkit.commands.report as report_command
+
+    seen: list[int] = []
+    real_report = report_command.report
+
+    def counting_report(*args, **kwargs):
+        def count(module, inputs):
+            if module.__class__.__name__ == "LeNet":
+                seen.append(int(inputs[0].shape[0]))
+
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+        try:
+            return real_report(*args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(report_command, "report", counting_report)
+    run = cnnkit.train(epochs=1, limit_train=500, limit_eval=200, output_dir=str(tmp_path), progress=False,
+                       log=lambda line: None)  # fmt: skip
+
+    assert run.test is not None and run.test.count == 200
+    assert seen == [1]  # the summary's probe; no scoring pass over the 200 test digits
+    page = (run.dir / "report" / "report.html").read_text(encoding="utf-8")
+    assert f"top-1: <b>{run.test.acc:.2%}</b>" in page and "(200 images)" in page
+
+
 def test_a_flip_tta_run_reports_the_same_top1_as_eval_and_summary(tmp_path: Path) -> None:
     """The defect: report.html said 94.30 % and eval 77.00 % for a run trained with --tta flip."""
     import json

@@ -191,6 +191,23 @@ def test_predict_files_keeps_the_input_order_across_workers(predictor, test_pngs
     assert [getattr(r, "index", None) for r in results] == [getattr(r, "index", None) for r in single]
 
 
+def test_predict_files_decodes_in_threads_and_leaves_none_behind(predictor, test_pngs) -> None:
+    """Decoding 500 photos in worker processes cost more start-up than it saved: threads
+    decode now, in this process, and a consumer that stops early leaves no decoding behind."""
+    import multiprocessing
+    import threading
+
+    files = sorted(str(p) for p in test_pngs.iterdir())[:40]
+    stream = predictor.predict_files(files, batch_size=8, workers=2)
+    first = [next(stream) for _ in range(10)]
+    assert multiprocessing.active_children() == []  # no worker process was started
+    assert any(t.name.startswith("cnnkit-decode") for t in threading.enumerate())
+    stream.close()
+    assert not any(t.name.startswith("cnnkit-decode") for t in threading.enumerate())
+    whole = list(predictor.predict_files(files, batch_size=8, workers=0))
+    assert [(r.source, r.index) for r in first] == [(r.source, r.index) for r in whole[:10]]
+
+
 def test_expand_inputs_takes_files_folders_and_globs(test_pngs, tmp_path) -> None:
     eleventh = sorted(test_pngs.iterdir())[10]
     files, missing = expand_inputs([str(test_pngs / "000*.png"), str(eleventh), str(tmp_path / "none")])

@@ -36,8 +36,8 @@ from cnnkit.data import DataSpec
 from cnnkit.data.folder import skipped_files_log
 from cnnkit.engine import EvalResult, distributed
 from cnnkit.engine.device import amp_dtype
-from cnnkit.engine.phases import fit_phases, total_epochs
-from cnnkit.engine.scoring import metrics, score
+from cnnkit.engine.phases import cached_head_scores, fit_phases, total_epochs
+from cnnkit.engine.scoring import Scores, metrics, score
 from cnnkit.log import console, logger, quiet_unless, say
 from cnnkit.models import model_info
 from cnnkit.runfolder import RunFolder
@@ -184,8 +184,12 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
 
 
 def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: Checkpoint | None, data_check: Any,
-                  progress: bool) -> tuple[Any, EvalResult | None, Any]:  # fmt: skip
-    """Fit (every phase), reload the best weights, score the test split with the run's TTA."""
+                  progress: bool) -> tuple[Any, EvalResult | None, tuple[str, Scores] | None]:  # fmt: skip
+    """Fit (every phase), reload the best weights, score the test split with the run's TTA.
+
+    Returns the fit result, the test evaluation and the scores the report can reuse with
+    their split's name (None: the report scores its split itself).
+    """
     spec, model, loaders, device = session.spec, session.model, session.loaders, session.device
     if cfg.train.lr_find and state is None:  # --lr auto: sweep first, then train at the suggestion
         from cnnkit.commands.lr_find import sweep_and_adopt
@@ -215,12 +219,25 @@ def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: Checkp
             trackers.log_test(test, step=len(result.history))
             if distributed.current().world > 1:
                 scores = None  # each rank scored its shard: the report scores the whole split itself
+            report_scores = ("test", scores) if scores is not None else None
+        else:  # a frozen backbone's val features are cached: the report needs no backbone pass
+            report_scores = _val_scores(model, cfg, spec, device)
     if folder.writer:
         from cnnkit.commands.run_files import list_skipped_files
 
         list_skipped_files(folder, skip_log, data_check, loaders)
     model.eval()
-    return result, test, scores
+    return result, test, report_scores
+
+
+def _val_scores(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: Any) -> tuple[str, Scores] | None:
+    """The val split's scores from its cached backbone features (see
+    :func:`~cnnkit.engine.phases.cached_head_scores`), or None."""
+    scores = cached_head_scores(model, cfg, spec, device, "val")
+    if scores is None:
+        return None
+    say(f"report: val scores from the cached features through the head ({scores.count:,} images, no backbone pass)")
+    return "val", scores
 
 
 def _weights_source(session: Any, state: Checkpoint | None) -> str | None:

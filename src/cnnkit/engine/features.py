@@ -119,13 +119,9 @@ def cached_features(
         None when the cache was used. A damaged cache file is recomputed, never trusted.
         The file is written atomically (temp file, then rename).
     """
-    if path.is_file():
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload.get("format") == CACHE_FORMAT and len(payload["features"]) == len(payload["labels"]):
-                return payload["features"], payload["labels"], None
-        except Exception:  # noqa: BLE001 (a torn or foreign file: recompute)
-            pass
+    found = read_cached_features(path)
+    if found is not None:
+        return (*found, None)
     start = time.perf_counter()
     features, labels = compute()
     seconds = time.perf_counter() - start
@@ -134,3 +130,17 @@ def cached_features(
     torch.save({"format": CACHE_FORMAT, "features": features, "labels": labels}, tmp)
     os.replace(tmp, path)
     return features, labels, seconds
+
+
+def read_cached_features(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(features [N, F], labels [N])`` from a valid cache file at ``path``; None when the
+    file is missing, torn or of another format (nothing is computed or written)."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") == CACHE_FORMAT and len(payload["features"]) == len(payload["labels"]):
+            return payload["features"], payload["labels"]
+    except Exception:  # noqa: BLE001 (a torn or foreign file: never trusted)
+        pass
+    return None

@@ -32,10 +32,14 @@ from cnnkit.engine.features import (
     cache_key,
     cached_features,
     extract_features,
+    read_cached_features,
     state_digest,
 )
 from cnnkit.engine.loop import FitResult, fit
+from cnnkit.engine.scoring import Scores, score
 from cnnkit.models import BackboneClassifier
+
+EVAL_FEATURE_BATCH = 1024  # feature vectors per evaluation batch (memory, not results, depends on it)
 
 
 def phases(train: TrainConfig) -> list[tuple[int, bool]]:
@@ -149,11 +153,11 @@ def feature_loaders(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: to
 
     The images come from the same split, un-augmented and in order; the cache key holds
     everything the features depend on (data, split members, preprocessing, backbone weights).
-    The images are only decoded when a cache entry is missing.
+    The images are only decoded when a cache entry is missing: a warm cache builds no
+    image loader and runs no backbone.
     """
     model.to(device)
     dtype = amp_dtype(cfg.train.amp, device)
-    members = spec.split.get("indices") or spec.split.get("files")
     backbone = state_digest(model.backbone)
     eval_loaders: list[Any] = []  # built on first need: a warm cache needs no image at all
 
@@ -166,18 +170,49 @@ def feature_loaders(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: to
 
     out = []
     for name in ("train", "val"):
-        key = cache_key(data=spec.fingerprint, split=name,
-                        members=hashlib.sha1(json.dumps(members[name]).encode()).hexdigest(),
-                        preprocess=spec.preprocess.to_dict(), model=cfg.model.name, backbone=backbone,
-                        dtype=str(dtype))  # fmt: skip
-        path = cache_dir() / "features" / f"{key}.pt"
+        path = feature_cache_path(cfg, spec, name, backbone, dtype)
         feats, labels, seconds = cached_features(path, lambda name=name: extract_features(
             model, images(name), device=device, dtype=dtype, progress=progress, desc=f"{name} features"))  # fmt: skip
         how = "from the cache" if seconds is None else f"computed in {seconds:.1f}s ({len(labels) / max(seconds, 1e-9):.0f} img/s)"
         log(f"features: {name} {len(labels):,} x {feats.shape[1]:,} {how}; cached in {path.parent}")
-        out.append(FeatureLoader(feats, labels, cfg.data.batch_size if name == "train" else 1024,
+        out.append(FeatureLoader(feats, labels, cfg.data.batch_size if name == "train" else EVAL_FEATURE_BATCH,
                                  shuffle=name == "train" and cfg.data.shuffle, drop_last=name == "train",
                                  seed=cfg.train.seed))  # fmt: skip
     ranks = distributed.current()
     shard_loaders(out, Part(ranks.rank, ranks.world))  # torchrun: this process's share, as for the images
     return tuple(out)
+
+
+def feature_cache_path(cfg: RunConfig, spec: DataSpec, split: str, backbone: str, dtype: torch.dtype | None) -> Path:
+    """The cache file of one split's features: its name hashes everything they depend on
+    (data fingerprint, split members, preprocessing, model name, ``backbone`` digest from
+    :func:`~cnnkit.engine.features.state_digest`, precision)."""
+    members = spec.split.get("indices") or spec.split.get("files")
+    key = cache_key(data=spec.fingerprint, split=split,
+                    members=hashlib.sha1(json.dumps(members[split]).encode()).hexdigest(),
+                    preprocess=spec.preprocess.to_dict(), model=cfg.model.name, backbone=backbone,
+                    dtype=str(dtype))  # fmt: skip
+    return cache_dir() / "features" / f"{key}.pt"
+
+
+def cached_head_scores(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: torch.device,
+                       split: str = "val") -> Scores | None:  # fmt: skip
+    """The scores of ``split`` from its cached backbone features through the model's head,
+    with no backbone pass: what the run's own evaluation of that split computed.
+
+    Given only when they equal what :func:`cnnkit.engine.scoring.score` of the trained
+    model would give up to the features' float16 rounding: a backbone model whose features
+    this run caches, no test-time augmentation (its views need the pixels), one process,
+    and a cache file for the backbone's current weights (a fine-tuned backbone has none).
+    None otherwise: the caller scores the images.
+    """
+    if not isinstance(model, BackboneClassifier) or not use_feature_cache(cfg) or cfg.train.tta != "none":
+        return None
+    if distributed.current().world > 1 or split not in (spec.split.get("indices") or spec.split.get("files") or {}):
+        return None
+    dtype = amp_dtype(cfg.train.amp, device)
+    found = read_cached_features(feature_cache_path(cfg, spec, split, state_digest(model.backbone), dtype))
+    if found is None:
+        return None
+    feats, labels = found
+    return score(HeadOnly(model), FeatureLoader(feats, labels, EVAL_FEATURE_BATCH), device=device, dtype=dtype)

@@ -3,8 +3,8 @@
 :class:`Predictor` turns images of any common kind (file paths, PIL images, NumPy arrays,
 tensors) into ranked class names. Two backends run the network: PyTorch (from a cnnkit
 checkpoint) and ONNX Runtime (from a file written by ``cnnkit export``, which carries the
-class names and preprocessing as metadata). Files are decoded in parallel worker
-processes and streamed through in batches by :meth:`Predictor.predict_files`, so memory
+class names and preprocessing as metadata). Files are decoded in parallel threads
+and streamed through in batches by :meth:`Predictor.predict_files`, so memory
 stays flat however many files there are.
 """
 
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,6 +311,39 @@ def _collate(samples: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[
     return [index for index, _ in good], images, bad
 
 
+def decoded(dataset: torch.utils.data.Dataset, workers: int, ahead: int) -> Iterator[Any]:
+    """``dataset[0], dataset[1], ...`` in order, computed by ``workers`` threads (0: here),
+    at most ``ahead`` items beyond the one handed out (decoded images wait in memory)."""
+    count = len(dataset)  # type: ignore[arg-type]
+    if workers == 0:
+        yield from (dataset[index] for index in range(count))
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="cnnkit-decode") as pool:
+        pending: deque[Future] = deque()
+        try:
+            for index in range(count):
+                pending.append(pool.submit(dataset.__getitem__, index))
+                if len(pending) > ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # a consumer that stops early leaves no decoding behind
+            for future in pending:
+                future.cancel()
+
+
+def _batches(samples: Iterable[Any], batch_size: int) -> Iterator[Any]:
+    """Samples of :class:`ImageFiles` grouped ``batch_size`` at a time through :func:`_collate`."""
+    batch = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == batch_size:
+            yield _collate(batch)
+            batch = []
+    if batch:
+        yield _collate(batch)
+
+
 # ----------------------------------------------------------------------------- predictor
 
 
@@ -440,19 +475,19 @@ class Predictor:
 
         ``tta``: see :meth:`resolve_tta` (default: the run's own, as ``cnnkit eval``).
 
-        Decoding runs in ``workers`` processes (default: one per CPU core, at most 8)
-        while the model runs in this one; at most a few batches are in memory at a time.
+        Decoding runs in ``workers`` threads (default: one per CPU core, at most 8; 0: in
+        this thread) while the model runs: PIL's decoders and resampling and torch's ops
+        release the GIL, so threads decode in parallel without the start-up of worker
+        processes and the hand-over of every tensor between them (measured in
+        ``bench/lean_runs.py``). At most a few batches are decoded ahead: memory stays flat.
         """
         workers = min(os.cpu_count() or 1, 8) if workers is None else workers
         tta = self.resolve_tta(tta)
-        loader = torch.utils.data.DataLoader(
-            ImageFiles(paths, self.transform, self.mode), batch_size=batch_size, shuffle=False,
-            num_workers=workers, collate_fn=_collate, persistent_workers=False,
-            prefetch_factor=2 if workers else None,
-        )  # fmt: skip
-        for indices, images, bad in loader:
-            ranked = [] if images is None else self.rank(self.logits(images, tta), [paths[i] for i in indices], topk, threshold)
-            by_index: dict[int, Prediction | Skipped] = dict(zip(indices, ranked))
+        files = ImageFiles(paths, self.transform, self.mode)
+        for indices, images, bad in _batches(decoded(files, workers, ahead=2 * batch_size), batch_size):
+            sources = [paths[i] for i in indices]
+            ranked = [] if images is None else self.rank(self.logits(images, tta), sources, topk, threshold)
+            by_index: dict[int, Prediction | Skipped] = dict(zip(indices, ranked, strict=True))
             by_index.update({index: Skipped(paths[index], reason) for index, reason in bad})
             yield from (by_index[index] for index in sorted(by_index))
 
