@@ -25,9 +25,9 @@ class PredictSummary:
     backend: str
 
     def as_dict(self) -> dict[str, Any]:
+        rate = self.predicted / max(self.seconds, 1e-9)
         return {"predicted": self.predicted, "skipped": len(self.skipped), "unknown": self.unknown,
-                "seconds": round(self.seconds, 3), "images_per_second": round(self.predicted / max(self.seconds, 1e-9), 1),
-                "backend": self.backend}  # fmt: skip
+                "seconds": round(self.seconds, 3), "images_per_second": round(rate, 1), "backend": self.backend}
 
 
 def predict(

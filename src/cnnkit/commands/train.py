@@ -214,7 +214,8 @@ def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: Checkp
         distributed.broadcast_module(model)  # rank 0's best weights on every rank (no shared disk needed)
         test, scores = None, None
         if loaders.test is not None:  # the run's TTA and precision, as `cnnkit eval` scores
-            scores = score(model, loaders.test, device=device, dtype=amp_dtype(cfg.train.amp, device), tta=cfg.train.tta)
+            dtype = amp_dtype(cfg.train.amp, device)
+            scores = score(model, loaders.test, device=device, dtype=dtype, tta=cfg.train.tta)
             test = metrics(scores, spec.num_classes, reduce=distributed.all_reduce_sum)
             trackers.log_test(test, step=len(result.history))
             if distributed.current().world > 1:
@@ -305,7 +306,8 @@ def _final_line(run: Run) -> str:
     m = run.metrics
     parts = [f"done in {m['seconds']:.0f}s", f"best epoch {m['best_epoch']}: val acc {m['val_acc']:.2%}"]
     if run.test is not None:
-        parts.append(f"test acc {run.test.acc:.2%}" + (f" top5 {run.test.top5:.2%}" if run.test.top5 is not None else ""))
+        top5 = f" top5 {run.test.top5:.2%}" if run.test.top5 is not None else ""
+        parts.append(f"test acc {run.test.acc:.2%}{top5}")
     return "  ".join(parts) + f"\nrun folder: {run.dir}"
 
 

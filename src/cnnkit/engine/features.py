@@ -84,7 +84,8 @@ def extract_features(
     model.to(memory_format=torch.channels_last)
     feats, labels = [], []
     total = len(loader) if hasattr(loader, "__len__") else None
-    for images, targets in tqdm(loader, total=total, desc=desc, unit="batch", leave=False, disable=None if progress else True):
+    bar = tqdm(loader, total=total, desc=desc, unit="batch", leave=False, disable=None if progress else True)
+    for images, targets in bar:
         with autocast(device, dtype):
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             out = model.forward_features(images)

@@ -135,7 +135,8 @@ def _phase_inputs(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec
         return model, loaders
     model.freeze_backbone(frozen)
     if several:
-        lr = f"lr {cfg.train.lr:g}" + ("" if frozen else f", backbone lr {cfg.train.lr * cfg.train.backbone_lr_scale:g}")
+        backbone_lr = cfg.train.lr * cfg.train.backbone_lr_scale
+        lr = f"lr {cfg.train.lr:g}" + ("" if frozen else f", backbone lr {backbone_lr:g}")
         log(f"phase: {'head only (backbone frozen)' if frozen else 'all layers'}, {epochs} epochs, {lr}")
     if frozen and use_feature_cache(cfg):
         return HeadOnly(model), feature_loaders(model, cfg, spec, device, log, progress)
@@ -173,7 +174,8 @@ def feature_loaders(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: to
         path = feature_cache_path(cfg, spec, name, backbone, dtype)
         feats, labels, seconds = cached_features(path, lambda name=name: extract_features(
             model, images(name), device=device, dtype=dtype, progress=progress, desc=f"{name} features"))  # fmt: skip
-        how = "from the cache" if seconds is None else f"computed in {seconds:.1f}s ({len(labels) / max(seconds, 1e-9):.0f} img/s)"
+        rate = len(labels) / max(seconds or 0.0, 1e-9)
+        how = "from the cache" if seconds is None else f"computed in {seconds:.1f}s ({rate:.0f} img/s)"
         log(f"features: {name} {len(labels):,} x {feats.shape[1]:,} {how}; cached in {path.parent}")
         out.append(FeatureLoader(feats, labels, cfg.data.batch_size if name == "train" else EVAL_FEATURE_BATCH,
                                  shuffle=name == "train" and cfg.data.shuffle, drop_last=name == "train",

@@ -304,7 +304,10 @@ class ImageFiles(torch.utils.data.Dataset):
             return index, None, f"cannot decode: {exc.__class__.__name__}: {exc}"
 
 
-def _collate(samples: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+Sample = tuple[int, torch.Tensor | None, str]  # (index, tensor or None when unreadable, reason)
+
+
+def _collate(samples: list[Sample]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     good = [(index, tensor) for index, tensor, _ in samples if tensor is not None]
     bad = [(index, reason) for index, tensor, reason in samples if tensor is None]
     images = torch.stack([tensor for _, tensor in good]) if good else None
@@ -498,8 +501,8 @@ class Predictor:
         k = max(1, min(topk, probs.shape[-1]))
         values, indices = probs.topk(k, dim=-1)
         results = []
-        for source, row_values, row_indices in zip(sources, values.tolist(), indices.tolist()):
-            top = [(self.class_names[i], p) for i, p in zip(row_indices, row_values)]
+        for source, row_values, row_indices in zip(sources, values.tolist(), indices.tolist(), strict=True):
+            top = [(self.class_names[i], p) for i, p in zip(row_indices, row_values, strict=True)]
             label = top[0][0] if threshold is None or row_values[0] >= threshold else UNKNOWN
             results.append(Prediction(source, label, row_values[0], top, row_indices[0]))
         return results
