@@ -46,8 +46,9 @@ def report(
         device: where to run the model.
         out_dir: where to write (None: ``report/`` in the run folder).
         scores: the split's :class:`~cnnkit.engine.scoring.Scores`, already computed with the
-            run's TTA and precision (the end of a run passes its test evaluation's); None:
-            scored here.
+            run's TTA and precision (the end of a run passes its test evaluation's, or a
+            frozen backbone's val scores from its cached features); the model then only
+            runs for the summary's one-image probe. None: scored here.
 
     Returns:
         The path of ``report.html``.

@@ -221,8 +221,8 @@ def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: Checkp
             if distributed.current().world > 1:
                 scores = None  # each rank scored its shard: the report scores the whole split itself
             report_scores = ("test", scores) if scores is not None else None
-        else:  # a frozen backbone's val features are cached: the report needs no backbone pass
-            report_scores = _val_scores(model, cfg, spec, device)
+        else:  # no test split: the report shows val, from a frozen backbone's cached features if any
+            report_scores = _val_scores(model, cfg, spec, device) if cfg.report else None
     if folder.writer:
         from cnnkit.commands.run_files import list_skipped_files
 
