@@ -9,7 +9,7 @@ All 2,000 JPEGs of imagenette-2k are predicted, in the same process, by:
   it with PIL, apply a torchvision transform (resize, centre crop, to tensor, normalise),
   run the model on a batch of one, take the argmax.
 * **cnnkit**: ``cnnkit.predict`` (what ``cnnkit predict RUN FOLDER --out
-  preds.csv`` runs): decoding in worker processes, batches of 64, channels-last,
+  preds.csv`` runs): decoding in threads (worker processes before 2026-12-03), batches of 64, channels-last,
   inference mode, streamed CSV output. Its clock includes loading the checkpoint and
   starting the workers.
 
