@@ -121,7 +121,8 @@ def _predict(sub) -> None:
     pr.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     pr.add_argument("--topk", type=int, default=5, help="classes to list per image (default 5)")
     pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    pr.add_argument("--workers", type=int, help="decoding threads (default: one per core, at most 8; 0: in the main thread)")
+    pr.add_argument("--workers", type=int,
+                    help="decoding threads (default: one per core, at most 8; 0: in the main thread)")
     pr.add_argument("--tta", nargs="?", const=True, default=None, choices=(True, *TTA_MODES), metavar="MODE",
                     help="test-time augmentation: none, flip, shift, flip-shift; --tta alone: the run's own, else "
                          "mirror (or small shifts for digits); default: the run's own, as eval")  # fmt: skip
