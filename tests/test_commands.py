@@ -277,3 +277,13 @@ def test_eval_of_a_run_without_a_test_split_names_the_split_it_scored(
     code, out, err = run_cli(capsys, "eval", str(run.dir), "--json")
     assert code == 0, err
     assert json.loads(out)["split"] == "val"
+
+
+def test_runs_names_the_epoch_training_chose_when_accuracies_tie(tmp_path: Path) -> None:
+    from cnnkit.runs import read_run
+
+    folder = cnnkit.RunFolder.create(tmp_path, "tied")
+    folder.file("config.yaml").write_text("data: {name: mnist}\nmodel: {name: lenet}\ntrain: {epochs: 3}\n")
+    folder.file("metrics.csv").write_text("epoch,val_acc,val_loss\n1,0.95,0.20\n2,0.981,0.09\n3,0.981,0.07\n")
+    row, _ = read_run(folder.path)
+    assert (row.best, row.best_epoch) == (0.981, 3)  # the tie goes to the lower validation loss, as in fit

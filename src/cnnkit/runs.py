@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from cnnkit.engine.loop import LOWER_IS_BETTER, METRIC_ALIASES, SELECT_METRICS, metric_column
+from cnnkit.engine.selection import improves
 from cnnkit.errors import UsageError
 
 # --sort keys besides metrics: key -> (largest first?)
@@ -237,7 +238,18 @@ def _select_column(name: str | None) -> str:
 
 
 def _best(history: list[dict[str, Any]], column: str) -> tuple[float | None, int | None]:
-    """Best value of ``column`` over the epochs and its epoch (the first when tied)."""
+    """Best value of ``column`` over the epochs and its epoch.
+
+    For a selection metric the epoch is the one training chose for ``best.pt`` (a tie goes
+    to the lower validation loss: :func:`cnnkit.engine.selection.improves`); for other
+    columns the first epoch with the best value.
+    """
+    if column in SELECT_METRICS:
+        best = None
+        for row in history:
+            if improves(row, best, column):
+                best = row
+        return (None, None) if best is None else (best[column], int(best["epoch"]))
     scored = [(row[column], int(row["epoch"])) for row in history
               if isinstance(row.get(column), float) and not math.isnan(row[column])]  # fmt: skip
     if not scored:
