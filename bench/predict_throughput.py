@@ -50,10 +50,12 @@ from torchvision import transforms as T  # noqa: E402
 
 import cnnkit  # noqa: E402
 from cnnkit import predict  # noqa: E402
-from cnnkit.checkpoint import read_checkpoint  # noqa: E402
+from cnnkit.checkpoint import (
+    checkpoint_file,  # noqa: E402
+    read_checkpoint,  # noqa: E402
+)
 from cnnkit.inference import Predictor  # noqa: E402
 from cnnkit.inference.export import export_onnx  # noqa: E402
-from cnnkit.inference.loading import checkpoint_path  # noqa: E402
 from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +236,7 @@ def main() -> None:
     print("\n".join(machine_lines(threads)))
     data = data_folder(args.data)
     with tempfile.TemporaryDirectory() as runs:
-        checkpoint = checkpoint_path(args.checkpoint) if args.checkpoint else train_model(data, Path(runs))
+        checkpoint = checkpoint_file(args.checkpoint) if args.checkpoint else train_model(data, Path(runs))
         throughput_table(checkpoint, data, args.repeats)
     if args.memory:
         memory_table(args.memory)

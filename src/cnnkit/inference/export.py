@@ -15,18 +15,18 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from cnnkit.atomic import atomic_write
 from cnnkit.checkpoint import unwrap
 from cnnkit.data.folder import ImageLoadError
 from cnnkit.errors import CnnkitError, unknown_name
@@ -166,7 +166,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, metad
         data = proto.SerializeToString()
     except ValueError as exc:  # protobuf refuses messages over 2 GB
         raise CnnkitError(f"the ONNX model is too large for one file ({exc})") from None
-    _write_atomic(path, lambda handle: handle.write(data))
+    atomic_write(path, lambda handle: handle.write(data))
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     return ExportedFile(path, "onnx", exporter, opset_used, time.perf_counter() - start, notes)
 
@@ -242,7 +242,7 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path
         except Exception as exc:  # tracing fails in many ways (unsupported ops, non-tensor outputs)
             raise CnnkitError(f"cannot trace the model to TorchScript: {_first_line(exc)}; try --format onnx") from None
         extra = {TORCHSCRIPT_METADATA: metadata.to_json()}
-        _write_atomic(path, lambda handle: torch.jit.save(traced, handle, _extra_files=extra))
+        atomic_write(path, lambda handle: torch.jit.save(traced, handle, _extra_files=extra))
     notes = sorted({f"tracing: {w.message}" for w in caught if issubclass(w.category, torch.jit.TracerWarning)})
     return ExportedFile(path, "torchscript", "torch.jit.trace", None, time.perf_counter() - start, notes)
 
@@ -273,21 +273,6 @@ def _ready(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, torch.Te
     for param in model.parameters():
         param.requires_grad_(False)
     return model, example.detach().float().cpu().contiguous()
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """``write(handle)`` into a temp file beside ``path``, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # a deployable file: readable by the server's user, like a plain copy
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _require_onnx() -> Any:

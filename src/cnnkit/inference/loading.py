@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cnnkit import usercode
-from cnnkit.checkpoint import Checkpoint
+from cnnkit.checkpoint import Checkpoint, checkpoint_file
 from cnnkit.config import RunConfig
 from cnnkit.data import DataSpec, build
 from cnnkit.errors import CnnkitError, UsageError
@@ -59,23 +59,6 @@ class LoadedCheckpoint:
         return run if (run / "config.yaml").is_file() else None
 
 
-def checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its ``best.pt``, else ``last.pt``).
-
-    Raises:
-        CnnkitError: nothing there, or a folder without checkpoints.
-    """
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise CnnkitError(f"{path} holds no checkpoints/best.pt or last.pt; give a run folder or a .pt file")
-    if not path.exists():
-        raise CnnkitError(f"not found: {path}; give a run folder or a checkpoint .pt file")
-    return path
-
-
 def load_checkpoint(path: str | Path, trust_code: Any = None) -> LoadedCheckpoint:
     """Rebuild the model from a checkpoint (or run folder) alone, in eval mode on the CPU.
 
@@ -83,7 +66,7 @@ def load_checkpoint(path: str | Path, trust_code: Any = None) -> LoadedCheckpoin
     whatever the checkpoint names); without them a checkpoint of a ``FILE.py:NAME`` model
     raises :class:`UsageError` saying what to pass (see :mod:`cnnkit.usercode`).
     """
-    path = checkpoint_path(path)
+    path = checkpoint_file(path)
     ckpt = Checkpoint.load(path)
     model = model_from_checkpoint(ckpt, trust_code=trust_code)
     return LoadedCheckpoint(model, list(ckpt.class_names), ckpt.preprocess, stored_config(ckpt), ckpt.metrics or {},
