@@ -20,7 +20,7 @@ from cnnkit.checkpoint import Checkpoint
 from cnnkit.commands import resume as resuming
 from cnnkit.commands.expectation import expectation_line
 from cnnkit.commands.finish import finish_run
-from cnnkit.commands.run_files import log_data_check, new_run_folder, quick_data_check
+from cnnkit.commands.run_files import list_skipped_files, log_data_check, new_run_folder, quick_data_check
 from cnnkit.commands.setup import (
     absolute_paths,
     balanced_class_weights,
@@ -224,8 +224,6 @@ def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: Checkp
         else:  # no test split: the report shows val, from a frozen backbone's cached features if any
             report_scores = _val_scores(model, cfg, spec, device) if cfg.report else None
     if folder.writer:
-        from cnnkit.commands.run_files import list_skipped_files
-
         list_skipped_files(folder, skip_log, data_check, loaders)
     model.eval()
     return result, test, report_scores
