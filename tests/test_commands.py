@@ -142,7 +142,7 @@ def test_start_up_does_not_import_torch(code: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_version_is_fast_and_right(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         run_cli(capsys, "--version")
     assert stop.value.code == 0

@@ -10,8 +10,7 @@ from cnnkit.log import logger, say
 from cnnkit.runfolder import RunFolder
 
 
-def finish_run(folder: RunFolder, run: Any, result: Any, cfg: RunConfig, session: Any,
-               scores: tuple[str, Any] | None) -> None:  # fmt: skip
+def finish_run(folder: RunFolder, run: Any, result: Any, cfg: RunConfig, scores: tuple[str, Any] | None) -> None:
     """Write ``summary.json`` and, unless ``--no-report``, ``report/``.
 
     ``scores``: ``(split, Scores)`` the run already has (the final test evaluation's, or a
@@ -21,10 +20,10 @@ def finish_run(folder: RunFolder, run: Any, result: Any, cfg: RunConfig, session
     summary = {**run.metrics, "epochs_run": len(result.history), "stopped_early": result.stopped_early}
     folder.write_json("summary.json", summary)
     if cfg.report:
-        _write_report(folder, cfg, session, scores)
+        _write_report(folder, cfg, scores)
 
 
-def _write_report(folder: RunFolder, cfg: RunConfig, session: Any, scores: tuple[str, Any] | None) -> None:
+def _write_report(folder: RunFolder, cfg: RunConfig, scores: tuple[str, Any] | None) -> None:
     """The report; the run itself is already saved, so a data problem only warns."""
     from cnnkit.commands.report import report
 

@@ -21,9 +21,9 @@ from cnnkit.data import DataSpec, build
 from cnnkit.data.builder import shard_loaders
 from cnnkit.data.tensor_data import Part, sample_images
 from cnnkit.engine import distributed, resolve_device
+from cnnkit.engine.device import data_device
 from cnnkit.errors import UsageError
 from cnnkit.models import (
-    BackboneClassifier,
     Weights,
     create_model,
     find_weights,
@@ -118,11 +118,6 @@ def _weights_channels(cfg: RunConfig, weights: Weights | None) -> int | None:
     return 3 if cfg.model.pretrained else None
 
 
-def data_device(device: torch.device) -> torch.device:
-    """In-memory datasets live on the GPU when training there (batches never cross PCIe)."""
-    return device if device.type == "cuda" else torch.device("cpu")
-
-
 def is_backbone_name(name: str) -> bool:
     """``timm:NAME`` / ``tv:NAME``: an outside backbone with a new head."""
     return ":" in name and name.partition(":")[0] in list_sources()
@@ -153,12 +148,6 @@ def start_weights(cfg: RunConfig) -> Weights | None:
     if cfg.model.pretrained:
         return find_weights(cfg.model.name)
     return None
-
-
-def fine_tunes_pretrained(cfg: RunConfig, model: nn.Module) -> bool:
-    """Whether ``backbone_lr_scale`` applies: pretrained backbone weights being fine-tuned."""
-    started_pretrained = bool(cfg.model.pretrained or cfg.model.weights)
-    return isinstance(model, BackboneClassifier) and started_pretrained
 
 
 def adopt_preprocess(cfg: RunConfig, weights: Weights | None) -> list[str]:

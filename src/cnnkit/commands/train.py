@@ -22,6 +22,7 @@ from cnnkit.commands.expectation import expectation_line
 from cnnkit.commands.finish import finish_run
 from cnnkit.commands.run_files import list_skipped_files, log_data_check, new_run_folder, quick_data_check
 from cnnkit.commands.setup import (
+    Session,
     absolute_paths,
     balanced_class_weights,
     check_transfer_options,
@@ -175,7 +176,7 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
         run = Run(folder.path, cfg, session.spec, session.model, result.history, result.best_epoch, test,
                   time.perf_counter() - start, session.spec.notes)  # fmt: skip
         if folder.writer:
-            finish_run(folder, run, result, cfg, session, scores)
+            finish_run(folder, run, result, cfg, scores)
             say(_final_line(run))
             for line in expectation_line(cfg, run):
                 say(line)
@@ -183,7 +184,7 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
     return run
 
 
-def _fit_and_test(cfg: RunConfig, session: Any, folder: RunFolder, state: Checkpoint | None, data_check: Any,
+def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Checkpoint | None, data_check: Any,
                   progress: bool) -> tuple[Any, EvalResult | None, tuple[str, Scores] | None]:  # fmt: skip
     """Fit (every phase), reload the best weights, score the test split with the run's TTA.
 
@@ -239,13 +240,13 @@ def _val_scores(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: Any) -
     return "val", scores
 
 
-def _weights_source(session: Any, state: Checkpoint | None) -> str | None:
+def _weights_source(session: Session, state: Checkpoint | None) -> str | None:
     if session.weights is not None:
         return session.weights.source
     return state.model.source if state is not None and state.model is not None else None
 
 
-def _log_start(cfg: RunConfig, session: Any, folder: RunFolder, state: Checkpoint | None, data_check: Any,
+def _log_start(cfg: RunConfig, session: Session, folder: RunFolder, state: Checkpoint | None, data_check: Any,
                ranks: distributed.DistEnv) -> None:  # fmt: skip
     """The run's first lines: folder (or resumption), data, notes, model, device, precision."""
     spec, device = session.spec, session.device

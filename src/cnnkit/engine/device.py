@@ -33,6 +33,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def data_device(device: torch.device) -> torch.device:
+    """Where in-memory datasets keep their tensors: on the GPU when training there (batches
+    never cross PCIe), else on the CPU."""
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch; with ``deterministic`` also force deterministic kernels."""
     random.seed(seed)

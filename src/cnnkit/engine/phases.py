@@ -25,7 +25,7 @@ from cnnkit.data.datasets import cache_dir
 from cnnkit.data.tensor_data import Part
 from cnnkit.data.transforms import config_augment
 from cnnkit.engine import distributed
-from cnnkit.engine.device import amp_dtype
+from cnnkit.engine.device import amp_dtype, data_device
 from cnnkit.engine.features import (
     FeatureLoader,
     HeadOnly,
@@ -73,11 +73,11 @@ def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, d
         if resume is not None and resume.training.epoch >= begun:
             continue  # finished before the interruption; its history comes back with the checkpoint
         result, resume = _resumed_result(result, resume, phase_start, run_dir)
-        phase_model, phase_loaders = _phase_inputs(model, loaders, cfg, spec, device, frozen, epochs,
+        phase_cfg = phase_train_config(cfg, model, epochs)
+        phase_model, phase_loaders = _phase_inputs(model, loaders, cfg, phase_cfg, spec, device, frozen,
                                                    len(planned) > 1, log, progress)  # fmt: skip
         if trackers is not None:
             phase_loaders = trackers.watch(phase_loaders, spec.preprocess.mean, spec.preprocess.std)
-        phase_cfg = phase_train_config(cfg, model, epochs)
         log(optimizer_line(phase_model, phase_cfg))
         result = fit(phase_model, phase_loaders, phase_cfg,
                      num_classes=spec.num_classes, run_dir=run_dir, meta=meta, log=log, progress=progress,
@@ -127,17 +127,17 @@ def _resumed_result(result: FitResult | None, resume: Checkpoint | None, phase_s
     return FitResult(history=[dict(r) for r in state.history[:phase_start]], run_dir=run_dir), resume
 
 
-def _phase_inputs(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,
-                  frozen: bool, epochs: int, several: bool, log: Callable[[str], None],
+def _phase_inputs(model: nn.Module, loaders: Any, cfg: RunConfig, phase_cfg: TrainConfig, spec: DataSpec,
+                  device: torch.device, frozen: bool, several: bool, log: Callable[[str], None],
                   progress: bool) -> tuple[nn.Module, Any]:  # fmt: skip
     """What a phase trains (the model, or its head on cached features) and on which loaders."""
     if not isinstance(model, BackboneClassifier):
         return model, loaders
     model.freeze_backbone(frozen)
     if several:
-        backbone_lr = cfg.train.lr * cfg.train.backbone_lr_scale
-        lr = f"lr {cfg.train.lr:g}" + ("" if frozen else f", backbone lr {backbone_lr:g}")
-        log(f"phase: {'head only (backbone frozen)' if frozen else 'all layers'}, {epochs} epochs, {lr}")
+        backbone_lr = phase_cfg.lr * phase_cfg.backbone_lr_scale
+        lr = f"lr {phase_cfg.lr:g}" + ("" if frozen else f", backbone lr {backbone_lr:g}")
+        log(f"phase: {'head only (backbone frozen)' if frozen else 'all layers'}, {phase_cfg.epochs} epochs, {lr}")
     if frozen and use_feature_cache(cfg):
         return HeadOnly(model), feature_loaders(model, cfg, spec, device, log, progress)
     return model, loaders
@@ -164,8 +164,8 @@ def feature_loaders(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: to
 
     def images(name: str) -> Any:
         if not eval_loaders:
-            data_device = device if device.type == "cuda" else torch.device("cpu")
-            built, _ = build(cfg.data, seed=cfg.train.seed, device=data_device, split=spec.split, training=False)
+            built, _ = build(cfg.data, seed=cfg.train.seed, device=data_device(device), split=spec.split,
+                             training=False)  # fmt: skip
             eval_loaders.append(built)
         return getattr(eval_loaders[0], name)
 

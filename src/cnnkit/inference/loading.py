@@ -20,6 +20,7 @@ from cnnkit import usercode
 from cnnkit.checkpoint import Checkpoint, checkpoint_file
 from cnnkit.config import RunConfig
 from cnnkit.data import DataSpec, build
+from cnnkit.engine.device import data_device
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.predictor import model_from_checkpoint
 
@@ -109,8 +110,8 @@ def checkpoint_loaders(
         cfg.data.name = _data_location(cfg.data.name, saved_split)
     if data_dir is not None:
         cfg.data.data_dir = data_dir
-    device = device if device.type == "cuda" else torch.device("cpu")
-    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=device, split=saved_split, training=training)
+    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=data_device(device), split=saved_split,
+                          training=training)  # fmt: skip
     if spec.class_names != loaded.class_names:
         raise CnnkitError(
             f"the data's classes {spec.class_names[:10]} differ from the checkpoint's {loaded.class_names[:10]}"
