@@ -287,3 +287,13 @@ def test_runs_names_the_epoch_training_chose_when_accuracies_tie(tmp_path: Path)
     folder.file("metrics.csv").write_text("epoch,val_acc,val_loss\n1,0.95,0.20\n2,0.981,0.09\n3,0.981,0.07\n")
     row, _ = read_run(folder.path)
     assert (row.best, row.best_epoch) == (0.981, 3)  # the tie goes to the lower validation loss, as in fit
+
+
+def test_lr_find_checks_the_config_as_train_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """train and lr-find share one check: a transfer flag on a from-scratch model, a bad value."""
+    for flags, message in ((["--freeze"], "--freeze needs a pretrained backbone model"),
+                           (["--lr", "-1"], "--lr must be > 0, got -1")):  # fmt: skip
+        code, _, err = run_cli(capsys, "lr-find", "--model", "lenet", *flags, "--output-dir", str(tmp_path / "runs"))
+        assert code == 2
+        assert message in one_line_error(err)
+    assert not (tmp_path / "runs").exists()

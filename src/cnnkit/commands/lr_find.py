@@ -10,14 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnkit.commands.setup import absolute_paths, load_run_code, prepare, run_label
-from cnnkit.config import RunConfig, keyword_overrides, resolve_config, validate
+from cnnkit.commands.setup import check_run_config, load_run_code, prepare, run_label
+from cnnkit.config import RunConfig, keyword_overrides, resolve_config
 from cnnkit.engine import distributed
 from cnnkit.engine.lr_find import LrFindResult, lr_range_test
 from cnnkit.engine.lr_find import plot as lr_plot
 from cnnkit.evaluation.plots import save_png
 from cnnkit.log import console, logger, say
-from cnnkit.models import BackboneClassifier, model_info
+from cnnkit.models import BackboneClassifier
 from cnnkit.runfolder import RunFolder
 
 
@@ -41,9 +41,7 @@ def lr_find(
     with console(log):
         cfg = config if config is not None else resolve_config(recipe, config_file, keyword_overrides(overrides))
         load_run_code(cfg)  # FILE.py:NAME model or dataset code named here: imported now, as asked
-        validate(cfg)
-        model_info(cfg.model.name)
-        cfg = absolute_paths(cfg)
+        cfg = check_run_config(cfg, tracked=False)
         session = prepare(cfg)
         if isinstance(session.model, BackboneClassifier):
             session.model.freeze_backbone(cfg.train.freeze or bool(cfg.train.fine_tune))  # the first phase's

@@ -16,7 +16,7 @@ from torch import nn
 from cnnkit import usercode
 from cnnkit._version import __version__
 from cnnkit.checkpoint import Checkpoint
-from cnnkit.config import RunConfig
+from cnnkit.config import RunConfig, validate
 from cnnkit.data import DataSpec, build
 from cnnkit.data.builder import shard_loaders
 from cnnkit.data.tensor_data import Part, sample_images
@@ -121,6 +121,19 @@ def _weights_channels(cfg: RunConfig, weights: Weights | None) -> int | None:
 def is_backbone_name(name: str) -> bool:
     """``timm:NAME`` / ``tv:NAME``: an outside backbone with a new head."""
     return ":" in name and name.partition(":")[0] in list_sources()
+
+
+def check_run_config(cfg: RunConfig, *, tracked: bool = True) -> RunConfig:
+    """Every check a run (``tracked``: one that logs to trackers) or a learning-rate sweep needs
+    before anything is written; returns ``cfg`` with absolute data paths."""
+    validate(cfg)
+    model_info(cfg.model.name)  # unknown names fail here, before any slow work
+    check_transfer_options(cfg)
+    if tracked:
+        from cnnkit.tracking import check_loggers
+
+        check_loggers(cfg)  # --log mlflow/wandb without the package fails here
+    return absolute_paths(cfg)
 
 
 def check_transfer_options(cfg: RunConfig) -> None:

@@ -23,16 +23,15 @@ from cnnkit.commands.finish import finish_run
 from cnnkit.commands.run_files import list_skipped_files, log_data_check, new_run_folder, quick_data_check
 from cnnkit.commands.setup import (
     Session,
-    absolute_paths,
     balanced_class_weights,
-    check_transfer_options,
+    check_run_config,
     checkpoint_meta,
     code_lines,
     fmt_values,
     load_run_code,
     prepare,
 )
-from cnnkit.config import RunConfig, keyword_overrides, resolve_config, validate
+from cnnkit.config import RunConfig, keyword_overrides, resolve_config
 from cnnkit.data import DataSpec
 from cnnkit.data.folder import skipped_files_log
 from cnnkit.engine import EvalResult, distributed
@@ -40,9 +39,8 @@ from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.phases import cached_head_scores, fit_phases, total_epochs
 from cnnkit.engine.scoring import Scores, metrics, score
 from cnnkit.log import console, logger, quiet_unless, say
-from cnnkit.models import model_info
 from cnnkit.runfolder import RunFolder
-from cnnkit.tracking import check_loggers, open_loggers
+from cnnkit.tracking import open_loggers
 
 SKIP_LOG = "skipped_files.jsonl"  # raw, one line per skip and process; folded into skipped_files.json
 
@@ -145,15 +143,6 @@ def train(
                 return _run(cfg, folder, state, data_check, ranks, progress)
         finally:
             distributed.teardown()
-
-
-def check_run_config(cfg: RunConfig) -> RunConfig:
-    """Every check a run needs before anything is written; returns ``cfg`` with absolute data paths."""
-    validate(cfg)
-    model_info(cfg.model.name)  # unknown names fail here, before any slow work
-    check_transfer_options(cfg)
-    check_loggers(cfg)  # --log mlflow/wandb without the package fails here
-    return absolute_paths(cfg)
 
 
 def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, data_check: Any,
