@@ -56,7 +56,8 @@ from cnnkit.checkpoint import (
 )
 from cnnkit.inference import Predictor  # noqa: E402
 from cnnkit.inference.export import export_onnx  # noqa: E402
-from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint  # noqa: E402
+from cnnkit.inference.metadata import checkpoint_metadata  # noqa: E402
+from cnnkit.inference.predictor import model_from_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
