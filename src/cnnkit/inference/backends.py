@@ -124,6 +124,10 @@ def onnx_session(path: str | Path, threads: int | None = None) -> tuple[Any, Met
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    # ONNX Runtime's threads spin-wait between ops by default, taking the cores from the
+    # threads that decode the next images; without it cnnkit predict is faster end to end
+    # on 2 cores (bench/predict_throughput.py --tune)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
