@@ -213,6 +213,11 @@ def _serve(sub) -> None:
     sv.add_argument("--no-gradcam", action="store_true", help="no Grad-CAM overlay")
     sv.add_argument("--data-dir", help="folder holding torchvision datasets (for the examples)")
     sv.add_argument("--device", default="auto")
+    sv.add_argument("--concurrency", type=int, default=1, metavar="N",
+                    help="predictions handled at once; others wait in the queue (default 1: the model runs "
+                         "one at a time anyway, see docs/benchmarks.md)")  # fmt: skip
+    sv.add_argument("--queue-size", type=int, default=64, metavar="N",
+                    help="requests that may wait; more are refused with 'queue is full' (default 64)")
     _trust_code(sv)
 
 

@@ -1,7 +1,14 @@
-"""A trained digit model shared by the serve tests."""
+"""A trained digit model shared by the serve tests, and `cnnkit serve` in its own process."""
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +30,105 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         log=lambda line: None,
     )
     return run.dir
+
+
+class Server:
+    """A ``cnnkit serve`` process, its page's URL and its output so far."""
+
+    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
+        self.process, self.url, self.log = process, url, log
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """``start_server(RUN, *flags)``: ``cnnkit serve RUN --port P *flags`` on 127.0.0.1 in
+    its own process, returned once its page answers; every server still running is killed
+    when the session ends."""
+    started: list[Server] = []
+
+    def start(run: Path, *flags: str) -> Server:
+        port = free_port()
+        log = tmp_path_factory.mktemp("serve") / "server.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cnnkit", "serve", str(run), "--port", str(port), *flags],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                # a test runner started in the background (`cmd &`) ignores SIGINT and its
+                # children inherit that; give the server a normal Ctrl-C, as in a terminal
+                preexec_fn=_default_sigint,
+            )
+        server = Server(process, f"http://127.0.0.1:{port}/", log)
+        started.append(server)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(server.url, timeout=5) as response:
+                    if response.status == 200:
+                        return server
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the server did not come up (exit code {process.poll()}):\n{server.output()}")
+            time.sleep(0.5)
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def bad_uploads(tmp_path_factory: pytest.TempPathFactory, blank_png) -> dict[str, tuple[Path, str]]:
+    """File name -> (a bad upload, what the demo's message about it must say)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("bad-uploads")
+    (folder / "notes.png").write_text("these are notes, not an image\n" * 20)
+    ramp = np.add.outer(np.arange(240), np.arange(320)).astype(np.uint8)  # [240, 320]
+    jpeg = io.BytesIO()
+    Image.fromarray(np.stack([ramp, 255 - ramp, ramp // 2], -1)).save(jpeg, "JPEG")  # [240, 320, 3]
+    (folder / "photo.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])  # its first half
+    blank_png(folder / "huge.png", 20000, 20000)  # 400 MP, 388 kB on disk
+    (folder / "empty.png").write_bytes(b"")
+    says = {"notes.png": "not an image", "photo.jpg": "truncated", "huge.png": "at most 40 MP",
+            "empty.png": "zero bytes"}  # fmt: skip
+    return {name: (folder / name, words) for name, words in says.items()}
+
+
+@pytest.fixture(scope="session")
+def blank_png() -> Callable[[Path, int, int], None]:
+    """``blank_png(path, width, height)``: a valid all-black greyscale PNG of any size,
+    compressed a row at a time (no image of that size is ever in memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def write(path: Path, width: int, height: int) -> None:
+        packer = zlib.compressobj(9)
+        row = bytes(width + 1)  # filter byte 0, then the row's pixels
+        pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+        header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+    return write

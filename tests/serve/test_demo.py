@@ -6,12 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,69 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "serve-digit.png"  # refreshed with CNNKIT_UPDATE_DOCS=1
 
 
-class Server:
-    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
-        self.process, self.url, self.log = process, url, log
-
-    def output(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.fixture(scope="module")
-def server(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``cnnkit serve RUN`` in its own process, once its page answers."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cnnkit",
-                "serve",
-                str(digits_run),
-                "--port",
-                str(port),
-                "--examples",
-                "4",
-                "--device",
-                "cpu",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            # a test runner started in the background (`cmd &`) ignores SIGINT and its children
-            # inherit that; give the server a normal Ctrl-C, as it has in a terminal
-            preexec_fn=_default_sigint,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}/", log)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(server.url, timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(
-                f"the server did not come up (exit code {process.poll()}):\n{server.output()}"
-            )
-        time.sleep(0.5)
-    yield server
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+def server(digits_run: Path, start_server):
+    """``cnnkit serve RUN`` in its own process (see conftest.py), once its page answers."""
+    return start_server(digits_run, "--examples", "4", "--device", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +70,7 @@ def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
 
 
 def test_a_digit_drawn_with_the_mouse_is_recognised(
-    server: Server, browser, tmp_path: Path
+    server, browser, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
 
@@ -165,7 +102,7 @@ def test_a_digit_drawn_with_the_mouse_is_recognised(
 
 
 def test_an_uploaded_digit_and_an_example_are_recognised(
-    server: Server, browser, mnist_png: tuple[Path, str]
+    server, browser, mnist_png: tuple[Path, str]
 ) -> None:
     from playwright.sync_api import expect
 
@@ -186,7 +123,7 @@ def test_an_uploaded_digit_and_an_example_are_recognised(
 
 
 def test_the_api_through_gradio_client(
-    server: Server, mnist_png: tuple[Path, str], tmp_path: Path
+    server, mnist_png: tuple[Path, str], tmp_path: Path
 ) -> None:
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
@@ -208,7 +145,35 @@ def test_the_api_through_gradio_client(
         )
 
 
-def test_ctrl_c_stops_the_server(server: Server) -> None:
+def test_bad_and_oversized_uploads_show_a_message_in_the_page(
+    server, browser, bad_uploads: dict[str, tuple[Path, str]], mnist_png: tuple[Path, str], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    large = tmp_path / "large.png"
+    large.write_bytes(bytes(11 * 1024 * 1024))  # the limit is 10 MB
+    page = browser.new_page()
+    page.goto(server.url)
+    page.get_by_role("tab", name="Upload").click()
+    clear = page.locator("#upload button[aria-label=Clear]")
+    shown = {**{name: says for name, (_, says) in bad_uploads.items()}, "large.png": "exceed the maximum allowed size"}
+    for name, says in shown.items():
+        path = large if name == "large.png" else bad_uploads[name][0]
+        page.set_input_files("#upload input[type=file]", str(path))  # predicts on upload
+        toast = page.locator("[data-testid=toast-body]").last
+        expect(toast).to_contain_text(says, timeout=30_000)
+        if name != "large.png":
+            expect(toast).to_contain_text(f"cannot read {name}: ")
+        page.locator("[data-testid=toast-close]").last.click()
+        if clear.count():
+            clear.first.click()
+
+    page.set_input_files("#upload input[type=file]", str(mnist_png[0]))  # and it still serves
+    expect(page.locator("#prediction [data-testid=label-output-value]")).to_have_text(mnist_png[1], timeout=30_000)
+    page.close()
+
+
+def test_ctrl_c_stops_the_server(server) -> None:
     server.process.send_signal(signal.SIGINT)
 
     assert server.process.wait(timeout=60) == 0, server.output()  # at most 5 s of grace after closing

@@ -16,11 +16,13 @@ def main(args: Any) -> None:
 
     if args.topk < 1 or args.examples < 0:
         raise UsageError("--topk must be at least 1 and --examples at least 0")
+    if args.concurrency < 1 or args.queue_size < 1:
+        raise UsageError("--concurrency and --queue-size must be at least 1")
     predictor = Predictor.load(args.checkpoint, device=args.device)
     onnx = predictor.model is None
     examples = example_images(args.checkpoint, args.examples, args.data_dir) if args.examples and not onnx else []
     demo = build_demo(predictor, examples=examples, topk=args.topk, gradcam=not args.no_gradcam,
                       title=f"cnnkit: {os.path.basename(os.path.normpath(args.checkpoint))}")  # fmt: skip
-    url = launch(demo, host=args.host, port=args.port)
+    url = launch(demo, host=args.host, port=args.port, concurrency=args.concurrency, queue_size=args.queue_size)
     print(f"serving {args.checkpoint} on {url}  (Ctrl-C to stop)", flush=True)
     wait(demo)

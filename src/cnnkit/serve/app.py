@@ -6,20 +6,31 @@ MNIST's digits were (:func:`cnnkit.serve.drawing.mnist_style`) and an upload tab
 models get an image input (upload, clipboard, webcam). Every prediction also shows the
 exact input the model saw and, for PyTorch models, a Grad-CAM overlay. Gradio is imported
 only when a demo is built, so importing this module costs nothing and needs no gradio.
+
+Under load (measured in ``bench/serve_load.py``): Gradio's queue runs one prediction at a
+time per server by default (:data:`CONCURRENCY`) and holds at most :data:`QUEUE_SIZE`
+waiting requests; uploads reach :func:`read_upload` undecoded, so a bad file gets cnnkit's
+own message on the page and a huge one is refused from its header before any decoding.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
+import io
 import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from cnnkit.atomic import write_bytes
+from cnnkit.data.folder import ImageLoadError, load_image
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.evaluation.explain import display_image, grad_cam
 from cnnkit.inference import Predictor
@@ -27,6 +38,9 @@ from cnnkit.serve.drawing import mnist_style
 
 MAX_PIXELS = 40_000_000  # larger uploads are refused with a message (a 12 MP photo is 12,000,000)
 MAX_FILE_SIZE = "10mb"  # Gradio refuses larger uploads before they reach the model
+CONCURRENCY = 1  # predictions run at once (the model runs one at a time anyway: see DemoModel)
+QUEUE_SIZE = 64  # requests waiting beyond this are told the queue is full, not kept in memory
+MODEL_GROUP = "model"  # Gradio concurrency id shared by every event that runs the model
 DISPLAY_SIDE = 224  # small inputs (28x28 digits) are shown enlarged to about this side
 CANVAS = (280, 280)  # sketchpad width, height in pixels: 10x MNIST's 28x28
 BRUSH_SIZE = (
@@ -91,8 +105,24 @@ class DemoModel:
         box = round(min(side) * 20 / 28)  # MNIST's 20 px box in its 28 px field, at this size
         return self.image(mnist_style(image, size=min(side), box=box))
 
+    def upload(self, value: Any) -> Outputs:
+        """An uploaded file -> outputs, the file decoded by :func:`read_upload`.
+
+        ``value``: Gradio's file payload (a dict with ``path`` and ``orig_name``: the event
+        runs with ``preprocess=False``, so Gradio has not opened the file), a file path, or
+        an image (PIL or array) as :meth:`image` takes.
+        """
+        if isinstance(value, dict):
+            path, name = value.get("path"), value.get("orig_name")
+            if not path:
+                raise UsageError("upload an image first")
+            value = read_upload(path, self.predictor.mode, name=name, max_pixels=self.max_pixels)
+        elif isinstance(value, (str, os.PathLike)):
+            value = read_upload(value, self.predictor.mode, max_pixels=self.max_pixels)
+        return self.image(value)
+
     def image(self, image: Any) -> Outputs:
-        """An uploaded image (PIL, possibly not decoded yet, or an array) -> outputs.
+        """An image (PIL, possibly not decoded yet, or an array) -> outputs.
 
         It goes through the checkpoint's preprocessing as an image file would (no inversion:
         uploads to a digit model are taken to be MNIST-like already).
@@ -112,11 +142,52 @@ class DemoModel:
     def _check_size(self, image: Any) -> None:
         # a PIL image's size comes from its header: a huge upload is refused before decoding
         width, height = image.size if isinstance(image, Image.Image) else np.shape(image)[1::-1]
-        if height * width > self.max_pixels:
-            raise UsageError(
-                f"the image is {width}x{height} pixels ({height * width / 1e6:.0f} MP); "
-                f"this demo takes at most {self.max_pixels / 1e6:.0f} MP: scale it down first"
-            )
+        check_pixels(width, height, self.max_pixels)
+
+
+def check_pixels(width: int, height: int, max_pixels: int, name: str = "the image") -> None:
+    """Raise :class:`UsageError` when ``width * height`` is over ``max_pixels``."""
+    if height * width > max_pixels:
+        raise UsageError(
+            f"{name} is {width}x{height} pixels ({height * width / 1e6:.0f} MP); "
+            f"this demo takes at most {max_pixels / 1e6:.0f} MP: scale it down first"
+        )
+
+
+def read_upload(
+    path: str | os.PathLike[str], mode: str, *, name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """An uploaded file as a decoded 8-bit ``mode`` image, refused with a message if bad.
+
+    The header is read first (no pixels are decoded), so an image of more than
+    ``max_pixels`` pixels costs no memory; then :func:`cnnkit.data.folder.load_image`
+    decodes it (EXIF orientation, transparency over white, strict about truncation, PIL's
+    decompression-bomb guard).
+
+    Args:
+        path: the uploaded file (in Gradio's upload folder).
+        mode: ``L`` or ``RGB``, the model's.
+        name: the file's name as the user knows it (default: the path's base name).
+        max_pixels: larger images are refused.
+
+    Raises:
+        UsageError: the file is empty, not an image, truncated or corrupt, or too large;
+            the message names the file and says what was wrong.
+    """
+    name = name or os.path.basename(path)
+    try:
+        with Image.open(path) as header:  # lazy: reads the header only
+            size = header.size
+    except Exception:  # empty, not an image, or over PIL's own limit: load_image says which
+        size = None
+    if size is not None:
+        check_pixels(*size, max_pixels, name=name)
+    try:
+        return load_image(path, mode)
+    except ImageLoadError as exc:
+        hint = (f"; this demo takes at most {max_pixels / 1e6:.0f} MP: scale it down first"
+                if exc.kind == "decompression-bomb" else "")  # fmt: skip
+        raise UsageError(f"cannot read {name}: {exc.reason.rstrip('.')}{hint}") from None
 
 
 def editor_image(value: Any) -> Any:
@@ -221,19 +292,28 @@ def build_demo(
                     visible=model.gradcam,
                 )
         outputs = [label, seen, cam]
+        files = OutputFiles(Path(seen.GRADIO_CACHE) / "cnnkit-outputs")
+        # one concurrency group: the page's events together run at most the queue's
+        # concurrency limit of predictions at once (see launch)
         if digits:
-            draw.click(_guarded(gr, model.drawing), sketch, outputs, api_name="predict_drawing")
+            draw.click(_guarded(gr, model.drawing, files), sketch, outputs, api_name="predict_drawing",
+                       concurrency_id=MODEL_GROUP)  # fmt: skip
         gr.on(
             [send.click, upload.upload],
-            _guarded(gr, model.image),
+            _guarded(gr, model.upload, files),
             inputs=upload,
             outputs=outputs,
             api_name="predict_image",
+            # Gradio's preprocessing would open the file with PIL itself (a zero-byte file, a
+            # non-image or a 20000x20000 PNG then fail inside Gradio with a generic error):
+            # the handler gets the file's payload and cnnkit's loader reads it
+            preprocess=False,
+            concurrency_id=MODEL_GROUP,
         )
         if examples:
             with examples_column:  # clicking one fills the image input and predicts it
                 truth = gr.Textbox(label="class", visible=False)  # the table's second column
-                predict = _guarded(gr, model.image)
+                predict = _guarded(gr, model.upload, files)  # gets the example's file path
                 gr.Examples(
                     [[image, name] for image, name in examples],
                     inputs=[upload, truth],
@@ -270,11 +350,11 @@ def _input_panel(gr: Any, digits: bool) -> tuple[Any, Any, Any, Any]:
             draw = gr.Button("Predict", variant="primary", elem_id="predict-drawing")
     with gr.Tab("Upload") if digits else gr.Column():
         sources = ["upload", "clipboard"] + ([] if digits else ["webcam"])
-        # image_mode=None: Gradio hands the upload over unconverted, a PIL image not decoded
-        # yet, so the pixel limit is checked before a huge image is decoded
+        # the upload event takes the raw payload (preprocess=False); "filepath" with
+        # image_mode=None is what the examples' event gets: the example file's path
         upload = gr.Image(
             label="Image",
-            type="pil",
+            type="filepath",
             image_mode=None,
             sources=sources,
             format="png",
@@ -284,38 +364,85 @@ def _input_panel(gr: Any, digits: bool) -> tuple[Any, Any, Any, Any]:
     return sketch, draw, upload, send
 
 
-def _guarded(gr: Any, handler: Callable[[Any], Outputs]) -> Callable[[Any], Outputs]:
-    """``handler`` with cnnkit's user errors shown as a message on the page (no traceback)."""
+class OutputFiles:
+    """The demo's output images as PNG files, each written once under its content's hash.
 
-    def run(value: Any) -> Outputs:
+    Gradio saves a returned PIL image by rewriting, in place, the file named after its
+    content; a client still downloading the same image from an earlier answer (two users
+    sending one example) then reads it half-written or empty: measured with 16 clients in
+    ``bench/serve_load.py``. Here a file is written atomically, and only if it is new, so
+    every reader gets the whole file. Gradio serves the folder (inside its cache) as is.
+
+    Args:
+        folder: where the files go.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    def __call__(self, image: Image.Image | None) -> str | None:
+        """``image`` as the path of its PNG file (None stays None)."""
+        if image is None:
+            return None
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        path = self.folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+        if not path.exists():
+            write_bytes(path, data)
+        return str(path)
+
+
+def _guarded(gr: Any, handler: Callable[[Any], Outputs], files: OutputFiles) -> Callable[[Any], Any]:
+    """``handler`` with its images as files and cnnkit's user errors shown as a message on
+    the page (no traceback)."""
+
+    def run(value: Any) -> tuple[dict[str, float], str | None, str | None]:
         try:
-            return handler(value)
+            top, seen, cam = handler(value)
         except CnnkitError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            # the page renders the message as HTML, and it may hold the upload's own file name
+            raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None
+        return top, files(seen), files(cam)
 
     return run
 
 
 def launch(
-    demo: Any, *, host: str = "127.0.0.1", port: int = 7860, max_file_size: str = MAX_FILE_SIZE
+    demo: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    max_file_size: str = MAX_FILE_SIZE,
+    concurrency: int = CONCURRENCY,
+    queue_size: int = QUEUE_SIZE,
 ) -> str:
     """Start serving ``demo`` on ``host:port`` in the background; local only by default.
 
     No share link, no telemetry, no server-side rendering (which would need Node), nothing
-    printed. Call :func:`wait` to keep the process serving until Ctrl-C.
+    printed. Call :func:`wait` to keep the process serving until Ctrl-C. Requests go
+    through Gradio's queue: clients that arrive together wait their turn, each told its
+    place, and are answered in order.
 
     Args:
         demo: from :func:`build_demo`.
         host: interface to bind; ``0.0.0.0`` exposes the demo to the network.
         port: TCP port.
         max_file_size: uploads larger than this are refused (Gradio's size syntax, e.g. ``10mb``).
+        concurrency: predictions handled at once; the model itself runs one at a time (a
+            lock), so more only overlaps Gradio's own work on the files around it.
+        queue_size: requests that may wait; one more is refused with "queue is full".
 
     Returns:
         The local URL.
 
     Raises:
         CnnkitError: the port is taken or the host cannot be bound.
+        UsageError: ``concurrency`` or ``queue_size`` under 1.
     """
+    if concurrency < 1 or queue_size < 1:
+        raise UsageError(f"--concurrency and --queue-size must be at least 1 (got {concurrency}, {queue_size})")
+    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     try:
         _, url, _ = demo.launch(
             server_name=host,
@@ -345,7 +472,7 @@ def wait(demo: Any) -> None:
 
     A browser tab that still holds a stream open (Gradio's heartbeat) makes the server's
     graceful shutdown wait for it, sometimes for good: after the grace period the process
-    ends anyway (nothing is lost: the demo writes no files).
+    ends anyway (nothing is lost: the demo keeps no state).
     """
     try:
         threading.Event().wait()
