@@ -213,6 +213,9 @@ def _serve(sub) -> None:
     sv.add_argument("--no-gradcam", action="store_true", help="no Grad-CAM overlay")
     sv.add_argument("--data-dir", help="folder holding torchvision datasets (for the examples)")
     sv.add_argument("--device", default="auto")
+    sv.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                    help="auto (default): ONNX Runtime on a CPU when the export extra is installed (Grad-CAM "
+                         "still uses PyTorch), else torch")  # fmt: skip
     sv.add_argument("--concurrency", type=int, default=1, metavar="N",
                     help="predictions handled at once; others wait in the queue (default 1: the model runs "
                          "one at a time anyway, see docs/benchmarks.md)")  # fmt: skip
