@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from cnnkit.atomic import write_json
-from cnnkit.errors import CnnkitError, DataError, UsageError
+from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.backends import BACKENDS
 from cnnkit.inference.loading import LoadedCheckpoint, checkpoint_loaders, first_images, load_checkpoint
 from cnnkit.inference.metadata import Metadata, checkpoint_metadata
@@ -142,6 +142,9 @@ def cached_onnx(loaded: LoadedCheckpoint, predictor: Predictor,
     start = time.perf_counter()
     try:
         images, what = _check_images(loaded, predictor, sample_files)
+    except CnnkitError as exc:  # not remembered: the next call may bring images to check on
+        return None, f"no ONNX build: {exc}"
+    try:
         parity = _build(predictor, images, target)
     except CnnkitError as exc:
         return None, _remember_failure(failed, f"ONNX build failed: {exc}")
@@ -178,8 +181,8 @@ def _check_images(loaded: LoadedCheckpoint, predictor: Predictor,
         images, _ = first_images(loaders.val or [], CHECK_IMAGES)
         if images is not None:
             return images, "validation images"
-    except (DataError, OSError):
-        pass  # the run's data is elsewhere: check on the caller's images
+    except (CnnkitError, OSError):  # DataError: the run's data is elsewhere; or its classes changed
+        pass  # check on the caller's images
     images, _ = prepare_files(list(sample_files[:CHECK_IMAGES]), predictor.metadata) if sample_files else (None, [])
     if images is None:
         raise CnnkitError("no images to check it against PyTorch (the run's data was not found)")
