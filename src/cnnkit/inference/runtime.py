@@ -19,6 +19,8 @@ file from a checkpoint). The PyTorch model stays loaded beside any runtime, for 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import json
 import time
@@ -173,11 +175,14 @@ def _build(predictor: Predictor, images: torch.Tensor, target: Path) -> Any:
 
 def _check_images(loaded: LoadedCheckpoint, predictor: Predictor,
                   sample_files: Sequence[str]) -> tuple[torch.Tensor, str]:  # fmt: skip
-    """Up to :data:`CHECK_IMAGES` real images: the run's validation split, else ``sample_files``."""
+    """Up to :data:`CHECK_IMAGES` real images: the run's validation split if it is on disk (never
+    downloaded: predicting a few files must not fetch a dataset), else ``sample_files``."""
     from cnnkit.inference.export import prepare_files
 
     try:
-        loaders, _, _ = checkpoint_loaders(loaded, device=torch.device("cpu"))
+        offline = dataclasses.replace(loaded, config=copy.deepcopy(loaded.config))
+        offline.config.data.download = False  # 64 check images are not worth downloading a dataset for
+        loaders, _, _ = checkpoint_loaders(offline, device=torch.device("cpu"))
         images, _ = first_images(loaders.val or [], CHECK_IMAGES)
         if images is not None:
             return images, "validation images"
