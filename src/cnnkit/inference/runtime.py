@@ -19,6 +19,7 @@ file from a checkpoint). The PyTorch model stays loaded beside any runtime, for 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -150,6 +151,9 @@ def cached_onnx(loaded: LoadedCheckpoint, predictor: Predictor,
         parity = _build(predictor, images, target)
     except CnnkitError as exc:
         return None, _remember_failure(failed, f"ONNX build failed: {exc}")
+    except OSError as exc:  # a read-only or full cache folder: PyTorch still predicts
+        return None, (f"cannot write the ONNX build to {target.parent} ({exc.strerror or exc}); "
+                      "point CNNKIT_CACHE_DIR at a writable folder")  # fmt: skip
     if not parity.ok:
         return None, _remember_failure(failed, f"the ONNX build differs from PyTorch ({parity.summary()})")
     seconds = time.perf_counter() - start
@@ -195,6 +199,7 @@ def _check_images(loaded: LoadedCheckpoint, predictor: Predictor,
 
 
 def _remember_failure(marker: Path, reason: str) -> str:
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"reason": reason})
+    with contextlib.suppress(OSError):  # an unwritable cache: the build is tried again next time
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_json(marker, {"reason": reason})
     return reason
