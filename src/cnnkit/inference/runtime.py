@@ -25,6 +25,7 @@ import dataclasses
 import importlib.util
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,8 @@ def _build(predictor: Predictor, images: torch.Tensor, target: Path) -> Any:
     from cnnkit.inference import export
 
     assert predictor.model is not None  # a checkpoint's Predictor holds its model
-    staging = target.with_name(f".{target.name}.partial")
+    # a name of its own: two processes building the same checkpoint must not remove each other's file
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
         export.export_onnx(predictor.model, images[:2], staging, predictor.metadata, dynamic_batch=True)
         reference = export.reference_logits(predictor.model, images)
