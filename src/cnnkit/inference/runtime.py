@@ -111,7 +111,7 @@ def _fast_path_blocked(predictor: Predictor, amp: str, backend: str) -> str:
     device = getattr(predictor.backend, "device", torch.device("cpu"))
     if device.type != "cpu":
         return f"the model runs on {device.type}; the ONNX path is for CPUs"
-    if amp != "off":
+    if getattr(predictor.backend, "dtype", None) is not None:  # --amp auto on a CPU is float32: no autocast
         return f"--amp {amp} runs PyTorch autocast"
     missing = [name for name in EXPORT_EXTRA if importlib.util.find_spec(name) is None]
     if missing:
