@@ -19,9 +19,13 @@ file from a checkpoint). The PyTorch model stays loaded beside any runtime, for 
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import importlib.util
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ from typing import Any
 import torch
 
 from cnnkit.atomic import write_json
-from cnnkit.errors import CnnkitError, DataError, UsageError
+from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.backends import BACKENDS
 from cnnkit.inference.loading import LoadedCheckpoint, checkpoint_loaders, first_images, load_checkpoint
 from cnnkit.inference.metadata import Metadata, checkpoint_metadata
@@ -107,7 +111,7 @@ def _fast_path_blocked(predictor: Predictor, amp: str, backend: str) -> str:
     device = getattr(predictor.backend, "device", torch.device("cpu"))
     if device.type != "cpu":
         return f"the model runs on {device.type}; the ONNX path is for CPUs"
-    if amp != "off":
+    if getattr(predictor.backend, "dtype", None) is not None:  # --amp auto on a CPU is float32: no autocast
         return f"--amp {amp} runs PyTorch autocast"
     missing = [name for name in EXPORT_EXTRA if importlib.util.find_spec(name) is None]
     if missing:
@@ -142,9 +146,15 @@ def cached_onnx(loaded: LoadedCheckpoint, predictor: Predictor,
     start = time.perf_counter()
     try:
         images, what = _check_images(loaded, predictor, sample_files)
+    except CnnkitError as exc:  # not remembered: the next call may bring images to check on
+        return None, f"no ONNX build: {exc}"
+    try:
         parity = _build(predictor, images, target)
     except CnnkitError as exc:
         return None, _remember_failure(failed, f"ONNX build failed: {exc}")
+    except OSError as exc:  # a read-only or full cache folder: PyTorch still predicts
+        return None, (f"cannot write the ONNX build to {target.parent} ({exc.strerror or exc}); "
+                      "point CNNKIT_CACHE_DIR at a writable folder")  # fmt: skip
     if not parity.ok:
         return None, _remember_failure(failed, f"the ONNX build differs from PyTorch ({parity.summary()})")
     seconds = time.perf_counter() - start
@@ -156,7 +166,8 @@ def _build(predictor: Predictor, images: torch.Tensor, target: Path) -> Any:
     from cnnkit.inference import export
 
     assert predictor.model is not None  # a checkpoint's Predictor holds its model
-    staging = target.with_name(f".{target.name}.partial")
+    # a name of its own: two processes building the same checkpoint must not remove each other's file
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
         export.export_onnx(predictor.model, images[:2], staging, predictor.metadata, dynamic_batch=True)
         reference = export.reference_logits(predictor.model, images)
@@ -170,16 +181,19 @@ def _build(predictor: Predictor, images: torch.Tensor, target: Path) -> Any:
 
 def _check_images(loaded: LoadedCheckpoint, predictor: Predictor,
                   sample_files: Sequence[str]) -> tuple[torch.Tensor, str]:  # fmt: skip
-    """Up to :data:`CHECK_IMAGES` real images: the run's validation split, else ``sample_files``."""
+    """Up to :data:`CHECK_IMAGES` real images: the run's validation split if it is on disk (never
+    downloaded: predicting a few files must not fetch a dataset), else ``sample_files``."""
     from cnnkit.inference.export import prepare_files
 
     try:
-        loaders, _, _ = checkpoint_loaders(loaded, device=torch.device("cpu"))
+        offline = dataclasses.replace(loaded, config=copy.deepcopy(loaded.config))
+        offline.config.data.download = False  # 64 check images are not worth downloading a dataset for
+        loaders, _, _ = checkpoint_loaders(offline, device=torch.device("cpu"))
         images, _ = first_images(loaders.val or [], CHECK_IMAGES)
         if images is not None:
             return images, "validation images"
-    except (DataError, OSError):
-        pass  # the run's data is elsewhere: check on the caller's images
+    except (CnnkitError, OSError):  # DataError: the run's data is elsewhere; or its classes changed
+        pass  # check on the caller's images
     images, _ = prepare_files(list(sample_files[:CHECK_IMAGES]), predictor.metadata) if sample_files else (None, [])
     if images is None:
         raise CnnkitError("no images to check it against PyTorch (the run's data was not found)")
@@ -187,6 +201,7 @@ def _check_images(loaded: LoadedCheckpoint, predictor: Predictor,
 
 
 def _remember_failure(marker: Path, reason: str) -> str:
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"reason": reason})
+    with contextlib.suppress(OSError):  # an unwritable cache: the build is tried again next time
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_json(marker, {"reason": reason})
     return reason
