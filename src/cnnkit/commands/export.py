@@ -3,6 +3,7 @@ against PyTorch on the run's validation images."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,10 +124,14 @@ def export_checkpoint(
 
 
 def _within_drop(accuracy: export.AccuracyCheck, allow_drop: float) -> bool:
+    return _loss_points(accuracy) <= allow_drop + 1e-9
+
+
+def _loss_points(accuracy: export.AccuracyCheck) -> float:
+    """What ``--allow-drop`` bounds: accuracy points lost, or without labels the percentage of
+    top-1 labels that changed."""
     drop = accuracy.drop_points
-    if drop is None:  # no labels: the top-1 changes stand in for the accuracy lost
-        drop = 100 * (1 - accuracy.agreement)
-    return drop <= allow_drop + 1e-9
+    return 100 * (1 - accuracy.agreement) if drop is None else drop
 
 
 def _check_options(fmt: str, dynamic_batch: bool, opset: int | None, tolerance: float, count: int,
@@ -230,8 +235,13 @@ def _refuse(result: ExportResult, args: Any) -> None:
         f"changes {1 - result.accuracy.agreement:.2%} of top-1 labels"
     raise CnnkitError(f"the {result.precision} file {lost} against PyTorch on {result.accuracy.images} "
                       f"{result.checked}, more than --allow-drop {args.allow_drop:g}; it was not written. "
-                      f"Pass --allow-drop {max(drop or 0, 100 * (1 - result.accuracy.agreement)) + 0.01:.2f} "
-                      f"to accept it, or export --precision fp16/fp32")  # fmt: skip
+                      f"Pass --allow-drop {_accepting(result.accuracy)} to accept it, or export --precision "
+                      "fp16/fp32")  # fmt: skip
+
+
+def _accepting(accuracy: export.AccuracyCheck) -> str:
+    """The smallest ``--allow-drop`` (2 decimals, at most 100) that accepts this file."""
+    return f"{min(100.0, math.ceil(_loss_points(accuracy) * 100 - 1e-6) / 100):.2f}"
 
 
 def _file_size(size: int) -> str:
