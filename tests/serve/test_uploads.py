@@ -1,4 +1,5 @@
-"""Uploads as the demo reads them (read_upload, DemoModel.upload) and its output files, without a server."""
+"""Uploads as the demo reads them (read_upload, DemoModel.upload), the one thread that runs its model,
+and its output files, without a server."""
 
 from __future__ import annotations
 
@@ -64,6 +65,29 @@ def test_an_upload_payload_is_read_by_cnnkit_and_predicted(
         model.upload({"path": str(bad_uploads["notes.png"][0]), "orig_name": "notes from the phone.png"})
     with pytest.raises(UsageError, match="upload an image first"):
         model.upload({"path": None})
+
+
+def test_requests_from_many_threads_run_the_model_on_one(predictor: Predictor, digit: tuple[Path, str]) -> None:
+    """Grad-CAM hooks the model, so calls must not overlap; one thread also keeps torch's
+    memory in one malloc arena (see DemoModel)."""
+    import threading
+
+    path, label = digit
+    model = DemoModel(predictor)
+    ran_on: set[int] = set()
+    hook = predictor.model.register_forward_hook(lambda *_: ran_on.add(threading.get_ident()))
+    answers: list[str] = []
+    callers = [threading.Thread(target=lambda: answers.append(list(model.upload(str(path))[0])[0])) for _ in range(8)]
+    try:
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+    finally:
+        hook.remove()
+
+    assert answers == [label] * 8
+    assert len(ran_on) == 1 and ran_on.isdisjoint(caller.ident for caller in callers)
 
 
 def test_output_files_are_whole_and_written_once(tmp_path: Path) -> None:
