@@ -130,6 +130,10 @@ def serve_command(run: Path, flags: list[str]) -> list[str]:
     return [sys.executable, "-m", "cnnkit", "serve", str(run), "--examples", "0", "--device", "cpu", *flags]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Server:
     """``command --port P`` (a server on a free port of 127.0.0.1) until :meth:`stop`."""
 
@@ -139,8 +143,11 @@ class Server:
         self.log = log
         command = [*command, "--port", str(self.port)]
         with log.open("w") as out:
+            # a bench started in the background (`cmd &`) ignores SIGINT and its children inherit
+            # that: give the server its normal Ctrl-C, which stop() sends
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
+                                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                                            preexec_fn=_default_sigint)  # fmt: skip
         deadline = time.monotonic() + 180
         while not self._answers():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -354,6 +361,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,2", help="server --concurrency settings to compare")
     parser.add_argument("--no-bad", dest="bad", action="store_false", help="skip the bad uploads")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # `kill` stops the servers too (finally)
     if args.quick:
         args.repeats, args.requests, args.seconds, args.concurrency = 1, 48, 20.0, "1"
     print("\n".join(machine_lines(core_count())))
