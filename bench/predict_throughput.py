@@ -1,4 +1,4 @@
-"""Prediction throughput: the tutorial loop vs ``cnnkit predict``, and PyTorch vs ONNX Runtime.
+"""Prediction throughput: the tutorial loop vs ``cnnkit predict``, per runtime and precision.
 
 The model is a real, trained classifier: ImageNet-pretrained EfficientNet-Lite0 with a new
 10-class head trained on imagenette-2k by ``cnnkit.train`` (frozen backbone, cached
@@ -8,32 +8,42 @@ All 2,000 JPEGs of imagenette-2k are predicted, in the same process, by:
 * **naive**: the "try it on some images" loop of the seed tutorials: for each file, open
   it with PIL, apply a torchvision transform (resize, centre crop, to tensor, normalise),
   run the model on a batch of one, take the argmax.
-* **cnnkit**: ``cnnkit.predict`` (what ``cnnkit predict RUN FOLDER --out
-  preds.csv`` runs): decoding in threads (worker processes before 2026-12-03), batches of 64, channels-last,
-  inference mode, streamed CSV output. Its clock includes loading the checkpoint and
-  starting the workers.
+* **cnnkit predict, default**: ``cnnkit.predict(RUN, [FOLDER])`` with no backend named
+  (what ``cnnkit predict RUN FOLDER --out preds.csv`` runs): with the export extra
+  installed, ONNX Runtime through the ONNX file it builds once per checkpoint and caches.
+  The first call (which builds the file) is reported on its own; the medians are of
+  the calls after it. Its clock includes loading the model.
+* **cnnkit predict, per runtime and precision**: ``torch`` (float32), and the files of
+  ``cnnkit export --precision fp32|fp16|int8 --dynamic-batch`` in ONNX Runtime and
+  OpenVINO (when installed).
 
-Both sides must agree on every top-1 label. Then the network alone (pre-decoded tensors)
-runs in PyTorch eager and in ONNX Runtime (the file ``cnnkit export`` writes) at batch 1
-and batch 32, and ``cnnkit predict --backend onnxruntime`` runs end to end.
+Every row gives top-1 accuracy against the folder labels and agreement with the float32
+PyTorch model (the naive loop's labels). Then the network alone on pre-decoded tensors
+(batch 32) for each runtime. Goals: the default ``cnnkit predict`` >= 3x the naive loop's
+images/s; int8 >= 1.5x the fp32 file in ONNX Runtime at <= 1 point of accuracy lost.
+Medians over ``--repeats``.
 
-Goal: ``cnnkit predict`` >= 3x the naive loop's images/s. Medians over ``--repeats``.
+``--tune`` also measures the settings the default path uses on this machine (ONNX
+Runtime's thread count and spin-waiting, decode threads, batch size), which is how
+cnnkit's defaults were chosen.
 
-A second table (``--memory N``, default 100,000) checks that memory stays flat: LeNet
+A last table (``--memory N``, default 100,000) checks that memory stays flat: LeNet
 trained on the embedded digits predicts N PNG files (links to 2,000 real test digits)
 and the peak resident memory is compared with a run on 2,000 files.
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/predict_throughput.py                      # ~10 min on 2 cores
-    .venv/bin/python bench/predict_throughput.py --repeats 1 --memory 0   # quicker
+    .venv/bin/python bench/predict_throughput.py                           # ~20 min on 2 cores
+    .venv/bin/python bench/predict_throughput.py --repeats 1 --memory 0    # quicker
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +52,9 @@ import time
 from pathlib import Path
 
 os.environ["CNNKIT_OFFLINE"] = "1"  # never time a network probe
+# an empty cache: the default path's one-off ONNX build is timed, not found from an earlier run
+os.environ["CNNKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnkit-bench-cache-")
+atexit.register(shutil.rmtree, os.environ["CNNKIT_CACHE_DIR"], ignore_errors=True)
 
 import torch  # noqa: E402
 from machine import core_count, machine_lines  # noqa: E402
@@ -50,13 +63,10 @@ from torchvision import transforms as T  # noqa: E402
 
 import cnnkit  # noqa: E402
 from cnnkit import predict  # noqa: E402
-from cnnkit.checkpoint import (
-    checkpoint_file,  # noqa: E402
-    read_checkpoint,  # noqa: E402
-)
+from cnnkit.checkpoint import checkpoint_file, read_checkpoint  # noqa: E402
 from cnnkit.inference import Predictor  # noqa: E402
-from cnnkit.inference.export import export_onnx  # noqa: E402
-from cnnkit.inference.predictor import checkpoint_metadata, model_from_checkpoint  # noqa: E402
+from cnnkit.inference.metadata import checkpoint_metadata  # noqa: E402
+from cnnkit.inference.predictor import model_from_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -97,21 +107,20 @@ def naive_loop(model: torch.nn.Module, files: list[str], pre) -> tuple[float, li
     return time.perf_counter() - start, top1
 
 
-def cnnkit_predict(
-    checkpoint: Path, folder: Path, backend: str = "torch", amp: str = "off"
-) -> tuple[float, dict[str, str]]:
-    """``cnnkit predict CHECKPOINT FOLDER --out preds.csv [--amp bf16]`` through its Python entry point."""
+def cnnkit_predict(model: Path, folder: Path, backend: str = "auto") -> tuple[float, dict[str, str], str]:
+    """``cnnkit predict MODEL FOLDER --out preds.csv [--backend B]`` through its Python entry point:
+    (seconds including loading the model, file -> label, the backend it ran on)."""
     import csv
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "preds.csv"
         start = time.perf_counter()
-        summary = predict(checkpoint, [str(folder)], out=out, backend=backend, batch_size=BATCH, progress=False,
-                          amp=amp)  # fmt: skip
+        summary = predict(model, [str(folder)], out=out, backend=backend, progress=False)
         seconds = time.perf_counter() - start
-        labels = {row["file"]: row["label"] for row in csv.DictReader(out.open())}
+        with out.open() as handle:
+            labels = {row["file"]: row["label"] for row in csv.DictReader(handle)}
     assert summary.predicted == len(labels) and not summary.skipped, summary
-    return seconds, labels
+    return seconds, labels, summary.backend
 
 
 def model_only(run, batch: torch.Tensor, repeats: int) -> float:
@@ -125,69 +134,145 @@ def model_only(run, batch: torch.Tensor, repeats: int) -> float:
     return len(batch) / statistics.median(times)
 
 
-def throughput_table(checkpoint: Path, data: Path, repeats: int) -> None:
+class Rows:
+    """The end-to-end table: per pipeline, seconds per repeat, accuracy and agreement with fp32."""
+
+    def __init__(self, files: list[str], truth: list[str], reference: list[str]) -> None:
+        self.files, self.truth, self.reference = files, truth, reference
+        self.rows: dict[str, dict] = {}
+
+    def add(self, name: str, seconds: float, labels: list[str] | dict[str, str], note: str = "") -> None:
+        labels = [labels[f] for f in self.files] if isinstance(labels, dict) else labels
+        row = self.rows.setdefault(name, {"seconds": [], "note": note})
+        row["seconds"].append(seconds)
+        row["accuracy"] = sum(a == b for a, b in zip(labels, self.truth, strict=True)) / len(labels)
+        row["agreement"] = sum(a == b for a, b in zip(labels, self.reference, strict=True)) / len(labels)
+
+    def rate(self, name: str) -> float:
+        return len(self.files) / statistics.median(self.rows[name]["seconds"])
+
+    def print(self, naive: str) -> None:
+        print("\nend to end (decode + preprocess + model, loading included), images/s, medians")
+        print("| pipeline | img/s | vs naive | top-1 accuracy | agreement with fp32 | seconds per repeat |")
+        print("|---|---|---|---|---|---|")
+        for name, row in self.rows.items():
+            times = ", ".join(f"{t:.1f}" for t in row["seconds"])
+            label = f"{name} ({row['note']})" if row["note"] else name
+            print(f"| {label} | {self.rate(name):.1f} | {self.rate(name) / self.rate(naive):.2f}x | "
+                  f"{row['accuracy']:.2%} | {row['agreement']:.2%} | {times} |")  # fmt: skip
+
+
+def export_files(checkpoint: Path, folder: Path) -> dict[str, Path]:
+    """``cnnkit export --precision P --dynamic-batch`` for fp32, fp16 and int8, with their checks."""
+    from cnnkit.commands.export import export_checkpoint
+
+    files = {}
+    for precision in ("fp32", "fp16", "int8"):
+        out = folder / f"model.{precision}.onnx"
+        result = export_checkpoint(checkpoint, out=out, dynamic_batch=True, precision=precision, allow_drop=100)
+        size = out.stat().st_size / 1e6
+        print(f"export {precision}: {size:.1f} MB, {result.exported.seconds:.1f} s; check on "
+              f"{result.accuracy.images} {result.checked}: {result.accuracy.summary()}")  # fmt: skip
+        files[precision] = out
+    return files
+
+
+def throughput_table(checkpoint: Path, data: Path, repeats: int, exported: dict[str, Path]) -> None:
     payload = read_checkpoint(checkpoint)
     model = model_from_checkpoint(payload)
     meta = checkpoint_metadata(payload)
     files = sorted(str(p) for p in data.rglob("*") if p.is_file() and not p.name.startswith("."))
+    truth = [Path(f).parent.name for f in files]
     names = meta.class_names
     print(f"\n{len(files):,} images from {data}; model {payload['model']['name']} "
           f"at {meta.preprocess.input_size[0]} px, {len(names)} classes")  # fmt: skip
 
-    naive_s, cnnkit_s, bf16_s, agree, bf16_agree = [], [], [], [], []
+    seconds, top1 = naive_loop(model, files, meta.preprocess)
+    reference = [names[i] for i in top1]
+    rows = Rows(files, truth, reference)
+    rows.add("naive loop (PIL, transform, batch of 1)", seconds, reference)
+    first_s, first_labels, first_backend = cnnkit_predict(checkpoint, data)  # builds and caches the ONNX file
+    print(f"first `cnnkit predict RUN` (builds the ONNX file once): {first_s:.1f} s on {first_backend}")
+    openvino = _has("openvino")
     for repeat in range(repeats):
-        seconds, top1 = naive_loop(model, files, meta.preprocess)
-        naive_s.append(seconds)
-        seconds, labels = cnnkit_predict(checkpoint, data)
-        cnnkit_s.append(seconds)
-        agree.append(sum(labels[f] == names[i] for f, i in zip(files, top1, strict=True)) / len(files))
-        seconds, labels = cnnkit_predict(checkpoint, data, amp="bf16")
-        bf16_s.append(seconds)
-        bf16_agree.append(sum(labels[f] == names[i] for f, i in zip(files, top1, strict=True)) / len(files))
-        print(f"  repeat {repeat + 1}: naive {naive_s[-1]:.1f} s, cnnkit {cnnkit_s[-1]:.1f} s, "
-              f"cnnkit --amp bf16 {bf16_s[-1]:.1f} s, "
-              f"top-1 agreement {agree[-1]:.2%} / {bf16_agree[-1]:.2%}")  # fmt: skip
-    naive_rate = len(files) / statistics.median(naive_s)
-    cnnkit_rate = len(files) / statistics.median(cnnkit_s)
-    bf16_rate = len(files) / statistics.median(bf16_s)
+        if repeat:
+            rows.add("naive loop (PIL, transform, batch of 1)", naive_loop(model, files, meta.preprocess)[0], reference)
+        seconds, labels, backend = cnnkit_predict(checkpoint, data)
+        rows.add("`cnnkit predict RUN` (default)", seconds, labels, backend)
+        rows.add("`cnnkit predict RUN --backend torch`", *cnnkit_predict(checkpoint, data, "torch")[:2])
+        for precision, path in exported.items():
+            rows.add(f"{precision} file, onnxruntime", *cnnkit_predict(path, data, "onnxruntime")[:2])
+            if openvino:
+                rows.add(f"{precision} file, openvino", *cnnkit_predict(path, data, "openvino")[:2])
+        print(f"  repeat {repeat + 1} done (load average {os.getloadavg()[0]:.2f})", flush=True)
+    rows.print("naive loop (PIL, transform, batch of 1)")
+    default = rows.rate("`cnnkit predict RUN` (default)") / rows.rate("naive loop (PIL, transform, batch of 1)")
+    int8 = rows.rate("int8 file, onnxruntime") / rows.rate("fp32 file, onnxruntime")
+    lost = 100 * (rows.rows["fp32 file, onnxruntime"]["accuracy"] - rows.rows["int8 file, onnxruntime"]["accuracy"])
+    print(f"\ngoal: default cnnkit predict >= 3x the naive loop: {default:.2f}x "
+          f"({'met' if default >= 3 else 'NOT met'})")  # fmt: skip
+    print(f"goal: int8 >= 1.5x fp32 in ONNX Runtime at <= 1 point lost: {int8:.2f}x, {lost:+.2f} points lost "
+          f"({'met' if int8 >= 1.5 and lost <= 1 else 'NOT met'})")  # fmt: skip
+    network_table(model, files, exported, openvino)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_file = Path(tmp) / "model.onnx"
-        export_onnx(model, torch.zeros(1, meta.preprocess.channels, *meta.preprocess.input_size), onnx_file, meta,
-                    dynamic_batch=True)  # fmt: skip
-        onnx = Predictor.from_onnx(onnx_file)
-        torch_backend = Predictor.from_checkpoint(checkpoint)
-        eager = model.eval()
-        images = torch.stack([torch_backend.prepare(path) for path in files[:32]])
-        rates = {}
-        with torch.no_grad():
-            for size in (1, 32):
-                rates[("eager", size)] = model_only(eager, images[:size], max(repeats, 3) * (8 if size == 1 else 1))
-                rates[("channels-last", size)] = model_only(torch_backend.backend, images[:size],
-                                                            max(repeats, 3) * (8 if size == 1 else 1))  # fmt: skip
-                rates[("onnxruntime", size)] = model_only(onnx.backend, images[:size],
-                                                          max(repeats, 3) * (8 if size == 1 else 1))  # fmt: skip
-        ort_s, ort_labels = cnnkit_predict(onnx_file, data, backend="onnxruntime")
-        ort_agree = sum(ort_labels[f] == names[i] for f, i in zip(files, top1, strict=True)) / len(files)
 
-    print("\nend to end (decode + preprocess + model), images/s")
-    print(f"| {'pipeline':<44} | {'img/s':>7} | {'vs naive':>8} | top-1 = naive |")
-    print(f"|{'-' * 46}|{'-' * 9}|{'-' * 10}|---------------|")
-    print(f"| {'naive loop (PIL, transform, batch of 1)':<44} | {naive_rate:7.1f} | {'1.00x':>8} | - |")
-    print(f"| {'cnnkit predict (torch)':<44} | {cnnkit_rate:7.1f} | {cnnkit_rate / naive_rate:7.2f}x "
-          f"| {min(agree):.2%} |")
-    print(f"| {'cnnkit predict --amp bf16':<44} | {bf16_rate:7.1f} | {bf16_rate / naive_rate:7.2f}x "
-          f"| {min(bf16_agree):.2%} |")
-    ort_rate = len(files) / ort_s
-    print(f"| {'cnnkit predict --backend onnxruntime':<44} | {ort_rate:7.1f} | {ort_rate / naive_rate:7.2f}x "
-          f"| {ort_agree:.2%} |")
-    print("\nnetwork only (pre-decoded tensors), images/s")
-    print("| runtime | batch 1 | batch 32 |")
-    print("|---|---|---|")
-    for name in ("eager", "channels-last", "onnxruntime"):
-        print(f"| {name} | {rates[(name, 1)]:.1f} | {rates[(name, 32)]:.1f} |")
-    print(f"ONNX Runtime / eager: batch 1 {rates[('onnxruntime', 1)] / rates[('eager', 1)]:.2f}x, "
-          f"batch 32 {rates[('onnxruntime', 32)] / rates[('eager', 32)]:.2f}x")  # fmt: skip
+def network_table(model: torch.nn.Module, files: list[str], exported: dict[str, Path], openvino: bool) -> None:
+    """The network alone on 32 pre-decoded images, per runtime and precision."""
+    torch_backend = Predictor.from_model(model, checkpoint_metadata_of(exported["fp32"]))
+    images = torch.stack([torch_backend.prepare(path) for path in files[:32]])
+    runs = {"PyTorch eager": model.eval(), "PyTorch channels-last (torch backend)": torch_backend.backend}
+    for precision, path in exported.items():
+        runs[f"onnxruntime {precision}"] = Predictor.from_onnx(path).backend
+        if openvino:
+            runs[f"openvino {precision}"] = Predictor.from_openvino(path).backend
+    print("\nnetwork only (32 pre-decoded images in one batch), images/s")
+    print("| runtime | img/s |")
+    print("|---|---|")
+    with torch.no_grad():
+        for name, run in runs.items():
+            print(f"| {name} | {model_only(run, images, 5):.1f} |")
+
+
+def checkpoint_metadata_of(onnx_file: Path):
+    from cnnkit.inference.backends import onnx_session
+
+    return onnx_session(onnx_file)[1]
+
+
+def tune_table(checkpoint: Path, data: Path) -> None:
+    """The default path's settings, measured: ONNX Runtime threads and spinning, decode threads, batch."""
+    import onnxruntime as ort
+
+    from cnnkit.inference.backends import OnnxBackend
+    from cnnkit.inference.runtime import load_predictor
+
+    files = sorted(str(p) for p in data.rglob("*") if p.is_file())[:1000]
+    built = load_predictor(checkpoint)  # the cached ONNX file of the default path
+    path = next(iter(built.note.split("cached from an earlier run: ")[1:]), "").split(";")[0]
+    cores = core_count()
+    print(f"\ntuning the default path on {len(files)} files ({path}), images/s, best of 2")
+    print("| ORT threads | ORT spin-wait | decode threads | batch | img/s |")
+    print("|---|---|---|---|---|")
+    for threads, spin, workers, batch in [(0, 1, cores, 64), (0, 0, cores, 64), (0, 0, 1, 64), (1, 0, 1, 64),
+                                          (0, 0, cores + 1, 64), (0, 0, cores, 16), (0, 0, cores, 32)]:  # fmt: skip
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(spin))
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        predictor = Predictor(OnnxBackend(session), built.metadata)
+        rates = []
+        for _ in range(2):
+            start = time.perf_counter()
+            count = sum(1 for _ in predictor.predict_files(files, workers=workers, batch_size=batch))
+            rates.append(count / (time.perf_counter() - start))
+        print(f"| {threads or 'default'} | {'on' if spin else 'off'} | {workers} | {batch} | {max(rates):.1f} |")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def memory_table(count: int) -> None:
@@ -230,6 +315,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a trained run folder or .pt (default: train Lite0 on the data)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", type=int, default=100_000, help="files for the memory check (0: skip it)")
+    parser.add_argument("--tune", action="store_true", help="also measure the default path's thread settings")
     args = parser.parse_args()
     threads = core_count()
     torch.set_num_threads(threads)
@@ -237,7 +323,10 @@ def main() -> None:
     data = data_folder(args.data)
     with tempfile.TemporaryDirectory() as runs:
         checkpoint = checkpoint_file(args.checkpoint) if args.checkpoint else train_model(data, Path(runs))
-        throughput_table(checkpoint, data, args.repeats)
+        exported = export_files(checkpoint, Path(runs))
+        throughput_table(checkpoint, data, args.repeats, exported)
+        if args.tune:
+            tune_table(checkpoint, data)
     if args.memory:
         memory_table(args.memory)
     print(f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

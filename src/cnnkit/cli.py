@@ -128,8 +128,9 @@ def _predict(sub) -> None:
                          "mirror (or small shifts for digits); default: the run's own, as eval")  # fmt: skip
     pr.add_argument("--threshold", type=float, help="label predictions below this probability 'unknown'")
     pr.add_argument("--out", help="write results to a .csv, .json or .jsonl file (default: print them)")
-    pr.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                    help="auto: onnxruntime for .onnx files, else torch")  # fmt: skip
+    pr.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                    help="auto (default): ONNX Runtime when the export extra is installed (a checkpoint runs "
+                         "through an ONNX file built once, checked and cached), else torch")  # fmt: skip
     pr.add_argument("--device", default="cpu", help="torch backend: cpu (default), cuda, mps or auto")
     pr.add_argument("--amp", choices=AMP_MODES, default="off",
                     help="torch backend precision: off (float32, default), bf16, fp16, "
@@ -181,10 +182,21 @@ def _export(sub) -> None:
     xp.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
     xp.add_argument("--out", metavar="FILE",
                     help="default: RUN/export/model.onnx (or model.torchscript.pt), else beside the .pt")  # fmt: skip
+    xp.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                    help="ONNX: fp32 (default), fp16 (half the size; for GPUs and phones) or int8 (static "
+                         "quantisation calibrated on training images: a quarter the size, faster on CPUs)")  # fmt: skip
+    xp.add_argument("--calibration", type=int, default=256, metavar="N",
+                    help="int8: training images to calibrate on (default 256)")  # fmt: skip
+    xp.add_argument("--allow-drop", type=float, default=1.0, metavar="POINTS",
+                    help="fp16/int8: accuracy points the file may lose against PyTorch before it is "
+                         "refused (default 1)")  # fmt: skip
     xp.add_argument("--dynamic-batch", action="store_true", help="ONNX: accept any batch size (default: batch 1)")
     xp.add_argument("--opset", type=int, metavar="N", help="ONNX opset version (default: the exporter's)")
     xp.add_argument("--check-images", nargs="+", metavar="PATH",
-                    help="images, folders or globs for the parity check (default: 64 validation images)")  # fmt: skip
+                    help="images, folders or globs to check the file on (default: the run's validation "
+                         "images)")  # fmt: skip
+    xp.add_argument("--check-count", type=int, default=1000, metavar="N",
+                    help="validation images to score both models on (default: up to 1000)")  # fmt: skip
     xp.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
                     help="largest |logit difference| from PyTorch that passes (default 1e-3)")  # fmt: skip
     xp.add_argument("--data-dir", help="folder holding the run's dataset (for the validation images)")
@@ -201,6 +213,9 @@ def _serve(sub) -> None:
     sv.add_argument("--no-gradcam", action="store_true", help="no Grad-CAM overlay")
     sv.add_argument("--data-dir", help="folder holding torchvision datasets (for the examples)")
     sv.add_argument("--device", default="auto")
+    sv.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                    help="auto (default): ONNX Runtime on a CPU when the export extra is installed (Grad-CAM "
+                         "still uses PyTorch), else torch")  # fmt: skip
     sv.add_argument("--concurrency", type=int, default=1, metavar="N",
                     help="predictions handled at once; others wait in the queue (default 1: the model runs "
                          "one at a time anyway, see docs/benchmarks.md)")  # fmt: skip

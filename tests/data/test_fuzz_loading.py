@@ -28,7 +28,8 @@ from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import get_augment, train_transform
 from cnnkit.errors import CnnkitError
 from cnnkit.inference import Prediction, Predictor
-from cnnkit.inference.predictor import Metadata, TorchBackend
+from cnnkit.inference.backends import TorchBackend
+from cnnkit.inference.metadata import Metadata
 from cnnkit.models import create_model
 
 FORMATS = {

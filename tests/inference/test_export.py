@@ -32,6 +32,7 @@ from cnnkit.data.spec import Preprocess
 from cnnkit.errors import CnnkitError
 from cnnkit.inference import Predictor
 from cnnkit.inference import export as export_module
+from cnnkit.inference.backends import onnx_session
 from cnnkit.inference.export import (
     check_parity,
     export_model,
@@ -39,14 +40,15 @@ from cnnkit.inference.export import (
     load_torchscript,
     reference_logits,
 )
-from cnnkit.inference.predictor import METADATA_KEY, Metadata, onnx_session
+from cnnkit.inference.metadata import METADATA_KEY, Metadata
 from cnnkit.models import create_model
 
 STRICT = 1e-4  # what the tests hold every subject to (the command's default is 1e-3)
 PER_CLASS = 4  # real images per class for the parity subjects: 40 images each
-PARITY_LINE = re.compile(
-    r"parity on 64 validation images: max \|Δlogit\| \d\.\de[-+]\d\d, top-1 agreement 100\.00% "
-    r"\(tolerance 1e-03\): OK"
+PARITY_LINE = re.compile(  # the accuracy of both models on the run's validation images, then the logits
+    r"check on 1000 validation images: top-1 PyTorch (\d+\.\d\d)%, exported \1% \(\+0\.00 points\), "
+    r"top-1 agreement 100\.00%\n"
+    r"logits: max \|Δlogit\| \d\.\de[-+]\d\d, top-1 agreement 100\.00% \(tolerance 1e-03\): OK"
 )
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed")

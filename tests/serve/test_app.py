@@ -19,7 +19,8 @@ from cnnkit.data.datasets import load_source
 from cnnkit.data.spec import Preprocess
 from cnnkit.errors import UsageError
 from cnnkit.inference import Predictor
-from cnnkit.inference.predictor import Metadata, TorchBackend
+from cnnkit.inference.backends import TorchBackend
+from cnnkit.inference.metadata import Metadata
 from cnnkit.models import create_model
 from cnnkit.serve.app import DemoModel, build_demo, editor_image, is_digit_model
 

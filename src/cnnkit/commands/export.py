@@ -3,6 +3,7 @@ against PyTorch on the run's validation images."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,12 @@ import torch
 
 from cnnkit.errors import CnnkitError, DataError, UsageError, unknown_name
 from cnnkit.inference import export
-from cnnkit.inference.loading import LoadedCheckpoint, checkpoint_loaders, load_checkpoint
-from cnnkit.inference.predictor import checkpoint_metadata
+from cnnkit.inference.loading import LoadedCheckpoint, checkpoint_loaders, first_images, load_checkpoint
+from cnnkit.inference.metadata import PRECISIONS, checkpoint_metadata
+
+DEFAULT_CALIBRATION = 256  # training images int8 is calibrated on ("a few hundred")
+DEFAULT_CHECK_COUNT = 1000  # validation images the exported file is scored on
+DEFAULT_ALLOW_DROP = 1.0  # accuracy points a reduced-precision file may lose before it is refused
 
 
 @dataclass
@@ -20,61 +25,127 @@ class ExportResult:
     """What ``cnnkit export`` wrote and how the file compares with PyTorch.
 
     Attributes:
-        path: the exported file (written even when parity failed, for inspection).
+        path: the exported file (for fp32 written even when parity failed, for inspection;
+            a refused fp16/int8 file is not kept).
         format: ``onnx`` or ``torchscript``.
+        precision: ``fp32``, ``fp16`` or ``int8``.
         parity: the exported file's logits against PyTorch's on ``checked``.
-        checked: what the parity images were (``validation images`` or ``given images``).
+        accuracy: top-1 of both on the same images (and their labels, when known).
+        checked: what the check images were (``validation images``, ``test images`` or ``given images``).
         exported: how the file was made (exporter, opset, seconds).
+        calibrated: training images int8 was calibrated on (0 otherwise).
         notes: exporter fallbacks, tracing warnings, skipped image files.
     """
 
     path: Path
     format: str
+    precision: str
     parity: export.ParityResult
+    accuracy: export.AccuracyCheck
     checked: str
     exported: export.ExportedFile
+    calibrated: int = 0
+    notes: list[str] = field(default_factory=list)
+    within_drop: bool = True  # fp16/int8: accuracy lost within --allow-drop
+
+    @property
+    def passed(self) -> bool:
+        """fp32: the logits match (:func:`cnnkit.inference.export.check_parity`). fp16/int8:
+        accuracy lost within the allowed drop (see :func:`export_checkpoint`)."""
+        return self.parity.ok if self.precision == "fp32" else self.within_drop
+
+
+@dataclass
+class _CheckSet:
+    """Normalised images ``[N, C, H, W]`` the export is checked on, their labels if known, what they are."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    what: str
     notes: list[str] = field(default_factory=list)
 
 
 def export_checkpoint(
     path: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, dynamic_batch: bool = False,
     opset: int | None = None, check_images: list[str] | None = None, tolerance: float = export.DEFAULT_TOLERANCE,
-    data_dir: str | None = None, count: int = 64,
+    data_dir: str | None = None, count: int = DEFAULT_CHECK_COUNT, precision: str = "fp32",
+    calibration: int = DEFAULT_CALIBRATION, allow_drop: float = DEFAULT_ALLOW_DROP, trust_code: Any = None,
 ) -> ExportResult:  # fmt: skip
-    """Export a checkpoint (or run folder) to ONNX or TorchScript and check it against PyTorch.
+    """Export a checkpoint (or run folder) and check the file against PyTorch on real images.
 
     Args:
         path: run folder (its ``best.pt``) or ``.pt`` checkpoint.
         fmt: ``onnx`` or ``torchscript``.
-        out: the file to write (default: ``RUN/export/model.onnx`` or
-            ``model.torchscript.pt`` for a run folder, else beside the ``.pt`` file).
+        out: the file to write (default: ``RUN/export/model.onnx`` (``model.fp16.onnx``,
+            ``model.int8.onnx``) or ``model.torchscript.pt`` for a run folder, else beside the ``.pt``).
         dynamic_batch: ONNX only: any batch size (default: a fixed batch of 1).
         opset: ONNX only: opset version (default: the exporter's).
-        check_images: image files/folders for the parity check (default: the first
-            ``count`` images of the run's validation split).
-        tolerance: largest absolute logit difference that passes.
+        check_images: image files/folders to check on (default: up to ``count`` images of
+            the run's validation split, or its test split when it has no validation split).
+        tolerance: fp32: largest absolute logit difference that passes.
         data_dir: folder holding the run's dataset, if not where it was trained.
-        count: validation images to check when no ``check_images`` are given.
+        count: images of the run's own split to check on.
+        precision: ``fp32``, ``fp16`` or ``int8`` (ONNX only).
+        calibration: int8: training images (the run's preprocessing, seeded random order)
+            that set the activation ranges.
+        allow_drop: fp16/int8: accuracy points the file may lose against PyTorch on the
+            check images (without labels: top-1 agreement may fall that far below 100 %).
+            A file that loses more is refused: not written, and :class:`CnnkitError` says so.
+        trust_code: your own model code that may be imported (see :mod:`cnnkit.usercode`).
 
     Raises:
-        UsageError: an unknown format, an ONNX-only option with TorchScript, a bad tolerance.
-        CnnkitError: no checkpoint, no parity images, or an export failure.
+        UsageError: an unknown format or precision, an ONNX-only option with TorchScript, bad values.
+        CnnkitError: no checkpoint, no check or calibration images, an export failure, a refused file.
     """
-    _check_options(fmt, dynamic_batch, opset, tolerance, count)
-    loaded = load_checkpoint(path)
-    images, checked, notes = _parity_images(loaded, check_images, data_dir, count)
-    target = Path(out) if out else _export_path(Path(path), loaded.path, fmt)
+    _check_options(fmt, dynamic_batch, opset, tolerance, count, precision, calibration, allow_drop)
+    loaded = load_checkpoint(path, trust_code=trust_code)
+    checks = _check_set(loaded, check_images, data_dir, count)
+    cal = _calibration_images(loaded, data_dir, calibration) if precision == "int8" else None
+    target = Path(out) if out else _export_path(Path(path), loaded.path, fmt, precision)
+    staging = target.with_name(f".{target.name}.partial") if precision != "fp32" else target
     # the example fixes the file's batch size (1) unless dynamic_batch; any image traces the same graph
-    exported = export.export_model(loaded.model, images[:1], target, checkpoint_metadata(loaded.checkpoint), fmt,
-                                   dynamic_batch=dynamic_batch, opset=opset)  # fmt: skip
-    reference = export.reference_logits(loaded.model, images)
-    parity = export.check_parity(reference, export.exported_logits(exported.path, fmt, images), tolerance)
-    return ExportResult(exported.path, fmt, parity, checked, exported, exported.notes + notes)
+    try:
+        made = export.export_model(loaded.model, checks.images[:1], staging, checkpoint_metadata(loaded.checkpoint),
+                                   fmt, dynamic_batch=dynamic_batch, opset=opset, precision=precision,
+                                   calibration=cal)  # fmt: skip
+        reference = export.reference_logits(loaded.model, checks.images)
+        logits = export.exported_logits(made.path, fmt, checks.images)
+        result = ExportResult(target, fmt, precision, export.check_parity(reference, logits, tolerance),
+                              export.compare_accuracy(reference, logits, checks.labels), checks.what, made,
+                              0 if cal is None else len(cal), made.notes + checks.notes)  # fmt: skip
+        result.within_drop = _within_drop(result.accuracy, allow_drop)
+        if staging != target and result.within_drop:
+            staging.replace(target)
+    finally:
+        if staging != target:
+            staging.unlink(missing_ok=True)  # gone when it was moved into place; a refused file is not kept
+    made.path = target
+    return result
 
 
-def _check_options(fmt: str, dynamic_batch: bool, opset: int | None, tolerance: float, count: int) -> None:
+def _within_drop(accuracy: export.AccuracyCheck, allow_drop: float) -> bool:
+    return _loss_points(accuracy) <= allow_drop + 1e-9
+
+
+def _loss_points(accuracy: export.AccuracyCheck) -> float:
+    """What ``--allow-drop`` bounds: accuracy points lost, or without labels the percentage of
+    top-1 labels that changed."""
+    drop = accuracy.drop_points
+    return 100 * (1 - accuracy.agreement) if drop is None else drop
+
+
+def _check_options(fmt: str, dynamic_batch: bool, opset: int | None, tolerance: float, count: int,
+                   precision: str, calibration: int, allow_drop: float) -> None:  # fmt: skip
     if fmt not in export.FORMATS:
         raise unknown_name("format", fmt, export.FORMATS)
+    if precision not in PRECISIONS:
+        raise unknown_name("precision", precision, PRECISIONS)
+    if fmt != "onnx" and precision != "fp32":
+        raise UsageError(f"--precision {precision} applies to --format onnx (TorchScript files are float32)")
+    if calibration < 1:
+        raise UsageError(f"--calibration must be at least 1 image, got {calibration}")
+    if not 0 <= allow_drop <= 100:
+        raise UsageError(f"--allow-drop is in accuracy points, 0 to 100; got {allow_drop}")
     if fmt != "onnx" and (dynamic_batch or opset is not None):
         raise UsageError(
             "--dynamic-batch and --opset apply to --format onnx (a traced TorchScript file takes any batch)"
@@ -87,54 +158,90 @@ def _check_options(fmt: str, dynamic_batch: bool, opset: int | None, tolerance: 
         raise UsageError(f"the parity check needs at least 1 image, got count={count}")
 
 
-def _export_path(given: Path, checkpoint: Path, fmt: str) -> Path:
-    suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
+def _export_path(given: Path, checkpoint: Path, fmt: str, precision: str) -> Path:
+    suffix = (".onnx" if precision == "fp32" else f".{precision}.onnx") if fmt == "onnx" else ".torchscript.pt"
     if given.is_dir():
         return given / "export" / f"model{suffix}"
     return checkpoint.with_name(checkpoint.stem + suffix)
 
 
-def _parity_images(loaded: LoadedCheckpoint, files: list[str] | None, data_dir: str | None,
-                   count: int) -> tuple[torch.Tensor, str, list[str]]:  # fmt: skip
-    """Normalised images ``[N, C, H, W]`` for the parity check, what they are, and notes."""
+def _check_set(loaded: LoadedCheckpoint, files: list[str] | None, data_dir: str | None, count: int) -> _CheckSet:
+    """The images to check the export on: the given files (no labels), else up to ``count``
+    labelled images of the run's validation split (its test split when it has none)."""
     if files:
         images, skipped = export.prepare_files(files, checkpoint_metadata(loaded.checkpoint))
         notes = [f"skipped {item.source}: {item.reason}" for item in skipped]
         if images is None:
             raise CnnkitError(f"none of the --check-images could be used ({'; '.join(notes)[:500]})")
-        return images, "given images", notes
+        return _CheckSet(images, None, "given images", notes)
+    loaders = _run_loaders(loaded, data_dir, "the check against PyTorch needs the run's validation images",
+                           "pass --check-images FILES, or --data-dir FOLDER holding the run's data")  # fmt: skip
+    split, loader = ("validation", loaders.val) if loaders.val is not None else ("test", loaders.test)
+    images, labels = first_images(loader, count)
+    if images is None:
+        raise CnnkitError(f"the run's {split} split is empty; pass --check-images FILES")
+    return _CheckSet(images, labels, f"{split} images")
+
+
+def _calibration_images(loaded: LoadedCheckpoint, data_dir: str | None, count: int) -> torch.Tensor:
+    """``count`` training images of the run, in its seeded random order, with its preprocessing."""
+    loaders = _run_loaders(loaded, data_dir, "int8 calibration needs the run's training images",
+                           "pass --data-dir FOLDER holding the run's data, or export --precision fp16",
+                           shuffle_train=True)  # fmt: skip
+    images, _ = first_images(loaders.train, count)
+    if images is None:
+        raise CnnkitError("the run's training split is empty: nothing to calibrate int8 on")
+    return images
+
+
+def _run_loaders(loaded: LoadedCheckpoint, data_dir: str | None, need: str, remedy: str,
+                 shuffle_train: bool = False) -> Any:  # fmt: skip
     try:
-        loaders, _, _ = checkpoint_loaders(loaded, data_dir=data_dir, device=torch.device("cpu"))
+        loaders, _, _ = checkpoint_loaders(loaded, data_dir=data_dir, device=torch.device("cpu"),
+                                           shuffle_train=shuffle_train)  # fmt: skip
     except DataError as err:
-        raise CnnkitError(
-            f"the parity check needs the run's validation images, which were not found ({err}); "
-            "pass --check-images FILES, or --data-dir FOLDER holding the run's data"
-        ) from None
-    batches, have = [], 0
-    for images, _ in loaders.val:
-        batches.append(images[: count - have].cpu().float())
-        have += len(batches[-1])
-        if have >= count:
-            break
-    if not batches:
-        raise CnnkitError("the run's validation split is empty; pass --check-images FILES")
-    return torch.cat(batches), "validation images", []
+        raise CnnkitError(f"{need}, which were not found ({err}); {remedy}") from None
+    return loaders
 
 
 def main(args: Any) -> None:
     """``cnnkit export``."""
     result = export_checkpoint(args.checkpoint, args.fmt, out=args.out, dynamic_batch=args.dynamic_batch,
                                opset=args.opset, check_images=args.check_images, tolerance=args.tolerance,
-                               data_dir=args.data_dir)  # fmt: skip
+                               data_dir=args.data_dir, count=args.check_count, precision=args.precision,
+                               calibration=args.calibration, allow_drop=args.allow_drop)  # fmt: skip
     made = result.exported
-    how = ", ".join([made.format] + ([f"opset {made.opset}"] if made.opset else []) + [made.exporter])
-    print(f"wrote {result.path} ({_file_size(result.path.stat().st_size)}; {how}; {made.seconds:.1f}s)")
+    how = ", ".join([made.format, result.precision] + ([f"opset {made.opset}"] if made.opset else []) + [made.exporter])
+    if result.passed or result.precision == "fp32":  # a failed fp32 file stays, for inspection
+        print(f"wrote {result.path} ({_file_size(result.path.stat().st_size)}; {how}; {made.seconds:.1f}s)")
+    if result.calibrated:
+        print(f"int8 calibrated on {result.calibrated} training images (min/max, per-channel weights)")
     for note in result.notes:
         print(f"note: {note}")
-    print(f"parity on {result.parity.images} {result.checked}: {result.parity.summary()}")
-    if not result.parity.ok:
+    print(f"check on {result.accuracy.images} {result.checked}: {result.accuracy.summary()}")
+    print(f"logits: {result.parity.summary()}" if result.precision == "fp32" else
+          f"logits: max |Δlogit| {result.parity.max_abs_diff:.1e} ({result.precision} rounds every logit; "
+          f"the accuracy above decides, --allow-drop {args.allow_drop:g} points)")  # fmt: skip
+    if not result.passed:
+        _refuse(result, args)
+
+
+def _refuse(result: ExportResult, args: Any) -> None:
+    if result.precision == "fp32":
         raise CnnkitError(f"the exported file's logits differ from PyTorch's beyond --tolerance {args.tolerance:g}; "
                           f"{result.path} was written anyway, for inspection")  # fmt: skip
+    drop = result.accuracy.drop_points
+    lost = f"loses {drop:.2f} accuracy points" if drop is not None else \
+        f"changes {1 - result.accuracy.agreement:.2%} of top-1 labels"
+    raise CnnkitError(f"the {result.precision} file {lost} against PyTorch on {result.accuracy.images} "
+                      f"{result.checked}, more than --allow-drop {args.allow_drop:g}; it was not written. "
+                      f"Pass --allow-drop {_accepting(result.accuracy)} to accept it, or export --precision "
+                      "fp16/fp32")  # fmt: skip
+
+
+def _accepting(accuracy: export.AccuracyCheck) -> str:
+    """The smallest ``--allow-drop`` (2 decimals, at most 100) that accepts this file."""
+    return f"{min(100.0, math.ceil(_loss_points(accuracy) * 100 - 1e-6) / 100):.2f}"
 
 
 def _file_size(size: int) -> str:

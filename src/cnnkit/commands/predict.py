@@ -23,6 +23,7 @@ class PredictSummary:
     seconds: float
     out: Path | None
     backend: str
+    backend_note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.predicted / max(self.seconds, 1e-9)
@@ -47,6 +48,8 @@ def predict(
 ) -> PredictSummary:
     """Predict every image among ``inputs`` (files, folders, globs), streaming results to ``out``.
 
+    ``backend``: ``auto`` (ONNX Runtime when the export extra is installed, see
+    :mod:`cnnkit.inference.runtime`), ``torch``, ``onnxruntime`` or ``openvino``.
     ``amp`` (torch backend): ``off`` (float32), ``bf16``, ``fp16`` or ``auto`` (bf16 on CUDA).
     ``tta``: None uses the run's own test-time augmentation (as ``cnnkit eval`` does),
     ``False``/``"none"`` none, ``True`` the run's or, for a run without, the views that suit
@@ -61,15 +64,21 @@ def predict(
     """
     from tqdm import tqdm
 
-    from cnnkit.inference import Predictor, expand_inputs
+    from cnnkit.inference import expand_inputs
     from cnnkit.inference.output import check_out_path, open_writer
+    from cnnkit.inference.runtime import check_options, load_predictor
 
     _check_options(topk, batch_size, workers, threshold)
+    check_options(model, backend, amp)
     out_path = check_out_path(out) if out is not None else None
-    predictor = Predictor.load(model, backend=backend, device=device, amp=amp)
+    if not Path(model).exists():  # before the inputs are listed: a wrong model path is the first thing to say
+        raise CnnkitError(f"model not found: {model}; give a run folder, a .pt checkpoint or an .onnx file")
     files, missing = expand_inputs(inputs)
     if not files:
         raise CnnkitError("no files to predict: " + "; ".join(f"{m.source}: {m.reason}" for m in missing))
+    predictor = load_predictor(model, backend=backend, device=device, amp=amp, sample_files=files)
+    if progress:
+        print(f"backend: {predictor.note}", file=sys.stderr)
     writer, target = open_writer(out_path, topk)
     start = time.perf_counter()
     try:
@@ -82,7 +91,7 @@ def predict(
             bar.update()
         bar.close()
         summary = PredictSummary(writer.predicted, writer.skipped, writer.unknown, time.perf_counter() - start,
-                                 out_path, predictor.backend.name)  # fmt: skip
+                                 out_path, predictor.backend.name, predictor.note)  # fmt: skip
         writer.finish(summary.as_dict())
     except BaseException:
         if target is not None:

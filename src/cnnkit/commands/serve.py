@@ -18,7 +18,8 @@ def main(args: Any) -> None:
         raise UsageError("--topk must be at least 1 and --examples at least 0")
     if args.concurrency < 1 or args.queue_size < 1:
         raise UsageError("--concurrency and --queue-size must be at least 1")
-    predictor = Predictor.load(args.checkpoint, device=args.device)
+    predictor = Predictor.load(args.checkpoint, backend=args.backend, device=args.device)
+    print(f"backend: {predictor.note}", flush=True)
     onnx = predictor.model is None
     examples = example_images(args.checkpoint, args.examples, args.data_dir) if args.examples and not onnx else []
     demo = build_demo(predictor, examples=examples, topk=args.topk, gradcam=not args.no_gradcam,

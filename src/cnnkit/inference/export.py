@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import tempfile
@@ -30,15 +31,10 @@ from cnnkit.atomic import atomic_write
 from cnnkit.checkpoint import unwrap
 from cnnkit.data.folder import ImageLoadError
 from cnnkit.errors import CnnkitError, unknown_name
-from cnnkit.inference.predictor import (
-    METADATA_KEY,
-    Metadata,
-    OnnxBackend,
-    Predictor,
-    Skipped,
-    expand_inputs,
-    onnx_session,
-)
+from cnnkit.inference.backends import OnnxBackend, onnx_session
+from cnnkit.inference.metadata import METADATA_KEY, PRECISIONS, Metadata
+from cnnkit.inference.precision import quantize_int8, to_fp16
+from cnnkit.inference.predictor import Predictor, Skipped, expand_inputs
 
 FORMATS = ("onnx", "torchscript")
 TORCHSCRIPT_METADATA = f"{METADATA_KEY}.json"  # the TorchScript extra file holding Metadata JSON
@@ -105,21 +101,68 @@ class ParityResult:
                 f"(tolerance {tolerance}): {'OK' if self.ok else 'FAILED'}")  # fmt: skip
 
 
+@dataclass
+class AccuracyCheck:
+    """Top-1 of the exported file and of PyTorch on the same images.
+
+    Attributes:
+        images: images scored.
+        agreement: fraction of images with the same top-1 class in both.
+        reference_top1, exported_top1: accuracy against the labels (None without labels).
+    """
+
+    images: int
+    agreement: float
+    reference_top1: float | None = None
+    exported_top1: float | None = None
+
+    @property
+    def drop_points(self) -> float | None:
+        """Accuracy lost by the export, in percentage points (negative: it gained)."""
+        if self.reference_top1 is None or self.exported_top1 is None:
+            return None
+        return 100 * (self.reference_top1 - self.exported_top1)
+
+    def summary(self) -> str:
+        """``PyTorch 97.40 %, exported 97.20 % (-0.20 points), top-1 agreement 99.60 %``."""
+        agreement = f"top-1 agreement {self.agreement:.2%}"
+        if self.drop_points is None:
+            return agreement + " (no labels: accuracy not scored)"
+        return (f"top-1 PyTorch {self.reference_top1:.2%}, exported {self.exported_top1:.2%} "
+                f"({round(-self.drop_points, 2) + 0.0:+.2f} points), {agreement}")  # fmt: skip
+
+
+def compare_accuracy(reference: torch.Tensor, exported: torch.Tensor, labels: torch.Tensor | None) -> AccuracyCheck:
+    """Score logits ``[N, K]`` of PyTorch and of the exported file against ``labels`` ``[N]``."""
+    ref_top, out_top = reference.argmax(1).cpu(), exported.argmax(1).cpu()
+    agreement = float((ref_top == out_top).double().mean())
+    if labels is None:
+        return AccuracyCheck(len(ref_top), agreement)
+    labels = labels.cpu()
+    return AccuracyCheck(len(ref_top), agreement, float((ref_top == labels).double().mean()),
+                         float((out_top == labels).double().mean()))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- export
 
 
 def export_model(model: nn.Module, example: torch.Tensor, path: str | Path, metadata: Metadata, fmt: str, *,
-                 dynamic_batch: bool = False, opset: int | None = None) -> ExportedFile:  # fmt: skip
+                 dynamic_batch: bool = False, opset: int | None = None, precision: str = "fp32",
+                 calibration: torch.Tensor | None = None) -> ExportedFile:  # fmt: skip
     """Export to ``fmt`` (``onnx`` or ``torchscript``); see :func:`export_onnx`."""
     if fmt == "onnx":
-        return export_onnx(model, example, path, metadata, dynamic_batch=dynamic_batch, opset=opset)
+        return export_onnx(model, example, path, metadata, dynamic_batch=dynamic_batch, opset=opset,
+                           precision=precision, calibration=calibration)  # fmt: skip
     if fmt == "torchscript":
+        if precision != "fp32":
+            raise CnnkitError(f"--precision {precision} applies to --format onnx")
         return export_torchscript(model, example, path, metadata)
     raise unknown_name("format", fmt, FORMATS)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, metadata: Metadata, *,
-                dynamic_batch: bool = False, opset: int | None = None) -> ExportedFile:  # fmt: skip
+                dynamic_batch: bool = False, opset: int | None = None, precision: str = "fp32",
+                calibration: torch.Tensor | None = None) -> ExportedFile:  # fmt: skip
     """Write ``model`` as one ONNX file: input ``input`` ``[B, C, H, W]``, output ``logits`` ``[B, K]``.
 
     Args:
@@ -130,13 +173,22 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, metad
         metadata: class names and preprocessing to store in the file.
         dynamic_batch: let the batch dimension vary (named ``batch``).
         opset: ONNX opset version (None: the exporter's default).
+        precision: ``fp32``, ``fp16`` (:func:`~cnnkit.inference.precision.to_fp16`) or
+            ``int8`` (:func:`~cnnkit.inference.precision.quantize_int8`); input and output
+            stay float32. The metadata records it.
+        calibration: int8 only: normalised images ``[N, C, H, W]`` to calibrate on.
 
     Uses the ``torch.export``-based exporter; if that fails, the legacy TorchScript-based
     one, and ``notes`` says so.
 
     Raises:
-        CnnkitError: onnx/onnxscript missing, or neither exporter could convert the model.
+        CnnkitError: onnx/onnxscript missing, neither exporter could convert the model, or
+            int8 without calibration images.
     """
+    if precision not in PRECISIONS:
+        raise unknown_name("precision", precision, PRECISIONS)
+    if precision == "int8" and calibration is None:
+        raise CnnkitError("--precision int8 needs calibration images")
     onnx = _require_onnx()
     start = time.perf_counter()
     model, example = _ready(model, example)
@@ -161,7 +213,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, metad
                 raise CnnkitError(f"cannot export the model to ONNX: torch.export: {first}; "
                                   f"legacy exporter: {_first_line(legacy)}") from None  # fmt: skip
         proto = onnx.load(str(raw))  # also pulls in any external-data sidecar: one file comes out
-    _add_metadata(proto, metadata)
+    proto = _convert(proto, precision, calibration, notes)
+    _add_metadata(proto, dataclasses.replace(metadata, precision=precision))
     try:
         data = proto.SerializeToString()
     except ValueError as exc:  # protobuf refuses messages over 2 GB
@@ -169,6 +222,15 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, metad
     atomic_write(path, lambda handle: handle.write(data))
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     return ExportedFile(path, "onnx", exporter, opset_used, time.perf_counter() - start, notes)
+
+
+def _convert(proto: Any, precision: str, calibration: torch.Tensor | None, notes: list[str]) -> Any:
+    if precision == "fp16":
+        return to_fp16(proto)
+    if precision == "int8":
+        assert calibration is not None  # checked by export_onnx
+        return quantize_int8(proto, calibration, notes)
+    return proto
 
 
 def _onnx_dynamo(model: nn.Module, example: torch.Tensor, path: Path, dynamic: bool, opset: int | None) -> None:

@@ -87,12 +87,14 @@ def check_split(split: str) -> None:
 
 def checkpoint_loaders(
     loaded: LoadedCheckpoint, *, data: str | None = None, data_dir: str | None = None,
-    device: torch.device, batch_size: int | None = None, training: bool = False,
+    device: torch.device, batch_size: int | None = None, training: bool = False, shuffle_train: bool = False,
 ) -> tuple[Any, DataSpec, RunConfig]:  # fmt: skip
     """Loaders of the checkpoint's own split (or of ``data``) with its stored preprocessing.
 
     ``training=True`` keeps the run's augmentation on the train loader (to show what the
-    model saw); otherwise every split is plain, unshuffled evaluation data.
+    model saw); otherwise every split is plain, unshuffled evaluation data, except that
+    ``shuffle_train`` draws the training images in the run's seeded random order (a
+    sample of every class from the first batches, e.g. to calibrate int8 on).
 
     Raises:
         DataError: the run's data cannot be found (the message says where it looked).
@@ -101,6 +103,7 @@ def checkpoint_loaders(
     if data is None:  # the run's own data: your own Dataset code is imported only if trusted
         usercode.bind_record(loaded.checkpoint.data_code, "dataset")
     cfg = _evaluation_config(loaded, training=training, batch_size=batch_size)
+    cfg.data.shuffle = cfg.data.shuffle or shuffle_train
     saved_split = None
     if data is not None:
         cfg.data.name = data
@@ -117,6 +120,20 @@ def checkpoint_loaders(
             f"the data's classes {spec.class_names[:10]} differ from the checkpoint's {loaded.class_names[:10]}"
         )
     return loaders, spec, cfg
+
+
+def first_images(loader: Any, count: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The first ``count`` images ``[N, C, H, W]`` (float32, CPU) and labels ``[N]`` of a loader."""
+    images, labels, have = [], [], 0
+    for batch_images, batch_labels in loader:
+        images.append(batch_images[: count - have].cpu().float())
+        labels.append(batch_labels[: count - have].cpu())
+        have += len(images[-1])
+        if have >= count:
+            break
+    if not images:
+        return None, torch.empty(0, dtype=torch.long)
+    return torch.cat(images), torch.cat(labels)
 
 
 def split_loader(loaders: Any, split: str) -> Any:

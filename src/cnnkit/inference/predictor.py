@@ -1,21 +1,22 @@
 """Prediction from a checkpoint or an exported ONNX file, with the preprocessing it carries.
 
 :class:`Predictor` turns images of any common kind (file paths, PIL images, NumPy arrays,
-tensors) into ranked class names. Two backends run the network: PyTorch (from a cnnkit
-checkpoint) and ONNX Runtime (from a file written by ``cnnkit export``, which carries the
-class names and preprocessing as metadata). Files are decoded in parallel threads
+tensors) into ranked class names. The network runs in one of the backends of
+:mod:`cnnkit.inference.backends`: PyTorch (from a cnnkit checkpoint), ONNX Runtime or
+OpenVINO (from a file written by ``cnnkit export``, which carries the class names and
+preprocessing as metadata; a checkpoint runs through such a file when that is faster,
+see :mod:`cnnkit.inference.runtime`). Files are decoded in parallel threads
 and streamed through in batches by :meth:`Predictor.predict_files`, so memory
 stays flat however many files there are.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,13 @@ from cnnkit.checkpoint import Checkpoint
 from cnnkit.data.folder import ImageLoadError, load_image, to_mode
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_transform
-from cnnkit.engine.device import autocast
 from cnnkit.engine.tta import check_tta, suggested_tta, tta_logits, tta_views
 from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.inference.backends import OnnxBackend, OpenVinoBackend, TorchBackend, onnx_session, openvino_model
+from cnnkit.inference.metadata import Metadata, as_checkpoint, checkpoint_metadata
 from cnnkit.models import create_model, require_model_code
 
 UNKNOWN = "unknown"
-METADATA_KEY = "cnnkit"  # ONNX metadata_props key / TorchScript extra file holding the JSON below
 MAX_PIXELS = 64_000_000  # arrays and tensors bigger than this are refused (like PIL's bomb check)
 
 ImageLike = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
@@ -75,38 +76,6 @@ class Skipped:
     reason: str
 
 
-@dataclass
-class Metadata:
-    """What an exported model carries besides its weights (JSON in the exported file).
-
-    Attributes:
-        augment: the run's training augmentation preset.
-        tta: the run's test-time augmentation (``train.tta``): what eval scored with, and
-            what :class:`Predictor` uses unless told otherwise. ``none`` for files
-            exported before it was recorded.
-    """
-
-    class_names: list[str]
-    preprocess: Preprocess
-    model: dict[str, Any] = field(default_factory=dict)
-    augment: str = "none"
-    tta: str = "none"
-
-    def to_json(self) -> str:
-        return json.dumps({"class_names": self.class_names, "preprocess": self.preprocess.to_dict(),
-                           "model": self.model, "augment": self.augment, "tta": self.tta})  # fmt: skip
-
-    @classmethod
-    def from_json(cls, text: str, where: str) -> Metadata:
-        try:
-            values = json.loads(text)
-            return cls(list(values["class_names"]), Preprocess.from_dict(values["preprocess"]),
-                       dict(values.get("model", {})), str(values.get("augment", "none")),
-                       check_tta(str(values.get("tta") or "none")))  # fmt: skip
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CnnkitError(f"{where}: its cnnkit metadata is unreadable ({exc}); re-export it") from None
-
-
 def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], trust_code: Any = None) -> nn.Module:
     """The model a checkpoint describes, with its weights, in eval mode on the CPU.
 
@@ -120,7 +89,7 @@ def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], trust_code: Any = N
         UsageError: untrusted user code (the message says what to pass).
         CnnkitError: a checkpoint without a model description.
     """
-    ckpt = _as_checkpoint(ckpt)
+    ckpt = as_checkpoint(ckpt)
     desc = ckpt.model
     if desc is None:
         raise CnnkitError(f"{ckpt.path or 'the checkpoint'} has no model description (written by engine.fit "
@@ -130,96 +99,6 @@ def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], trust_code: Any = N
                          input_size=tuple(desc.input_size) if desc.input_size else None, **desc.kwargs)  # fmt: skip
     model.load_state_dict(ckpt.state_dict)
     return model.eval()
-
-
-def checkpoint_metadata(ckpt: Checkpoint | dict[str, Any]) -> Metadata:
-    """Class names, preprocessing, model description, training augmentation and test-time
-    augmentation of a checkpoint."""
-    ckpt = _as_checkpoint(ckpt)
-    augment = (ckpt.config.get("data") or {}).get("augment", "none")
-    tta = (ckpt.config.get("train") or {}).get("tta", "none")
-    model = ckpt.model.to_dict() if ckpt.model is not None else {}
-    return Metadata(list(ckpt.class_names), Preprocess.from_dict(ckpt.preprocess), model, str(augment or "none"),
-                    check_tta(str(tta or "none")))  # fmt: skip
-
-
-def _as_checkpoint(ckpt: Checkpoint | dict[str, Any]) -> Checkpoint:
-    return ckpt if isinstance(ckpt, Checkpoint) else Checkpoint.from_payload(ckpt)
-
-
-# ----------------------------------------------------------------------------- backends
-
-
-class TorchBackend:
-    """Runs a PyTorch model: float32 ``[B, C, H, W]`` in, float32 logits ``[B, K]`` out.
-
-    ``dtype`` (e.g. ``torch.bfloat16``) runs the model under autocast: faster on GPUs and
-    on CPUs with bf16 matrix units (Intel AMX), at the cost of logits rounded to ~3
-    significant digits (a near-tie may then rank the other way).
-    """
-
-    name = "torch"
-
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> None:
-        self.model = model.eval().to(device)
-        self.device = device
-        self.dtype = dtype
-        # channels-last is up to 2x faster for convolutions on CPUs and tensor cores alike
-        self.memory_format = torch.channels_last
-        self.model.to(memory_format=self.memory_format)
-
-    @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        with autocast(self.device, self.dtype):
-            return self.model(images).float().cpu()
-
-
-class OnnxBackend:
-    """Runs an ONNX file with ONNX Runtime (CPU, or CUDA when its provider is installed)."""
-
-    name = "onnxruntime"
-
-    def __init__(self, session: Any) -> None:
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-        shape = session.get_inputs()[0].shape
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().cpu().float().numpy()
-        size = self.fixed_batch
-        if size is None or size == len(array):
-            return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
-        # exported without --dynamic-batch: run fixed-size chunks, the last one zero-padded
-        outputs = []
-        for start in range(0, len(array), size):
-            chunk = array[start : start + size]
-            real = len(chunk)
-            if real < size:
-                chunk = np.concatenate([chunk, np.zeros((size - real, *array.shape[1:]), array.dtype)])
-            outputs.append(self.session.run(None, {self.input_name: chunk})[0][:real])
-        return torch.from_numpy(np.concatenate(outputs))
-
-
-def onnx_session(path: str | Path) -> tuple[Any, Metadata]:
-    """An ONNX Runtime session for ``path`` and the cnnkit metadata stored in it."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CnnkitError("the onnxruntime backend needs onnxruntime: pip install 'cnnkit[export]'") from None
-    path = Path(path)
-    if not path.is_file():
-        raise CnnkitError(f"ONNX file not found: {path}")
-    try:
-        session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise CnnkitError(f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
-    props = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise CnnkitError(f"{path} carries no cnnkit metadata (class names, preprocessing); "
-                          "export it with `cnnkit export`")  # fmt: skip
-    return session, Metadata.from_json(props[METADATA_KEY], str(path))
 
 
 # ----------------------------------------------------------------------------- images
@@ -366,6 +245,7 @@ class Predictor:
         self.backend = backend
         self.metadata = metadata
         self.model = model
+        self.note = ""  # how the backend was chosen (set by :meth:`load`)
         self.transform = eval_transform(metadata.preprocess)
 
     @classmethod
@@ -377,31 +257,49 @@ class Predictor:
         CPU), ``bf16``/``fp16`` (autocast), or ``auto`` (bf16 on CUDA, float32 elsewhere).
         ``trust_code``: your own model code that may be imported (see :func:`model_from_checkpoint`).
         """
-        from cnnkit.engine.device import amp_dtype, resolve_device
-
         ckpt = Checkpoint.load(path)
         model = model_from_checkpoint(ckpt, trust_code=trust_code)
-        device = device if isinstance(device, torch.device) else resolve_device(device)
-        return cls(TorchBackend(model, device, amp_dtype(amp, device)), checkpoint_metadata(ckpt), model)
+        return cls.from_model(model, checkpoint_metadata(ckpt), device, amp)
 
     @classmethod
-    def from_onnx(cls, path: str | Path) -> Predictor:
-        """Load a file written by ``cnnkit export --format onnx``; needs nothing else."""
-        session, metadata = onnx_session(path)
+    def from_model(cls, model: nn.Module, metadata: Metadata, device: str | torch.device = "cpu",
+                   amp: str = "off") -> Predictor:  # fmt: skip
+        """A PyTorch model with its metadata (see :meth:`from_checkpoint` for ``device`` and ``amp``)."""
+        from cnnkit.engine.device import amp_dtype, resolve_device
+
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        return cls(TorchBackend(model, device, amp_dtype(amp, device)), metadata, model)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, threads: int | None = None) -> Predictor:
+        """Load a file written by ``cnnkit export --format onnx`` into ONNX Runtime; needs nothing else.
+
+        ``threads``: ONNX Runtime's intra-op threads (None: one per physical core).
+        """
+        session, metadata = onnx_session(path, threads)
         return cls(OnnxBackend(session), metadata)
+
+    @classmethod
+    def from_openvino(cls, path: str | Path, threads: int | None = None) -> Predictor:
+        """Run a file written by ``cnnkit export --format onnx`` in OpenVINO (``cnnkit[openvino]``)."""
+        compiled, metadata = openvino_model(path, threads)
+        return cls(OpenVinoBackend(compiled), metadata)
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", device: str = "cpu", amp: str = "off",
              trust_code: Any = None) -> Predictor:  # fmt: skip
-        """``backend``: ``torch``, ``onnxruntime``, or ``auto`` (by the file's extension);
-        ``amp`` applies to the torch backend (see :meth:`from_checkpoint`)."""
-        if backend not in ("auto", "torch", "onnxruntime"):
-            raise UsageError(f"unknown backend {backend!r}; valid: auto, torch, onnxruntime")
-        if backend == "onnxruntime" or (backend == "auto" and str(path).lower().endswith(".onnx")):
-            if amp != "off":
-                raise UsageError("--amp applies to the torch backend; an ONNX file runs in its own precision")
-            return cls.from_onnx(path)
-        return cls.from_checkpoint(path, device, amp, trust_code=trust_code)
+        """A checkpoint, run folder or exported ``.onnx`` file, on the fastest runtime available.
+
+        ``backend``: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``. ``auto`` runs an
+        ONNX file in ONNX Runtime, and a checkpoint on the CPU in ONNX Runtime too when the
+        export extra is installed (through an ONNX file built once and checked against
+        PyTorch, see :func:`cnnkit.inference.runtime.load_predictor`), else in PyTorch.
+        ``amp`` applies to the torch backend (see :meth:`from_checkpoint`); ``note`` on the
+        result says what was chosen and why.
+        """
+        from cnnkit.inference.runtime import load_predictor
+
+        return load_predictor(path, backend=backend, device=device, amp=amp, trust_code=trust_code)
 
     @property
     def class_names(self) -> list[str]:

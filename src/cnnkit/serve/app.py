@@ -288,21 +288,8 @@ def build_demo(
                 sketch, draw, upload, send = _input_panel(gr, digits)
                 examples_column = gr.Column()
             with gr.Column():
-                label = gr.Label(
-                    num_top_classes=model.topk, label="Prediction", elem_id="prediction"
-                )
-                seen = gr.Image(
-                    label="What the model sees", type="pil", format="png", interactive=False
-                )
-                cam = gr.Image(
-                    label="Grad-CAM",
-                    type="pil",
-                    format="png",
-                    interactive=False,
-                    visible=model.gradcam,
-                )
-        outputs = [label, seen, cam]
-        files = OutputFiles(Path(seen.GRADIO_CACHE) / "cnnkit-outputs")
+                outputs = _output_panel(gr, model)
+        files = OutputFiles(Path(outputs[1].GRADIO_CACHE) / "cnnkit-outputs")
         # one concurrency group: the page's events together run at most the queue's
         # concurrency limit of predictions at once (see launch)
         if digits:
@@ -334,6 +321,14 @@ def build_demo(
                     label="Validation images (click one)",
                 )
     return demo
+
+
+def _output_panel(gr: Any, model: DemoModel) -> list[Any]:
+    """[the ranked classes, the image the model saw, the Grad-CAM overlay]."""
+    label = gr.Label(num_top_classes=model.topk, label="Prediction", elem_id="prediction")
+    seen = gr.Image(label="What the model sees", type="pil", format="png", interactive=False)
+    cam = gr.Image(label="Grad-CAM", type="pil", format="png", interactive=False, visible=model.gradcam)
+    return [label, seen, cam]
 
 
 def _intro(title: str, names: list[str], digits: bool) -> str:

@@ -1,0 +1,86 @@
+"""What a model file carries besides its weights: class names, preprocessing, the model's
+description, the run's augmentation and TTA, and for exported files their precision and the
+checkpoint they came from. Stored as JSON (ONNX ``metadata_props`` key ``cnnkit``,
+TorchScript extra file ``cnnkit.json``); imports no model code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnkit.checkpoint import Checkpoint
+from cnnkit.data.spec import Preprocess
+from cnnkit.engine.tta import check_tta
+from cnnkit.errors import CnnkitError
+
+METADATA_KEY = "cnnkit"  # ONNX metadata_props key / TorchScript extra file holding the JSON below
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class Metadata:
+    """What an exported model carries besides its weights (JSON in the exported file).
+
+    Attributes:
+        augment: the run's training augmentation preset.
+        tta: the run's test-time augmentation (``train.tta``): what eval scored with, and
+            what :class:`~cnnkit.inference.Predictor` uses unless told otherwise. ``none`` for
+            files exported before it was recorded.
+        precision: the exported file's numbers: ``fp32``, ``fp16`` or ``int8`` (``fp32``
+            for checkpoints and for files exported before it was recorded).
+        source_sha256: SHA-256 of the checkpoint file the export came from (``""`` if unknown).
+    """
+
+    class_names: list[str]
+    preprocess: Preprocess
+    model: dict[str, Any] = field(default_factory=dict)
+    augment: str = "none"
+    tta: str = "none"
+    precision: str = "fp32"
+    source_sha256: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"class_names": self.class_names, "preprocess": self.preprocess.to_dict(),
+                           "model": self.model, "augment": self.augment, "tta": self.tta,
+                           "precision": self.precision, "source_sha256": self.source_sha256})  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Metadata:
+        try:
+            values = json.loads(text)
+            return cls(list(values["class_names"]), Preprocess.from_dict(values["preprocess"]),
+                       dict(values.get("model", {})), str(values.get("augment", "none")),
+                       check_tta(str(values.get("tta") or "none")), str(values.get("precision") or "fp32"),
+                       str(values.get("source_sha256") or ""))  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CnnkitError(f"{where}: its cnnkit metadata is unreadable ({exc}); re-export it") from None
+
+
+def checkpoint_metadata(ckpt: Checkpoint | dict[str, Any]) -> Metadata:
+    """Class names, preprocessing, model description, training augmentation and test-time
+    augmentation of a checkpoint (its ``source_sha256`` when it was read from a file)."""
+    ckpt = as_checkpoint(ckpt)
+    augment = (ckpt.config.get("data") or {}).get("augment", "none")
+    tta = (ckpt.config.get("train") or {}).get("tta", "none")
+    model = ckpt.model.to_dict() if ckpt.model is not None else {}
+    digest = file_sha256(ckpt.path) if ckpt.path is not None and Path(ckpt.path).is_file() else ""
+    return Metadata(list(ckpt.class_names), Preprocess.from_dict(ckpt.preprocess), model, str(augment or "none"),
+                    check_tta(str(tta or "none")), source_sha256=digest)  # fmt: skip
+
+
+def as_checkpoint(ckpt: Checkpoint | dict[str, Any]) -> Checkpoint:
+    """A :class:`Checkpoint` as is, or one made from a payload dict."""
+    return ckpt if isinstance(ckpt, Checkpoint) else Checkpoint.from_payload(ckpt)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MB blocks (a checkpoint may be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,207 @@
+"""Which runtime runs a model: the fastest one available unless the user names one.
+
+``backend="auto"`` (what ``cnnkit predict`` and ``cnnkit serve`` use):
+
+* an exported ``.onnx`` file runs in ONNX Runtime;
+* a checkpoint or run folder on the CPU, in float32, runs in ONNX Runtime too when the
+  export extra is installed: the first time, an ONNX file is exported from it and its
+  logits are checked against PyTorch's on real images (the run's validation images, or
+  the images about to be predicted); the file that passes is kept in the cache folder
+  (``$CNNKIT_CACHE_DIR/onnx``, keyed by the checkpoint's SHA-256), so every later call
+  starts from it. ONNX Runtime runs EfficientNet-Lite0 about 2.5x faster than PyTorch on
+  a 2-core CPU and small CNNs 1.2-1.7x (``bench/predict_throughput.py``);
+* otherwise (no export extra, a GPU, ``--amp``, a build that failed its check): PyTorch.
+
+``torch``, ``onnxruntime`` and ``openvino`` force one (the last two build the same cached
+file from a checkpoint). The PyTorch model stays loaded beside any runtime, for Grad-CAM.
+:attr:`Predictor.note <cnnkit.inference.Predictor.note>` says what was chosen and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib.util
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnkit.atomic import write_json
+from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.inference.backends import BACKENDS
+from cnnkit.inference.loading import LoadedCheckpoint, checkpoint_loaders, first_images, load_checkpoint
+from cnnkit.inference.metadata import Metadata, checkpoint_metadata
+from cnnkit.inference.predictor import Predictor
+
+CHECK_IMAGES = 64  # images the one-off ONNX build is checked on
+EXPORT_EXTRA = ("onnx", "onnxscript", "onnxruntime")
+
+
+def load_predictor(path: str | Path, *, backend: str = "auto", device: str | torch.device = "cpu", amp: str = "off",
+                   trust_code: Any = None, sample_files: Sequence[str] = ()) -> Predictor:  # fmt: skip
+    """A :class:`Predictor` for a checkpoint, run folder or ``.onnx`` file (see the module doc).
+
+    ``sample_files``: images the caller is about to predict; an ONNX build is checked on
+    them when the run's own validation images cannot be found.
+
+    Raises:
+        UsageError: an unknown backend, or one that cannot run this file with these options.
+        CnnkitError: a forced ``onnxruntime``/``openvino`` that is not installed or whose
+            ONNX build failed; anything :meth:`Predictor.from_checkpoint` raises.
+    """
+    check_options(path, backend, amp)
+    if _is_onnx(path):
+        return _exported_file(Path(path), backend)
+    loaded = load_checkpoint(path, trust_code=trust_code)
+    predictor = Predictor.from_model(loaded.model, checkpoint_metadata(loaded.checkpoint), device, amp)
+    if backend == "torch":
+        predictor.note = "torch (as asked)"
+        return predictor
+    blocked = _fast_path_blocked(predictor, amp, backend)
+    if blocked:
+        if backend != "auto":
+            raise CnnkitError(f"--backend {backend} cannot run here: {blocked}")
+        predictor.note = f"torch ({blocked})"
+        return predictor
+    onnx_file, how = cached_onnx(loaded, predictor, sample_files)
+    if onnx_file is None:
+        if backend != "auto":
+            raise CnnkitError(f"--backend {backend}: {how}")
+        predictor.note = f"torch ({how})"
+        return predictor
+    fast = Predictor.from_openvino(onnx_file) if backend == "openvino" else Predictor.from_onnx(onnx_file)
+    fast.model = predictor.model  # Grad-CAM and anything else that needs the PyTorch module
+    fast.note = f"{fast.backend.name} ({how}; --backend torch for PyTorch)"
+    return fast
+
+
+def check_options(path: str | Path, backend: str, amp: str) -> None:
+    """Refuse a backend that does not exist or cannot run ``path`` with ``amp`` (before any loading).
+
+    Raises:
+        UsageError: saying which option to change.
+    """
+    if backend not in ("auto", *BACKENDS):
+        raise UsageError(f"unknown backend {backend!r}; valid: auto, {', '.join(BACKENDS)}")
+    if _is_onnx(path) and backend == "torch":
+        raise UsageError(f"{path} is an ONNX file: it runs in onnxruntime or openvino; "
+                         "give the run folder or .pt checkpoint for --backend torch")  # fmt: skip
+    if _is_onnx(path) and amp != "off":
+        raise UsageError("--amp applies to the torch backend; an ONNX file runs in its own precision")
+
+
+def _is_onnx(path: str | Path) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def _exported_file(path: Path, backend: str) -> Predictor:
+    predictor = Predictor.from_openvino(path) if backend == "openvino" else Predictor.from_onnx(path)
+    predictor.note = f"{predictor.backend.name} ({predictor.metadata.precision} file from cnnkit export)"
+    return predictor
+
+
+def _fast_path_blocked(predictor: Predictor, amp: str, backend: str) -> str:
+    """Why a checkpoint cannot run through an ONNX file here ('' when it can)."""
+    device = getattr(predictor.backend, "device", torch.device("cpu"))
+    if device.type != "cpu":
+        return f"the model runs on {device.type}; the ONNX path is for CPUs"
+    if getattr(predictor.backend, "dtype", None) is not None:  # --amp auto on a CPU is float32: no autocast
+        return f"--amp {amp} runs PyTorch autocast"
+    missing = [name for name in EXPORT_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed; pip install 'cnnkit[export]' to run it in ONNX Runtime"
+    if backend == "openvino" and importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed: pip install 'cnnkit[openvino]'"
+    return ""
+
+
+def onnx_cache_path(metadata: Metadata) -> Path:
+    """Where the ONNX file of the checkpoint with this metadata is cached."""
+    from cnnkit.data.datasets import cache_dir
+
+    return cache_dir() / "onnx" / f"{metadata.source_sha256[:32]}.onnx"
+
+
+def cached_onnx(loaded: LoadedCheckpoint, predictor: Predictor,
+                sample_files: Sequence[str] = ()) -> tuple[Path | None, str]:  # fmt: skip
+    """The checked fp32 ONNX file of a checkpoint, built now if it is not cached, and how it came.
+
+    Returns ``(file, how)``, or ``(None, why not)`` when the export or its check failed
+    (remembered beside the cache entry, so a failing model is not re-exported every call).
+    """
+    if not predictor.metadata.source_sha256:
+        return None, "the checkpoint's file hash is unknown, so an ONNX build could not be cached"
+    target = onnx_cache_path(predictor.metadata)
+    failed = target.with_suffix(".failed.json")
+    if target.is_file():
+        return target, f"ONNX file cached from an earlier run: {target}"
+    if failed.is_file():
+        return None, f"an earlier ONNX build failed: {json.loads(failed.read_text())['reason']} ({failed})"
+    start = time.perf_counter()
+    try:
+        images, what = _check_images(loaded, predictor, sample_files)
+    except CnnkitError as exc:  # not remembered: the next call may bring images to check on
+        return None, f"no ONNX build: {exc}"
+    try:
+        parity = _build(predictor, images, target)
+    except CnnkitError as exc:
+        return None, _remember_failure(failed, f"ONNX build failed: {exc}")
+    except OSError as exc:  # a read-only or full cache folder: PyTorch still predicts
+        return None, (f"cannot write the ONNX build to {target.parent} ({exc.strerror or exc}); "
+                      "point CNNKIT_CACHE_DIR at a writable folder")  # fmt: skip
+    if not parity.ok:
+        return None, _remember_failure(failed, f"the ONNX build differs from PyTorch ({parity.summary()})")
+    seconds = time.perf_counter() - start
+    return target, f"ONNX file built in {seconds:.1f} s, logits match PyTorch on {parity.images} {what}; cached"
+
+
+def _build(predictor: Predictor, images: torch.Tensor, target: Path) -> Any:
+    """Export to a staging file, check it, move it into place only when it passes."""
+    from cnnkit.inference import export
+
+    assert predictor.model is not None  # a checkpoint's Predictor holds its model
+    # a name of its own: two processes building the same checkpoint must not remove each other's file
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        export.export_onnx(predictor.model, images[:2], staging, predictor.metadata, dynamic_batch=True)
+        reference = export.reference_logits(predictor.model, images)
+        parity = export.check_parity(reference, export.exported_logits(staging, "onnx", images))
+        if parity.ok:
+            staging.replace(target)
+        return parity
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def _check_images(loaded: LoadedCheckpoint, predictor: Predictor,
+                  sample_files: Sequence[str]) -> tuple[torch.Tensor, str]:  # fmt: skip
+    """Up to :data:`CHECK_IMAGES` real images: the run's validation split if it is on disk (never
+    downloaded: predicting a few files must not fetch a dataset), else ``sample_files``."""
+    from cnnkit.inference.export import prepare_files
+
+    try:
+        offline = dataclasses.replace(loaded, config=copy.deepcopy(loaded.config))
+        offline.config.data.download = False  # 64 check images are not worth downloading a dataset for
+        loaders, _, _ = checkpoint_loaders(offline, device=torch.device("cpu"))
+        images, _ = first_images(loaders.val or [], CHECK_IMAGES)
+        if images is not None:
+            return images, "validation images"
+    except (CnnkitError, OSError):  # DataError: the run's data is elsewhere; or its classes changed
+        pass  # check on the caller's images
+    images, _ = prepare_files(list(sample_files[:CHECK_IMAGES]), predictor.metadata) if sample_files else (None, [])
+    if images is None:
+        raise CnnkitError("no images to check it against PyTorch (the run's data was not found)")
+    return images, "of the images to predict"
+
+
+def _remember_failure(marker: Path, reason: str) -> str:
+    with contextlib.suppress(OSError):  # an unwritable cache: the build is tried again next time
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_json(marker, {"reason": reason})
+    return reason
