@@ -31,7 +31,7 @@ with both, not the server alone.
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/serve_load.py                  # both models, ~15 min on 2 cores
+    .venv/bin/python bench/serve_load.py                  # both models, --concurrency 1 and 2: ~25 min on 2 cores
     .venv/bin/python bench/serve_load.py --quick          # digits only, one repeat, ~2 min
     .venv/bin/python bench/serve_load.py --checkpoint RUN # the photo model from RUN
 """
