@@ -78,17 +78,24 @@ def amp_dtype(
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str] | None:
+    """The x86 CPU feature flags Linux lists in ``/proc/cpuinfo`` (``avx2``, ``amx_bf16``...),
+    or None where there are none to read (not Linux, or not x86: ARM lists "Features")."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            lines = [line for line in handle if line.startswith("flags")]
+    except OSError:
+        return None
+    return frozenset(flag for line in lines for flag in line.split(":", 1)[-1].split()) if lines else None
+
+
 def cpu_has_bf16_matrix_units() -> bool:
-    """Whether this CPU advertises AMX-BF16 tiles (Linux ``/proc/cpuinfo`` flag ``amx_bf16``).
+    """Whether this CPU advertises AMX-BF16 tiles (the ``amx_bf16`` flag).
 
     Only such CPUs run bf16 convolutions and matrix products faster than float32;
     ``torch``'s own "bf16 supported" check is also true where bf16 is emulated.
     """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            return any("amx_bf16" in line.split() for line in handle if line.startswith("flags"))
-    except OSError:  # not Linux
-        return False
+    return "amx_bf16" in (cpu_flags() or ())
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from cnnkit.engine.device import cpu_flags
 from cnnkit.errors import CnnkitError
 
 CALIBRATION_BATCH = 32  # images per calibration run (a fixed-batch file takes its own size)
@@ -148,13 +149,8 @@ def _batch_of(proto: Any) -> int | None:
 
 def _has_vnni() -> bool:
     """x86 CPUs with AVX-512 VNNI or AVX-VNNI; True elsewhere (ARM's int8 dot product is exact)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return True
-    if "flags" not in flags:  # not x86 (ARM lists "Features")
-        return True
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    flags = cpu_flags()
+    return flags is None or "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def _require_quantization() -> Any:
