@@ -213,12 +213,12 @@ def throughput_table(checkpoint: Path, data: Path, repeats: int, exported: dict[
           f"({'met' if default >= 3 else 'NOT met'})")  # fmt: skip
     print(f"goal: int8 >= 1.5x fp32 in ONNX Runtime at <= 1 point lost: {int8:.2f}x, {lost:+.2f} points lost "
           f"({'met' if int8 >= 1.5 and lost <= 1 else 'NOT met'})")  # fmt: skip
-    network_table(model, files, exported, openvino)
+    network_table(model, meta, files, exported, openvino)
 
 
-def network_table(model: torch.nn.Module, files: list[str], exported: dict[str, Path], openvino: bool) -> None:
+def network_table(model: torch.nn.Module, meta, files: list[str], exported: dict[str, Path], openvino: bool) -> None:
     """The network alone on 32 pre-decoded images, per runtime and precision."""
-    torch_backend = Predictor.from_model(model, checkpoint_metadata_of(exported["fp32"]))
+    torch_backend = Predictor.from_model(model, meta)
     images = torch.stack([torch_backend.prepare(path) for path in files[:32]])
     runs = {"PyTorch eager": model.eval(), "PyTorch channels-last (torch backend)": torch_backend.backend}
     for precision, path in exported.items():
@@ -233,22 +233,16 @@ def network_table(model: torch.nn.Module, files: list[str], exported: dict[str, 
             print(f"| {name} | {model_only(run, images, 5):.1f} |")
 
 
-def checkpoint_metadata_of(onnx_file: Path):
-    from cnnkit.inference.backends import onnx_session
-
-    return onnx_session(onnx_file)[1]
-
-
 def tune_table(checkpoint: Path, data: Path) -> None:
     """The default path's settings, measured: ONNX Runtime threads and spinning, decode threads, batch."""
     import onnxruntime as ort
 
     from cnnkit.inference.backends import OnnxBackend
-    from cnnkit.inference.runtime import load_predictor
+    from cnnkit.inference.runtime import load_predictor, onnx_cache_path
 
     files = sorted(str(p) for p in data.rglob("*") if p.is_file())[:1000]
-    built = load_predictor(checkpoint)  # the cached ONNX file of the default path
-    path = next(iter(built.note.split("cached from an earlier run: ")[1:]), "").split(";")[0]
+    built = load_predictor(checkpoint)  # builds or finds the cached ONNX file of the default path
+    path = str(onnx_cache_path(built.metadata))
     cores = core_count()
     print(f"\ntuning the default path on {len(files)} files ({path}), images/s, best of 2")
     print("| ORT threads | ORT spin-wait | decode threads | batch | img/s |")

@@ -35,6 +35,7 @@ class ExportResult:
         exported: how the file was made (exporter, opset, seconds).
         calibrated: training images int8 was calibrated on (0 otherwise).
         notes: exporter fallbacks, tracing warnings, skipped image files.
+        allow_drop: fp16/int8: the accuracy points the file may lose (``--allow-drop``).
     """
 
     path: Path
@@ -46,7 +47,12 @@ class ExportResult:
     exported: export.ExportedFile
     calibrated: int = 0
     notes: list[str] = field(default_factory=list)
-    within_drop: bool = True  # fp16/int8: accuracy lost within --allow-drop
+    allow_drop: float = DEFAULT_ALLOW_DROP
+
+    @property
+    def within_drop(self) -> bool:
+        """The accuracy lost (without labels: the top-1 labels changed) is within ``allow_drop``."""
+        return _loss_points(self.accuracy) <= self.allow_drop + 1e-9
 
     @property
     def passed(self) -> bool:
@@ -99,8 +105,9 @@ def export_checkpoint(
     """
     _check_options(fmt, dynamic_batch, opset, tolerance, count, precision, calibration, allow_drop)
     loaded = load_checkpoint(path, trust_code=trust_code)
-    checks = _check_set(loaded, check_images, data_dir, count)
-    cal = _calibration_images(loaded, data_dir, calibration) if precision == "int8" else None
+    run_data = _RunData(loaded, data_dir, shuffle_train=precision == "int8")
+    checks = _check_set(loaded, check_images, run_data, count)
+    cal = _calibration_images(run_data, calibration) if precision == "int8" else None
     target = Path(out) if out else _export_path(Path(path), loaded.path, fmt, precision)
     staging = target.with_name(f".{target.name}.partial") if precision != "fp32" else target
     # the example fixes the file's batch size (1) unless dynamic_batch; any image traces the same graph
@@ -112,8 +119,7 @@ def export_checkpoint(
         logits = export.exported_logits(made.path, fmt, checks.images)
         result = ExportResult(target, fmt, precision, export.check_parity(reference, logits, tolerance),
                               export.compare_accuracy(reference, logits, checks.labels), checks.what, made,
-                              0 if cal is None else len(cal), made.notes + checks.notes)  # fmt: skip
-        result.within_drop = _within_drop(result.accuracy, allow_drop)
+                              0 if cal is None else len(cal), made.notes + checks.notes, allow_drop)  # fmt: skip
         if staging != target and result.within_drop:
             staging.replace(target)
     finally:
@@ -121,10 +127,6 @@ def export_checkpoint(
             staging.unlink(missing_ok=True)  # gone when it was moved into place; a refused file is not kept
     made.path = target
     return result
-
-
-def _within_drop(accuracy: export.AccuracyCheck, allow_drop: float) -> bool:
-    return _loss_points(accuracy) <= allow_drop + 1e-9
 
 
 def _loss_points(accuracy: export.AccuracyCheck) -> float:
@@ -165,7 +167,7 @@ def _export_path(given: Path, checkpoint: Path, fmt: str, precision: str) -> Pat
     return checkpoint.with_name(checkpoint.stem + suffix)
 
 
-def _check_set(loaded: LoadedCheckpoint, files: list[str] | None, data_dir: str | None, count: int) -> _CheckSet:
+def _check_set(loaded: LoadedCheckpoint, files: list[str] | None, run_data: _RunData, count: int) -> _CheckSet:
     """The images to check the export on: the given files (no labels), else up to ``count``
     labelled images of the run's validation split (its test split when it has none)."""
     if files:
@@ -174,8 +176,8 @@ def _check_set(loaded: LoadedCheckpoint, files: list[str] | None, data_dir: str 
         if images is None:
             raise CnnkitError(f"none of the --check-images could be used ({'; '.join(notes)[:500]})")
         return _CheckSet(images, None, "given images", notes)
-    loaders = _run_loaders(loaded, data_dir, "the check against PyTorch needs the run's validation images",
-                           "pass --check-images FILES, or --data-dir FOLDER holding the run's data")  # fmt: skip
+    loaders = run_data.loaders("the check against PyTorch needs the run's validation images",
+                               "pass --check-images FILES, or --data-dir FOLDER holding the run's data")  # fmt: skip
     split, loader = ("validation", loaders.val) if loaders.val is not None else ("test", loaders.test)
     images, labels = first_images(loader, count)
     if images is None:
@@ -183,25 +185,37 @@ def _check_set(loaded: LoadedCheckpoint, files: list[str] | None, data_dir: str 
     return _CheckSet(images, labels, f"{split} images")
 
 
-def _calibration_images(loaded: LoadedCheckpoint, data_dir: str | None, count: int) -> torch.Tensor:
+def _calibration_images(run_data: _RunData, count: int) -> torch.Tensor:
     """``count`` training images of the run, in its seeded random order, with its preprocessing."""
-    loaders = _run_loaders(loaded, data_dir, "int8 calibration needs the run's training images",
-                           "pass --data-dir FOLDER holding the run's data, or export --precision fp16",
-                           shuffle_train=True)  # fmt: skip
+    loaders = run_data.loaders("int8 calibration needs the run's training images",
+                               "pass --data-dir FOLDER holding the run's data, or export --precision fp16")  # fmt: skip
     images, _ = first_images(loaders.train, count)
     if images is None:
         raise CnnkitError("the run's training split is empty: nothing to calibrate int8 on")
     return images
 
 
-def _run_loaders(loaded: LoadedCheckpoint, data_dir: str | None, need: str, remedy: str,
-                 shuffle_train: bool = False) -> Any:  # fmt: skip
-    try:
-        loaders, _, _ = checkpoint_loaders(loaded, data_dir=data_dir, device=torch.device("cpu"),
-                                           shuffle_train=shuffle_train)  # fmt: skip
-    except DataError as err:
-        raise CnnkitError(f"{need}, which were not found ({err}); {remedy}") from None
-    return loaders
+class _RunData:
+    """The run's loaders, built the first time they are needed and then shared: the check
+    images and int8's calibration images come from one build of the dataset.
+
+    ``shuffle_train``: the training loader in the run's seeded random order (calibration).
+    """
+
+    def __init__(self, loaded: LoadedCheckpoint, data_dir: str | None, shuffle_train: bool) -> None:
+        self.loaded, self.data_dir, self.shuffle_train = loaded, data_dir, shuffle_train
+        self._loaders: Any = None
+
+    def loaders(self, need: str, remedy: str) -> Any:
+        """The loaders; ``need`` and ``remedy`` word the error when the run's data is missing."""
+        if self._loaders is None:
+            try:
+                self._loaders, _, _ = checkpoint_loaders(self.loaded, data_dir=self.data_dir,
+                                                         device=torch.device("cpu"),
+                                                         shuffle_train=self.shuffle_train)  # fmt: skip
+            except DataError as err:
+                raise CnnkitError(f"{need}, which were not found ({err}); {remedy}") from None
+        return self._loaders
 
 
 def main(args: Any) -> None:

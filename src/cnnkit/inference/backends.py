@@ -116,16 +116,15 @@ def _require_onnxruntime() -> Any:
     return ort
 
 
-def onnx_session(path: str | Path, threads: int | None = None) -> tuple[Any, Metadata]:
+def onnx_session(path: str | Path) -> tuple[Any, Metadata]:
     """An ONNX Runtime session for ``path`` and the cnnkit metadata stored in it.
 
-    ``threads``: ONNX Runtime's intra-op threads (None: its default, one per physical core).
+    ONNX Runtime keeps its own thread count (one per physical core: fewer measured slower,
+    ``bench/predict_throughput.py --tune``).
     """
     ort = _require_onnxruntime()
     path = _existing(path, "ONNX file")
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
     # ONNX Runtime's threads spin-wait between ops by default, taking the cores from the
     # threads that decode the next images; without it cnnkit predict is faster end to end
     # on 2 cores (bench/predict_throughput.py --tune)
@@ -137,7 +136,7 @@ def onnx_session(path: str | Path, threads: int | None = None) -> tuple[Any, Met
     return session, _metadata_of(session.get_modelmeta().custom_metadata_map, path)
 
 
-def openvino_model(path: str | Path, threads: int | None = None) -> tuple[Any, Metadata]:
+def openvino_model(path: str | Path) -> tuple[Any, Metadata]:
     """An OpenVINO model compiled for the CPU from an exported ONNX file, and its metadata."""
     try:
         import openvino as ov
@@ -145,7 +144,7 @@ def openvino_model(path: str | Path, threads: int | None = None) -> tuple[Any, M
         raise CnnkitError("the openvino backend needs openvino: pip install 'cnnkit[openvino]'") from None
     path = _existing(path, "ONNX file")
     metadata = _metadata_of(_onnx_properties(path), path)
-    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+    config: dict[str, Any] = {}
     if metadata.precision in ("fp32", "fp16"):
         config["INFERENCE_PRECISION_HINT"] = "f32"  # see OpenVinoBackend: no silent bf16
     try:

@@ -88,13 +88,16 @@ def check_split(split: str) -> None:
 def checkpoint_loaders(
     loaded: LoadedCheckpoint, *, data: str | None = None, data_dir: str | None = None,
     device: torch.device, batch_size: int | None = None, training: bool = False, shuffle_train: bool = False,
+    download: bool | None = None,
 ) -> tuple[Any, DataSpec, RunConfig]:  # fmt: skip
     """Loaders of the checkpoint's own split (or of ``data``) with its stored preprocessing.
 
     ``training=True`` keeps the run's augmentation on the train loader (to show what the
     model saw); otherwise every split is plain, unshuffled evaluation data, except that
     ``shuffle_train`` draws the training images in the run's seeded random order (a
-    sample of every class from the first batches, e.g. to calibrate int8 on).
+    sample of every class from the first batches, e.g. to calibrate int8 on). ``download``
+    overrides the run's own setting for a registered dataset that is not on disk
+    (``False``: a :class:`DataError` instead of a download).
 
     Raises:
         DataError: the run's data cannot be found (the message says where it looked).
@@ -104,6 +107,8 @@ def checkpoint_loaders(
         usercode.bind_record(loaded.checkpoint.data_code, "dataset")
     cfg = _evaluation_config(loaded, training=training, batch_size=batch_size)
     cfg.data.shuffle = cfg.data.shuffle or shuffle_train
+    if download is not None:
+        cfg.data.download = download
     saved_split = None
     if data is not None:
         cfg.data.name = data

@@ -271,18 +271,15 @@ class Predictor:
         return cls(TorchBackend(model, device, amp_dtype(amp, device)), metadata, model)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, threads: int | None = None) -> Predictor:
-        """Load a file written by ``cnnkit export --format onnx`` into ONNX Runtime; needs nothing else.
-
-        ``threads``: ONNX Runtime's intra-op threads (None: one per physical core).
-        """
-        session, metadata = onnx_session(path, threads)
+    def from_onnx(cls, path: str | Path) -> Predictor:
+        """Load a file written by ``cnnkit export --format onnx`` into ONNX Runtime; needs nothing else."""
+        session, metadata = onnx_session(path)
         return cls(OnnxBackend(session), metadata)
 
     @classmethod
-    def from_openvino(cls, path: str | Path, threads: int | None = None) -> Predictor:
+    def from_openvino(cls, path: str | Path) -> Predictor:
         """Run a file written by ``cnnkit export --format onnx`` in OpenVINO (``cnnkit[openvino]``)."""
-        compiled, metadata = openvino_model(path, threads)
+        compiled, metadata = openvino_model(path)
         return cls(OpenVinoBackend(compiled), metadata)
 
     @classmethod

@@ -20,8 +20,6 @@ file from a checkpoint). The PyTorch model stays loaded beside any runtime, for 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import importlib.util
 import json
 import time
@@ -108,10 +106,10 @@ def _exported_file(path: Path, backend: str) -> Predictor:
 
 def _fast_path_blocked(predictor: Predictor, amp: str, backend: str) -> str:
     """Why a checkpoint cannot run through an ONNX file here ('' when it can)."""
-    device = getattr(predictor.backend, "device", torch.device("cpu"))
-    if device.type != "cpu":
-        return f"the model runs on {device.type}; the ONNX path is for CPUs"
-    if getattr(predictor.backend, "dtype", None) is not None:  # --amp auto on a CPU is float32: no autocast
+    torch_backend = predictor.backend  # the TorchBackend of a checkpoint
+    if torch_backend.device.type != "cpu":
+        return f"the model runs on {torch_backend.device.type}; the ONNX path is for CPUs"
+    if torch_backend.dtype is not None:  # --amp auto on a CPU is float32: no autocast
         return f"--amp {amp} runs PyTorch autocast"
     missing = [name for name in EXPORT_EXTRA if importlib.util.find_spec(name) is None]
     if missing:
@@ -185,10 +183,8 @@ def _check_images(loaded: LoadedCheckpoint, predictor: Predictor,
     downloaded: predicting a few files must not fetch a dataset), else ``sample_files``."""
     from cnnkit.inference.export import prepare_files
 
-    try:
-        offline = dataclasses.replace(loaded, config=copy.deepcopy(loaded.config))
-        offline.config.data.download = False  # 64 check images are not worth downloading a dataset for
-        loaders, _, _ = checkpoint_loaders(offline, device=torch.device("cpu"))
+    try:  # 64 check images are not worth downloading a dataset for
+        loaders, _, _ = checkpoint_loaders(loaded, device=torch.device("cpu"), download=False)
         images, _ = first_images(loaders.val or [], CHECK_IMAGES)
         if images is not None:
             return images, "validation images"
