@@ -23,7 +23,6 @@ import pytest
 import torch
 from PIL import Image
 
-import cnnkit
 from cli_helpers import one_line_error, run_cli
 from cnnkit import export_checkpoint
 from cnnkit.cli import main
@@ -161,15 +160,6 @@ def test_exported_model_matches_pytorch_on_real_images(name, fmt, subjects, tmp_
 
 
 # ----------------------------------------------------------------------------- a trained run, end to end
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """LeNet after one epoch of the default recipe (embedded MNIST, no augmentation: 2 s)."""
-    out = tmp_path_factory.mktemp("export-runs")
-    run = cnnkit.train(epochs=1, augment="none", output_dir=str(out), name="mnist", report=False, progress=False,
-                       log=lambda line: None)  # fmt: skip
-    return run.dir
 
 
 def _cli(*argv: str) -> tuple[int, str, str]:

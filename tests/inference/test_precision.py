@@ -19,7 +19,6 @@ import pytest
 import torch
 from PIL import Image
 
-import cnnkit
 from cli_helpers import one_line_error, run_cli
 from cnnkit import export_checkpoint
 from cnnkit.commands.export import ExportResult
@@ -33,15 +32,6 @@ pytest.importorskip("onnxruntime", reason="the export extra is not installed")
 from onnx import TensorProto, numpy_helper  # noqa: E402  (after the skip: onnx may be missing)
 
 PNGS = 500  # embedded MNIST test digits written as PNG files
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """LeNet after one epoch of the default recipe (embedded MNIST, no augmentation: ~2 s)."""
-    out = tmp_path_factory.mktemp("precision-runs")
-    run = cnnkit.train(epochs=1, augment="none", output_dir=str(out), name="mnist", report=False, progress=False,
-                       log=lambda line: None)  # fmt: skip
-    return run.dir
 
 
 @pytest.fixture(scope="module")

@@ -36,15 +36,6 @@ DIGITS = 100  # PNG files predicted: more than runtime.CHECK_IMAGES, so a check 
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """LeNet after one epoch of the default recipe (embedded MNIST, no augmentation: ~2 s)."""
-    out = tmp_path_factory.mktemp("runtime-runs")
-    run = cnnkit.train(epochs=1, augment="none", output_dir=str(out), name="mnist", report=False, progress=False,
-                       log=lambda line: None)  # fmt: skip
-    return run.dir
-
-
-@pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of the first :data:`DIGITS` embedded MNIST test digits as PNG files."""
     folder = tmp_path_factory.mktemp("digits")

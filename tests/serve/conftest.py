@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import cnnkit
+from cnnkit.data.datasets import load_source
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +32,15 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         log=lambda line: None,
     )
     return run.dir
+
+
+@pytest.fixture(scope="session")
+def mnist_png(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The first embedded MNIST test digit as a PNG file, and its label."""
+    images, labels = load_source("embedded-mnist", None, False).test
+    path = tmp_path_factory.mktemp("digit") / "digit.png"
+    Image.fromarray(images[0, 0].numpy()).save(path)
+    return path, str(int(labels[0]))
 
 
 class Server:

@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnnkit.data.datasets import load_source
-
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,15 +43,6 @@ def browser(chromium: str) -> Iterator:
         )
         yield context
         context.close()
-
-
-@pytest.fixture(scope="module")
-def mnist_png(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The first embedded MNIST test digit as a PNG file, and its label."""
-    images, labels = load_source("embedded-mnist", None, False).test
-    path = tmp_path_factory.mktemp("digit") / "digit.png"
-    Image.fromarray(images[0, 0].numpy()).save(path)
-    return path, str(int(labels[0]))
 
 
 def draw(page, strokes: list[list[tuple[float, float]]]) -> None:

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from cli_helpers import run_cli
-from cnnkit.data.datasets import load_source
 from cnnkit.errors import UsageError
 from cnnkit.inference import Predictor
 from cnnkit.serve.app import DemoModel, OutputFiles, build_demo, launch, read_upload
@@ -20,15 +19,6 @@ from cnnkit.serve.app import DemoModel, OutputFiles, build_demo, launch, read_up
 @pytest.fixture(scope="module")
 def predictor(digits_run: Path) -> Predictor:
     return Predictor.from_checkpoint(digits_run)
-
-
-@pytest.fixture(scope="module")
-def digit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A real MNIST test digit as a PNG file, and its label."""
-    images, labels = load_source("embedded-mnist", None, False).test
-    path = tmp_path_factory.mktemp("digit") / "digit.png"
-    Image.fromarray(images[1, 0].numpy()).save(path)
-    return path, str(int(labels[1]))
 
 
 def test_each_bad_upload_is_refused_with_what_was_wrong(bad_uploads: dict[str, tuple[Path, str]]) -> None:
@@ -52,9 +42,9 @@ def test_an_image_over_the_limit_is_refused_from_its_header(tmp_path: Path, blan
 
 
 def test_an_upload_payload_is_read_by_cnnkit_and_predicted(
-    predictor: Predictor, digit: tuple[Path, str], bad_uploads: dict[str, tuple[Path, str]]
+    predictor: Predictor, mnist_png: tuple[Path, str], bad_uploads: dict[str, tuple[Path, str]]
 ) -> None:
-    path, label = digit
+    path, label = mnist_png
     model = DemoModel(predictor, gradcam=False)
 
     top, seen, _ = model.upload({"path": str(path), "orig_name": "seven.png", "meta": {"_type": "gradio.FileData"}})
@@ -67,12 +57,12 @@ def test_an_upload_payload_is_read_by_cnnkit_and_predicted(
         model.upload({"path": None})
 
 
-def test_requests_from_many_threads_run_the_model_on_one(predictor: Predictor, digit: tuple[Path, str]) -> None:
+def test_requests_from_many_threads_run_the_model_on_one(predictor: Predictor, mnist_png: tuple[Path, str]) -> None:
     """Grad-CAM hooks the model, so calls must not overlap; one thread also keeps torch's
     memory in one malloc arena (see DemoModel)."""
     import threading
 
-    path, label = digit
+    path, label = mnist_png
     model = DemoModel(predictor)
     ran_on: set[int] = set()
     hook = predictor.model.register_forward_hook(lambda *_: ran_on.add(threading.get_ident()))
