@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for add in (_train, _lr_find, _eval, _predict, _report, _summary, _explain, _export, _serve, _check, _runs,
-                _listings):  # fmt: skip
+    for add in (_train, _lr_find, _eval, _predict, _report, _summary, _explain, _export, _serve, _studio, _check,
+                _runs, _listings):  # fmt: skip
         add(sub)
     return parser
 
@@ -222,6 +222,15 @@ def _serve(sub) -> None:
     sv.add_argument("--queue-size", type=int, default=64, metavar="N",
                     help="requests that may wait; more are refused with 'queue is full' (default 64)")
     _trust_code(sv)
+
+
+def _studio(sub) -> None:
+    st = _command(sub, "studio", "studio:main",
+                  "a web page to collect images, train, look at the results, try the model and take it away")  # fmt: skip
+    st.add_argument("project", nargs="?", default="cnnkit-studio", metavar="PROJECT_DIR",
+                    help="the project folder (created if missing; default ./cnnkit-studio)")  # fmt: skip
+    st.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    st.add_argument("--port", type=int, default=7860)
 
 
 def _check(sub) -> None:
