@@ -36,6 +36,7 @@ from cnnkit.data import DataSpec
 from cnnkit.data.folder import skipped_files_log
 from cnnkit.engine import EvalResult, distributed
 from cnnkit.engine.device import amp_dtype
+from cnnkit.engine.epoch import TrainingStopped
 from cnnkit.engine.phases import cached_head_scores, fit_phases, total_epochs
 from cnnkit.engine.scoring import Scores, metrics, score
 from cnnkit.log import console, logger, quiet_unless, say
@@ -99,6 +100,7 @@ def train(
     resume: str | Path | None = None,
     check: bool = True,
     trust_code: Any = None,
+    should_stop: Callable[[], bool] | None = None,
     **overrides: Any,
 ) -> Run:
     """Train a model as ``cnnkit train`` does and return the :class:`Run`.
@@ -117,12 +119,17 @@ def train(
             CSV dataset: unusable data stops here, anything training survives is logged.
         trust_code: with ``resume``, the files/modules of the run's own model or dataset
             code that may be imported (``True``: whatever the checkpoint names).
+        should_stop: asked between training steps and epochs (e.g. a ``threading.Event``'s
+            ``is_set``); True stops the run there, resumable: ``last.pt`` records the position,
+            ``status.json`` says ``interrupted`` and :class:`~cnnkit.engine.loop.TrainingStopped`
+            is raised. Not under torchrun.
         **overrides: config values by field name (``epochs=2``, ``lr=0.01``, ``data="cifar10"``,
             ``data_dir=...``, ``model="vgg16_bn"``, ``model_kwargs={...}``) or dotted key.
 
     Raises:
         UsageError: a bad config value (nothing is written). CnnkitError / DataError:
             missing data, unusable files, a run that cannot resume.
+        TrainingStopped: ``should_stop`` said so (the run folder is resumable).
 
     Example:
         >>> run = cnnkit.train(recipe="mnist-lenet", epochs=1, data_dir="../shared/data")
@@ -140,13 +147,13 @@ def train(
         ranks = distributed.setup(cfg.train.device)  # under torchrun: join the group (a no-op otherwise)
         try:
             with quiet_unless(ranks.is_main):  # torchrun: only rank 0 prints
-                return _run(cfg, folder, state, data_check, ranks, progress)
+                return _run(cfg, folder, state, data_check, ranks, progress, should_stop)
         finally:
             distributed.teardown()
 
 
 def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, data_check: Any,
-         ranks: distributed.DistEnv, progress: bool) -> Run:  # fmt: skip
+         ranks: distributed.DistEnv, progress: bool, should_stop: Callable[[], bool] | None = None) -> Run:  # fmt: skip
     """Train inside the run folder. Under torchrun every rank runs this on its shard of the
     data; only rank 0 writes files and prints."""
     start = time.perf_counter()
@@ -161,7 +168,8 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
         _log_start(cfg, session, folder, state, data_check, ranks)
         if state is not None and folder.writer:
             resuming.record_resume(folder, cfg)
-        result, test, scores = _fit_and_test(cfg, session, folder, state, data_check, progress and ranks.is_main)
+        result, test, scores = _fit_and_test(cfg, session, folder, state, data_check, progress and ranks.is_main,
+                                             should_stop)  # fmt: skip
         run = Run(folder.path, cfg, session.spec, session.model, result.history, result.best_epoch, test,
                   time.perf_counter() - start, session.spec.notes)  # fmt: skip
         if folder.writer:
@@ -174,7 +182,8 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
 
 
 def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Checkpoint | None, data_check: Any,
-                  progress: bool) -> tuple[Any, EvalResult | None, tuple[str, Scores] | None]:  # fmt: skip
+                  progress: bool, should_stop: Callable[[], bool] | None = None,
+                  ) -> tuple[Any, EvalResult | None, tuple[str, Scores] | None]:  # fmt: skip
     """Fit (every phase), reload the best weights, score the test split with the run's TTA.
 
     Returns the fit result, the test evaluation and the scores the report can reuse with
@@ -197,7 +206,8 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
           open_loggers(folder.path, tracked, first_epoch=first_epoch, say=say) as trackers):
         trackers.start(model, (spec.channels, *spec.input_size), cfg)  # TensorBoard, MLflow, W&B
         result = fit_phases(model, loaders, cfg, spec, device, folder.path if folder.writer else None, meta, say,
-                            progress, resume=state, class_weights=class_weights, trackers=trackers)  # fmt: skip
+                            progress, resume=state, class_weights=class_weights, trackers=trackers,
+                            should_stop=should_stop)  # fmt: skip
         result.run_dir = folder.path
         if folder.writer:
             model.load_state_dict(Checkpoint.load(folder.best).state_dict)
@@ -270,6 +280,11 @@ def _recording_status(folder: RunFolder, writer: bool) -> Iterator[None]:
         folder.set_status("running")
     try:
         yield
+    except TrainingStopped as stopped:
+        if writer:
+            folder.set_status("interrupted", f"stopped on request ({stopped.where})")
+            logger.warning(f"stopped; continue with: cnnkit train --resume {_quoted(folder.path)}")
+        raise
     except KeyboardInterrupt:
         if writer:
             folder.set_status("interrupted", "stopped by Ctrl-C")

@@ -3,7 +3,9 @@
 A step is: fetch the batch, forward (mixed precision, mixup/cutmix) and backward (fp16
 scaling, gradient accumulation), then on every ``accumulate``-th batch the optimizer step
 and the EMA update. :class:`EpochProgress` is how far an epoch got: what a mid-epoch
-checkpoint records and what an interrupted epoch continues from.
+checkpoint records and what an interrupted epoch continues from. A ``stop`` callable ends
+an epoch early between two optimizer steps, after a mid-epoch checkpoint
+(:class:`TrainingStopped`), so the run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -24,6 +26,25 @@ from cnnkit.engine.distributed import all_reduce_sum, current
 from cnnkit.engine.regularize import BatchMixer, WeightEma
 from cnnkit.engine.scoring import to_device
 from cnnkit.engine.speed import NoTimer, StepTimer
+
+
+class TrainingStopped(Exception):
+    """Training ended early because its ``should_stop`` callable said so (not an error).
+
+    Raised between two optimizer steps or two epochs, after ``last.pt`` recorded where
+    training was (when the run writes files), so ``cnnkit train --resume`` continues it.
+
+    Attributes:
+        epoch: the epoch it stopped in (1-based).
+        batches: optimizer steps done in that epoch (0: stopped at the epoch boundary).
+        where: ``epoch 3 after 12 steps`` or ``epoch 3 at its end``.
+    """
+
+    def __init__(self, epoch: int, batches: int = 0) -> None:
+        self.epoch = epoch
+        self.batches = batches
+        self.where = f"epoch {epoch}" + (f" after {batches} steps" if batches else " at its end")
+        super().__init__(f"training stopped on request in {self.where}")
 
 
 @dataclass
@@ -77,6 +98,8 @@ def train_one_epoch(
     accumulate: int = 1,
     mixer: BatchMixer | None = None,
     ema: WeightEma | None = None,
+    stop: Callable[[], bool] | None = None,
+    epoch: int = 0,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns mean ``loss``, ``acc``, ``images`` and ``seconds``.
 
@@ -91,6 +114,11 @@ def train_one_epoch(
             larger effective batch); mid-epoch checkpoints fall on optimizer steps.
         mixer: mixup/cutmix of each batch into soft targets (accuracy still counts against the true labels).
         ema: an average of the weights, updated after every optimizer step.
+        stop: asked after every optimizer step but the epoch's last; True ends the epoch there:
+            ``checkpoint(progress)`` records it (as a mid-epoch checkpoint does), then
+            :class:`TrainingStopped` is raised. One process only (not under torchrun: the
+            ranks would disagree on where to stop).
+        epoch: the epoch's number, for :class:`TrainingStopped`.
     """
     model.train()
     sums = _RunningSums(start or EpochProgress(), device)
@@ -114,6 +142,9 @@ def train_one_epoch(
         if checkpoint_every and update and since_checkpoint >= checkpoint_every and sums.step != total:
             since_checkpoint = 0
             _save_progress(sums, checkpoint)
+        if stop is not None and update and sums.step != total and stop():
+            _save_progress(sums, checkpoint)
+            raise TrainingStopped(epoch, sums.step)
     return sums.summary()
 
 

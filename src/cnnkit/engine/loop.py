@@ -4,7 +4,8 @@
 train loader, ``evaluate`` measures loss/top-1/top-5 and the confusion matrix, and ``fit``
 alternates them, logs one summary line per epoch, writes ``metrics.csv`` and saves
 ``last.pt``/``best.pt``. The only callback is ``on_epoch_end(row)``, called once per epoch
-after the checkpoints are written.
+after the checkpoints are written; ``should_stop()`` is the one question it asks, between
+steps and epochs, to end a run early but resumable (:class:`TrainingStopped`).
 
 ``best.pt`` holds the weights that were validated (the EMA with ``--ema``) and the
 metadata only; ``last.pt`` (and ``epoch_NNN.pt``) also hold the
@@ -35,7 +36,7 @@ from cnnkit.checkpoint import Checkpoint
 from cnnkit.config import METRIC_ALIASES, SELECT_METRICS, TrainConfig
 from cnnkit.engine.device import amp_dtype, resolve_device, seed_everything
 from cnnkit.engine.distributed import all_reduce_sum, current
-from cnnkit.engine.epoch import EpochProgress, train_one_epoch
+from cnnkit.engine.epoch import EpochProgress, TrainingStopped, train_one_epoch
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.regularize import BatchMixer, WeightEma, build_mixer
 from cnnkit.engine.run_state import FitResult, TrainState, restore, run_checkpoint, run_description
@@ -52,6 +53,7 @@ __all__ = [  # other modules and tests import these from here
     "EvalResult",
     "FitResult",
     "TrainState",
+    "TrainingStopped",
     "evaluate",
     "fit",
     "improves",
@@ -97,6 +99,7 @@ def fit(
     total_epochs: int | None = None,
     resume: Checkpoint | dict[str, Any] | None = None,
     class_weights: torch.Tensor | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs, validating after each.
 
@@ -119,6 +122,9 @@ def fit(
             scaler, history, RNG and epoch position are restored; training ends as it would have uninterrupted.
         class_weights: ``[num_classes]`` weights of the training loss (``--balance weights``); like label smoothing
             they shape the training loss only (validation: :func:`~cnnkit.engine.scoring.validation_loss`).
+        should_stop: asked after every optimizer step and every epoch (a ``threading.Event``'s ``is_set``);
+            True ends training there with :class:`TrainingStopped`, after ``last.pt`` recorded the position
+            (mid-epoch, as ``checkpoint_every_steps`` does), so ``resume`` continues exactly. One process only.
 
     Returns:
         The per-epoch history and the best validation metric; the model keeps the last epoch's weights, on
@@ -140,7 +146,8 @@ def fit(
         saver = _mid_epoch_saver(run_dir, run.state, epoch, lr, result, describe, stale)
         timer = StepTimer(run.device) if epoch - first < cfg.profile else None
         runner = run.plan.module(run.state.model)  # eager or compiled, for this whole epoch
-        train = _train(run, runner, (train_loader, val_loader), cfg, epoch, total, progress, partial, saver, timer)
+        train = _train(run, runner, (train_loader, val_loader), cfg, epoch, total, progress, partial, saver, timer,
+                       should_stop)  # fmt: skip
         partial = None
         result.steps += len(train_loader)
         run.plan.observe(train["seconds"], last - epoch)
@@ -158,6 +165,8 @@ def fit(
             log(f"early stop: {cfg.select_metric} did not improve for {cfg.patience} epochs")
             result.stopped_early = True
             break
+        if should_stop is not None and epoch < last and should_stop():
+            raise TrainingStopped(epoch)
     return result
 
 
@@ -244,7 +253,7 @@ def _resume(ckpt: Checkpoint, state: TrainState, result: FitResult,
 
 def _train(run: _Run, runner: nn.Module, loaders: Sequence, cfg: TrainConfig, epoch: int, total: int, show: bool,
            partial: EpochProgress | None, saver: Callable[[EpochProgress], None] | None,
-           timer: StepTimer | None) -> dict[str, float]:  # fmt: skip
+           timer: StepTimer | None, should_stop: Callable[[], bool] | None = None) -> dict[str, float]:  # fmt: skip
     """Train epoch ``epoch`` (1-based) with ``runner``: the loaders are told the epoch (each
     epoch's order and augmentation come from it), a progress bar shows it, ``partial``
     continues an interrupted one; returns :func:`train_one_epoch`'s figures."""
@@ -259,7 +268,8 @@ def _train(run: _Run, runner: nn.Module, loaders: Sequence, cfg: TrainConfig, ep
                             dtype=run.dtype, scaler=state.scaler, grad_clip=cfg.grad_clip, progress=bar,
                             log_every=cfg.log_every, start=partial, checkpoint_every=cfg.checkpoint_every_steps,
                             checkpoint=saver, channels_last=run.channels_last, timer=timer,
-                            accumulate=cfg.accumulate, mixer=run.mixer, ema=state.ema)  # fmt: skip
+                            accumulate=cfg.accumulate, mixer=run.mixer, ema=state.ema, stop=should_stop,
+                            epoch=epoch)  # fmt: skip
     bar.close()
     if timer is not None:
         timer.steps = len(train_loader)

@@ -58,12 +58,13 @@ def total_epochs(train: TrainConfig) -> int:
 def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,
                run_dir: Path | None, meta: dict[str, Any], log: Callable[[str], None], progress: bool, *,
                resume: Checkpoint | None = None, class_weights: torch.Tensor | None = None,
-               trackers: Any = None) -> FitResult:  # fmt: skip
+               trackers: Any = None, should_stop: Callable[[], bool] | None = None) -> FitResult:  # fmt: skip
     """Train ``model`` through each phase of ``cfg.train``; returns the last phase's result.
 
     A resumed run skips the phases its checkpoint has finished and resumes inside the one
     it was in. ``trackers`` (a :class:`cnnkit.tracking.RunLoggers`) receives each epoch's
-    metrics row and a copy of the first training images.
+    metrics row and a copy of the first training images. ``should_stop`` goes to each
+    :func:`~cnnkit.engine.fit` (see there).
     """
     planned = phases(cfg.train)
     total = sum(epochs for epochs, _ in planned)
@@ -82,7 +83,8 @@ def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, d
         result = fit(phase_model, phase_loaders, phase_cfg,
                      num_classes=spec.num_classes, run_dir=run_dir, meta=meta, log=log, progress=progress,
                      previous=result, total_epochs=total, resume=resume, class_weights=class_weights,
-                     on_epoch_end=trackers.log_epoch if trackers is not None else None)  # fmt: skip
+                     on_epoch_end=trackers.log_epoch if trackers is not None else None,
+                     should_stop=should_stop)  # fmt: skip
         resume = None
         if result.stopped_early:
             break
