@@ -421,6 +421,7 @@ def launch(
     max_file_size: str = MAX_FILE_SIZE,
     concurrency: int = CONCURRENCY,
     queue_size: int = QUEUE_SIZE,
+    allowed_paths: Sequence[str | os.PathLike[str]] = (),
 ) -> str:
     """Start serving ``demo`` on ``host:port`` in the background; local only by default.
 
@@ -438,6 +439,8 @@ def launch(
             :class:`DemoModel`), so more only overlaps the work around it (decoding,
             preprocessing, the images shown).
         queue_size: requests that may wait; one more is refused with "queue is full".
+        allowed_paths: folders whose files the page may show or offer for download (the
+            studio's project); Gradio serves nothing else but its own uploads and outputs.
 
     Returns:
         The local URL.
@@ -461,6 +464,7 @@ def launch(
             ssr_mode=False,
             mcp_server=False,
             show_error=True,
+            allowed_paths=[str(Path(p).absolute()) for p in allowed_paths] or None,
         )
     except OSError as exc:
         raise CnnkitError(
@@ -473,8 +477,11 @@ def launch(
 CLOSE_GRACE_S = 5.0  # how long Ctrl-C waits for open connections before the process just ends
 
 
-def wait(demo: Any) -> None:
+def wait(demo: Any, before_close: Callable[[], None] | None = None) -> None:
     """Block until Ctrl-C, then close the server, waiting at most :data:`CLOSE_GRACE_S`.
+
+    ``before_close`` runs first (the studio stops its training job there, so the run is
+    left resumable).
 
     A browser tab that still holds a stream open (Gradio's heartbeat) makes the server's
     graceful shutdown wait for it, sometimes for good: after the grace period the process
@@ -485,6 +492,8 @@ def wait(demo: Any) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        if before_close is not None:
+            before_close()
         closer = threading.Thread(target=demo.close, name="cnnkit-serve-close", daemon=True)
         closer.start()
         closer.join(CLOSE_GRACE_S)
