@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import cnnkit
+from cnnkit.data.datasets import load_source
 from cnnkit.errors import CnnkitError
 from cnnkit.inference import Predictor
 from cnnkit.studio.jobs import TrainJob, job_status, read_metrics, resume_training, start_training
@@ -122,6 +124,28 @@ def test_stop_and_resume_end_where_the_uninterrupted_run_ends(digit_project: Pro
 
     assert untimed(resumed.history) == untimed(whole.history)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+
+
+def test_the_digits_kind_learns_digits_from_30_of_each(digit_project: Project) -> None:
+    images, labels = load_source("embedded-mnist", None, False).test
+    held_out = [Image.fromarray(images[i, 0].numpy()) for i in range(500)]  # official test digits
+
+    job = start_training(digit_project, "digits")
+    status = job.wait(timeout=300)
+    predicted = Predictor.from_checkpoint(job.run_dir / "checkpoints" / "best.pt").predict(held_out)
+
+    assert status["state"] == "completed" and status["epochs"] == 30
+    assert sum(int(p.label) == int(label) for p, label in zip(predicted, labels[:500], strict=True)) / 500 >= 0.8
+
+
+def test_the_small_kind_trains_from_scratch(digit_project: Project) -> None:
+    job = start_training(digit_project, "small", Settings(epochs=2))
+
+    status = job.wait(timeout=300)
+
+    assert status["state"] == "completed", status["error"]
+    assert [row["epoch"] for row in status["history"]] == [1, 2]
+    assert cnnkit.load_checkpoint(job.run_dir / "checkpoints" / "best.pt").preprocess["input_size"] == [32, 32]
 
 
 def test_a_failing_job_reports_why_and_frees_the_project(digit_project: Project) -> None:

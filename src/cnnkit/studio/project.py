@@ -124,10 +124,15 @@ class DataCheck:
 
 @dataclass
 class _Candidate:
-    """An image to store: its bytes, the name the user knows it by."""
+    """An image to store: the name the user knows it by, and its bytes or the file holding
+    them (read only when it is stored: an import of thousands of files never holds them all)."""
 
     name: str
-    data: bytes
+    data: bytes | None = None
+    path: Path | None = None
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else self.path.read_bytes()
 
 
 class Project:
@@ -362,7 +367,7 @@ class Project:
             candidates = []
             for name, data_or_path in items:
                 if isinstance(data_or_path, bytes):
-                    candidates.append(_Candidate(name, data_or_path))
+                    candidates.append(_Candidate(name, data=data_or_path))
                 else:
                     found = _read_upload(Path(data_or_path), name, result)
                     candidates += [found] if found is not None else []
@@ -452,16 +457,21 @@ class Project:
                 if have >= MAX_IMAGES:
                     result.rejected.append(Rejected(item.name, f"the project is full ({MAX_IMAGES:,} images)"))
                     continue
-                digest = _digest(item.data)
+                try:
+                    data = item.read()
+                except OSError as exc:
+                    result.rejected.append(Rejected(item.name, f"cannot read the file: {exc.strerror or exc}"))
+                    continue
+                digest = _digest(data)
                 if digest in digests:
                     result.rejected.append(Rejected(item.name, f"a copy of {digests[digest]}, already in "
                                                                f"{folder.name}"))  # fmt: skip
                     continue
-                image_format = _verify(item, Path(scratch), result)
+                image_format = _verify(item.name, data, Path(scratch), result)
                 if image_format is None:
                     continue
                 target = _unique_path(folder, _safe_file_name(item.name, image_format))
-                atomic.write_bytes(target, item.data)
+                atomic.write_bytes(target, data)
                 digests[digest] = target.name
                 result.added.append(f"{folder.name}/{target.name}")
                 have += 1
@@ -547,7 +557,7 @@ def _read_upload(path: Path, name: str, result: AddResult) -> _Candidate | None:
         result.rejected.append(Rejected(name, f"{size / 2**20:.1f} MB; at most {MAX_FILE_BYTES / 2**20:.0f} MB per "
                                               "image"))  # fmt: skip
         return None
-    return _Candidate(name, path.read_bytes())
+    return _Candidate(name, path=path)
 
 
 def _zip_members(path: Path, name: str, result: AddResult) -> list[_Candidate]:
@@ -596,7 +606,7 @@ def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str,
     if len(data) > MAX_FILE_BYTES:
         result.rejected.append(Rejected(shown, f"more than {MAX_FILE_BYTES / 2**20:.0f} MB"))
         return None
-    return _Candidate(shown, data)
+    return _Candidate(shown, data=data)
 
 
 def _unsafe_member(filename: str) -> bool:
@@ -605,11 +615,11 @@ def _unsafe_member(filename: str) -> bool:
     return normal.startswith("/") or re.match(r"^[A-Za-z]:", normal) is not None or ".." in normal.split("/")
 
 
-def _verify(item: _Candidate, scratch: Path, result: AddResult) -> str | None:
-    """Decode ``item`` as training will (:func:`load_image`); its PIL format, or None when it
-    was rejected (empty, not an image, truncated, corrupt, too many pixels)."""
-    temp = scratch / f"{uuid.uuid4().hex}{Path(item.name).suffix.lower()[:8]}"
-    temp.write_bytes(item.data)
+def _verify(name: str, data: bytes, scratch: Path, result: AddResult) -> str | None:
+    """Decode ``data`` as training will (:func:`load_image`); its PIL format, or None when it
+    was rejected (empty, not an image, truncated, corrupt, too many pixels) under ``name``."""
+    temp = scratch / f"{uuid.uuid4().hex}{Path(name).suffix.lower()[:8]}"
+    temp.write_bytes(data)
     try:
         try:
             with Image.open(temp) as header:  # the header only: a huge image costs no memory
@@ -617,12 +627,12 @@ def _verify(item: _Candidate, scratch: Path, result: AddResult) -> str | None:
         except Exception:  # empty, not an image: load_image says which
             size, image_format = None, None
         if size is not None and size[0] * size[1] > MAX_PIXELS:
-            result.rejected.append(Rejected(item.name, f"{size[0]}x{size[1]} pixels; at most {MAX_PIXELS / 1e6:.0f} "
-                                                       "MP: scale it down first"))  # fmt: skip
+            result.rejected.append(Rejected(name, f"{size[0]}x{size[1]} pixels; at most {MAX_PIXELS / 1e6:.0f} MP: "
+                                                  "scale it down first"))  # fmt: skip
             return None
         load_image(temp, "RGB")
     except ImageLoadError as exc:
-        result.rejected.append(Rejected(item.name, exc.reason.rstrip(".")))
+        result.rejected.append(Rejected(name, exc.reason.rstrip(".")))
         return None
     finally:
         temp.unlink(missing_ok=True)
