@@ -14,6 +14,7 @@ from PIL import Image
 
 from cnnkit.data.folder import load_image
 from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.studio import files as studio_files
 from cnnkit.studio import project as studio_project
 from cnnkit.studio.kinds import default_kind
 from cnnkit.studio.project import MANIFEST, STUDIO_FORMAT, Project
@@ -218,11 +219,11 @@ def test_upload_limits_say_what_the_limit_is(project: Project, jpegs: list[Path]
         project.add_files("fish", jpegs[:4])
     assert stored(project, "fish") == []
 
-    monkeypatch.setattr(studio_project, "MAX_FILE_BYTES", jpegs[0].stat().st_size - 1)
+    monkeypatch.setattr(studio_files, "MAX_FILE_BYTES", jpegs[0].stat().st_size - 1)
     result = project.add_files("fish", jpegs[:1])
     assert result.added == [] and "MB per image" in result.rejected[0].reason
 
-    monkeypatch.setattr(studio_project, "MAX_FILE_BYTES", 20 * 2**20)
+    monkeypatch.setattr(studio_files, "MAX_FILE_BYTES", 20 * 2**20)
     monkeypatch.setattr(studio_project, "MAX_IMAGES", 2)
     result = project.add_files("fish", jpegs[:3])
     assert len(result.added) == 2 and result.rejected[0].reason == "the project is full (2 images)"
@@ -230,7 +231,7 @@ def test_upload_limits_say_what_the_limit_is(project: Project, jpegs: list[Path]
         project.add_image("fish", np.zeros((8, 8, 3), np.uint8))
 
     monkeypatch.setattr(studio_project, "MAX_IMAGES", 100)
-    monkeypatch.setattr(studio_project, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(studio_files, "MAX_PIXELS", 1000)
     result = project.add_files("fish", jpegs[3:4])
     assert "pixels; at most 0 MP: scale it down first" in result.rejected[0].reason
 
