@@ -122,9 +122,8 @@ def fit(
             scaler, history, RNG and epoch position are restored; training ends as it would have uninterrupted.
         class_weights: ``[num_classes]`` weights of the training loss (``--balance weights``); like label smoothing
             they shape the training loss only (validation: :func:`~cnnkit.engine.scoring.validation_loss`).
-        should_stop: asked after every optimizer step and every epoch (a ``threading.Event``'s ``is_set``);
-            True ends training there with :class:`TrainingStopped`, after ``last.pt`` recorded the position
-            (mid-epoch, as ``checkpoint_every_steps`` does), so ``resume`` continues exactly. One process only.
+        should_stop: asked after every optimizer step and epoch; True raises :class:`TrainingStopped` there, after
+            ``last.pt`` recorded the position (mid-epoch, as ``checkpoint_every_steps``); one process only.
 
     Returns:
         The per-epoch history and the best validation metric; the model keeps the last epoch's weights, on
@@ -161,13 +160,23 @@ def fit(
             _save_epoch(run_dir, run.state, row, result, describe, stale, improved, cfg.save_every)
         if on_epoch_end is not None:
             on_epoch_end(row)
-        if cfg.patience is not None and stale >= cfg.patience:
-            log(f"early stop: {cfg.select_metric} did not improve for {cfg.patience} epochs")
-            result.stopped_early = True
+        if _stops_after(epoch, last, stale, cfg, should_stop, result, log):
             break
-        if should_stop is not None and epoch < last and should_stop():
-            raise TrainingStopped(epoch)
     return result
+
+
+def _stops_after(epoch: int, last: int, stale: int, cfg: TrainConfig, should_stop: Callable[[], bool] | None,
+                 result: FitResult, log: Callable[[str], None]) -> bool:  # fmt: skip
+    """True when training ends early after ``epoch`` (``cfg.patience`` epochs without improvement:
+    ``result.stopped_early``). Raises :class:`TrainingStopped` when ``should_stop()`` says so
+    before the last epoch (its checkpoints are written)."""
+    if cfg.patience is not None and stale >= cfg.patience:
+        log(f"early stop: {cfg.select_metric} did not improve for {cfg.patience} epochs")
+        result.stopped_early = True
+        return True
+    if should_stop is not None and epoch < last and should_stop():
+        raise TrainingStopped(epoch)
+    return False
 
 
 @dataclass

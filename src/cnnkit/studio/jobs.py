@@ -152,6 +152,8 @@ def start_training(project: Project, kind: str, settings: Settings | None = None
         UsageError: an unknown kind or a bad setting.
     """
     overrides = train_overrides(project, kind, settings)
+    with _lock:  # said at once, before the data check reads every file
+        _refuse_second_job(project)
     problems = project.check_report().problems
     if problems:
         raise CnnkitError("cannot train yet: " + "; ".join(problems))

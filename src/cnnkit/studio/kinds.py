@@ -11,7 +11,10 @@ runs``), so the two cannot disagree.
   the default for colour photos.
 * ``small``: "small images from scratch": a small CNN (``convnet``) trained from random
   weights at 32 px with crop-and-flip augmentation.
-* ``digits``: "digits / sketches": LeNet-5 on 28 px greyscale with the digit augmentation.
+* ``digits``: "digits / sketches": LeNet-5 on 28 px greyscale with the digit augmentation
+  (small rotations, shifts, zooms) on the decoded 28 px images (``--decode-cache on``: a
+  digit's 28 px image is the whole digit, and the epochs run 3x faster, measured on 300
+  digits, and the same on every run; without it rotations act on each decoded file).
 * ``advanced``: any registered model name (``cnnkit models``), trained as given.
 """
 
@@ -70,7 +73,8 @@ KINDS: dict[str, Kind] = {
         Kind("digits", "digits / sketches",
              "handwritten digits, letters and symbols drawn on the sketchpad: LeNet-5 on 28 px greyscale",
              {"model.name": "lenet", "data.image_size": 28, "data.channels": 1, "data.augment": "digits",
-              "data.batch_size": 32, "train.lr": 0.002, "train.scheduler": "cosine"}, epochs=30),  # fmt: skip
+              "data.decode_cache": "on", "data.batch_size": 32, "train.lr": 0.002, "train.scheduler": "cosine"},
+             epochs=30),  # fmt: skip
         Kind("advanced", "advanced: any registered model",
              "any model `cnnkit models` lists (or timm:NAME / tv:NAME), trained with cnnkit's defaults",
              {}, epochs=10),  # fmt: skip

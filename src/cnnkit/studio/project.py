@@ -17,7 +17,6 @@ Nothing here imports gradio; torch comes in with cnnkit's data layer (its loader
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -28,35 +27,32 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from cnnkit import atomic
 from cnnkit._version import __version__
-from cnnkit.data.folder import SPLIT_ALIASES, ImageLoadError, load_image, to_mode
-from cnnkit.errors import CnnkitError, DataError, UsageError
+from cnnkit.data.folder import SPLIT_ALIASES, to_mode
+from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.studio import files
+from cnnkit.studio.files import AddResult, Rejected
+
+__all__ = ["AddResult", "ClassInfo", "DataCheck", "Project", "Rejected", "safe_class_name", "validate_class_name"]
 
 STUDIO_FORMAT = 1  # bump when the layout changes; a newer one is refused, never guessed at
 MANIFEST = "studio.json"
 DATA, RUNS = "data", "runs"
 
-MAX_FILE_BYTES = 20 * 2**20  # one image file (or one image inside a zip)
-MAX_ZIP_BYTES = 512 * 2**20  # one uploaded zip, and the sum of its members once unpacked
+# The limits of one file and one zip are cnnkit.studio.files' (MAX_FILE_BYTES, MAX_ZIP_BYTES, MAX_PIXELS).
 MAX_FILES_PER_REQUEST = 1000  # images in one upload (a zip's members count one by one)
 MAX_IMAGES = 20_000  # images in one project
-MAX_PIXELS = 40_000_000  # as `cnnkit serve`: a 12 MP photo is 12,000,000
 MIN_IMAGES_PER_CLASS = 5  # to train: at least one validation image per class and a few to learn from
 MAX_CLASS_NAME = 64
 THUMBNAILS = 6  # per class in :meth:`Project.classes`, newest first
 
 _RESERVED = {"_review", "__macosx"} | set(SPLIT_ALIASES)  # split names would turn data/ into a split layout
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-_FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif",
-                  "PPM": ".ppm"}  # fmt: skip
 _locks: dict[Path, threading.RLock] = {}
 _locks_guard = threading.Lock()
 
@@ -77,40 +73,6 @@ class ClassInfo:
 
 
 @dataclass
-class Rejected:
-    """A file that was not stored, and why (``name`` as the user knows it)."""
-
-    name: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.reason}"
-
-
-@dataclass
-class AddResult:
-    """What an add or import stored and what it refused.
-
-    Attributes:
-        added: stored images as paths relative to ``data/`` (``cat/photo.jpg``).
-        rejected: files not stored, each with its reason; none of their bytes reached ``data/``.
-    """
-
-    added: list[str] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
-
-    @property
-    def message(self) -> str:
-        """One line for the page: ``added 3 images; rejected 1: bad.jpg (truncated ...)``."""
-        text = f"added {len(self.added)} image{'' if len(self.added) == 1 else 's'}"
-        if self.rejected:
-            shown = "; ".join(str(r) for r in self.rejected[:10])
-            more = f"; and {len(self.rejected) - 10} more" if len(self.rejected) > 10 else ""
-            text += f"; rejected {len(self.rejected)}: {shown}{more}"
-        return text
-
-
-@dataclass
 class DataCheck:
     """The quick data check of ``data/``: ``problems`` stop training, ``warnings`` do not."""
 
@@ -120,14 +82,6 @@ class DataCheck:
     @property
     def lines(self) -> list[str]:
         return self.problems + self.warnings
-
-
-@dataclass
-class _Candidate:
-    """An image to store: its bytes, the name the user knows it by."""
-
-    name: str
-    data: bytes
 
 
 class Project:
@@ -252,7 +206,7 @@ class Project:
         under a safe unique name); one that is too large, not an image, truncated or corrupt
         is rejected with its name and reason, and the others are still stored. A zip is
         unpacked in memory: directories, hidden entries and ``__MACOSX/`` are skipped; a zip
-        with an absolute or ``..`` path, or bigger than :data:`MAX_ZIP_BYTES` unpacked, is
+        with an absolute or ``..`` path, or bigger than :data:`~cnnkit.studio.files.MAX_ZIP_BYTES` unpacked, is
         rejected whole. An image whose bytes are already in the class is rejected as a copy.
         Once the project holds :data:`MAX_IMAGES` images the rest are rejected.
 
@@ -270,12 +224,12 @@ class Project:
         if len(names) != len(paths):
             raise UsageError(f"got {len(paths)} files but {len(names)} names")
         result = AddResult()
-        candidates: list[_Candidate] = []
+        candidates: list[files.Candidate] = []
         for path, name in zip(paths, names, strict=True):
-            if name.lower().endswith(".zip") or (not _looks_like_image_name(name) and zipfile.is_zipfile(path)):
-                candidates += _zip_members(Path(path), name, result)
+            if name.lower().endswith(".zip") or (not files.looks_like_image(name) and zipfile.is_zipfile(path)):
+                candidates += files.zip_members(Path(path), name, result)
             else:
-                found = _read_upload(Path(path), name, result)
+                found = files.read_upload(Path(path), name, result)
                 candidates += [found] if found is not None else []
         if len(candidates) > MAX_FILES_PER_REQUEST:
             raise UsageError(f"{len(candidates):,} images in one upload; at most {MAX_FILES_PER_REQUEST:,} at a time: "
@@ -296,13 +250,13 @@ class Project:
 
         Raises:
             UsageError: no such class, an unknown ``source``, an empty sketch, no image, an
-                image over :data:`MAX_PIXELS`, or a full project.
+                image over :data:`~cnnkit.studio.files.MAX_PIXELS`, or a full project.
         """
         folder = self._class_folder(class_name)
-        picture = _as_pil(image)
-        if picture.width * picture.height > MAX_PIXELS:
+        picture = files.as_pil(image)
+        if picture.width * picture.height > files.MAX_PIXELS:
             raise UsageError(f"the {source} image is {picture.width}x{picture.height}; at most "
-                             f"{MAX_PIXELS / 1e6:.0f} MP")  # fmt: skip
+                             f"{files.MAX_PIXELS / 1e6:.0f} MP")  # fmt: skip
         if source == "sketch":
             from cnnkit.serve.drawing import mnist_style
 
@@ -315,7 +269,7 @@ class Project:
         picture.save(buffer, format="PNG")
         with self._lock():
             self._check_room(1)
-            target = _unique_path(folder, f"{source}-{time.strftime('%Y%m%d-%H%M%S')}.png")
+            target = files.unique_path(folder, f"{source}-{time.strftime('%Y%m%d-%H%M%S')}.png")
             atomic.write_bytes(target, buffer.getvalue())
         return target.name
 
@@ -355,16 +309,16 @@ class Project:
         """
         if limit_per_class is not None and limit_per_class < 1:
             raise UsageError(f"limit per class must be at least 1, got {limit_per_class}")
-        by_class = _source_images(source, limit_per_class, data_dir)
+        by_class = files.source_images(source, limit_per_class, data_dir)
         result = AddResult()
         for raw_name, items in by_class.items():
             folder = self._import_class(raw_name)
             candidates = []
             for name, data_or_path in items:
                 if isinstance(data_or_path, bytes):
-                    candidates.append(_Candidate(name, data_or_path))
+                    candidates.append(files.Candidate(name, data=data_or_path))
                 else:
-                    found = _read_upload(Path(data_or_path), name, result)
+                    found = files.read_upload(Path(data_or_path), name, result)
                     candidates += [found] if found is not None else []
             self._store(folder, candidates, result)
         return result
@@ -415,7 +369,8 @@ class Project:
     def _class_folders(self) -> list[Path]:
         if not self.data_dir.is_dir():
             return []
-        return sorted((p for p in self.data_dir.iterdir() if p.is_dir() and not _hidden(p.name)), key=lambda p: p.name)
+        found = (p for p in self.data_dir.iterdir() if p.is_dir() and not files.hidden(p.name))
+        return sorted(found, key=lambda p: p.name)
 
     def _class_folder(self, name: str) -> Path:
         for folder in self._class_folders():
@@ -433,35 +388,38 @@ class Project:
 
     @staticmethod
     def _image_files(folder: Path) -> list[Path]:
-        from cnnkit.data.folder import IMAGE_EXTENSIONS
-
-        return [p for p in folder.iterdir() if p.is_file() and not _hidden(p.name)
-                and p.suffix.lower() in IMAGE_EXTENSIONS]  # fmt: skip
+        return [p for p in folder.iterdir() if p.is_file() and not files.hidden(p.name)
+                and files.looks_like_image(p.name)]  # fmt: skip
 
     def _check_room(self, count: int) -> None:
         have = self.image_count()
         if have + count > MAX_IMAGES:
             raise UsageError(f"the project holds {have:,} images; at most {MAX_IMAGES:,}: delete some first")
 
-    def _store(self, folder: Path, candidates: list[_Candidate], result: AddResult) -> None:
+    def _store(self, folder: Path, candidates: list[files.Candidate], result: AddResult) -> None:
         """Decode each candidate (in a temporary file) and store the good ones in ``folder``."""
         with self._lock(), tempfile.TemporaryDirectory(prefix="cnnkit-studio-") as scratch:
             have = self.image_count()
-            digests = {_digest(p.read_bytes()): p.name for p in self._image_files(folder)}
+            digests = {files.digest(p.read_bytes()): p.name for p in self._image_files(folder)}
             for item in candidates:
                 if have >= MAX_IMAGES:
                     result.rejected.append(Rejected(item.name, f"the project is full ({MAX_IMAGES:,} images)"))
                     continue
-                digest = _digest(item.data)
+                try:
+                    data = item.read()
+                except OSError as exc:
+                    result.rejected.append(Rejected(item.name, f"cannot read the file: {exc.strerror or exc}"))
+                    continue
+                digest = files.digest(data)
                 if digest in digests:
                     result.rejected.append(Rejected(item.name, f"a copy of {digests[digest]}, already in "
                                                                f"{folder.name}"))  # fmt: skip
                     continue
-                image_format = _verify(item, Path(scratch), result)
+                image_format = files.verify(item.name, data, Path(scratch), result)
                 if image_format is None:
                     continue
-                target = _unique_path(folder, _safe_file_name(item.name, image_format))
-                atomic.write_bytes(target, item.data)
+                target = files.unique_path(folder, files.safe_file_name(item.name, image_format))
+                atomic.write_bytes(target, data)
                 digests[digest] = target.name
                 result.added.append(f"{folder.name}/{target.name}")
                 have += 1
@@ -503,152 +461,6 @@ def safe_class_name(raw: str) -> str:
     return validate_class_name(name)
 
 
-def _safe_file_name(name: str, image_format: str) -> str:
-    """A file name of letters, digits, ``.``, ``-`` and ``_`` whose suffix says its real format."""
-    stem = _UNSAFE_CHARS.sub("_", PurePosixPath(name.replace("\\", "/")).stem).strip("._-")[:80] or "image"
-    suffix = Path(name).suffix.lower()
-    real = _FORMAT_SUFFIX.get(image_format, ".img")
-    if real == ".jpg" and suffix in (".jpg", ".jpeg") or real == ".tif" and suffix in (".tif", ".tiff"):
-        real = suffix
-    return f"{stem}{real}"
-
-
-def _unique_path(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``stem-2.ext``, ``stem-3.ext``... when taken (compared case-insensitively)."""
-    taken = {p.name.lower() for p in folder.iterdir()}
-    stem, suffix = os.path.splitext(name)
-    candidate, number = name, 2
-    while candidate.lower() in taken:
-        candidate, number = f"{stem}-{number}{suffix}", number + 1
-    return folder / candidate
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name.lower() == "__macosx"
-
-
-def _looks_like_image_name(name: str) -> bool:
-    from cnnkit.data.folder import IMAGE_EXTENSIONS
-
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
-
-
-# ---------------------------------------------------------------------------- reading and checking files
-
-
-def _read_upload(path: Path, name: str, result: AddResult) -> _Candidate | None:
-    """The bytes of one uploaded file, or None (rejected: missing, empty or too large)."""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        result.rejected.append(Rejected(name, "file not found"))
-        return None
-    if size > MAX_FILE_BYTES:
-        result.rejected.append(Rejected(name, f"{size / 2**20:.1f} MB; at most {MAX_FILE_BYTES / 2**20:.0f} MB per "
-                                              "image"))  # fmt: skip
-        return None
-    return _Candidate(name, path.read_bytes())
-
-
-def _zip_members(path: Path, name: str, result: AddResult) -> list[_Candidate]:
-    """The files inside an uploaded zip (directories, hidden entries, ``__MACOSX/`` skipped).
-
-    A zip that is unreadable, too large, or names a path outside itself (absolute or ``..``)
-    is rejected whole: none of its members is returned.
-    """
-    try:
-        if path.stat().st_size > MAX_ZIP_BYTES:
-            result.rejected.append(Rejected(name, f"zip larger than {MAX_ZIP_BYTES / 2**20:.0f} MB"))
-            return []
-        archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
-        result.rejected.append(Rejected(name, f"not a readable zip file ({exc})"))
-        return []
-    with archive:
-        infos = archive.infolist()
-        unsafe = next((i.filename for i in infos if _unsafe_member(i.filename)), None)
-        if unsafe is not None:
-            result.rejected.append(Rejected(name, f"refused: it holds {unsafe!r}, a path outside the zip; nothing "
-                                                  "from it was stored"))  # fmt: skip
-            return []
-        members = [i for i in infos if not i.is_dir() and not any(_hidden(part) for part in PurePosixPath(
-            i.filename.replace("\\", "/")).parts)]  # fmt: skip
-        if sum(i.file_size for i in members) > MAX_ZIP_BYTES:
-            result.rejected.append(Rejected(name, f"unpacks to more than {MAX_ZIP_BYTES / 2**20:.0f} MB; nothing from "
-                                                  "it was stored"))  # fmt: skip
-            return []
-        return [c for c in (_zip_member(archive, info, name, result) for info in members) if c is not None]
-
-
-def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str,
-                result: AddResult) -> _Candidate | None:  # fmt: skip
-    shown = f"{zip_name}/{info.filename}"
-    if info.file_size > MAX_FILE_BYTES:
-        result.rejected.append(Rejected(shown, f"{info.file_size / 2**20:.1f} MB; at most "
-                                               f"{MAX_FILE_BYTES / 2**20:.0f} MB per image"))  # fmt: skip
-        return None
-    try:
-        with archive.open(info) as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)  # a member lying about its size cannot fill memory
-    except (OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:  # CRC, encrypted, method
-        result.rejected.append(Rejected(shown, f"cannot unpack it ({exc})"))
-        return None
-    if len(data) > MAX_FILE_BYTES:
-        result.rejected.append(Rejected(shown, f"more than {MAX_FILE_BYTES / 2**20:.0f} MB"))
-        return None
-    return _Candidate(shown, data)
-
-
-def _unsafe_member(filename: str) -> bool:
-    """An absolute path, a drive letter or a ``..`` part: a zip entry pointing outside the zip."""
-    normal = filename.replace("\\", "/")
-    return normal.startswith("/") or re.match(r"^[A-Za-z]:", normal) is not None or ".." in normal.split("/")
-
-
-def _verify(item: _Candidate, scratch: Path, result: AddResult) -> str | None:
-    """Decode ``item`` as training will (:func:`load_image`); its PIL format, or None when it
-    was rejected (empty, not an image, truncated, corrupt, too many pixels)."""
-    temp = scratch / f"{uuid.uuid4().hex}{Path(item.name).suffix.lower()[:8]}"
-    temp.write_bytes(item.data)
-    try:
-        try:
-            with Image.open(temp) as header:  # the header only: a huge image costs no memory
-                size, image_format = header.size, header.format
-        except Exception:  # empty, not an image: load_image says which
-            size, image_format = None, None
-        if size is not None and size[0] * size[1] > MAX_PIXELS:
-            result.rejected.append(Rejected(item.name, f"{size[0]}x{size[1]} pixels; at most {MAX_PIXELS / 1e6:.0f} "
-                                                       "MP: scale it down first"))  # fmt: skip
-            return None
-        load_image(temp, "RGB")
-    except ImageLoadError as exc:
-        result.rejected.append(Rejected(item.name, exc.reason.rstrip(".")))
-        return None
-    finally:
-        temp.unlink(missing_ok=True)
-    return image_format or "PNG"
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
-def _as_pil(image: Any) -> Image.Image:
-    if image is None:
-        raise UsageError("no image: take a snapshot or draw first")
-    if isinstance(image, Image.Image):
-        return image
-    import numpy as np
-
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        array = (np.clip(array.astype(np.float32), 0, 1) * 255).round().astype(np.uint8) if array.dtype.kind == "f" \
-            else np.clip(array, 0, 255).astype(np.uint8)  # fmt: skip
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or 0 in array.shape[:2]:
-        raise UsageError(f"not an image: an array of shape {tuple(array.shape)} (need [H, W], [H, W, 3] or [H, W, 4])")
-    return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
-
-
 def _duplicate_line(group: dict[str, Any]) -> str:
     files = group.get("files") or group.get("paths") or []
     shown = [f.get("path") if isinstance(f, dict) else str(f) for f in files]
@@ -680,65 +492,3 @@ def _check_new_root(path: Path) -> None:
         if others:
             raise CnnkitError(f"{path} is not empty ({', '.join(others[:5])}) and not a studio project; choose a new "
                               "or empty folder (import existing images with Import)")  # fmt: skip
-
-
-def _source_images(source: str | os.PathLike[str], limit: int | None,
-                   data_dir: str | os.PathLike[str] | None) -> dict[str, list[tuple[str, bytes | str]]]:  # fmt: skip
-    """class name -> [(shown name, PNG bytes or a file path)] of a folder, CSV or registered dataset."""
-    from cnnkit.data.datasets import list_datasets
-
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    if text in list_datasets() and not path.exists():
-        return _registered_images(text, limit, data_dir)
-    if path.is_dir():
-        from cnnkit.data.folder import scan_folder
-
-        listing = scan_folder(path, val_fraction=0, test_fraction=0, seed=0, strict=False)
-    elif path.is_file() and path.suffix.lower() == ".csv":
-        from cnnkit.data.folder import read_csv
-
-        listing = read_csv(path, val_fraction=0, test_fraction=0, seed=0)
-    else:
-        raise UsageError(f"cannot import {text!r}: give a folder with one sub-folder of images per class, a CSV file "
-                         f"(path,label) or a registered dataset ({', '.join(list_datasets())})")  # fmt: skip
-    out: dict[str, list[tuple[str, bytes | str]]] = {}
-    for files in listing.splits.values():
-        for file_path, label in zip(files.paths, files.labels, strict=True):
-            items = out.setdefault(listing.class_names[label], [])
-            if limit is None or len(items) < limit:
-                items.append((os.path.relpath(file_path, listing.root), file_path))
-    if not out:
-        raise DataError(f"no images found in {path}")
-    return out
-
-
-def _registered_images(name: str, limit: int | None, data_dir: str | os.PathLike[str] | None,
-                       ) -> dict[str, list[tuple[str, bytes | str]]]:  # fmt: skip
-    """A registered dataset's training images: files as they are, in-memory images as PNG bytes."""
-    from cnnkit.data.datasets import TensorSource, load_source
-
-    source = load_source(name, data_dir, download=False)
-    if not isinstance(source, TensorSource):  # a file dataset: its image files
-        out: dict[str, list[tuple[str, bytes | str]]] = {}
-        train = source.splits["train"]
-        for file_path, label in zip(train.paths, train.labels, strict=True):
-            items = out.setdefault(source.class_names[label], [])
-            if limit is None or len(items) < limit:
-                items.append((os.path.basename(file_path), file_path))
-        return out
-    images, labels = source.train
-    return {source.class_names[label]: list(_png_items(name, images, labels, label, limit))
-            for label in sorted(set(labels.tolist()))}  # fmt: skip
-
-
-def _png_items(name: str, images: Any, labels: Any, label: int, limit: int | None) -> Iterator[tuple[str, bytes]]:
-    indices: Iterable[int] = (labels == label).nonzero().flatten().tolist()
-    for count, index in enumerate(indices):
-        if limit is not None and count >= limit:
-            return
-        array = images[index].permute(1, 2, 0).numpy()  # [H, W, C] uint8
-        picture = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        yield f"{name}-{index:05d}.png", buffer.getvalue()

@@ -1,0 +1,31 @@
+"""Studio projects on real data: three Imagenette classes x 20 photos, and embedded-MNIST digits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cnnkit.studio.jobs import TrainJob, start_training
+from cnnkit.studio.project import Project
+from studio_data import PHOTO_CLASSES, PHOTOS_PER_CLASS, photos
+
+
+def photo_project_at(root: Path, imagenette: Path) -> Project:
+    """A new project with :data:`PHOTO_CLASSES`, each the first 20 training photos, uploaded."""
+    project = Project.open(root)
+    for name in PHOTO_CLASSES:
+        project.add_class(name)
+        result = project.add_files(name, photos(imagenette, "train", name, PHOTOS_PER_CLASS))
+        assert not result.rejected, result.message
+    return project
+
+
+@pytest.fixture(scope="session")
+def photo_job(imagenette: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainJob:
+    """The default photo model trained in the background on a 3 x 20-photo project, finished."""
+    project = photo_project_at(tmp_path_factory.mktemp("studio") / "photos", imagenette)
+    job = start_training(project, "photos")
+    status = job.wait(timeout=600)
+    assert status["state"] == "completed", status["error"] or status["log"][-20:]
+    return job
