@@ -235,7 +235,9 @@ def eval_pixels(pre: Preprocess) -> v2.Compose:
 
 def normalize_batch(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """uint8 ``[B, C, H, W]`` from :func:`eval_pixels` -> exactly the float32 tensors
-    :func:`eval_transform` gives image by image (the same element-wise operations)."""
+    :func:`eval_transform` gives image by image (the same element-wise operations), so
+    ``cnnkit predict`` scores what ``cnnkit eval`` scores bit for bit. :func:`normalize_uint8`,
+    the in-memory loaders' fused form, rounds differently in the last bit."""
     return v2.functional.normalize(v2.functional.to_dtype(pixels, torch.float32, scale=True), list(pre.mean),
                                    list(pre.std))  # fmt: skip
 
