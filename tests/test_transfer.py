@@ -188,6 +188,33 @@ def test_cached_head_scores_are_the_runs_val_scores_and_only_for_the_cached_back
 # ----------------------------------------------------------------------------- smaller runs
 
 
+def few_photos(imagenette: Path, dest: Path, per_class: int, classes: tuple[str, ...]) -> Path:
+    """``dest/train`` with the first ``per_class`` photos of each class, ``dest/val`` with all its val photos."""
+    for name in classes:
+        for split, files in (("train", sorted((imagenette / "train" / name).iterdir())[:per_class]),
+                             ("val", sorted((imagenette / "val" / name).iterdir()))):  # fmt: skip
+            (dest / split / name).mkdir(parents=True)
+            for file in files:
+                shutil.copy(file, dest / split / name / file.name)
+    return dest
+
+
+def test_a_frozen_head_on_cached_features_trains_to_convergence_by_default(imagenette, tmp_path) -> None:
+    # 20 photos per class: the generic 10 epochs at lr 1e-3 stopped with a train loss near 0.4
+    # here; the cached-head defaults (30 epochs at 3e-3) must leave the head converged.
+    data = few_photos(imagenette, tmp_path / "photos", 20, ("church", "golf_ball", "parachute"))
+    run, lines = train_logged(data=str(data), model=LITE0, pretrained=True, freeze=True,
+                              output_dir=str(tmp_path / "runs"))  # fmt: skip
+    assert any(line.startswith("model: ") and "epochs: 30 " in line for line in lines)
+    assert any(line.startswith("optimizer: adam, lr 0.003 ") for line in lines)
+    assert (run.config.train.epochs, run.config.train.lr) == (30, 3e-3)  # recorded as used
+    assert run.history[-1]["train_loss"] < 0.05
+    assert run.metrics["val_acc"] >= 0.9  # 3 classes x about 50 held-out photos
+    explicit, _ = train_logged(data=str(data), model=LITE0, pretrained=True, freeze=True, epochs=3,
+                                   output_dir=str(tmp_path / "runs"))  # fmt: skip
+    assert (explicit.config.train.epochs, explicit.config.train.lr) == (3, 3e-3)  # what is given is kept
+
+
 def test_without_the_feature_cache_the_backbone_runs_every_epoch(imagenette, tmp_path) -> None:
     run, lines = train_logged(data=str(imagenette), model=LITE0, pretrained=True, freeze=True, epochs=1,
                               cache_features="off", limit_train=40, limit_eval=40, image_size=96,

@@ -19,7 +19,10 @@ from cnnkit.data import AUGMENT_PRESETS, Augment, Preprocess
 from cnnkit.data.tensor_data import TensorLoader
 from cnnkit.data.transforms import (
     augment_batch,
+    eval_pixels,
+    eval_transform,
     normalization_constants,
+    normalize_batch,
     normalize_uint8,
     train_transform,
 )
@@ -211,3 +214,15 @@ def test_per_sample_transform_reflects_and_cuts_out(photos: torch.Tensor) -> Non
 
     assert x.shape == (3, 32, 32)
     assert int((x == 0).all(0).sum()) == 36  # one 6x6 square at the mean
+
+
+@pytest.mark.parametrize(("mode", "pre"), [
+    ("RGB", Preprocess(3, (224, 224), (0.498, 0.5, 0.5), (0.502, 0.5, 0.5), 256, "bicubic")),
+    ("L", Preprocess(1, (28, 28), (0.1307,), (0.3081,), None, "bilinear")),
+])  # fmt: skip
+def test_pixels_normalised_per_batch_are_exactly_the_eval_transforms_tensors(imagenette, mode, pre) -> None:
+    files = sorted((imagenette / "val" / "church").iterdir())[:6]
+    images = [Image.open(file).convert(mode) for file in files]
+    pixels = torch.stack([eval_pixels(pre)(image) for image in images])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (6, pre.channels, *pre.input_size)
+    assert torch.equal(normalize_batch(pixels, pre), torch.stack([eval_transform(pre)(image) for image in images]))

@@ -58,6 +58,23 @@ def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
         page.mouse.up()
 
 
+def dismiss_toasts(page) -> None:
+    """Close every message toast and wait until none is left.
+
+    A toast also closes itself after a few seconds, so on a slow machine it can
+    fade out (and leave the DOM) while the click is still waiting for it: that
+    is not an error, only the end state (no toast) is asserted.
+    """
+    from playwright.sync_api import Error, expect
+
+    for close in page.locator("[data-testid=toast-close]").all():
+        try:
+            close.click(timeout=5_000)
+        except Error:  # gone by itself meanwhile
+            pass
+    expect(page.locator("[data-testid=toast-body]")).to_have_count(0, timeout=30_000)
+
+
 def test_a_digit_drawn_with_the_mouse_is_recognised(
     server, browser, tmp_path: Path
 ) -> None:
@@ -153,7 +170,7 @@ def test_bad_and_oversized_uploads_show_a_message_in_the_page(
         expect(toast).to_contain_text(says, timeout=30_000)
         if name != "large.png":
             expect(toast).to_contain_text(f"cannot read {name}: ")
-        page.locator("[data-testid=toast-close]").last.click()
+        dismiss_toasts(page)
         if clear.count():
             clear.first.click()
 

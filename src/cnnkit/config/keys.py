@@ -187,10 +187,12 @@ class ModelConfig:
 class TrainConfig:
     """How to train. Learning rates are per optimizer step at the configured batch size."""
 
-    epochs: int = key(10, "passes over the training set", flag="--epochs", ge=1)
+    epochs: int = key(10, "passes over the training set (30 for a frozen backbone's head on cached features)",
+                      flag="--epochs", ge=1)  # fmt: skip
     optimizer: str = key("adam", "sgd, adam or adamw", flag="--optimizer", choices=OPTIMIZERS, kind="optimizer")
-    lr: float = key(1e-3, "peak learning rate, or auto: run the learning-rate range test first and use its "
-                    "suggestion", flag="--lr", gt=0, unless="lr_find", parse=_lr_value)  # fmt: skip
+    lr: float = key(1e-3, "peak learning rate (3e-3 for a frozen backbone's head on cached features), or auto: "
+                    "run the learning-rate range test first and use its suggestion", flag="--lr", gt=0,
+                    unless="lr_find", parse=_lr_value)  # fmt: skip
     momentum: float = key(0.9, "SGD momentum", flag="--momentum", ge=0, lt=1)
     nesterov: bool = key(False, "use Nesterov momentum with SGD",
                          switches=(("--nesterov", True, "Nesterov momentum for SGD"),))  # fmt: skip

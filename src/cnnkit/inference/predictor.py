@@ -28,7 +28,7 @@ from torch import nn
 from cnnkit.checkpoint import Checkpoint
 from cnnkit.data.folder import ImageLoadError, load_image, to_mode
 from cnnkit.data.spec import Preprocess
-from cnnkit.data.transforms import eval_transform
+from cnnkit.data.transforms import eval_pixels, normalize_batch
 from cnnkit.engine.tta import check_tta, suggested_tta, tta_logits, tta_views
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.backends import OnnxBackend, OpenVinoBackend, TorchBackend, onnx_session, openvino_model
@@ -164,7 +164,11 @@ def _array_to_pil(array: np.ndarray, mode: str) -> Image.Image:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """File ``i`` -> ``(i, normalised tensor [C, H, W] or None, reason)``; never raises on a bad file."""
+    """File ``i`` -> ``(i, uint8 tensor [C, H, W] or None, reason)``; never raises on a bad file.
+
+    ``transform`` gives the resized, cropped pixels (:func:`~cnnkit.data.transforms.eval_pixels`):
+    the batch is normalised in one step after collating (:func:`normalize_batch`).
+    """
 
     def __init__(self, paths: Sequence[str], transform: Callable[[Image.Image], torch.Tensor], mode: str) -> None:
         self.paths = paths
@@ -183,7 +187,7 @@ class ImageFiles(torch.utils.data.Dataset):
             return index, None, f"cannot decode: {exc.__class__.__name__}: {exc}"
 
 
-Sample = tuple[int, torch.Tensor | None, str]  # (index, tensor or None when unreadable, reason)
+Sample = tuple[int, torch.Tensor | None, str]  # (index, uint8 pixels or None when unreadable, reason)
 
 
 def _collate(samples: list[Sample]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
@@ -246,7 +250,7 @@ class Predictor:
         self.metadata = metadata
         self.model = model
         self.note = ""  # how the backend was chosen (set by :meth:`load`)
-        self.transform = eval_transform(metadata.preprocess)
+        self.pixels = eval_pixels(metadata.preprocess)  # PIL -> uint8 [C, H, W]; normalised per batch
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", amp: str = "off",
@@ -312,7 +316,7 @@ class Predictor:
 
     def prepare(self, image: ImageLike) -> torch.Tensor:
         """One image -> the normalised tensor ``[C, H, W]`` the model sees."""
-        return self.transform(to_pil(image, self.mode))
+        return normalize_batch(self.pixels(to_pil(image, self.mode)).unsqueeze(0), self.preprocess)[0]
 
     def resolve_tta(self, tta: bool | str | None = None) -> str:
         """The test-time augmentation a ``tta`` argument means.
@@ -361,7 +365,8 @@ class Predictor:
         tta = self.resolve_tta(tta)  # a bad mode fails before any image is decoded
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            batch = torch.stack([self.prepare(item) for item in chunk])
+            pixels = torch.stack([self.pixels(to_pil(item, self.mode)) for item in chunk])
+            batch = normalize_batch(pixels, self.preprocess)
             sources = [_source_name(item, start + i) for i, item in enumerate(chunk)]
             results += self.rank(self.logits(batch, tta), sources, topk, threshold)
         return results[0] if single else results
@@ -381,10 +386,13 @@ class Predictor:
         """
         workers = min(os.cpu_count() or 1, 8) if workers is None else workers
         tta = self.resolve_tta(tta)
-        files = ImageFiles(paths, self.transform, self.mode)
+        files = ImageFiles(paths, self.pixels, self.mode)
         for indices, images, bad in _batches(decoded(files, workers, ahead=2 * batch_size), batch_size):
             sources = [paths[i] for i in indices]
-            ranked = [] if images is None else self.rank(self.logits(images, tta), sources, topk, threshold)
+            if images is None:
+                ranked = []
+            else:
+                ranked = self.rank(self.logits(normalize_batch(images, self.preprocess), tta), sources, topk, threshold)
             by_index: dict[int, Prediction | Skipped] = dict(zip(indices, ranked, strict=True))
             by_index.update({index: Skipped(paths[index], reason) for index, reason in bad})
             yield from (by_index[index] for index in sorted(by_index))
