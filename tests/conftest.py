@@ -94,3 +94,23 @@ def chromium() -> str:
     if path is None:
         pytest.fail("the browser test needs Chromium: apt-get install chromium (Debian) or put `chromium` on PATH")
     return path
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator:
+    """A headless Chromium context (Playwright) with a fresh profile, for the page tests."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+    from screenshot_report import CHROMIUM_FLAGS  # scripts/ is on sys.path once chromium ran
+
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1200, "height": 940},
+        )
+        yield context
+        context.close()

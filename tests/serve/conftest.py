@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +10,7 @@ from PIL import Image
 
 import cnnkit
 from cnnkit.data.datasets import load_source
+from servers import Server, kill_all, start_cnnkit_server
 
 
 @pytest.fixture(scope="session")
@@ -43,26 +38,6 @@ def mnist_png(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return path, str(int(labels[0]))
 
 
-class Server:
-    """A ``cnnkit serve`` process, its page's URL and its output so far."""
-
-    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
-        self.process, self.url, self.log = process, url, log
-
-    def output(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
     """``start_server(RUN, *flags)``: ``cnnkit serve RUN --port P *flags`` on 127.0.0.1 in
@@ -71,37 +46,12 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     started: list[Server] = []
 
     def start(run: Path, *flags: str) -> Server:
-        port = free_port()
-        log = tmp_path_factory.mktemp("serve") / "server.log"
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "cnnkit", "serve", str(run), "--port", str(port), *flags],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                # a test runner started in the background (`cmd &`) ignores SIGINT and its
-                # children inherit that; give the server a normal Ctrl-C, as in a terminal
-                preexec_fn=_default_sigint,
-            )
-        server = Server(process, f"http://127.0.0.1:{port}/", log)
+        server = start_cnnkit_server("serve", [str(run), *flags], tmp_path_factory.mktemp("serve") / "server.log")
         started.append(server)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(server.url, timeout=5) as response:
-                    if response.status == 200:
-                        return server
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"the server did not come up (exit code {process.poll()}):\n{server.output()}")
-            time.sleep(0.5)
+        return server
 
     yield start
-    for server in started:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+    kill_all(started)
 
 
 @pytest.fixture(scope="session")

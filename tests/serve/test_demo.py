@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,25 +21,6 @@ SCREENSHOT = ROOT / "docs" / "serve-digit.png"  # refreshed with CNNKIT_UPDATE_D
 def server(digits_run: Path, start_server):
     """``cnnkit serve RUN`` in its own process (see conftest.py), once its page answers."""
     return start_server(digits_run, "--examples", "4", "--device", "cpu")
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from screenshot_report import CHROMIUM_FLAGS
-
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=chromium,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1200, "height": 940},
-        )
-        yield context
-        context.close()
 
 
 def draw(page, strokes: list[list[tuple[float, float]]]) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from cnnkit.studio.jobs import TrainJob, start_training
 from cnnkit.studio.project import Project
+from servers import Server, kill_all, start_cnnkit_server
 from studio_data import PHOTO_CLASSES, PHOTOS_PER_CLASS, photos
 
 
@@ -29,3 +31,18 @@ def photo_job(imagenette: Path, tmp_path_factory: pytest.TempPathFactory) -> Tra
     status = job.wait(timeout=600)
     assert status["state"] == "completed", status["error"] or status["log"][-20:]
     return job
+
+
+@pytest.fixture(scope="module")
+def start_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], Server]]:
+    """``start_studio(PROJECT)``: ``cnnkit studio PROJECT --port P`` on 127.0.0.1 in its own
+    process, returned once its page answers; every one still running is killed at the end."""
+    started: list[Server] = []
+
+    def start(project: Path) -> Server:
+        server = start_cnnkit_server("studio", [str(project)], tmp_path_factory.mktemp("studio-server") / "log.txt")
+        started.append(server)
+        return server
+
+    yield start
+    kill_all(started)

@@ -28,7 +28,8 @@ from cnnkit.errors import CnnkitError
 from cnnkit.serve.app import BRUSH_SIZE, CANVAS, MODEL_GROUP, OutputFiles, _gradio
 from cnnkit.studio import views
 from cnnkit.studio.actions import Studio
-from cnnkit.studio.project import MAX_ZIP_BYTES, Project
+from cnnkit.studio.files import MAX_ZIP_BYTES
+from cnnkit.studio.project import Project
 
 MAX_UPLOAD = f"{MAX_ZIP_BYTES // 2**20}mb"  # Gradio refuses larger files before they reach the project
 POLL_S = 1.0  # seconds between status reads while a job trains
