@@ -226,7 +226,7 @@ def _serve(sub) -> None:
 
 def _studio(sub) -> None:
     st = _command(sub, "studio", "studio:main",
-                  "a web page to collect images, train, look at the results, try the model and take it away")  # fmt: skip
+                  "a web page to collect images, train, look at the results, try and take away a model")  # fmt: skip
     st.add_argument("project", nargs="?", default="cnnkit-studio", metavar="PROJECT_DIR",
                     help="the project folder (created if missing; default ./cnnkit-studio)")  # fmt: skip
     st.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it)")

@@ -14,10 +14,10 @@ def main(args: Any) -> None:
     (:meth:`cnnkit.studio.project.Project.open` raises a CnnkitError: exit code 1).
     """
     from cnnkit.serve import wait
+    from cnnkit.serve.app import launch
     from cnnkit.studio import jobs
     from cnnkit.studio.app import MAX_UPLOAD, build_studio
     from cnnkit.studio.project import Project
-    from cnnkit.serve.app import launch
 
     project = Project.open(args.project)
     page = build_studio(project)

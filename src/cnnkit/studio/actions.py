@@ -140,7 +140,8 @@ class Studio:
         """``{"default": key, "kinds": [{"key", "label", "help", "epochs"}]}``: the kinds of model."""
         return {
             "default": kinds.default_kind(self.project),
-            "kinds": [{"key": k.key, "label": k.label, "help": k.help, "epochs": k.epochs} for k in kinds.KINDS.values()],
+            "kinds": [{"key": k.key, "label": k.label, "help": k.help, "epochs": k.epochs}
+                      for k in kinds.KINDS.values()],  # fmt: skip
         }
 
     def train(self, kind: str, epochs: int | float | None = None, image_size: int | float | None = None,

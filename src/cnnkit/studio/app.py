@@ -140,8 +140,8 @@ def _train_tab(gr: Any, studio: Studio) -> SimpleNamespace:
             kind = gr.Radio([(k["label"], k["key"]) for k in listed["kinds"]], value=listed["default"],
                             label="Kind of model", elem_id="kind")  # fmt: skip
             kind_help = gr.Markdown(views.kind_help(listed, listed["default"]), elem_id="kind-help")
-            model = gr.Textbox(value="", label="Model name (advanced only: see `cnnkit models`, or timm:NAME / tv:NAME)",
-                               elem_id="model-name")  # fmt: skip
+            advanced = "Model name (advanced only: `cnnkit models` lists them; timm:NAME, tv:NAME)"
+            model = gr.Textbox(value="", label=advanced, elem_id="model-name")
             with gr.Row():
                 epochs = gr.Number(0, label="Epochs (0: the kind's default)", precision=0, minimum=0,
                                    elem_id="epochs")  # fmt: skip
@@ -160,7 +160,7 @@ def _train_tab(gr: Any, studio: Studio) -> SimpleNamespace:
             log = gr.Textbox(label="Log", lines=6, max_lines=10, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(POLL_S, active=False)
     plotted = gr.State(None)  # (run, epochs) of the curves shown: redrawn only when it changes
-    return SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("gr", "studio", "listed")})
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("gr", "studio", "listed", "advanced")})
 
 
 def _look_tab(gr: Any) -> SimpleNamespace:
@@ -182,8 +182,8 @@ def _try_tab(gr: Any, topk: int) -> SimpleNamespace:
         with gr.Column():
             with gr.Tab("Photo"):
                 # the raw payload (preprocess=False): cnnkit's loader reads the file, as in `cnnkit serve`
-                image = gr.Image(label="Upload, paste or take a photo", type="filepath", image_mode=None,
-                                 sources=["upload", "webcam", "clipboard"], format="png", elem_id="try-image")  # fmt: skip
+                image = gr.Image(label="Upload, paste or take a photo", type="filepath", image_mode=None, format="png",
+                                 sources=["upload", "webcam", "clipboard"], elem_id="try-image")  # fmt: skip
                 send = gr.Button("Predict", variant="primary", elem_id="predict-image")
             with gr.Tab("Draw"):
                 sketch = _sketchpad(gr, "sketch-try")
@@ -227,7 +227,8 @@ def _guarded(gr: Any, handler: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _action(gr: Any, trigger: Any, fn: Callable[..., Any], inputs: list[Any], ui: SimpleNamespace, name: str,
-            then: Callable[..., Any], then_inputs: list[Any], then_outputs: list[Any], **options: Any) -> Any:  # fmt: skip
+            then: Callable[..., Any], then_inputs: list[Any], then_outputs: list[Any],
+            **options: Any) -> Any:  # fmt: skip
     """``trigger`` runs ``fn`` (the public endpoint ``name``: its dict lands in the hidden
     result), then, when it succeeded, the private ``then`` shows that result on the page."""
     event = trigger(_guarded(gr, fn), inputs, ui.result, api_name=name, **options)

@@ -63,7 +63,8 @@ def check_markdown(result: dict[str, Any]) -> str:
         return "Data check: no problems found." if result["classes"] else ""
     lines = [f"- **{_esc(p)}**" for p in problems] + [f"- {_esc(w)}" for w in warnings]
     more = len(lines) - WARNINGS_SHOWN
-    shown = lines[:WARNINGS_SHOWN] + ([f"- ... and {more} more (`cnnkit check data` lists them all)"] if more > 0 else [])
+    listed_all = [f"- ... and {more} more (`cnnkit check data` lists them all)"] if more > 0 else []
+    shown = lines[:WARNINGS_SHOWN] + listed_all
     head = "Data check: **not ready to train**" if problems else "Data check: ready to train, with warnings"
     return head + "\n" + "\n".join(shown)
 
