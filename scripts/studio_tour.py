@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from local_server import start_cnnkit_server
 from screenshot_report import CHROMIUM_FLAGS, chromium_path
 
 TRAIN_TIMEOUT_MS = 600_000  # the photo model trains in seconds; a loaded CI machine is slower
@@ -149,41 +146,24 @@ def download_zip(page, folder: Path) -> Path:
     return path
 
 
-def start_studio(project: Path, log: Path, port: int) -> subprocess.Popen:
-    """``cnnkit studio PROJECT --port PORT`` in its own process, once its page answers."""
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "cnnkit", "studio", str(project), "--port", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5):
-                return process
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"cnnkit studio did not come up:\n{log.read_text()}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the imagenette-2k folder (train/, val/)")
     parser.add_argument("--out", type=Path, default=Path("docs/images"), help="folder for the three PNGs")
-    parser.add_argument("--port", type=int, default=7862)
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work, sync_playwright() as pw:
         work = Path(work)
-        studio = start_studio(work / "project", work / "studio.log", args.port)
+        studio = start_cnnkit_server("studio", [str(work / "project")], work / "studio.log")
         try:
             browser = pw.chromium.launch_persistent_context(
                 str(work / "profile"), executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS,
                 viewport=VIEWPORT,
             )  # fmt: skip
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{args.port}/")
+            page.goto(studio.url)
             for name in CLASSES:
                 add_class(page, name, sorted((args.data / "train" / name).glob("*.JPEG"))[:PHOTOS])
             page.screenshot(path=str(args.out / "studio-collect.png"))
@@ -196,8 +176,7 @@ def main() -> None:
             print(f"validation accuracy {accuracy:.2f} %; {photo.name} ({CLASSES[2]}) -> {label}")
             browser.close()
         finally:
-            studio.terminate()
-            studio.wait(timeout=60)
+            studio.stop()
 
 
 if __name__ == "__main__":

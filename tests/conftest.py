@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +20,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def _chromium_path() -> str | None:
-    if str(ROOT / "scripts") not in sys.path:
-        sys.path.insert(0, str(ROOT / "scripts"))
-    from screenshot_report import chromium_path
+    from screenshot_report import chromium_path  # scripts/ (pyproject: pytest's pythonpath)
 
     return chromium_path()
 
@@ -102,7 +99,7 @@ def browser(chromium: str) -> Iterator:
     import tempfile
 
     from playwright.sync_api import sync_playwright
-    from screenshot_report import CHROMIUM_FLAGS  # scripts/ is on sys.path once chromium ran
+    from screenshot_report import CHROMIUM_FLAGS
 
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(

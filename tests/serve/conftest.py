@@ -6,11 +6,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from local_server import Server, kill_all, start_cnnkit_server
 from PIL import Image
 
 import cnnkit
 from cnnkit.data.datasets import load_source
-from servers import Server, kill_all, start_cnnkit_server
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from studio_tour import SEVEN, draw  # the same mouse strokes as the studio's test
 
 pytestmark = pytest.mark.slow
 
@@ -21,19 +22,6 @@ SCREENSHOT = ROOT / "docs" / "serve-digit.png"  # refreshed with CNNKIT_UPDATE_D
 def server(digits_run: Path, start_server):
     """``cnnkit serve RUN`` in its own process (see conftest.py), once its page answers."""
     return start_server(digits_run, "--examples", "4", "--device", "cpu")
-
-
-def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
-    """Mouse strokes on the sketchpad; points are offsets in CSS pixels from the canvas centre."""
-    page.click("#sketchpad button[aria-label=Brush]")  # no tool is active until one is chosen
-    box = page.locator("#sketchpad canvas").first.bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    for points in strokes:
-        page.mouse.move(cx + points[0][0], cy + points[0][1])
-        page.mouse.down()
-        for x, y in points[1:]:
-            page.mouse.move(cx + x, cy + y, steps=15)
-        page.mouse.up()
 
 
 def dismiss_toasts(page) -> None:
@@ -62,7 +50,7 @@ def test_a_digit_drawn_with_the_mouse_is_recognised(
     page.goto(server.url)
     page.wait_for_selector("#sketchpad canvas", timeout=60_000)
     # a "7": the bar from left to right, then the stem down to the lower left
-    draw(page, [[(-70, -95), (75, -95), (-5, 105)]])
+    draw(page, "#sketchpad", SEVEN)
     page.click("#predict-drawing")
 
     expect(page.locator("#prediction [data-testid=label-output-value]")).to_have_text(

@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from local_server import Server, kill_all, start_cnnkit_server
 
 from cnnkit.studio.jobs import TrainJob, start_training
 from cnnkit.studio.project import Project
-from servers import Server, kill_all, start_cnnkit_server
 from studio_data import PHOTO_CLASSES, PHOTOS_PER_CLASS, photos
 
 

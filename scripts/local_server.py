@@ -1,4 +1,5 @@
-"""A ``cnnkit serve`` or ``cnnkit studio`` process on 127.0.0.1 for the page tests."""
+"""A ``cnnkit serve`` or ``cnnkit studio`` process on 127.0.0.1, for the page tests and
+scripts/studio_tour.py (which takes the README's screenshots)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-
-import pytest
 
 UP_TIMEOUT_S = 120  # a cold start imports torch and gradio
 
@@ -48,7 +47,10 @@ def _default_sigint() -> None:
 
 def start_cnnkit_server(command: str, args: list[str], log: Path) -> Server:
     """``cnnkit COMMAND *ARGS --port P`` in its own process, returned once its page answers
-    (the test fails with the server's output if it does not come up)."""
+
+    Raises:
+        RuntimeError: it did not come up (with the server's output).
+    """
     port = free_port()
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -70,7 +72,7 @@ def start_cnnkit_server(command: str, args: list[str], log: Path) -> Server:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"the server did not come up (exit code {process.poll()}):\n{server.output()}")
+            raise RuntimeError(f"the server did not come up (exit code {process.poll()}):\n{server.output()}")
         time.sleep(0.5)
 
 
