@@ -146,6 +146,13 @@ def download_zip(page, folder: Path) -> Path:
     return path
 
 
+def screenshot(page, path: Path) -> None:
+    """The page from its top, once every thumbnail and figure on it has loaded."""
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_function("[...document.images].every(img => img.complete)", timeout=STEP_TIMEOUT_MS)
+    page.screenshot(path=str(path))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the imagenette-2k folder (train/, val/)")
@@ -166,13 +173,13 @@ def main() -> None:
             page.goto(studio.url)
             for name in CLASSES:
                 add_class(page, name, sorted((args.data / "train" / name).glob("*.JPEG"))[:PHOTOS])
-            page.screenshot(path=str(args.out / "studio-collect.png"))
+            screenshot(page, args.out / "studio-collect.png")
             accuracy = train(page)
             open_tab(page, "Train")
-            page.screenshot(path=str(args.out / "studio-train.png"))
+            screenshot(page, args.out / "studio-train.png")
             photo = sorted((args.data / "val" / CLASSES[2]).glob("*.JPEG"))[0]
             label = try_photo(page, photo)
-            page.screenshot(path=str(args.out / "studio-try.png"))
+            screenshot(page, args.out / "studio-try.png")
             print(f"validation accuracy {accuracy:.2f} %; {photo.name} ({CLASSES[2]}) -> {label}")
             browser.close()
         finally:

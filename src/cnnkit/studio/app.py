@@ -155,12 +155,19 @@ def _train_tab(gr: Any, studio: Studio) -> SimpleNamespace:
             progress = gr.HTML(views.progress_html({"state": "idle"}), elem_id="train-progress")
             status = gr.Markdown(elem_id="train-status")
             curves = gr.Plot(label="Curves (updated each epoch)", format="png", elem_id="curves")
-            command = gr.Code(label="The same run from a terminal, in the project folder", language="shell",
-                              interactive=False, elem_id="train-command")  # fmt: skip
+            command = _command_box(gr, "The same run from a terminal, in the project folder", "train-command")
             log = gr.Textbox(label="Log", lines=6, max_lines=10, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(POLL_S, active=False)
     plotted = gr.State(None)  # (run, epochs) of the curves shown: redrawn only when it changes
     return SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("gr", "studio", "listed", "advanced")})
+
+
+def _command_box(gr: Any, label: str, elem_id: str) -> Any:
+    """A read-only shell box for a ``cnnkit train`` command, its long line wrapped."""
+    import inspect
+
+    wrap = {"wrap_lines": True} if "wrap_lines" in inspect.signature(gr.Code).parameters else {}  # newer Gradio
+    return gr.Code(label=label, language="shell", interactive=False, lines=2, max_lines=4, elem_id=elem_id, **wrap)
 
 
 def _look_tab(gr: Any) -> SimpleNamespace:
@@ -203,8 +210,7 @@ def _takeaway_tab(gr: Any) -> SimpleNamespace:
                 "`predict`, `serve` and `train --resume`.")  # fmt: skip
     make = gr.Button("Make the zip", variant="primary", elem_id="make-zip")
     file = gr.File(label="Download", interactive=False, height=90, elem_id="zip")
-    command = gr.Code(label="The exact `cnnkit train` command of this run", language="shell", interactive=False,
-                      elem_id="takeaway-command")  # fmt: skip
+    command = _command_box(gr, "The exact `cnnkit train` command of this run", "takeaway-command")
     return SimpleNamespace(make=make, file=file, command=command)
 
 
