@@ -111,3 +111,16 @@ def browser(chromium: str) -> Iterator:
         )
         yield context
         context.close()
+
+
+@pytest.fixture(scope="session")
+def mnist_png(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The first embedded MNIST test digit as a PNG file, and its label."""
+    from PIL import Image
+
+    from cnnkit.data.datasets import load_source
+
+    images, labels = load_source("embedded-mnist", None, False).test
+    path = tmp_path_factory.mktemp("digit") / "digit.png"
+    Image.fromarray(images[0, 0].numpy()).save(path)
+    return path, str(int(labels[0]))

@@ -10,7 +10,6 @@ from local_server import Server, kill_all, start_cnnkit_server
 from PIL import Image
 
 import cnnkit
-from cnnkit.data.datasets import load_source
 
 
 @pytest.fixture(scope="session")
@@ -27,15 +26,6 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         log=lambda line: None,
     )
     return run.dir
-
-
-@pytest.fixture(scope="session")
-def mnist_png(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The first embedded MNIST test digit as a PNG file, and its label."""
-    images, labels = load_source("embedded-mnist", None, False).test
-    path = tmp_path_factory.mktemp("digit") / "digit.png"
-    Image.fromarray(images[0, 0].numpy()).save(path)
-    return path, str(int(labels[0]))
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +50,6 @@ def bad_uploads(tmp_path_factory: pytest.TempPathFactory, blank_png) -> dict[str
     import io
 
     import numpy as np
-    from PIL import Image
 
     folder = tmp_path_factory.mktemp("bad-uploads")
     (folder / "notes.png").write_text("these are notes, not an image\n" * 20)

@@ -72,3 +72,49 @@ def test_collect_train_try_and_take_away_by_api(client, imagenette: Path, tmp_pa
     with zipfile.ZipFile(archive) as opened:
         names = opened.namelist()
     assert f"{status['run']}/checkpoints/best.pt" in names and f"{status['run']}/model.onnx" in names
+
+
+def test_snapshots_drawings_deletions_stop_and_resume_by_api(start_studio, mnist_png, tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(start_studio(tmp_path / "digits").url, verbose=False)
+    imported = client.predict("embedded-mnist", 10, api_name="/import_data")
+    assert {c["name"]: c["count"] for c in imported["classes"]} == {str(d): 10 for d in range(10)}
+    assert client.predict(api_name="/kinds")["default"] == "digits"  # 28 px grey images
+
+    digit, label = mnist_png
+    frame = client.predict(label, handle_file(str(digit)), api_name="/add_snapshot")
+    drawing = {"background": handle_file(str(digit)), "layers": [], "composite": handle_file(str(digit))}
+    drawn = client.predict(label, drawing, api_name="/add_drawing")
+    counts = {c["name"]: c["count"] for c in drawn["classes"]}
+    assert len(frame["added"]) == len(drawn["added"]) == 1 and counts[label] == 12
+    listed = client.predict(label, api_name="/images")
+    assert listed["count"] == 12 and listed["files"][0] == drawn["added"][0].split("/")[-1]  # newest first
+    after = client.predict(label, listed["files"][0], api_name="/delete_image")
+    assert {c["name"]: c["count"] for c in after["classes"]}[label] == 11
+    other = "9" if label != "9" else "8"
+    assert other not in [c["name"] for c in client.predict(other, api_name="/delete_class")["classes"]]
+
+    started = client.predict("digits", 200, 0, "", api_name="/train")  # far more epochs than the test waits for
+    while (status := client.predict(api_name="/train_status"))["epoch"] < 1:
+        assert status["state"] == "running", status["log"][-5:]
+        time.sleep(0.5)
+    client.predict(api_name="/stop")
+    deadline = time.monotonic() + 120
+    while (status := client.predict(api_name="/train_status"))["state"] == "running":
+        assert time.monotonic() < deadline, status["log"][-5:]
+        time.sleep(0.5)
+    assert status["state"] == "stopped" and status["run"] == started["run"], status
+    (run,) = client.predict(api_name="/runs")
+    assert run["name"] == status["run"] and run["epochs_run"] < 200
+
+    resumed = client.predict(status["run"], status["epoch"] + 1, api_name="/resume")  # one more epoch
+    assert resumed["state"] == "running"
+    while (status := client.predict(api_name="/train_status"))["state"] == "running":
+        time.sleep(0.5)
+    assert status["state"] == "completed", status["log"][-10:]
+    (run,) = client.predict(api_name="/runs")
+    assert run["epochs_run"] == run["epochs_planned"] == status["epoch"]
+
+    top, seen, cam = client.predict(drawing, "", api_name="/predict_drawing")
+    assert top["label"] in {str(d) for d in range(10)} and seen
