@@ -36,19 +36,29 @@ def open_tab(page, name: str) -> None:
 
 
 def add_class(page, name: str, files: Sequence[Path]) -> None:
-    """Add a class by name, then upload ``files`` into it, and wait for its count."""
+    """Add a class by name, then upload ``files`` into it (if any), and wait for its count."""
     from playwright.sync_api import expect
 
     open_tab(page, "Collect")
     page.fill("#new-class textarea, #new-class input", name)
     page.click("#add-class")
     expect(page.locator("#collect-message")).to_contain_text(f"added class {name}", timeout=STEP_TIMEOUT_MS)
+    if not files:
+        return
     page.get_by_role("tab", name="Upload").first.click()
     page.set_input_files("#upload-files input[type=file]", [str(f) for f in files])
     # the file component lists each file once it is uploaded (its stem and suffix apart)
     expect(page.locator("#upload-files tr")).to_have_count(len(files), timeout=STEP_TIMEOUT_MS)
     page.click("#add-files")
     expect(page.locator("#collect-message")).to_contain_text(f"{name}: added {len(files)}", timeout=STEP_TIMEOUT_MS)
+
+
+def start_webcam(page, root: str) -> None:
+    """Grant the webcam component under ``root`` its camera (the first click of a visit)."""
+    page.locator(root).get_by_text("Click to Access Webcam").click()
+    page.locator(f"{root} button[aria-label='capture photo']").wait_for(timeout=STEP_TIMEOUT_MS)
+    # frames come once the video plays (a capture before that takes nothing)
+    page.wait_for_function(f"document.querySelector(\"{root} video\")?.readyState >= 2", timeout=STEP_TIMEOUT_MS)
 
 
 def class_counts(page) -> dict[str, int]:

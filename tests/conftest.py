@@ -106,7 +106,9 @@ def browser(chromium: str) -> Iterator:
             profile,
             executable_path=chromium,
             headless=True,
-            args=CHROMIUM_FLAGS,
+            # a fake camera (a moving test pattern), granted without a prompt: the studio's webcam
+            args=[*CHROMIUM_FLAGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"],
+            permissions=["camera"],
             viewport={"width": 1200, "height": 940},
         )
         yield context

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from cli_helpers import run_cli
 from studio_data import PHOTO_CLASSES, PHOTOS_PER_CLASS, photos
@@ -86,4 +87,52 @@ def test_a_digit_drawn_in_the_browser_is_recognised_by_a_digits_model_trained_in
     print(f"digits: validation accuracy {accuracy:.2f} %")
     assert accuracy > 80
     assert tour.try_drawing(page) == "7"
+    page.close()
+
+
+def test_webcam_snapshot_and_burst_drawing_and_deletions_in_the_collect_tab(
+    start_studio, browser, tour, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    project = tmp_path / "cam"
+    server = start_studio(project)
+    page = browser.new_page()
+    page.goto(server.url)
+    tour.add_class(page, "cam", [])
+    page.get_by_role("tab", name="Webcam").first.click()
+    tour.start_webcam(page, "#webcam")  # Chromium's fake camera
+    page.click("#webcam button[aria-label='capture photo']")
+    page.wait_for_function("document.querySelector('#webcam img[src]:not(.hide)')", timeout=tour.STEP_TIMEOUT_MS)
+    page.click("#add-snapshot")
+    expect(page.locator("#collect-message")).to_contain_text("cam: added webcam-", timeout=tour.STEP_TIMEOUT_MS)
+    assert tour.class_counts(page) == {"cam": 1}
+
+    tour.start_webcam(page, "#burst")
+    page.locator("#burst button[aria-label='capture photo']").click()  # Record
+    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 4", timeout=tour.STEP_TIMEOUT_MS)
+    page.locator("#burst button[aria-label='capture photo']", has_text="Stop").click()
+    page.wait_for_timeout(2_000)  # a frame already sent may still land
+    stored = sorted((project / "data" / "cam").iterdir())
+    page.wait_for_timeout(2_000)
+    assert sorted((project / "data" / "cam").iterdir()) == stored, "the burst went on after Stop"
+    assert len(stored) >= 4 and len({Image.open(f).size for f in stored}) == 1  # frames of one camera
+
+    page.get_by_role("tab", name="Draw").first.click()
+    tour.draw(page, "#sketch-collect", tour.SEVEN)
+    page.click("#add-drawing")
+    expect(page.locator("#collect-message")).to_contain_text("cam: added sketch-", timeout=tour.STEP_TIMEOUT_MS)
+    (drawing,) = (project / "data" / "cam").glob("sketch-*.png")
+    assert Image.open(drawing).size == (28, 28)  # stored as an MNIST-style digit
+
+    page.locator("#gallery img").first.click()  # the newest: the drawing
+    expect(page.locator("#picked textarea, #picked input")).to_have_value(drawing.name)
+    page.click("#delete-image")
+    expect(page.locator("#collect-message")).to_contain_text(f"deleted {drawing.name}", timeout=tour.STEP_TIMEOUT_MS)
+    assert not drawing.exists() and tour.class_counts(page) == {"cam": len(stored)}
+
+    page.click("#delete-class")
+    expect(page.locator("#collect-message")).to_contain_text("deleted class cam", timeout=tour.STEP_TIMEOUT_MS)
+    expect(page.locator("#class-counts")).to_contain_text("No classes yet")
+    assert not (project / "data" / "cam").exists()
     page.close()

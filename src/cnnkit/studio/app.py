@@ -33,7 +33,9 @@ from cnnkit.studio.project import Project
 
 MAX_UPLOAD = f"{MAX_ZIP_BYTES // 2**20}mb"  # Gradio refuses larger files before they reach the project
 POLL_S = 1.0  # seconds between status reads while a job trains
-BURST_EVERY_S, BURST_S = 0.5, 5  # webcam burst: a frame every 0.5 s for 5 s (about 10 images)
+# webcam burst: a frame every 0.5 s while recording. Gradio ends a stream event after its time
+# limit and the page, still recording, starts the next one: a burst lasts until Stop is pressed
+BURST_EVERY_S, BURST_EVENT_S = 0.5, 10
 
 # The API: every action of the page, by name (the README lists them with their arguments).
 ENDPOINTS = ("add_class", "delete_class", "upload", "add_snapshot", "add_drawing", "delete_image", "import_data",
@@ -103,7 +105,7 @@ def _collect_tab(gr: Any) -> SimpleNamespace:
             with gr.Tab("Webcam"):
                 snapshot = gr.Image(label="Snapshot", sources=["webcam"], type="numpy", elem_id="webcam")
                 add_snapshot = gr.Button("Add snapshot", variant="primary", elem_id="add-snapshot")
-                burst = gr.Image(label=f"Burst: record to add a frame every {BURST_EVERY_S:g} s for {BURST_S} s",
+                burst = gr.Image(label=f"Burst: Record adds a frame every {BURST_EVERY_S:g} s until you press Stop",
                                  sources=["webcam"], type="numpy", streaming=True, elem_id="burst")  # fmt: skip
             with gr.Tab("Draw"):
                 sketch = _sketchpad(gr, "sketch-collect")
@@ -273,7 +275,7 @@ def _wire_collect(gr: Any, studio: Studio, ui: SimpleNamespace) -> None:
         events[trigger].success(lambda: "", None, c.new_class, api_visibility="private", queue=False)
     events[c.upload.click].success(lambda: None, None, c.files, api_visibility="private", queue=False)
     c.burst.stream(_guarded(gr, lambda chosen, frame: views.collect_view(gr, studio, studio.add_snapshot(
-        chosen, frame), chosen)), [c.chosen, c.burst], outputs, stream_every=BURST_EVERY_S, time_limit=BURST_S,
+        chosen, frame), chosen)), [c.chosen, c.burst], outputs, stream_every=BURST_EVERY_S, time_limit=BURST_EVENT_S,
         api_visibility="private", concurrency_limit=1)  # fmt: skip
     c.chosen.input(_guarded(gr, lambda chosen: views.collect_view(gr, studio, studio.data(), chosen)), c.chosen,
                    outputs, api_visibility="private")  # fmt: skip
