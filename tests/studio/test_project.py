@@ -356,3 +356,14 @@ def test_thumbnails_are_the_newest_images(project: Project) -> None:
 
     assert info.count == 8 and len(info.thumbnails) == studio_project.THUMBNAILS
     assert {p.name for p in info.thumbnails} <= set(names)
+
+
+def test_cnnkit_studio_refuses_a_newer_project_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_helpers import one_line_error, run_cli
+
+    root = tmp_path / "future"
+    root.mkdir()
+    (root / MANIFEST).write_text(json.dumps({"format": STUDIO_FORMAT + 1, "cnnkit": "9.4.0"}))
+
+    code, _, err = run_cli(capsys, "studio", str(root), "--port", "0")
+    assert code == 1 and "upgrade cnnkit" in one_line_error(err)  # refused before anything is served
