@@ -66,11 +66,11 @@ class Studio:
 
     def images(self, class_name: str) -> dict[str, Any]:
         """``{"class", "count", "files": [names, newest first]}``: one class's image files."""
-        paths = sorted(self.project.images(class_name), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+        paths = self.image_paths(class_name, limit=None)
         return {"class": class_name, "count": len(paths), "files": [p.name for p in paths]}
 
-    def image_paths(self, class_name: str, limit: int = GALLERY_IMAGES) -> list[Path]:
-        """The newest ``limit`` image files of a class (for the gallery)."""
+    def image_paths(self, class_name: str, limit: int | None = GALLERY_IMAGES) -> list[Path]:
+        """The newest ``limit`` image files of a class (None: all), newest first (the gallery's order)."""
         paths = self.project.images(class_name)
         return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)[:limit]
 
