@@ -237,33 +237,46 @@ def image_features(paths: Sequence[str], name: str, *, device: torch.device,
                    progress: bool) -> tuple[np.ndarray, np.ndarray, float, str]:  # fmt: skip
     """Features of every file through the pretrained backbone ``name``, cached on disk.
 
+    The cache holds the files in the order of their real paths, so the same images listed
+    in another order or under other class folders (a relabelled copy) find it too.
+
     Returns:
         float32 features ``[N, F]`` (zero rows for unreadable files), readable mask
         ``[N]``, seconds spent computing them (0.0 from the cache), and a note line.
     """
+    model, pre, source = backbone(name)
+    order = np.argsort([os.path.realpath(p) for p in paths], kind="stable")  # cache row r is paths[order[r]]
+    ordered = [paths[i] for i in order]
+    path = feature_cache_path(ordered, name, model, pre)
+    found = _read_features(path, len(paths))
+    seconds, note = 0.0, f"features from the cache ({path})"
+    if found is None:
+        start = time.perf_counter()
+        found = _compute_features(model, ordered, pre, device, progress)
+        buffer = io.BytesIO()
+        torch.save({"format": CACHE_FORMAT, "features": found[0], "readable": found[1]}, buffer)
+        atomic.write_bytes(path, buffer.getvalue())
+        seconds = time.perf_counter() - start
+        count = int(found[1].sum())
+        note = (f"features of {count:,} images through {name} ({source}) computed in {seconds:.1f}s "
+                f"({count / max(seconds, 1e-9):.0f} img/s); cached in {path}")  # fmt: skip
+    features, readable = np.zeros((len(paths), found[0].shape[1]), np.float32), np.zeros(len(paths), bool)
+    features[order], readable[order] = found[0].float().numpy(), found[1].numpy()
+    return features, readable, seconds, note
+
+
+def _compute_features(model: nn.Module, paths: Sequence[str], pre: Preprocess, device: torch.device,
+                      progress: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """float16 features ``[N, F]`` (zero rows where unreadable) and the readable mask ``[N]``."""
     from cnnkit.engine.features import extract_features
 
-    model, pre, source = backbone(name)
-    path = feature_cache_path(paths, name, model, pre)
-    found = _read_features(path, len(paths))
-    if found is not None:
-        features, readable = found
-        return features.float().numpy(), readable.numpy(), 0.0, f"features from the cache ({path})"
-    start = time.perf_counter()
     model.to(device)
     batches = _Batches(paths, pre, FEATURE_BATCH, decode_workers())
     feats, rows = extract_features(model, batches, device=device, progress=progress, desc="features")
     features = torch.zeros(len(paths), feats.shape[1], dtype=torch.float16)
     readable = torch.zeros(len(paths), dtype=torch.bool)
     features[rows], readable[rows] = feats, True
-    buffer = io.BytesIO()
-    torch.save({"format": CACHE_FORMAT, "features": features, "readable": readable}, buffer)
-    atomic.write_bytes(path, buffer.getvalue())
-    seconds = time.perf_counter() - start
-    rate = len(rows) / max(seconds, 1e-9)
-    note = (f"features of {len(rows):,} images through {name} ({source}) computed in {seconds:.1f}s "
-            f"({rate:.0f} img/s); cached in {path}")  # fmt: skip
-    return features.float().numpy(), readable.numpy(), seconds, note
+    return features, readable
 
 
 def linear_head_probs(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
