@@ -230,7 +230,8 @@ def print_tables(results: list[dict]) -> None:
     print("\n| data | noise | flipped / images | method | flagged | precision | recall | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        for side, label in (("cnnkit", "cnnkit check --labels (empty cache)"), ("baseline", "top losses, top N (fit + rank)")):
+        sides = (("cnnkit", "cnnkit check --labels (empty cache)"), ("baseline", "top losses, top N (fit + rank)"))
+        for side, label in sides:
             n, p, rc, s = r[side]
             print(f"| {r['set']} | {r['noise']:.0%} | {r['flipped']} / {r['images']} | {label} | {n} | {p:.3f} | "
                   f"{rc:.3f} | {s:.1f} |")  # fmt: skip
