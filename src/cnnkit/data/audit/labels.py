@@ -5,8 +5,8 @@ training would, gets out-of-sample class probabilities for every one of them by 
 cross-validation (:mod:`~cnnkit.data.audit.label_probs`), and hands them to **cleanlab**
 (confident learning; the optional extra ``cnnkit[labels]``):
 
-* label issues: ``cleanlab.filter.find_label_issues`` picks the images whose given label
-  the held-out model does not believe, ranked by ``cleanlab.rank`` 's self-confidence
+* label issues: ``cleanlab.filter.find_label_issues`` (``filter_by="prune_by_class"``)
+  picks the images whose given label the held-out model does not believe, ranked by ``cleanlab.rank`` 's self-confidence
   (the probability of the given label, low first); each with its given label, the
   suggested one (the likeliest other class) and that score;
 * outliers: cleanlab's ``OutOfDistribution`` score (average cosine distance to the 10
@@ -37,6 +37,11 @@ INSTALL_HINT = 'pip install "cnnkit[labels]"'
 OUTLIER_FRACTION = 0.01  # of the images listed as outliers (at least OUTLIERS_MIN, at most OUTLIERS_MAX)
 OUTLIERS_MIN, OUTLIERS_MAX = 5, 50
 PAIRS = 10  # most-confused class pairs kept
+# cleanlab's rule for how many issues to take from each class: per class, as many as its
+# estimated off-diagonal share of the confident joint. On imagenette-2k (6 flip seeds) it
+# found 1-3 points more of the flipped labels than the default prune_by_noise_rate at the
+# same precision.
+FILTER_BY = "prune_by_class"
 
 
 def require_cleanlab() -> Any:
@@ -172,7 +177,8 @@ def label_issues(labels: np.ndarray, probs: np.ndarray) -> list[tuple[int, float
     cleanlab = require_cleanlab()
     with warnings.catch_warnings():  # cleanlab warns about tiny classes; the notes already say
         warnings.simplefilter("ignore")
-        ranked = cleanlab.filter.find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+        ranked = cleanlab.filter.find_label_issues(labels, probs, filter_by=FILTER_BY,
+                                                   return_indices_ranked_by="self_confidence")  # fmt: skip
         quality = cleanlab.rank.get_label_quality_scores(labels, probs, method="self_confidence")
     return [(int(i), float(quality[i])) for i in ranked]
 
