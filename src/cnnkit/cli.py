@@ -235,7 +235,8 @@ def _studio(sub) -> None:
 
 def _check(sub) -> None:
     ck = _command(sub, "check", "check:main",
-                  "the dataset doctor: unreadable files, modes, sizes, duplicates, leakage, balance")  # fmt: skip
+                  "the dataset doctor: unreadable files, modes, sizes, duplicates, leakage, balance; "
+                  "with --labels, likely label errors")  # fmt: skip
     ck.add_argument("data", metavar="DATA",
                     help="class-per-folder tree (optionally train/ val/ test/) or CSV file (path,label)")  # fmt: skip
     ck.add_argument("--json", action="store_true", help="print the full report as JSON instead of the summary")
@@ -250,6 +251,24 @@ def _check(sub) -> None:
                     help="images with a shorter side under PX (or 1/8 of the median) are tiny "
                          "(default 16)")  # fmt: skip
     ck.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lb = ck.add_argument_group("label check (--labels; needs the labels extra: pip install \"cnnkit[labels]\")")
+    lb.add_argument("--labels", action="store_true",
+                    help="also find likely label errors, outliers and confused classes: out-of-sample predictions "
+                         "by K-fold cross-validation ranked by cleanlab")  # fmt: skip
+    lb.add_argument("--model", metavar="NAME",
+                    help="timm:NAME/tv:NAME (frozen pretrained features + a linear head per fold) or one of "
+                         "cnnkit's models (trained per fold); default: timm:efficientnet_lite0 features for photos, "
+                         "mnist_fast for small grey images")  # fmt: skip
+    lb.add_argument("--folds", type=int, metavar="K", help="cross-validation folds (default 5)")
+    lb.add_argument("--epochs", type=int, metavar="N",
+                    help="epochs per fold when a network trains from scratch (default 3)")  # fmt: skip
+    lb.add_argument("--labels-out", metavar="DIR",
+                    help="where label_issues.csv/.html/.json go (default: ./label-issues/<data folder name>/)")
+    lb.add_argument("--fix-to", metavar="DIR",
+                    help="write a copy of the dataset to DIR with the suspects moved to "
+                         "DIR/_review/<given>__as__<suggested>/ (the originals are untouched)")  # fmt: skip
+    lb.add_argument("--seed", type=int, default=0, help="seed of the folds and of any network (default 0)")
+    lb.add_argument("--device", default="auto", help="where the model runs (default auto: CUDA when present)")
 
 
 def _runs(sub) -> None:

@@ -142,3 +142,58 @@ def test_a_flip_tta_run_reports_the_same_top1_as_eval_and_summary(tmp_path: Path
         assert f"top-1: <b>{ev.result.acc:.2%}</b>" in text and f"loss: <b>{ev.result.loss:.4f}</b>" in text
         assert "TTA: <b>flip</b>" in text
     assert summary["test_acc"] == ev.result.acc
+
+
+def test_report_lists_likely_label_errors_of_the_held_out_split(mnist_run: Path) -> None:
+    pytest.importorskip("cleanlab")
+    text = (mnist_run / "report" / "report.html").read_text(encoding="utf-8")
+
+    assert 'id="label-errors"' in text
+    assert "test split: from the run&#39;s own predictions on the test split (2,000 images it did not train on" in text
+    assert "out-of-sample" in text
+
+
+def _scores_with_flips(flips: list[int]):
+    """Confident, correct logits for 200 images of 4 classes, with the labels at ``flips`` changed."""
+    import torch
+
+    from cnnkit.engine.scoring import Scores
+
+    true = torch.arange(200) % 4
+    logits = torch.nn.functional.one_hot(true, 4).float() * 6 + torch.randn(200, 4, generator=torch.Generator()
+                                                                           .manual_seed(0))  # fmt: skip
+    labels = true.clone()
+    labels[flips] = (true[flips] + 1) % 4
+    return Scores(logits, labels)
+
+
+def test_label_errors_section_ranks_the_flipped_labels() -> None:
+    pytest.importorskip("cleanlab")
+    from cnnkit.evaluation.label_errors import label_errors_section
+
+    flips = [3, 50, 77, 120, 199]
+    section = label_errors_section(_scores_with_flips(flips), ["a", "b", "c", "d"], "val",
+                                   [f"img{i}.png" for i in range(200)])  # fmt: skip
+    assert sorted(row["position"] for row in section["rows"]) == flips
+    assert section["total"] == 5 and section["split"] == "val"
+    first = section["rows"][0]
+    assert first["path"] == f"img{first['position']}.png" and first["suggested"] != first["given"]
+
+
+def test_label_errors_section_declines_the_train_split_and_notes_a_missing_cleanlab(monkeypatch) -> None:
+    import builtins
+
+    from cnnkit.evaluation.label_errors import label_errors_section
+
+    scores = _scores_with_flips([3])
+    assert "not out-of-sample" in label_errors_section(scores, list("abcd"), "train")["note"]
+    real_import = builtins.__import__
+
+    def no_cleanlab(name, *args, **kwargs):
+        if name.startswith("cleanlab"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cleanlab)
+    section = label_errors_section(scores, list("abcd"), "val")
+    assert section["rows"] == [] and 'pip install "cnnkit[labels]"' in section["note"]

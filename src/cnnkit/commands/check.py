@@ -1,22 +1,77 @@
-"""``cnnkit check``: the dataset doctor (unreadable files, modes, sizes, duplicates, leakage, balance)."""
+"""``cnnkit check``: the dataset doctor (unreadable files, modes, sizes, duplicates, leakage, balance)
+and, with ``--labels``, the labels a model finds wrong (cross-validated, cleanlab)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from cnnkit.errors import DataError
+from cnnkit.errors import DataError, UsageError
+
+LABEL_ONLY_FLAGS = ("model", "folds", "epochs", "labels_out", "fix_to")
 
 
 def main(args: Any) -> None:
     """Print the report (or JSON); exit 1 when training could not use the data."""
     from cnnkit.data.audit import audit, format_report, write_json
 
+    _check_label_flags(args)
+    if args.labels:
+        from cnnkit.data.audit.labels import require_cleanlab
+
+        require_cleanlab()  # before the file check: a missing extra fails at once
     given = {key: value for key, value in (("min_side", args.min_side), ("near_distance", args.near_distance))
              if value is not None}  # unset: audit's own defaults (the help texts state them)
     report = audit(args.data, quick=args.quick, workers=args.workers, progress=not args.no_progress, **given)
-    if args.out:
+    labels, written = _labels(args, report) if args.labels and report.usable else (None, [])
+    values = report.to_dict() | ({"labels": labels.to_dict()} if labels else {})
+    if args.out and labels is None:
         write_json(report, args.out)
-    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
+    elif args.out:
+        _write_json(values, args.out)
+    if args.json:
+        print(json.dumps(values, indent=1))
+    else:
+        print(format_report(report))
+        if labels is not None:
+            from cnnkit.data.audit.label_output import format_labels
+
+            print(format_labels(labels))
+            print("\n".join(written))
     if not report.usable:  # exit 1: the report above says everything; the error line sums it up
         raise DataError(f"{args.data} is not usable for training: {'; '.join(report.problems)}")
+
+
+def _labels(args: Any, report: Any) -> tuple[Any, list[str]]:
+    """Run the label check and write its files (and the cleaned copy); returns it and the lines saying where."""
+    from cnnkit.data.audit.label_output import fix_to, write_files
+    from cnnkit.data.audit.labels import check_labels
+
+    labels = check_labels(args.data, model=args.model, folds=args.folds or 5, epochs=args.epochs or 3,
+                          seed=args.seed, progress=not args.no_progress, device=args.device)  # fmt: skip
+    out = Path(args.labels_out) if args.labels_out else Path("label-issues") / Path(args.data).resolve().stem
+    files = write_files(labels, out, extra={"check": report.to_dict()})
+    written = [f"label files: {files['csv']} (ranked issues), {files['html']} (thumbnails), {files['json']}"]
+    if args.fix_to:
+        written.append(fix_to(labels, args.data, args.fix_to).line())
+    return labels, written
+
+
+def _check_label_flags(args: Any) -> None:
+    if args.labels:
+        if args.quick:
+            raise UsageError("--labels decodes every image; it cannot run with --quick")
+        return
+    used = [f"--{name.replace('_', '-')}" for name in LABEL_ONLY_FLAGS if getattr(args, name, None) is not None]
+    if used:
+        raise UsageError(f"{', '.join(used)} only apply to the label check: add --labels")
+
+
+def _write_json(values: dict[str, Any], path: str) -> None:
+    from cnnkit import atomic
+
+    try:
+        atomic.write_json(Path(path), values)
+    except OSError as error:
+        raise UsageError(f"cannot write the report to {path}: {error.strerror or error}") from None

@@ -74,6 +74,7 @@ def report(
     if robustness:
         extra = _robustness(model, loader, pre, torch_device, loaded.class_names, dtype, cfg.train.tta)
         extra["images"] = min(ROBUSTNESS_IMAGES, data.count)
+    label_errors = _label_errors(pred, loader, loaded.class_names, split, pre)
     summary = summarize(model.cpu(), (pre["channels"], *pre["input_size"]))
     config_file = run_dir / "config.yaml"
     return rep.write_report(
@@ -83,8 +84,20 @@ def report(
         config_text=config_file.read_text(encoding="utf-8") if config_file.is_file() else "",
         summary_text=format_summary(summary),
         title=f"{run_dir.name}: {loaded.checkpoint.model.name} on {cfg.data.name}",
-        robustness=extra,
+        robustness=extra, label_errors=label_errors,
     )  # fmt: skip
+
+
+def _label_errors(pred: Any, loader: Any, class_names: list[str], split: str, pre: dict[str, Any]) -> dict[str, Any]:
+    """The "likely label errors" section of the split's own (held-out) predictions, with the suspects' pixels."""
+    from cnnkit.evaluation import report as rep
+    from cnnkit.evaluation.label_errors import label_errors_section, loader_paths
+
+    scores = pred.scores
+    section = label_errors_section(scores, class_names, split, loader_paths(loader, scores.count))
+    if section["rows"]:
+        section["images"] = rep.images_at(loader, section["positions"], scores.labels, pre["mean"], pre["std"])
+    return section
 
 
 def read_history(metrics_csv: Path) -> list[dict[str, Any]]:

@@ -178,12 +178,19 @@ def summarise(pred: Predictions | Scores, class_names: list[str], split: str) ->
 def write_report(
     out_dir: str | Path, data: ReportData, pred: Predictions, *, history: list[dict[str, Any]],
     preview: tuple[torch.Tensor, list[str]] | None, config_text: str, summary_text: str, title: str,
-    robustness: dict[str, Any] | None = None,
+    robustness: dict[str, Any] | None = None, label_errors: dict[str, Any] | None = None,
 ) -> Path:  # fmt: skip
-    """Write the PNGs and ``report.html`` (images embedded) into ``out_dir``; return the HTML path."""
+    """Write the PNGs and ``report.html`` (images embedded) into ``out_dir``; return the HTML path.
+
+    ``label_errors``: the section of :func:`cnnkit.evaluation.label_errors.label_errors_section`,
+    with the suspects' de-normalised pixels as ``images`` (None: no section).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(data, pred, history, preview, robustness)
+    if label_errors and label_errors.get("images") is not None and len(label_errors["images"]):
+        titles = [f"given {r['given']}\nsuggested {r['suggested']}" for r in label_errors["rows"]]
+        figures["label_errors"] = plots.image_grid_figure(label_errors["images"], titles, title="likely label errors")
     images = {}
     for name, fig in figures.items():
         path = out / f"{name}.png"
@@ -192,6 +199,7 @@ def write_report(
     page = _TEMPLATE.render(
         title=title, data=data, images=images, rows=_class_rows(data), pairs=_pair_rows(data),
         config_text=config_text, summary_text=summary_text, robustness=robustness, pct=_pct,
+        label_errors=label_errors,
     )  # fmt: skip
     target = out / "report.html"
     atomic.write_text(target, page)

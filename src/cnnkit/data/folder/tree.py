@@ -26,7 +26,9 @@ from cnnkit.data.folder.listing import (
 from cnnkit.errors import DataError
 
 # Zip archives made on macOS carry a __MACOSX/ folder of resource forks; it is never a class.
-_HIDDEN_NAMES = frozenset({"__MACOSX"})
+# _review/ holds the images `cnnkit check --labels --fix-to` set aside for a person to judge:
+# training on the cleaned copy must not take it for a class.
+_HIDDEN_NAMES = frozenset({"__MACOSX", "_review"})
 
 
 def scan_folder(

@@ -1,0 +1,193 @@
+"""``cnnkit check --labels`` on real images whose labels the tests flip.
+
+The photos are a small subset of imagenette-2k (4 classes, 20 each) linked into class
+folders; a flipped image is linked under a wrong class. Every tree links the same 80
+files, so the backbone's features are computed once for the session (the cache keys on
+the files, not on their folders or labels) and each check then takes about a second.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import one_line_error, run_cli
+from cnnkit.cli import main
+from cnnkit.data.audit.label_output import REVIEW, fix_to, write_files
+from cnnkit.data.audit.labels import INSTALL_HINT, check_labels
+from cnnkit.errors import CnnkitError, DataError
+
+pytest.importorskip("cleanlab")
+
+CLASSES = ("church", "golf_ball", "parachute", "tench")
+PER_CLASS = 20
+
+
+@pytest.fixture(scope="module")
+def photos(imagenette: Path) -> list[tuple[str, str]]:
+    """(file, class) of the 80 photos, the first PER_CLASS of each class folder."""
+    return [(str(f), c) for c in CLASSES for f in sorted((imagenette / "train" / c).iterdir())[:PER_CLASS]]
+
+
+def link_tree(dest: Path, files: list[tuple[str, str]]) -> Path:
+    """``dest/<class>/<name>`` symlinks to ``files`` (path, class)."""
+    for path, label in files:
+        link = dest / label / Path(path).name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+    return dest
+
+
+def flipped(files: list[tuple[str, str]], count: int, seed: int) -> tuple[list[tuple[str, str]], set[str]]:
+    """``files`` with ``count`` of them under a random other class, and those files' names."""
+    rng = random.Random(seed)
+    rows = set(rng.sample(range(len(files)), count))
+    out = [(p, rng.choice([c for c in CLASSES if c != label]) if i in rows else label)
+           for i, (p, label) in enumerate(files)]  # fmt: skip
+    return out, {Path(files[i][0]).name for i in rows}
+
+
+def names(entries: list[dict]) -> list[str]:
+    return [Path(e["path"]).name for e in entries]
+
+
+def test_flipped_labels_rank_at_the_top(photos, tmp_path):
+    files, wrong = flipped(photos, 5, seed=11)
+    report = check_labels(link_tree(tmp_path / "noisy", files))
+    assert report.images == 80 and report.folds == 5
+    top = names(report.issues[: len(wrong) + 2])
+    assert len(wrong & set(top)) >= 4, (wrong, names(report.issues))  # at least 4 of 5 among the first 7
+    assert "timm:efficientnet_lite0" in report.method
+    given = {Path(p).name: c for p, c in files}
+    first = report.issues[0]
+    assert first["given"] == given[Path(first["path"]).name] and first["suggested"] != first["given"]
+    original = {Path(p).name: c for p, c in photos}
+    # the suggestion is the true class for the flipped ones the check found
+    assert all(e["suggested"] == original[Path(e["path"]).name] for e in report.issues if Path(e["path"]).name in wrong)
+
+
+def test_clean_photos_give_few_suspects(photos, tmp_path):
+    report = check_labels(link_tree(tmp_path / "clean", photos))
+    assert len(report.issues) <= 2, names(report.issues)
+    assert report.agreement >= 0.95
+    assert len(report.outliers) == 5  # the floor of the outlier list on a small set
+
+
+def test_fix_to_copies_and_sets_suspects_aside(photos, tmp_path):
+    files, wrong = flipped(photos, 5, seed=3)
+    data = link_tree(tmp_path / "noisy", files)
+    before = _snapshot(data)
+    code = main(["check", str(data), "--labels", "--no-progress", "--labels-out", str(tmp_path / "out"),
+                 "--fix-to", str(tmp_path / "fixed")])  # fmt: skip
+    assert code == 0
+    assert _snapshot(data) == before  # originals untouched: same links, same bytes behind them
+    issues = json.loads((tmp_path / "out" / "label_issues.json").read_text())["labels"]["issues"]
+    fixed = tmp_path / "fixed"
+    copied = [p for p in fixed.rglob("*") if p.is_file()]
+    assert len(copied) == len(files)  # nothing dropped
+    review = [p for p in copied if REVIEW in p.parts]
+    assert sorted(p.name for p in review) == sorted(names(issues))
+    assert all(not p.is_symlink() for p in copied)  # real copies, not links to the originals
+    for entry in issues:
+        folder = fixed / REVIEW / f"{entry['given']}__as__{entry['suggested']}"
+        assert (folder / Path(entry["path"]).name).is_file()
+    assert wrong & {p.name for p in review}
+    # a second --fix-to into the same, now full, folder is refused: nothing is overwritten
+    report = check_labels(data)
+    with pytest.raises(CnnkitError, match="not empty"):
+        fix_to(report, data, fixed)
+    # the cleaned copy trains as a class tree: _review is not a class
+    from cnnkit.data.folder import scan_folder
+
+    assert scan_folder(fixed, val_fraction=0, test_fraction=0, seed=0).class_names == list(CLASSES)
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): os.readlink(p) + hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_symlink()}  # fmt: skip
+
+
+def test_missing_cleanlab_gives_the_install_hint(photos, tmp_path, monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def no_cleanlab(name, *args, **kwargs):
+        if name == "cleanlab" or name.startswith("cleanlab."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cleanlab)
+    data = link_tree(tmp_path / "clean", photos[:10] + photos[20:30])
+    code, _, err = run_cli(capsys, "check", str(data), "--labels")
+    assert code == 1 and INSTALL_HINT in one_line_error(err)
+
+
+def test_a_class_smaller_than_the_folds(photos, tmp_path):
+    # the same 80 files (cached features); tench keeps 3, its other 17 go to church
+    files = [(p, "church" if c == "tench" and i % PER_CLASS >= 3 else c) for i, (p, c) in enumerate(photos)]
+    report = check_labels(link_tree(tmp_path / "small", files))
+    assert report.folds == 3
+    assert any("3 folds instead of 5" in note and "tench (3)" in note for note in report.notes)
+
+
+def test_a_class_of_one_image_is_a_clear_error(photos, tmp_path):
+    files = photos[:20] + photos[20:21]
+    with pytest.raises(DataError, match=r"at least 2 training images per class.*golf_ball \(1\)"):
+        check_labels(link_tree(tmp_path / "one", files))
+
+
+def test_label_flags_need_labels(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "check", str(tmp_path), "--folds", "3")
+    assert code == 2 and "add --labels" in one_line_error(err)
+
+
+def test_grey_digits_train_a_small_network(mnist_digits, tmp_path):
+    from PIL import Image
+
+    images, labels = mnist_digits["train"]
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.choice(np.flatnonzero(labels.numpy() == d), 60, replace=False) for d in range(10)])
+    wrong = set(rng.choice(rows, 12, replace=False).tolist())
+    for row in rows:
+        label = int(labels[row]) if row not in wrong else (int(labels[row]) + 1 + int(row) % 9) % 10
+        folder = tmp_path / "digits" / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[row].numpy()).save(folder / f"{row}.png")
+    report = check_labels(tmp_path / "digits", epochs=3)
+    assert "mnist_fast" in report.method
+    ranked = [int(Path(e["path"]).stem) for e in report.issues]
+    # a net trained on 480 digits is right about 90 % of the time, so clean digits are flagged
+    # too; the flipped ones still come first: at least 8 of the 12 among the first 24
+    assert len(set(ranked[: 2 * len(wrong)]) & wrong) >= 8, (sorted(wrong), ranked)
+
+
+def test_files_and_page(photos, tmp_path):
+    files, _ = flipped(photos, 4, seed=5)
+    report = check_labels(link_tree(tmp_path / "noisy", files))
+    written = write_files(report, tmp_path / "out")
+    rows = Path(written["csv"]).read_text().splitlines()
+    assert rows[0] == "rank,path,given,suggested,score,suggested_prob" and len(rows) == len(report.issues) + 1
+    html = Path(written["html"]).read_text()
+    assert html.count("data:image/jpeg;base64,") == len(report.issues) + len(report.outliers)
+
+
+@pytest.mark.slow
+def test_page_shows_thumbnails_in_chromium(photos, tmp_path, chromium):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from screenshot_report import open_report
+
+    files, _ = flipped(photos, 4, seed=5)
+    report = check_labels(link_tree(tmp_path / "noisy", files))
+    html = write_files(report, tmp_path / "out")["html"]
+    shown = open_report(Path(html))
+    assert len(shown["images"]) == len(report.issues) + len(report.outliers) >= 5
+    assert all(width > 0 for _, width in shown["images"]), shown["images"]
+    assert {"Likely label errors", "Outliers", "Most confused class pairs"} <= set(shown["headings"])
