@@ -61,6 +61,8 @@ def test_collect_train_try_and_take_away_by_api(client, imagenette: Path, tmp_pa
     results = client.predict("", api_name="/results")
     assert results["run"] == status["run"] and results["val_acc"] == status["best_val_acc"] > 1 / 3
     assert {"curves", "confusion"} <= set(results["figures"])
+    # the run's report looked for label errors among its held-out (validation) photos
+    assert "Likely label errors</h2>\n<p>val split: from the run" in Path(results["report"]).read_text()
     assert results["command"].startswith("cnnkit train ")
     assert client.predict("", api_name="/command").splitlines()[-1] == results["command"]
 

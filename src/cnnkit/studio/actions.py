@@ -22,7 +22,9 @@ from cnnkit.studio import jobs, kinds
 from cnnkit.studio.project import AddResult, Project
 
 GALLERY_IMAGES = 60  # images of one class shown at once (newest first); counts are always complete
-FIGURES = ("curves", "confusion", "per_class", "top_losses")  # report PNGs the page shows, in order
+# report PNGs the page shows, in order; label_errors: the report's likely label errors on the
+# held-out split (made when cleanlab, the labels extra, is installed and finds any)
+FIGURES = ("curves", "confusion", "per_class", "top_losses", "label_errors")
 
 
 class Studio:

@@ -175,10 +175,10 @@ def _command_box(gr: Any, label: str, elem_id: str) -> Any:
 def _look_tab(gr: Any) -> SimpleNamespace:
     summary = gr.Markdown("No trained run yet.", elem_id="results")
     report = gr.HTML(elem_id="report-link")
-    with gr.Row():
-        figures = {name: _figure(gr, name, label) for name, label in views.FIGURE_LABELS[:2]}
-    with gr.Row():
-        figures |= {name: _figure(gr, name, label) for name, label in views.FIGURE_LABELS[2:]}
+    figures = {}
+    for start in range(0, len(views.FIGURE_LABELS), 2):  # two figures a row
+        with gr.Row():
+            figures |= {name: _figure(gr, name, label) for name, label in views.FIGURE_LABELS[start:start + 2]}
     return SimpleNamespace(summary=summary, report=report, figures=[figures[name] for name, _ in views.FIGURE_LABELS])
 
 

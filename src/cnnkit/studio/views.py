@@ -12,8 +12,8 @@ from typing import Any
 
 from cnnkit.studio.actions import FIGURES, Studio
 
-FIGURE_LABELS = tuple(zip(FIGURES, ("Curves", "Confusion matrix (validation)", "Per-class scores", "Top losses"),
-                          strict=True))  # fmt: skip
+FIGURE_LABELS = tuple(zip(FIGURES, ("Curves", "Confusion matrix (validation)", "Per-class scores", "Top losses",
+                                    "Likely label errors (validation: given vs suggested)"), strict=True))  # fmt: skip
 WARNINGS_SHOWN = 12  # data-check lines listed on the page (the API gets them all)
 
 
