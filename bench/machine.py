@@ -10,6 +10,8 @@ import torch
 import torchvision
 
 import cnnkit
+from cnnkit.engine.device import cpu_features
+from cnnkit.engine.speed import cpp_compiler
 
 
 def core_count() -> int:
@@ -42,3 +44,11 @@ def machine_lines(threads: int) -> list[str]:
     if torch.cuda.is_available():
         lines.append(f"GPU: {torch.cuda.get_device_name(0)}")
     return lines
+
+
+def cpu_feature_line() -> str:
+    """The CPU features that decide training speed, the kernels torch picked and inductor's C++ compiler."""
+    seen = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in cpu_features().items())
+    compiler = cpp_compiler()
+    return (f"CPU features: {seen}; torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}; "
+            f"C++ compiler for torch.compile: {compiler or 'none found'}")
