@@ -90,16 +90,16 @@ class CompilePlan:
         device: the training device (``auto`` compiles on CUDA and on a CPU with a C++ compiler).
         deterministic: ``auto`` never compiles in deterministic mode (bit-exact reruns).
         log: receives one line per decision.
-        compile_fn: what compiles a module (``torch.compile``; tests pass a fake).
+        compile_fn: what compiles a module (None: ``torch.compile``; tests pass a fake).
     """
 
     def __init__(self, mode: str, device: torch.device, deterministic: bool, log,
-                 compile_fn: Callable[[nn.Module], nn.Module] = torch.compile) -> None:  # fmt: skip
+                 compile_fn: Callable[[nn.Module], nn.Module] | None = None) -> None:  # fmt: skip
         self.mode = check_switch("compile", mode)
         self.device = device
         self.estimate = COMPILE_ESTIMATES.get(device.type) if mode == "auto" and not deterministic else None
         self.log = log
-        self.compile_fn = compile_fn
+        self.compile_fn = compile_fn or torch.compile
         self.compiled: nn.Module | None = None
         self.use_compiled = mode == "on"
         self.failed = False
