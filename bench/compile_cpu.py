@@ -101,6 +101,10 @@ def measure(case: Case, images: torch.Tensor, labels: torch.Tensor, channels_las
     eager = Side(case, images, labels, channels_last)
     eager.images_per_s(eager.model, args.warmup, seed=100)
     eager_rates = [eager.images_per_s(eager.model, args.steps, seed=r)[0] for r in range(args.repeats)]
+    if args.eager_only:
+        nan = float("nan")
+        return {"eager": statistics.median(eager_rates), "compiled": nan, "compile_s": nan, "break_even": nan,
+                "runs": (eager_rates, [])}  # fmt: skip
     compiled = Side(case, images, labels, channels_last)
     runner = torch.compile(compiled.model)
     _, first_seconds = compiled.images_per_s(runner, args.warmup, seed=100)
@@ -130,18 +134,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per pass (default 8)")
     parser.add_argument("--warmup", type=int, default=2, help="steps of the warm-up / compile pass (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per side, medians reported")
+    parser.add_argument("--eager-only", action="store_true", help="no compiled side (layouts, thread placement)")
     parser.add_argument("--mkldnn-off", action="store_true", help="add an eager row with oneDNN disabled")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(core_count())
+    if "OMP_NUM_THREADS" not in os.environ:  # as set, to compare thread counts
+        torch.set_num_threads(core_count())
     print("\n".join(machine_lines(torch.get_num_threads())))
     print(cpu_feature_line())
     print(f"{args.steps} timed steps per pass, {args.repeats} passes per side (medians); "
           f"compile pass: {args.warmup} steps; OMP_PROC_BIND={os.environ.get('OMP_PROC_BIND', '-')} "
-          f"OMP_PLACES={os.environ.get('OMP_PLACES', '-')}")  # fmt: skip
+          f"OMP_PLACES={os.environ.get('OMP_PLACES', '-')} "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}")  # fmt: skip
     rows = []
     for name in args.models.split(","):
         case = CASES[name]
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for case, layout, r, nomkl, train_size in rows:
         even = f"{r['break_even']:,.0f} images ({r['break_even'] / train_size:.2f} epochs)" \
-            if r["break_even"] != float("inf") else "never"  # fmt: skip
+            if r["break_even"] < float("inf") else ("never" if r["break_even"] > 0 else "-")  # fmt: skip
         print(f"| {case.model} | {case.batch} | {layout} | {r['eager']:.1f} | {r['compiled']:.1f} | "
               f"{r['compiled'] / r['eager']:.2f}x | {r['compile_s']:.1f} | {even} | "
               f"{f'{nomkl:.1f}' if nomkl is not None else '-'} |")  # fmt: skip

@@ -15,8 +15,8 @@ batch request to the end of the last step, after a few untimed warm-up steps:
   CPU's AMX/AVX-512 bf16 units where it has them.
 * **default**: what ``cnnkit train --recipe cifar10-cnn`` picks on this machine, through
   cnnkit's own functions and its training loop (:func:`cnnkit.engine.train_one_epoch`):
-  ``--amp auto`` (:func:`~cnnkit.engine.device.amp_dtype`), ``--channels-last auto`` and
-  ``--compile auto`` (:class:`~cnnkit.engine.speed.CompilePlan`, told that the first eager
+  ``--amp auto`` (:func:`~cnnkit.engine.device.amp_dtype`), the recipe's channels-last
+  (``on``) and ``--compile auto`` (:class:`~cnnkit.engine.speed.CompilePlan`, told that the first eager
   epoch of the recipe's 20 would take 50,000 images at the eager rate measured here). When
   ``auto`` compiles, the compile pass is untimed (20 epochs amortise it; its seconds are
   printed) and, as ``auto`` does after its timed compiled epoch, the faster of compiled and
@@ -66,13 +66,15 @@ from cnnkit.engine.device import amp_dtype  # noqa: E402
 from cnnkit.engine.optim import build_optimizer  # noqa: E402
 from cnnkit.engine.speed import CompilePlan, use_channels_last  # noqa: E402
 from cnnkit.models import create_model, summarize  # noqa: E402
+from cnnkit.recipes import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 128
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 GOAL = 2.0
 FLOAT32_GOAL = 0.8  # issue 21: the default path at >= 80 % of the conv microbenchmark on a float32-only CPU
-RECIPE_EPOCHS, TRAIN_IMAGES = 20, 50_000  # cifar10-cnn: what --compile auto decides for
+RECIPE, TRAIN_IMAGES = "cifar10-cnn", 50_000  # the default row is what this recipe's run picks
+SWITCHES = ("amp", "channels_last", "compile", "deterministic")
 
 
 class CifarLike(Dataset):
@@ -149,10 +151,13 @@ class DefaultPath:
     """
 
     def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor) -> None:
-        cfg, self.device = TrainConfig(), torch.device("cpu")  # amp, channels_last, compile: "auto"
+        train = load_recipe(RECIPE)["train"]  # its speed switches; what it leaves out is TrainConfig's "auto"
+        cfg = TrainConfig(**{key: train[key] for key in SWITCHES if key in train})
+        self.device = torch.device("cpu")
         self.dtype = amp_dtype(cfg.amp, self.device, training=True, deterministic=cfg.deterministic)
         self.channels_last = use_channels_last(cfg.channels_last, self.device)
         self.lines: list[str] = []
+        self.cfg = cfg
         self.plan = CompilePlan(cfg.compile, self.device, cfg.deterministic, self.lines.append)
         torch.manual_seed(0)
         self.model = create_model(name, num_classes=10, input_size=32)
@@ -165,11 +170,12 @@ class DefaultPath:
 
     def choose(self, eager_rate: float) -> str:
         """The ``auto`` decisions for the recipe's run, as one line."""
-        self.plan.observe(TRAIN_IMAGES / eager_rate, RECIPE_EPOCHS - 1)
+        self.plan.observe(TRAIN_IMAGES / eager_rate, load_recipe(RECIPE)["train"]["epochs"] - 1)
         precision = "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
         layout = "channels-last" if self.channels_last else "contiguous (NCHW)"
         compiled = "torch.compile" if self.plan.use_compiled else "eager"
-        return f"amp auto -> {precision}; channels-last auto -> {layout}; compile auto -> {compiled}" + \
+        return f"amp {self.cfg.amp} -> {precision}; channels-last {self.cfg.channels_last} -> {layout}; " \
+            f"compile {self.cfg.compile} -> {compiled}" + \
             "".join(f"\n    {line}" for line in self.lines)  # fmt: skip
 
     def images_per_s(self, steps: int, warmup: int, seed: int) -> float:
