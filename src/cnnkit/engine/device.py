@@ -89,6 +89,16 @@ def cpu_flags() -> frozenset[str] | None:
     return frozenset(flag for line in lines for flag in line.split(":", 1)[-1].split()) if lines else None
 
 
+# The x86 features that decide CPU training speed, by the name people know them and the flag Linux lists.
+CPU_FEATURES = {"AVX2": "avx2", "AVX-512": "avx512f", "AVX-512 bf16": "avx512_bf16", "AMX": "amx_bf16"}
+
+
+def cpu_features() -> dict[str, bool]:
+    """Which of :data:`CPU_FEATURES` this CPU advertises (all False where no flags can be read)."""
+    flags = cpu_flags() or frozenset()
+    return {name: flag in flags for name, flag in CPU_FEATURES.items()}
+
+
 def cpu_has_bf16_matrix_units() -> bool:
     """Whether this CPU advertises AMX-BF16 tiles (the ``amx_bf16`` flag).
 

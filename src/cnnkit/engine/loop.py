@@ -286,8 +286,9 @@ def _train(run: _Run, runner: nn.Module, loaders: Sequence, cfg: TrainConfig, ep
 
 
 def _validate(run: _Run, runner: nn.Module, val_loader: Iterable, num_classes: int, tta: str) -> EvalResult:
-    """:func:`evaluate` of the weights being kept: the EMA when there is one, else ``runner``."""
-    model = runner if run.state.ema is None else run.state.ema.module
+    """:func:`evaluate` of the weights being kept: the EMA when there is one, else ``runner``
+    (or the eager model where the plan validates eager: :meth:`CompilePlan.eval_module`)."""
+    model = run.plan.eval_module(run.state.model, runner) if run.state.ema is None else run.state.ema.module
     return evaluate(model, val_loader, num_classes, device=run.device, dtype=run.eval_dtype, tta=tta,
                     channels_last=run.channels_last)  # fmt: skip
 
