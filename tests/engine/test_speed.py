@@ -87,12 +87,10 @@ def test_cpu_auto_goes_back_to_eager_when_compiled_is_not_faster(logs, compiler_
 def test_cpu_auto_stays_eager_when_the_run_is_too_short_to_repay_the_compile(logs, compiler_found) -> None:
     model, plan = nn.Linear(4, 2), _plan(logs)
     plan.observe(10.0, epochs_left=14)  # the default LeNet run: ~10 s epochs
-    assert plan.module(model) is model
-    gain, cost = CPU_ESTIMATE.gain, CPU_ESTIMATE.seconds
-    assert logs == [f"compile: auto: staying eager (14 more epochs of ~10s, a {gain:.0%} gain would "
-                    f"save ~{140 * gain:.0f}s vs ~{cost:.0f}s to compile on cpu)"]  # fmt: skip
+    assert plan.module(model) is model and logs == []  # short runs stay eager without a line
     plan.observe(10.0, epochs_left=13)  # decided once
-    assert len(logs) == 1
+    plan.observe(10.0, epochs_left=12)
+    assert plan.module(model) is model and logs == []
 
 
 def test_cpu_auto_stays_eager_with_a_message_without_a_cpp_compiler(logs, monkeypatch) -> None:

@@ -140,14 +140,16 @@ class CompilePlan:
                          + ("keeping it" if keep else "back to eager"))  # fmt: skip
 
     def _decide(self, seconds: float, epochs_left: int) -> None:
-        """After the first (eager) epoch: compile when :func:`compile_pays`, saying why either way."""
+        """After the first (eager) epoch: compile when :func:`compile_pays`, saying why. A run too
+        short to repay a compile (most runs: the default LeNet run, every test) stays eager without a
+        line, as it always did; one that would pay but cannot compile says so."""
         estimate, where = self.estimate, self.device.type
+        if not compile_pays(seconds, epochs_left, estimate):
+            return
         saving = seconds * epochs_left * estimate.gain
         because = (f"{epochs_left} more epochs of ~{seconds:.0f}s, a {estimate.gain:.0%} gain would save "
                    f"~{saving:.0f}s vs ~{estimate.seconds:.0f}s to compile on {where}")  # fmt: skip
-        if not compile_pays(seconds, epochs_left, estimate):
-            self.log(f"compile: auto: staying eager ({because})")
-        elif where == "cpu" and cpp_compiler() is None:
+        if where == "cpu" and cpp_compiler() is None:
             self.log(f"compile: auto: would pay ({because}), but no C++ compiler for inductor was found "
                      "(install g++ or set CXX); staying eager")  # fmt: skip
         else:
