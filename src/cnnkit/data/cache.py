@@ -92,13 +92,18 @@ def cache_key(paths: Sequence[str], labels: Sequence[int], pre: Preprocess, mode
     digest = hashlib.sha1()
     digest.update(json.dumps([FORMAT_VERSION, mode, list(pre.input_size), pre.resize, pre.interpolation]).encode())
     for path, label in zip(paths, labels, strict=True):
-        try:
-            st = os.stat(path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        digest.update(f"\n{path}\t{stamp}\t{label}".encode())
+        digest.update(f"\n{path}\t{file_stamp(path)}\t{label}".encode())
     return digest.hexdigest()[:16]
+
+
+def file_stamp(path: str | os.PathLike[str]) -> str:
+    """``size:mtime_ns`` of a file (``missing`` if it cannot be read): what a cache key holds
+    of each file, so an edited or replaced image is decoded again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 @dataclass

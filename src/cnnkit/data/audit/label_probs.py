@@ -209,16 +209,12 @@ def feature_cache_path(paths: Sequence[str], name: str, model: nn.Module, pre: P
     size and modification time, the model name, a digest of its weights and the
     preprocessing; labels are not in it: relabelling images reuses the features.
     """
+    from cnnkit.data.cache import file_stamp
     from cnnkit.engine.features import cache_key, state_digest
 
     files = hashlib.sha1()
     for path in paths:
-        try:
-            st = os.stat(path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        files.update(f"{os.path.realpath(path)}\t{stamp}\n".encode())
+        files.update(f"{os.path.realpath(path)}\t{file_stamp(path)}\n".encode())
     key = cache_key(purpose="label-check", version=CACHE_FORMAT, files=files.hexdigest(), model=name,
                     weights=state_digest(model), preprocess=pre.to_dict())  # fmt: skip
     return cache_dir() / "features" / f"labels-{key}.pt"
