@@ -49,8 +49,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from machine import machine_lines  # noqa: E402
 
-from cnnkit.data.audit import label_probs as lp  # noqa: E402
 from cnnkit.data.folder import scan_folder  # noqa: E402
+from cnnkit.evaluation import label_probs as lp  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 180.0

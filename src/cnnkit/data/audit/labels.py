@@ -2,7 +2,7 @@
 
 :func:`check_labels` is ``cnnkit check DATA --labels``: it lists the training images as
 training would, gets out-of-sample class probabilities for every one of them by K-fold
-cross-validation (:mod:`~cnnkit.data.audit.label_probs`), and hands them to **cleanlab**
+cross-validation (:mod:`~cnnkit.evaluation.label_probs`), and hands them to **cleanlab**
 (confident learning; the optional extra ``cnnkit[labels]``):
 
 * label issues: ``cleanlab.filter.find_label_issues`` (``filter_by="prune_by_class"``)
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.data.audit.label_probs import DEFAULT_EPOCHS, Probs, out_of_sample_probs, plan_folds
 from cnnkit.errors import CnnkitError, DataError
+from cnnkit.evaluation.label_probs import DEFAULT_EPOCHS, Probs, out_of_sample_probs, plan_folds
 
 INSTALL_HINT = 'pip install "cnnkit[labels]"'
 OUTLIER_FRACTION = 0.01  # of the images listed as outliers (at least OUTLIERS_MIN, at most OUTLIERS_MAX)
@@ -113,7 +113,7 @@ def check_labels(data: str | os.PathLike[str], *, model: str | None = None, fold
     Args:
         data: a class-per-folder tree (its ``train/`` split when it has split folders) or a
             CSV file (its train rows), as given to ``cnnkit train --data``.
-        model: see :func:`~cnnkit.data.audit.label_probs.out_of_sample_probs` (None: chosen
+        model: see :func:`~cnnkit.evaluation.label_probs.out_of_sample_probs` (None: chosen
             from the images).
         folds: K of the K-fold cross-validation.
         epochs: epochs per fold when a network trains from scratch.
