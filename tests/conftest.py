@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 import subprocess
@@ -126,3 +127,19 @@ def mnist_png(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     path = tmp_path_factory.mktemp("digit") / "digit.png"
     Image.fromarray(images[0, 0].numpy()).save(path)
     return path, str(int(labels[0]))
+
+
+@pytest.fixture
+def hide_package(monkeypatch: pytest.MonkeyPatch):
+    """``hide_package(NAME)``: importing NAME or NAME.x raises ImportError for the rest of the
+    test, as when the optional extra that brings it is not installed."""
+    real_import = builtins.__import__
+    hidden: set[str] = set()
+
+    def importing(name, *args, **kwargs):
+        if name.split(".")[0] in hidden:
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importing)
+    return hidden.add

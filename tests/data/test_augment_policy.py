@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
-
 import pytest
 import torch
 from torchvision.transforms import v2
@@ -98,19 +96,12 @@ def test_training_with_a_policy_and_erasing_end_to_end(tmp_path) -> None:
     assert torch.isfinite(torch.tensor(run.history[0]["train_loss"]))
 
 
-def test_bad_policy_backend_or_probability_are_usage_errors(monkeypatch) -> None:
+def test_bad_policy_backend_or_probability_are_usage_errors(hide_package) -> None:
     with pytest.raises(UsageError, match="valid augmentation policies: autoaugment, none, randaugment, trivialaugment"):
         get_augment("none", policy="randaug")
     with pytest.raises(UsageError, match=r"\[0, 1\]"):
         get_augment("none", erase_p=1.5)
-    real_import = builtins.__import__
-
-    def no_kornia(name, *args, **kwargs):
-        if name.startswith("kornia"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_kornia)
+    hide_package("kornia")
     with pytest.raises(UsageError, match=r"pip install 'cnnkit\[kornia\]'"):
         get_augment("randaugment", backend="kornia")
 

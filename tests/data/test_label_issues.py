@@ -8,7 +8,6 @@ the files, not on their folders or labels) and each check then takes about a sec
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import json
 import os
@@ -114,15 +113,8 @@ def _snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_symlink()}  # fmt: skip
 
 
-def test_missing_cleanlab_gives_the_install_hint(photos, tmp_path, monkeypatch, capsys):
-    real_import = builtins.__import__
-
-    def no_cleanlab(name, *args, **kwargs):
-        if name == "cleanlab" or name.startswith("cleanlab."):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_cleanlab)
+def test_missing_cleanlab_gives_the_install_hint(photos, tmp_path, hide_package, capsys):
+    hide_package("cleanlab")
     data = link_tree(tmp_path / "clean", photos[:10] + photos[20:30])
     code, _, err = run_cli(capsys, "check", str(data), "--labels")
     assert code == 1 and INSTALL_HINT in one_line_error(err)

@@ -180,20 +180,12 @@ def test_label_errors_section_ranks_the_flipped_labels() -> None:
     assert first["path"] == f"img{first['position']}.png" and first["suggested"] != first["given"]
 
 
-def test_label_errors_section_declines_the_train_split_and_notes_a_missing_cleanlab(monkeypatch) -> None:
-    import builtins
+def test_label_errors_section_declines_the_train_split_and_notes_a_missing_cleanlab(hide_package) -> None:
 
     from cnnkit.evaluation.label_errors import label_errors_section
 
     scores = _scores_with_flips([3])
     assert "not out-of-sample" in label_errors_section(scores, list("abcd"), "train")["note"]
-    real_import = builtins.__import__
-
-    def no_cleanlab(name, *args, **kwargs):
-        if name.startswith("cleanlab"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_cleanlab)
+    hide_package("cleanlab")
     section = label_errors_section(scores, list("abcd"), "val")
     assert section["rows"] == [] and 'pip install "cnnkit[labels]"' in section["note"]
