@@ -25,11 +25,10 @@ def main(args: Any) -> None:
              if value is not None}  # unset: audit's own defaults (the help texts state them)
     report = audit(args.data, quick=args.quick, workers=args.workers, progress=not args.no_progress, **given)
     labels, written = _labels(args, report) if args.labels and report.usable else (None, [])
-    values = report.to_dict() | ({"labels": labels.to_dict()} if labels else {})
-    if args.out and labels is None:
-        write_json(report, args.out)
-    elif args.out:
-        _write_json(values, args.out)
+    extra = {"labels": labels.to_dict()} if labels else {}
+    if args.out:
+        write_json(report, args.out, extra)
+    values = report.to_dict() | extra
     if args.json:
         print(json.dumps(values, indent=1))
     else:
@@ -67,11 +66,3 @@ def _check_label_flags(args: Any) -> None:
     if used:
         raise UsageError(f"{', '.join(used)} only apply to the label check: add --labels")
 
-
-def _write_json(values: dict[str, Any], path: str) -> None:
-    from cnnkit import atomic
-
-    try:
-        atomic.write_json(Path(path), values)
-    except OSError as error:
-        raise UsageError(f"cannot write the report to {path}: {error.strerror or error}") from None

@@ -95,14 +95,15 @@ class AuditReport:
         return values
 
 
-def write_json(report: AuditReport, path: str | os.PathLike[str]) -> None:
-    """Write ``report.to_dict()`` as indented JSON (temp file, then rename).
+def write_json(report: AuditReport, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
+    """Write ``report.to_dict()`` (with the keys of ``extra`` added: the label check's) as
+    indented JSON (temp file, then rename).
 
     Raises:
         UsageError: the file cannot be written there (missing folder, no permission).
     """
     path = Path(path)
     try:
-        atomic.write_json(path, report.to_dict())
+        atomic.write_json(path, report.to_dict() | (extra or {}))
     except OSError as error:
         raise UsageError(f"cannot write the report to {path}: {error.strerror or error}") from None
