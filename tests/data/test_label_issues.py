@@ -84,10 +84,12 @@ def test_fix_to_copies_and_sets_suspects_aside(photos, tmp_path):
     data = link_tree(tmp_path / "noisy", files)
     before = _snapshot(data)
     code = main(["check", str(data), "--labels", "--no-progress", "--labels-out", str(tmp_path / "out"),
-                 "--fix-to", str(tmp_path / "fixed")])  # fmt: skip
+                 "--fix-to", str(tmp_path / "fixed"), "--out", str(tmp_path / "check.json")])  # fmt: skip
     assert code == 0
     assert _snapshot(data) == before  # originals untouched: same links, same bytes behind them
     issues = json.loads((tmp_path / "out" / "label_issues.json").read_text())["labels"]["issues"]
+    report = json.loads((tmp_path / "check.json").read_text())  # --out: the file check and the label check
+    assert report["labels"]["issues"] == issues and report["usable"] is True
     fixed = tmp_path / "fixed"
     copied = [p for p in fixed.rglob("*") if p.is_file()]
     assert len(copied) == len(files)  # nothing dropped
