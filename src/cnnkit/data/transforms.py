@@ -237,9 +237,10 @@ def normalize_batch(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """uint8 ``[B, C, H, W]`` from :func:`eval_pixels` -> exactly the float32 tensors
     :func:`eval_transform` gives image by image (the same element-wise operations), so
     ``cnnkit predict`` scores what ``cnnkit eval`` scores bit for bit. :func:`normalize_uint8`,
-    the in-memory loaders' fused form, rounds differently in the last bit."""
-    return v2.functional.normalize(v2.functional.to_dtype(pixels, torch.float32, scale=True), list(pre.mean),
-                                   list(pre.std))  # fmt: skip
+    the in-memory loaders' fused form, rounds differently in the last bit. In place on the new
+    float tensor: a second batch-sized allocation was half of this function's time."""
+    floats = v2.functional.to_dtype(pixels, torch.float32, scale=True)  # a new tensor: normalise it in place
+    return v2.functional.normalize(floats, list(pre.mean), list(pre.std), inplace=True)
 
 
 def train_transform(pre: Preprocess, augment: Augment) -> v2.Compose:

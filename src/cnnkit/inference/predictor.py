@@ -13,9 +13,8 @@ stays flat however many files there are.
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,46 +187,34 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 Sample = tuple[int, torch.Tensor | None, str]  # (index, uint8 pixels or None when unreadable, reason)
+Batch = tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]  # (indices of good files, their pixels, bad ones)
 
 
-def _collate(samples: list[Sample]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+def _collate(samples: list[Sample]) -> Batch:
     good = [(index, tensor) for index, tensor, _ in samples if tensor is not None]
     bad = [(index, reason) for index, tensor, reason in samples if tensor is None]
     images = torch.stack([tensor for _, tensor in good]) if good else None
     return [index for index, _ in good], images, bad
 
 
-def decoded(dataset: torch.utils.data.Dataset, workers: int, ahead: int) -> Iterator[Any]:
-    """``dataset[0], dataset[1], ...`` in order, computed by ``workers`` threads (0: here),
-    at most ``ahead`` items beyond the one handed out (decoded images wait in memory)."""
+def decoded_batches(dataset: torch.utils.data.Dataset, batch_size: int, workers: int) -> Iterator[Batch]:
+    """The samples of an :class:`ImageFiles`, in order, ``batch_size`` at a time through :func:`_collate`.
+
+    Each batch is decoded by ``workers`` threads at once (0: in this thread) and handed out
+    whole before the next one starts, so decoding never runs beside the caller's model: a
+    runtime that splits each op over all cores (ONNX Runtime, PyTorch) waits at every op
+    for its slowest thread, and a decoding thread on one of the cores made the network take
+    1.3-1.5x as long, more than the decoding it hid (``bench/predict_throughput.py``).
+    """
     count = len(dataset)  # type: ignore[arg-type]
+    starts = range(0, count, batch_size)
     if workers == 0:
-        yield from (dataset[index] for index in range(count))
+        for start in starts:
+            yield _collate([dataset[index] for index in range(start, min(start + batch_size, count))])
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="cnnkit-decode") as pool:
-        pending: deque[Future] = deque()
-        try:
-            for index in range(count):
-                pending.append(pool.submit(dataset.__getitem__, index))
-                if len(pending) > ahead:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:  # a consumer that stops early leaves no decoding behind
-            for future in pending:
-                future.cancel()
-
-
-def _batches(samples: Iterable[Any], batch_size: int) -> Iterator[Any]:
-    """Samples of :class:`ImageFiles` grouped ``batch_size`` at a time through :func:`_collate`."""
-    batch = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == batch_size:
-            yield _collate(batch)
-            batch = []
-    if batch:
-        yield _collate(batch)
+        for start in starts:
+            yield _collate(list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, count)))))
 
 
 # ----------------------------------------------------------------------------- predictor
@@ -378,16 +365,17 @@ class Predictor:
 
         ``tta``: see :meth:`resolve_tta` (default: the run's own, as ``cnnkit eval``).
 
-        Decoding runs in ``workers`` threads (default: one per CPU core, at most 8; 0: in
-        this thread) while the model runs: PIL's decoders and resampling and torch's ops
-        release the GIL, so threads decode in parallel without the start-up of worker
-        processes and the hand-over of every tensor between them (measured in
-        ``bench/lean_runs.py``). At most a few batches are decoded ahead: memory stays flat.
+        Each batch is decoded by ``workers`` threads (default: one per CPU core, at most 8;
+        0: in this thread), then the model runs on it with the cores to itself
+        (:func:`decoded_batches`): PIL's decoders and resampling and torch's ops release the
+        GIL, so threads decode in parallel without the start-up of worker processes and the
+        hand-over of every tensor between them (``bench/lean_runs.py``). One batch is in
+        memory at a time: memory stays flat however many files there are.
         """
         workers = min(os.cpu_count() or 1, 8) if workers is None else workers
         tta = self.resolve_tta(tta)
         files = ImageFiles(paths, self.pixels, self.mode)
-        for indices, images, bad in _batches(decoded(files, workers, ahead=2 * batch_size), batch_size):
+        for indices, images, bad in decoded_batches(files, batch_size, workers):
             sources = [paths[i] for i in indices]
             if images is None:
                 ranked = []
