@@ -1,10 +1,12 @@
 """What ``torch.compile`` costs and gains when training on this CPU: eager vs compiled, one process.
 
 For each model (default ``cifar_cnn`` on CIFAR-10 at batch 128 with crop + flip,
-``mnist_fast`` on MNIST at batch 128 and ``lenet`` on MNIST at batch 64), in each memory
+``mnist_fast`` on MNIST at batch 128, ``lenet`` on MNIST at batch 64; ``airbench``, the
+``cifar10-fast`` net, at batch 1024 with its translate + alternating flip), in each memory
 format asked for (``nchw`` PyTorch's default, ``nhwc`` channels-last), both sides run
-cnnkit's own :func:`cnnkit.engine.train_one_epoch` (SGD lr 0.01 momentum 0.9, float32)
-over in-memory batches of the real images:
+cnnkit's own :func:`cnnkit.engine.train_one_epoch` (SGD lr 0.01 momentum 0.9; float32,
+or bf16 autocast with ``--amp bf16`` / ``--amp auto`` where cnnkit picks it) over in-memory
+batches of the real images:
 
 * **eager**: one untimed warm-up pass of ``--warmup`` steps, then ``--repeats`` timed
   passes of ``--steps`` steps.
@@ -24,6 +26,7 @@ Usage (from the repository root)::
 
     .venv/bin/python bench/compile_cpu.py                                   # ~8 min on 2 cores
     .venv/bin/python bench/compile_cpu.py --models mnist_fast --layouts nhwc --steps 20
+    .venv/bin/python bench/compile_cpu.py --amp auto --models cifar_cnn,airbench,mnist_fast --layouts nhwc
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from cnnkit.data import AUGMENT_PRESETS, Preprocess  # noqa: E402
 from cnnkit.data.datasets import load_source  # noqa: E402
 from cnnkit.data.tensor_data import TensorLoader  # noqa: E402
 from cnnkit.engine import train_one_epoch  # noqa: E402
+from cnnkit.engine.device import amp_dtype  # noqa: E402
 from cnnkit.engine.optim import build_optimizer  # noqa: E402
 from cnnkit.models import create_model  # noqa: E402
 
@@ -67,13 +71,15 @@ CASES = {
     "cifar_cnn": Case("cifar_cnn", "cifar10", 128, "crop-flip", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "mnist_fast": Case("mnist_fast", "mnist", 128, None, (0.1307,), (0.3081,)),
     "lenet": Case("lenet", "mnist", 64, None, (0.1307,), (0.3081,)),
+    "airbench": Case("airbench", "cifar10", 1024, "airbench", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 
 
 class Side:
     """A model, its optimizer and a loader factory: what one side (eager or compiled) trains."""
 
-    def __init__(self, case: Case, images: torch.Tensor, labels: torch.Tensor, channels_last: bool) -> None:
+    def __init__(self, case: Case, images: torch.Tensor, labels: torch.Tensor, channels_last: bool,
+                 dtype: torch.dtype | None = None) -> None:  # fmt: skip
         torch.manual_seed(0)
         channels, size = images.shape[1], images.shape[-1]
         self.model = create_model(case.model, num_classes=10, in_chans=channels, input_size=size)
@@ -81,6 +87,7 @@ class Side:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9))
         self.case, self.images, self.labels, self.channels_last = case, images, labels, channels_last
+        self.dtype = dtype  # autocast dtype (None: float32)
         self.loss_fn = nn.CrossEntropyLoss()
 
     def images_per_s(self, runner: nn.Module, steps: int, seed: int) -> tuple[float, float]:
@@ -92,20 +99,20 @@ class Side:
         loader = TensorLoader(self.images[pick], self.labels[pick], pre, self.case.batch, shuffle=True,
                               augment=augment, drop_last=True, seed=seed)  # fmt: skip
         out = train_one_epoch(runner, loader, self.optimizer, None, self.loss_fn, device=torch.device("cpu"),
-                              channels_last=self.channels_last)  # fmt: skip
+                              dtype=self.dtype, channels_last=self.channels_last)  # fmt: skip
         return out["images"] / out["seconds"], out["seconds"]
 
 
 def measure(case: Case, images: torch.Tensor, labels: torch.Tensor, channels_last: bool, args) -> dict:
     """Eager and compiled images/s (medians of ``args.repeats``) and the compile's one-off seconds."""
-    eager = Side(case, images, labels, channels_last)
+    eager = Side(case, images, labels, channels_last, args.dtype)
     eager.images_per_s(eager.model, args.warmup, seed=100)
     eager_rates = [eager.images_per_s(eager.model, args.steps, seed=r)[0] for r in range(args.repeats)]
     if args.eager_only:
         nan = float("nan")
         return {"eager": statistics.median(eager_rates), "compiled": nan, "compile_s": nan, "break_even": nan,
                 "runs": (eager_rates, [])}  # fmt: skip
-    compiled = Side(case, images, labels, channels_last)
+    compiled = Side(case, images, labels, channels_last, args.dtype)
     runner = torch.compile(compiled.model)
     _, first_seconds = compiled.images_per_s(runner, args.warmup, seed=100)
     compiled_rates = [compiled.images_per_s(runner, args.steps, seed=r)[0] for r in range(args.repeats)]
@@ -119,7 +126,7 @@ def measure(case: Case, images: torch.Tensor, labels: torch.Tensor, channels_las
 
 def eager_without_mkldnn(case: Case, images: torch.Tensor, labels: torch.Tensor, channels_last: bool, args) -> float:
     """Median eager images/s with oneDNN switched off (PyTorch's native CPU convolutions)."""
-    side = Side(case, images, labels, channels_last)
+    side = Side(case, images, labels, channels_last, args.dtype)
     with torch.backends.mkldnn.flags(enabled=False):
         side.images_per_s(side.model, args.warmup, seed=100)
         return statistics.median(side.images_per_s(side.model, args.steps, seed=r)[0] for r in range(args.repeats))
@@ -136,7 +143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per side, medians reported")
     parser.add_argument("--eager-only", action="store_true", help="no compiled side (layouts, thread placement)")
     parser.add_argument("--mkldnn-off", action="store_true", help="add an eager row with oneDNN disabled")
-    return parser.parse_args(argv)
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "auto"),
+                        help="autocast of both sides: off (float32, the default), bf16, or auto (what cnnkit train "
+                             "picks here: bf16 on a CPU with AMX)")  # fmt: skip
+    args = parser.parse_args(argv)
+    args.dtype = amp_dtype(args.amp, torch.device("cpu"), training=True)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(core_count())
     print("\n".join(machine_lines(torch.get_num_threads())))
     print(cpu_feature_line())
-    print(f"{args.steps} timed steps per pass, {args.repeats} passes per side (medians); "
+    print(f"{args.steps} timed steps per pass, {args.repeats} passes per side (medians); precision: "
+          f"{'float32' if args.dtype is None else 'bf16 autocast'}; "
           f"compile pass: {args.warmup} steps; OMP_PROC_BIND={os.environ.get('OMP_PROC_BIND', '-')} "
           f"OMP_PLACES={os.environ.get('OMP_PLACES', '-')} "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}")  # fmt: skip

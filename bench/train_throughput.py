@@ -158,7 +158,7 @@ class DefaultPath:
         self.channels_last = use_channels_last(cfg.channels_last, self.device)
         self.lines: list[str] = []
         self.cfg = cfg
-        self.plan = CompilePlan(cfg.compile, self.device, cfg.deterministic, self.lines.append)
+        self.plan = CompilePlan(cfg.compile, self.device, cfg.deterministic, self.lines.append, dtype=self.dtype)
         torch.manual_seed(0)
         self.model = create_model(name, num_classes=10, input_size=32)
         if self.channels_last:

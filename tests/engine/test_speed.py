@@ -1,4 +1,4 @@
-"""``--compile auto`` on the CPU: the decision from an epoch's time, the fallback when compiling fails.
+"""``--compile auto`` on the CPU: the decision from an epoch's time and precision, the fallback when compiling fails.
 
 The decision tests feed :class:`CompilePlan` made-up epoch times and a fake compiler (no
 wall clock, no inductor); one slow test compiles LeNet for real with inductor's C++ backend.
@@ -101,6 +101,16 @@ def test_cpu_auto_stays_eager_with_a_message_without_a_cpp_compiler(logs, monkey
     assert "no C++ compiler for inductor was found" in logs[0] and logs[0].endswith("staying eager")
 
 
+def test_cpu_auto_never_compiles_bf16_training(logs, compiler_found) -> None:
+    """Compiled bf16 training ran slower than eager on the CPU (0.56x, 0.83x): auto stays eager there."""
+    model = nn.Linear(4, 2)
+    plan = CompilePlan("auto", CPU, False, logs.append, compile_fn=Twin, dtype=torch.bfloat16)
+    plan.observe(1e6, epochs_left=100)
+    assert plan.module(model) is model and logs == []
+    assert speed.compile_estimate(CPU, None) is CPU_ESTIMATE
+    assert speed.compile_estimate(torch.device("cuda"), torch.bfloat16) is speed.COMPILE_ESTIMATES["cuda"]
+
+
 @pytest.mark.parametrize(("mode", "deterministic"), [("off", False), ("auto", True)])
 def test_off_and_deterministic_never_compile(logs, compiler_found, mode: str, deterministic: bool) -> None:
     model, plan = nn.Linear(4, 2), _plan(logs, mode, deterministic)
@@ -133,7 +143,8 @@ def _fit(tiny_loaders, logs: list[str], epochs: int = 3, **train) -> cnnkit.FitR
     loaders, spec = tiny_loaders
     torch.manual_seed(0)
     model = create_model("lenet", num_classes=10)
-    cfg = TrainConfig(**{"epochs": epochs, "device": "cpu", "lr": 2e-3, **train})
+    # float32 everywhere: on a CPU with AMX, --amp auto trains in bf16, where auto never compiles
+    cfg = TrainConfig(**{"epochs": epochs, "device": "cpu", "lr": 2e-3, "amp": "off", **train})
     return fit(model, loaders, cfg, num_classes=spec.num_classes, log=logs.append, progress=False)
 
 

@@ -245,7 +245,7 @@ class TrainConfig:
                    flag="--tta", choices=TTA_MODES, kind="test-time augmentation mode")  # fmt: skip
     channels_last: str = key("auto", "channels-last memory format: auto (CUDA), on, off", flag="--channels-last",
                              choices=SWITCH_MODES, kind="--channels-last mode")  # fmt: skip
-    compile: str = key("auto", "torch.compile: auto (when it pays off; CPU: with a C++ compiler), on, off",
+    compile: str = key("auto", "torch.compile: auto (when it pays off; CPU: float32 training, a C++ compiler), on, off",
                        flag="--compile", choices=SWITCH_MODES, kind="--compile mode")  # fmt: skip
     profile: int = key(0, "print where the time of the first N epochs went", flag="--profile", ge=0)
     no_decay_norm_bias: bool = key(

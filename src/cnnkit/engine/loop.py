@@ -223,7 +223,7 @@ def _set_up(model: nn.Module, train_loader, num_classes: int, cfg: TrainConfig, 
     channels_last = use_channels_last(cfg.channels_last, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     model = _data_parallel(model, device, cfg.sync_bn, log)
-    plan = CompilePlan(cfg.compile, device, cfg.deterministic, log)
+    plan = CompilePlan(cfg.compile, device, cfg.deterministic, log, dtype=dtype)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, math.ceil(len(train_loader) / cfg.accumulate))  # per optimizer step
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None

@@ -7,9 +7,10 @@ Each is a small decision with its reason logged, so a user sees what was chosen 
 * ``torch.compile``: fuses the model's ops into fewer kernels, but compiling costs tens of
   seconds. ``auto`` measures the first (eager) epoch and compiles when the epochs left are
   expected to save more than the compile costs (:func:`compile_pays` with the device's
-  :data:`COMPILE_ESTIMATES`), on CUDA and on a CPU with a C++ compiler for inductor,
-  outside deterministic mode; after one compiled epoch (which pays the compile), the next
-  one is timed and the faster of the two is kept. A compile that fails sends ``auto``
+  :data:`COMPILE_ESTIMATES`), on CUDA and on a CPU with a C++ compiler for inductor
+  training in float32 (:func:`compile_estimate`), outside deterministic mode; after one
+  compiled epoch (which pays the compile), the next one is timed and the faster of the
+  two is kept. A compile that fails sends ``auto``
   back to eager with a log line (:class:`EagerOnFailure`).
 * :class:`StepTimer` adds up where each training step's time goes (data, forward,
   backward, optimizer) for ``--profile``.
@@ -50,6 +51,16 @@ class CompileEstimate:
 # time is in oneDNN convolutions either way), the airbench net 2.2x (issue 21); the timed
 # compiled epoch settles it for the model at hand.
 COMPILE_ESTIMATES = {"cuda": CompileEstimate(60.0, 0.2), "cpu": CompileEstimate(45.0, 0.1)}
+
+
+def compile_estimate(device: torch.device, dtype: torch.dtype | None) -> CompileEstimate | None:
+    """What ``auto`` expects of compiling training on ``device`` with autocast ``dtype`` (None: full
+    precision); None where ``auto`` never compiles: bf16 autocast on a CPU, where compiled training
+    ran at 0.56x (CifarCNN) and 0.83x (the airbench net) the eager rate on a 2-core Xeon with AMX
+    (``bench/compile_cpu.py --amp auto``, issue 21)."""
+    if device.type == "cpu" and dtype is not None:
+        return None
+    return COMPILE_ESTIMATES.get(device.type)
 
 
 def check_switch(name: str, mode: str) -> str:
@@ -94,13 +105,15 @@ class CompilePlan:
         deterministic: ``auto`` never compiles in deterministic mode (bit-exact reruns).
         log: receives one line per decision.
         compile_fn: what compiles a module (None: ``torch.compile``; tests pass a fake).
+        dtype: the training autocast dtype (None: full precision); see :func:`compile_estimate`.
     """
 
     def __init__(self, mode: str, device: torch.device, deterministic: bool, log,
-                 compile_fn: Callable[[nn.Module], nn.Module] | None = None) -> None:  # fmt: skip
+                 compile_fn: Callable[[nn.Module], nn.Module] | None = None,
+                 dtype: torch.dtype | None = None) -> None:  # fmt: skip
         self.mode = check_switch("compile", mode)
         self.device = device
-        self.estimate = COMPILE_ESTIMATES.get(device.type) if mode == "auto" and not deterministic else None
+        self.estimate = compile_estimate(device, dtype) if mode == "auto" and not deterministic else None
         self.log = log
         self.compile_fn = compile_fn or torch.compile
         self.compiled: nn.Module | None = None
