@@ -215,6 +215,13 @@ def test_eval_prints_the_training_accuracy_and_a_class_table(capsys, cli_run) ->
     assert sum(int(row.split()[-1]) for row in table) == 1000
 
 
+def test_a_command_run_in_process_leaves_the_denormal_mode_as_it_was(capsys, cli_run) -> None:
+    code, _, _ = run_cli(capsys, "eval", str(cli_run[0]), "--json")  # runs under denormals_as_zero
+
+    assert code == 0
+    assert sys.float_info.min / 2 > 0.0  # denormals are back: hypothesis and numpy rely on them
+
+
 def test_eval_json(capsys, cli_run) -> None:
     run_dir, summary, _ = cli_run
     code, out, _ = run_cli(capsys, "eval", str(run_dir), "--json")

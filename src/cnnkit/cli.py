@@ -13,6 +13,7 @@ tracebacks are kept for bugs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -301,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = getattr(importlib.import_module(f"cnnkit.commands.{module}"), function)
         from cnnkit.usercode import trust_code
 
-        with console(), trust_code(*(getattr(args, "trust_code", None) or ())):
+        with console(), trust_code(*(getattr(args, "trust_code", None) or ())), _model_numerics():
             handler(args)
     except CnnkitError as exc:
         return _fail(str(exc), exc.exit_code)
@@ -314,6 +315,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # permissions, a full disk, a missing folder: the user's to fix
         return _fail(_os_error(exc), 1)
     return 0
+
+
+def _model_numerics() -> contextlib.AbstractContextManager:
+    """Denormals as zero (:func:`cnnkit.engine.device.denormals_as_zero`) for the commands
+    that run models, i.e. those whose module imported torch; nothing for the others, which
+    then need not import it."""
+    if "torch" not in sys.modules:
+        return contextlib.nullcontext()
+    from cnnkit.engine.device import denormals_as_zero
+
+    return denormals_as_zero()
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

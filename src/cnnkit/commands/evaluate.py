@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cnnkit.engine import EvalResult, evaluate, resolve_device
 from cnnkit.engine.device import amp_dtype
+from cnnkit.engine.speed import use_channels_last
 from cnnkit.engine.tta import check_tta
 from cnnkit.inference.loading import (
     check_split,
@@ -71,8 +74,10 @@ def evaluate_checkpoint(
     if scored == "test" and loaders.test is None:
         scored = "val"  # the run has no test split: say which split the figures are of
     views = cfg.train.tta if tta is None else tta
-    result = evaluate(loaded.model.to(torch_device), split_loader(loaders, scored), spec.num_classes,
-                      device=torch_device, dtype=amp_dtype(cfg.train.amp, torch_device), tta=views)  # fmt: skip
+    channels_last = use_channels_last(cfg.train.channels_last, torch_device)  # the layout the run validated in
+    model = loaded.model.to(torch_device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    result = evaluate(model, split_loader(loaders, scored), spec.num_classes, device=torch_device,
+                      dtype=amp_dtype(cfg.train.amp, torch_device), tta=views, channels_last=channels_last)  # fmt: skip
     return EvalReport(scored, result, loaded.class_names, loaded.path, views)
 
 
