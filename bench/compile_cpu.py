@@ -27,11 +27,14 @@ Usage (from the repository root)::
     .venv/bin/python bench/compile_cpu.py                                   # ~8 min on 2 cores
     .venv/bin/python bench/compile_cpu.py --models mnist_fast --layouts nhwc --steps 20
     .venv/bin/python bench/compile_cpu.py --amp auto --models cifar_cnn,airbench,mnist_fast --layouts nhwc
+    .venv/bin/python bench/compile_cpu.py --amp auto --models cifar_cnn --eager-only --batch-sizes 64,128,256
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import os
 import statistics
 from dataclasses import dataclass
@@ -132,6 +135,12 @@ def eager_without_mkldnn(case: Case, images: torch.Tensor, labels: torch.Tensor,
         return statistics.median(side.images_per_s(side.model, args.steps, seed=r)[0] for r in range(args.repeats))
 
 
+def batch_variants(case: Case, batch_sizes: str) -> list[Case]:
+    """``case`` at each of the comma-separated ``batch_sizes`` (none given: as it is)."""
+    sizes = [int(size) for size in batch_sizes.split(",") if size.strip()]
+    return [dataclasses.replace(case, batch=size) for size in sizes] or [case]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     beside = ROOT.parent / "shared" / "data"
@@ -143,6 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per side, medians reported")
     parser.add_argument("--eager-only", action="store_true", help="no compiled side (layouts, thread placement)")
     parser.add_argument("--mkldnn-off", action="store_true", help="add an eager row with oneDNN disabled")
+    parser.add_argument("--batch-sizes", default="",
+                        help="comma-separated batch sizes to run each model at instead of its own (e.g. 64,128,256)")
     parser.add_argument("--amp", default="off", choices=("off", "bf16", "auto"),
                         help="autocast of both sides: off (float32, the default), bf16, or auto (what cnnkit train "
                              "picks here: bf16 on a CPU with AMX)")  # fmt: skip
@@ -164,12 +175,11 @@ def main(argv: list[str] | None = None) -> None:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}")  # fmt: skip
     rows = []
     for name in args.models.split(","):
-        case = CASES[name]
-        images, labels = load_source(case.dataset, args.data_dir, False).train  # uint8 [N, C, H, W]
-        for layout in args.layouts.split(","):
+        images, labels = load_source(CASES[name].dataset, args.data_dir, False).train  # uint8 [N, C, H, W]
+        for case, layout in itertools.product(batch_variants(CASES[name], args.batch_sizes), args.layouts.split(",")):
             result = measure(case, images, labels, layout == "nhwc", args)
             eager_runs, compiled_runs = (", ".join(f"{v:.0f}" for v in runs) for runs in result["runs"])
-            print(f"  {name} {layout}: eager {eager_runs} img/s; compiled {compiled_runs} img/s; "
+            print(f"  {name} batch {case.batch} {layout}: eager {eager_runs} img/s; compiled {compiled_runs} img/s; "
                   f"compile {result['compile_s']:.1f}s", flush=True)  # fmt: skip
             nomkl = eager_without_mkldnn(case, images, labels, layout == "nhwc", args) if args.mkldnn_off else None
             rows.append((case, layout, result, nomkl, len(labels)))

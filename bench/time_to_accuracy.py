@@ -21,7 +21,8 @@ Usage (from the repository root)::
     .venv/bin/python bench/time_to_accuracy.py --recipes cifar10-cnn-fast --profile 1 --seeds 0
 
 ``--profile N`` passes ``--profile N`` on (where the first N epochs' training time went);
-it slows those epochs a little, so its wall times are not the table's. ``--set KEY=VALUE``
+on CUDA it synchronises after each phase and slows those epochs a little, on the CPU it
+only reads the clock. ``--set KEY=VALUE``
 (repeatable) passes overrides to every run, for trying a change of a recipe.
 """
 

@@ -2,8 +2,8 @@
 
 Schedules are stepped once per optimizer step (not per epoch), so warm-up and cosine
 decay are smooth even for runs of one or two epochs. Optimizers use PyTorch's fused
-kernels on CUDA (one kernel for all parameters) and its multi-tensor ``foreach`` path
-elsewhere; parameters are grouped by learning rate and weight decay (backbone, norm
+kernels where it has them (CUDA, and the CPU since torch 2.4) and its multi-tensor
+``foreach`` path elsewhere; parameters are grouped by learning rate and weight decay (backbone, norm
 layers, biases). Lookahead (airbench's) is a step hook on the optimizer, so the loop
 knows nothing of it and its state travels in ``optimizer.state_dict()``.
 """
@@ -40,8 +40,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     pretrained one being fine-tuned) at ``cfg.backbone_lr_scale * lr`` (discriminative
     learning rates: pretrained layers need smaller steps than a new head); normalisation
     layers at ``cfg.norm_lr_scale * lr``; with ``cfg.no_decay_norm_bias`` no weight decay
-    on normalisation parameters and biases. On CUDA the fused implementation runs when
-    this PyTorch has one, elsewhere the multi-tensor (foreach) one. With ``cfg.lookahead``
+    on normalisation parameters and biases. The fused implementation runs where this
+    PyTorch has one for the parameters' device, elsewhere the multi-tensor (foreach) one. With ``cfg.lookahead``
     the optimizer carries airbench's lookahead (:class:`Lookahead`).
     """
     params = param_groups(model, cfg)
@@ -59,8 +59,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def _implementation(klass: type, groups: list[dict]) -> dict[str, bool]:
     """``fused=True`` when ``klass`` has a fused kernel for the device all the parameters are
-    on (CUDA; the CPU since torch 2.4: one pass over each tensor per step, Adam 2.3x as fast
-    as foreach on CifarCNN's 5.9 M parameters on 2 Xeon cores); otherwise ``foreach=True``
+    on (CUDA; the CPU since torch 2.4: one pass over each tensor per step; see
+    bench/optimizer_step.py for what it gains over foreach); otherwise ``foreach=True``
     (one multi-tensor op per step instead of one per parameter)."""
     tensors = [p for g in groups for p in g["params"]]
     if not tensors:
