@@ -49,6 +49,7 @@ HALF_OF = ("cifar10-cnn-fast", "cifar10-cnn")  # (faster recipe, the seed's reci
 _EPOCH = re.compile(r"^epoch\s+(\d+)/(\d+)\s.*val loss [\d.]+ acc ([\d.]+)%.*\s([\d.]+)s\s+([\d,]+) img/s")
 _DATA = re.compile(r"^data: .* train ([\d,]+) ")
 _TEST = re.compile(r"test acc ([\d.]+)%")
+_PROFILE = re.compile(r"^(profile of epoch|\s{2,}\S)")  # --profile's table: a heading, indented phases
 
 
 @dataclass
@@ -97,7 +98,7 @@ def run_once(recipe: str, seed: int, data_dir: Path, extra: list[str], echo: boo
                     run.epochs.append((int(match.group(1)), float(match.group(3)) / 100, at))
                     rate = float(match.group(5).replace(",", ""))
                     run.val_s += float(match.group(4)) - run.train_images / rate
-                elif not run.epochs:
+                elif not run.epochs and not _PROFILE.match(line):  # epoch 1's profile comes before its line
                     run.ready_s = at
                     if match := _DATA.search(line):
                         run.train_images = int(match.group(1).replace(",", ""))
