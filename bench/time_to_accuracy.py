@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {recipe} seed {seed}: test {test}, {run.wall_s:.0f} s wall, {len(run.epochs)} epochs "
                   f"(load average {os.getloadavg()[0]:.2f})", flush=True)  # fmt: skip
             for line in run.output:
-                if line.startswith(("profile of", "  ")) or "precision:" in line or "compile" in line:
+                if _PROFILE.match(line) or "precision:" in line or "compile" in line:
                     print(f"    {line}")
     print_table(runs)
 

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cnnkit.engine import EvalResult, evaluate, resolve_device
 from cnnkit.engine.device import amp_dtype
-from cnnkit.engine.speed import use_channels_last
+from cnnkit.engine.speed import to_layout, use_channels_last
 from cnnkit.engine.tta import check_tta
 from cnnkit.inference.loading import (
     check_split,
@@ -75,7 +73,7 @@ def evaluate_checkpoint(
         scored = "val"  # the run has no test split: say which split the figures are of
     views = cfg.train.tta if tta is None else tta
     channels_last = use_channels_last(cfg.train.channels_last, torch_device)  # the layout the run validated in
-    model = loaded.model.to(torch_device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = to_layout(loaded.model, torch_device, channels_last)
     result = evaluate(model, split_loader(loaders, scored), spec.num_classes, device=torch_device,
                       dtype=amp_dtype(cfg.train.amp, torch_device), tta=views, channels_last=channels_last)  # fmt: skip
     return EvalReport(scored, result, loaded.class_names, loaded.path, views)

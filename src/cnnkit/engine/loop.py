@@ -42,7 +42,7 @@ from cnnkit.engine.regularize import BatchMixer, WeightEma, build_mixer
 from cnnkit.engine.run_state import FitResult, TrainState, restore, run_checkpoint, run_description
 from cnnkit.engine.scoring import EvalResult, metrics, score
 from cnnkit.engine.selection import LOWER_IS_BETTER, best_row, improves, metric_column
-from cnnkit.engine.speed import CompilePlan, StepTimer, use_channels_last
+from cnnkit.engine.speed import CompilePlan, StepTimer, to_layout, use_channels_last
 from cnnkit.errors import UsageError
 
 __all__ = [  # other modules and tests import these from here
@@ -221,7 +221,7 @@ def _set_up(model: nn.Module, train_loader, num_classes: int, cfg: TrainConfig, 
     dtype = amp_dtype(cfg.amp, device, training=True, deterministic=cfg.deterministic)
     eval_dtype = amp_dtype(cfg.amp, device, deterministic=cfg.deterministic)
     channels_last = use_channels_last(cfg.channels_last, device)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    to_layout(model, device, channels_last)
     model = _data_parallel(model, device, cfg.sync_bn, log)
     plan = CompilePlan(cfg.compile, device, cfg.deterministic, log, dtype=dtype)
     optimizer = build_optimizer(model, cfg)

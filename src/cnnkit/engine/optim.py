@@ -3,8 +3,8 @@
 Schedules are stepped once per optimizer step (not per epoch), so warm-up and cosine
 decay are smooth even for runs of one or two epochs. Optimizers use PyTorch's fused
 kernels where it has them (CUDA, and the CPU since torch 2.4) and its multi-tensor
-``foreach`` path elsewhere; parameters are grouped by learning rate and weight decay (backbone, norm
-layers, biases). Lookahead (airbench's) is a step hook on the optimizer, so the loop
+``foreach`` path elsewhere; parameters are grouped by learning rate and weight decay
+(backbone, norm layers, biases). Lookahead (airbench's) is a step hook on the optimizer, so the loop
 knows nothing of it and its state travels in ``optimizer.state_dict()``.
 """
 
@@ -41,8 +41,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     learning rates: pretrained layers need smaller steps than a new head); normalisation
     layers at ``cfg.norm_lr_scale * lr``; with ``cfg.no_decay_norm_bias`` no weight decay
     on normalisation parameters and biases. The fused implementation runs where this
-    PyTorch has one for the parameters' device, elsewhere the multi-tensor (foreach) one. With ``cfg.lookahead``
-    the optimizer carries airbench's lookahead (:class:`Lookahead`).
+    PyTorch has one for the parameters' device, elsewhere the multi-tensor (foreach) one.
+    With ``cfg.lookahead`` the optimizer carries airbench's lookahead (:class:`Lookahead`).
     """
     params = param_groups(model, cfg)
     if cfg.optimizer not in OPTIMIZERS:

@@ -76,6 +76,12 @@ def use_channels_last(mode: str, device: torch.device) -> bool:
     return mode == "on" or (mode == "auto" and device.type == "cuda")
 
 
+def to_layout(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """``model`` moved (in place) to ``device``, its 4-D weights in channels-last memory format
+    when ``channels_last``; training, validation and ``cnnkit eval`` all place it this way."""
+    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
+
 @functools.lru_cache(maxsize=1)
 def cpp_compiler() -> str | None:
     """The C++ compiler inductor builds its CPU kernels with (``$CXX``, else ``g++``...), or None.
