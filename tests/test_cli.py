@@ -215,11 +215,52 @@ def test_eval_prints_the_training_accuracy_and_a_class_table(capsys, cli_run) ->
     assert sum(int(row.split()[-1]) for row in table) == 1000
 
 
-def test_a_command_run_in_process_leaves_the_denormal_mode_as_it_was(capsys, cli_run) -> None:
-    code, _, _ = run_cli(capsys, "eval", str(cli_run[0]), "--json")  # runs under denormals_as_zero
+@pytest.fixture
+def eval_spy(monkeypatch) -> dict:
+    """What ``cnnkit eval`` hands its scoring pass, recorded as it runs: the model's layout,
+    the batches' layout, and whether denormals count as zero at that moment."""
+    import torch
+
+    from cnnkit.commands import evaluate as command
+
+    seen: dict = {}
+    real = command.evaluate
+
+    def spy(model, loader, num_classes, **kwargs):
+        # the conv with the most input channels: a 1-channel kernel is contiguous in both layouts
+        conv = max((p for p in model.parameters() if p.dim() == 4), key=lambda p: p.shape[1])
+        seen.update(weights_channels_last=conv.is_contiguous(memory_format=torch.channels_last),
+                    batches_channels_last=kwargs["channels_last"], flushing=sys.float_info.min / 2 == 0.0)  # fmt: skip
+        return real(model, loader, num_classes, **kwargs)
+
+    monkeypatch.setattr(command, "evaluate", spy)
+    return seen
+
+
+def test_a_model_command_runs_with_denormals_as_zero_and_restores_the_mode(capsys, cli_run, eval_spy) -> None:
+    code, _, _ = run_cli(capsys, "eval", str(cli_run[0]), "--json")
 
     assert code == 0
-    assert sys.float_info.min / 2 > 0.0  # denormals are back: hypothesis and numpy rely on them
+    assert eval_spy["flushing"] is True  # the scoring ran with denormals as zero
+    assert sys.float_info.min / 2 > 0.0  # and they are back after: hypothesis and numpy rely on them
+
+
+def test_eval_scores_in_the_layout_the_run_validated_in(capsys, cli_run, eval_spy, mnist_root, tmp_path) -> None:
+    code, out, _ = run_cli(capsys, "eval", str(cli_run[0]))  # channels-last auto: off on the CPU
+    assert code == 0
+    assert eval_spy["weights_channels_last"] is False and eval_spy["batches_channels_last"] is False
+
+    code, _, _ = run_cli(capsys, "train", "--data", "mnist", "--data-dir", str(mnist_root), "--limit-train", "1000",
+                         "--limit-eval", "500", "--epochs", "1", "--channels-last", "on", "--no-report",
+                         "--output-dir", str(tmp_path), "--no-progress")  # fmt: skip
+    assert code == 0
+    (run_dir,) = tmp_path.iterdir()
+    code, out, _ = run_cli(capsys, "eval", str(run_dir))
+
+    assert code == 0
+    assert eval_spy["weights_channels_last"] is True and eval_spy["batches_channels_last"] is True
+    test_acc = json.loads((run_dir / "summary.json").read_text())["test_acc"]
+    assert f"top-1: {test_acc:.2%}" in out.splitlines()  # the same figure as the run's own final test
 
 
 def test_eval_json(capsys, cli_run) -> None:
