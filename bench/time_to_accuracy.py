@@ -22,8 +22,8 @@ Usage (from the repository root)::
 
 ``--profile N`` passes ``--profile N`` on (where the first N epochs' training time went);
 on CUDA it synchronises after each phase and slows those epochs a little, on the CPU it
-only reads the clock. ``--set KEY=VALUE``
-(repeatable) passes overrides to every run, for trying a change of a recipe.
+only reads the clock. ``--set KEY=VALUE`` (repeatable) passes overrides to every run, for
+trying a change of a recipe.
 """
 
 from __future__ import annotations
