@@ -23,6 +23,7 @@ from cnnkit.cli import main
 from cnnkit.data import list_datasets
 from cnnkit.models import list_models
 from cnnkit.recipes import list_recipes
+from polling import WAIT_S
 
 SEED_RECIPES = ("mnist-lenet", "cifar10-cnn", "cifar10-vgg16", "animals-cnn", "flowers-transfer")
 DATASETS = ("mnist", "fashion-mnist", "kmnist", "emnist-digits", "emnist-letters", "emnist-balanced",
@@ -117,7 +118,7 @@ def test_python_m_cnnkit_bad_name_has_no_traceback(tmp_path) -> None:
     env = {**os.environ, "CNNKIT_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "cnnkit", "train", "--model", "nope", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=env, timeout=WAIT_S,
     )  # fmt: skip
 
     assert proc.returncode == 2

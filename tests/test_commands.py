@@ -19,6 +19,7 @@ from PIL import Image
 
 import cnnkit
 from cli_helpers import one_line_error, run_cli
+from polling import WAIT_S
 
 EMBEDDED = Path(cnnkit.__file__).parent / "data" / "embedded" / "mnist_subset.npz"
 
@@ -139,7 +140,7 @@ def test_a_backbone_from_scratch_trains_every_layer_at_lr() -> None:
     "assert 'torch' not in sys.modules, 'the parser loads torch'",
 ])  # fmt: skip
 def test_start_up_does_not_import_torch(code: str) -> None:
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=WAIT_S)
 
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,6 +31,7 @@ from cnnkit.config import (
     validate,
 )
 from cnnkit.errors import UsageError, nearest, unknown_name
+from polling import WAIT_S
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -50,16 +51,16 @@ def test_config_module_imports_neither_torch_nor_numpy() -> None:
     code = ("import sys, types; pkg = types.ModuleType('cnnkit'); pkg.__path__ = [sys.argv[1]]; "
             "sys.modules['cnnkit'] = pkg; import cnnkit.config as c; c.resolve_config('cifar10-cnn'); "
             "heavy = {'torch', 'numpy'} & set(sys.modules); assert not heavy, heavy")  # fmt: skip
-    subprocess.run([sys.executable, "-c", code, str(SRC / "cnnkit")], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code, str(SRC / "cnnkit")], check=True, timeout=WAIT_S)
 
 
 def test_import_cnnkit_config_does_not_import_torch() -> None:
     light = subprocess.run([sys.executable, "-c", "import cnnkit, sys; sys.exit('torch' in sys.modules)"],
-                           timeout=120)  # fmt: skip
+                           timeout=WAIT_S)  # fmt: skip
     if light.returncode:
         pytest.skip("cnnkit/__init__.py still imports torch (issue 17: `import cnnkit` must stay light)")
     code = "import cnnkit.config, sys; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=WAIT_S)
 
 
 # ----------------------------------------------------------------------------- rules

@@ -33,6 +33,7 @@ from cnnkit.engine import read_checkpoint
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference import Predictor
 from cnnkit.models import create_model, registry
+from polling import WAIT_S
 
 MODEL_CODE = '''
 from pathlib import Path
@@ -205,7 +206,7 @@ def test_a_fresh_process_refuses_too(model_run) -> None:
     env = {**os.environ, "CNNKIT_OFFLINE": "1"}
     env.pop(usercode.ENV_VAR, None)
     proc = subprocess.run([sys.executable, "-m", "cnnkit", "eval", str(run_dir)], capture_output=True, text=True,
-                          env=env, timeout=120, cwd=code_file.parent)  # the file is right there: still not imported
+                          env=env, timeout=WAIT_S, cwd=code_file.parent)  # the file is right there: still not imported
     assert proc.returncode == 2
     assert "--trust-code" in one_line_error(proc.stderr)
     assert _imports(code_file) == before

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import cnnkit
 from cnnkit.engine import Checkpoint
 from cnnkit.errors import CnnkitError
+from polling import WAIT_S
 
 pytestmark = [
     pytest.mark.skipif(
@@ -45,7 +46,7 @@ def torchrun(args: list[str], procs: int = 2) -> list[str]:
             "-m", "cnnkit", "train", *args]  # fmt: skip
 
 
-def run_ok(command: list[str], timeout: float = 300) -> str:
+def run_ok(command: list[str], timeout: float = WAIT_S) -> str:
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -124,7 +125,7 @@ def test_kill_one_rank_mid_epoch_then_resume_on_one_then_two_processes(tmp_path:
         time.sleep(0.02)
     assert launcher.poll() is None and 1 in ranks, "the run ended before a rank could be killed"
     os.kill(ranks[1], signal.SIGKILL)
-    launcher.communicate(timeout=120)
+    launcher.communicate(timeout=WAIT_S)
     assert launcher.returncode != 0, "torchrun must report the killed rank"
     assert metrics_epochs(run_dir) == [1]
     assert not (run_dir / "summary.json").exists()

@@ -22,6 +22,7 @@ import cnnkit
 from cli_helpers import one_line_error, run_cli
 from cnnkit.checkpoint import read_checkpoint, save_checkpoint
 from cnnkit.errors import CnnkitError
+from polling import WAIT_S
 
 # The default run (LeNet, embedded MNIST, "digits" augmentation, cosine schedule) cut to
 # 2 epochs of 3,000 images: 187 steps an epoch, a mid-epoch checkpoint every 20 steps.
@@ -32,7 +33,7 @@ TIMING = {"epoch_time_s", "train_time_s", "train_images_per_s"}  # the only metr
 
 
 def _cnnkit(*argv: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnnkit", *argv], capture_output=True, text=True, timeout=600,
+    return subprocess.run([sys.executable, "-m", "cnnkit", *argv], capture_output=True, text=True, timeout=WAIT_S,
                           **kwargs)  # fmt: skip
 
 
@@ -48,7 +49,7 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 def _wait_for_mid_epoch_checkpoint(process: subprocess.Popen, last: Path, epoch: int) -> dict:
     """Poll ``last.pt`` until it is a mid-epoch checkpoint of ``epoch`` (1-based)."""
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline and process.poll() is None:
         if last.is_file():
             try:
@@ -121,7 +122,7 @@ def test_kill_between_temp_write_and_rename_keeps_the_previous_checkpoint(tmp_pa
         save_checkpoint({{"model": {{"name": "lenet"}}, "state_dict": {{"w": torch.zeros(3)}}, "epoch": 2}},
                         {str(path)!r})
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=WAIT_S)
 
     assert done.returncode == -signal.SIGKILL, done.stderr
     strays = list(tmp_path.glob(".last.pt.*.tmp"))

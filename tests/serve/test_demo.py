@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 from studio_tour import SEVEN, draw  # the same mouse strokes as the studio's test
 
+from polling import WAIT_MS, WAIT_S
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +40,7 @@ def dismiss_toasts(page) -> None:
             close.click(timeout=5_000)
         except Error:  # gone by itself meanwhile
             pass
-    expect(page.locator("[data-testid=toast-body]")).to_have_count(0, timeout=30_000)
+    expect(page.locator("[data-testid=toast-body]")).to_have_count(0, timeout=WAIT_MS)
 
 
 def test_a_digit_drawn_with_the_mouse_is_recognised(
@@ -48,13 +50,13 @@ def test_a_digit_drawn_with_the_mouse_is_recognised(
 
     page = browser.new_page()
     page.goto(server.url)
-    page.wait_for_selector("#sketchpad canvas", timeout=60_000)
+    page.wait_for_selector("#sketchpad canvas", timeout=WAIT_MS)
     # a "7": the bar from left to right, then the stem down to the lower left
     draw(page, "#sketchpad", SEVEN)
     page.click("#predict-drawing")
 
     expect(page.locator("#prediction [data-testid=label-output-value]")).to_have_text(
-        "7", timeout=30_000
+        "7", timeout=WAIT_MS
     )
     probability = float(
         page.locator("#prediction [data-testid='7-confidence-set'] meter").get_attribute("value")
@@ -65,7 +67,7 @@ def test_a_digit_drawn_with_the_mouse_is_recognised(
     shown = (
         "[...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth === 224)"
     )
-    page.wait_for_function(f"{shown}.length >= 2", timeout=30_000)
+    page.wait_for_function(f"{shown}.length >= 2", timeout=WAIT_MS)
     shot = tmp_path / "serve-digit.png"
     page.screenshot(path=str(shot))
     if os.environ.get("CNNKIT_UPDATE_DOCS") == "1":
@@ -85,12 +87,12 @@ def test_an_uploaded_digit_and_an_example_are_recognised(
     page.set_input_files("#upload input[type=file]", str(path))  # predicts on upload
     prediction = page.locator("#prediction [data-testid=label-output-value]")
 
-    expect(prediction).to_have_text(label, timeout=30_000)
+    expect(prediction).to_have_text(label, timeout=WAIT_MS)
     # the validation examples (--examples 4: one each of 0-3) predict when clicked
     rows = page.locator("tbody tr")
     assert [rows.nth(i).inner_text().strip() for i in range(rows.count())] == ["0", "1", "2", "3"]
     rows.nth(3).click()
-    expect(prediction).to_have_text("3", timeout=30_000)
+    expect(prediction).to_have_text("3", timeout=WAIT_MS)
     page.close()
 
 
@@ -133,7 +135,7 @@ def test_bad_and_oversized_uploads_show_a_message_in_the_page(
         path = large if name == "large.png" else bad_uploads[name][0]
         page.set_input_files("#upload input[type=file]", str(path))  # predicts on upload
         toast = page.locator("[data-testid=toast-body]").last
-        expect(toast).to_contain_text(says, timeout=30_000)
+        expect(toast).to_contain_text(says, timeout=WAIT_MS)
         if name != "large.png":
             expect(toast).to_contain_text(f"cannot read {name}: ")
         dismiss_toasts(page)
@@ -141,12 +143,12 @@ def test_bad_and_oversized_uploads_show_a_message_in_the_page(
             clear.first.click()
 
     page.set_input_files("#upload input[type=file]", str(mnist_png[0]))  # and it still serves
-    expect(page.locator("#prediction [data-testid=label-output-value]")).to_have_text(mnist_png[1], timeout=30_000)
+    expect(page.locator("#prediction [data-testid=label-output-value]")).to_have_text(mnist_png[1], timeout=WAIT_MS)
     page.close()
 
 
 def test_ctrl_c_stops_the_server(server) -> None:
     server.process.send_signal(signal.SIGINT)
 
-    assert server.process.wait(timeout=60) == 0, server.output()  # at most 5 s of grace after closing
+    assert server.process.wait(timeout=WAIT_S) == 0, server.output()  # at most 5 s of grace after closing
     assert f"on {server.url}" in server.output()

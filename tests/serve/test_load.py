@@ -12,6 +12,7 @@ from PIL import Image
 
 from cnnkit.data.datasets import load_source
 from cnnkit.inference import Predictor
+from polling import WAIT_S
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +103,7 @@ def test_uploads_over_the_size_limit_are_refused_and_the_server_keeps_serving(
     large = tmp_path / "large.png"
     large.write_bytes(bytes(11 * 1024 * 1024))  # 11 MB; the limit is 10 MB
     with large.open("rb") as body:  # a client that ignores the page's limit
-        response = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("large.png", body)}, timeout=60)
+        response = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("large.png", body)}, timeout=WAIT_S)
     client = Client(server.url, verbose=False)
 
     assert response.status_code == 413 and "maximum allowed size" in response.text

@@ -10,6 +10,7 @@ from local_server import Server, kill_all, start_cnnkit_server
 
 from cnnkit.studio.jobs import TrainJob, start_training
 from cnnkit.studio.project import Project
+from polling import WAIT_S
 from studio_data import PHOTO_CLASSES, PHOTOS_PER_CLASS, photos
 
 
@@ -28,7 +29,7 @@ def photo_job(imagenette: Path, tmp_path_factory: pytest.TempPathFactory) -> Tra
     """The default photo model trained in the background on a 3 x 20-photo project, finished."""
     project = photo_project_at(tmp_path_factory.mktemp("studio") / "photos", imagenette)
     job = start_training(project, "photos")
-    status = job.wait(timeout=600)
+    status = job.wait(timeout=WAIT_S)
     assert status["state"] == "completed", status["error"] or status["log"][-20:]
     return job
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from polling import WAIT_S
 from studio_data import PHOTO_CLASSES, PHOTOS_PER_CLASS, photos
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def test_collect_train_try_and_take_away_by_api(client, imagenette: Path, tmp_pa
     assert started["state"] == "running"
     with pytest.raises(AppError, match="a training job is already running"):
         client.predict("photos", 0, 0, "", api_name="/train")  # one job at a time per project
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + WAIT_S
     while (status := client.predict(api_name="/train_status"))["state"] == "running":
         assert time.monotonic() < deadline, status["log"][-5:]
         time.sleep(1)
@@ -102,7 +103,7 @@ def test_snapshots_drawings_deletions_stop_and_resume_by_api(start_studio, mnist
         assert status["state"] == "running", status["log"][-5:]
         time.sleep(0.5)
     client.predict(api_name="/stop")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + WAIT_S
     while (status := client.predict(api_name="/train_status"))["state"] == "running":
         assert time.monotonic() < deadline, status["log"][-5:]
         time.sleep(0.5)

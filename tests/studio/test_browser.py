@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cli_helpers import run_cli
+from polling import WAIT_MS
 from studio_data import PHOTO_CLASSES, PHOTOS_PER_CLASS, photos
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,7 @@ def test_collect_train_try_take_away_and_reopen_a_photo_project(
     assert server.stop() == 0, server.output()  # Ctrl-C; a new server on the same folder...
     server = start_studio(project)
     page.goto(server.url)
-    expect(page.locator("#class-counts")).to_contain_text(PHOTO_CLASSES[-1], timeout=60_000)
+    expect(page.locator("#class-counts")).to_contain_text(PHOTO_CLASSES[-1], timeout=WAIT_MS)
     assert tour.class_counts(page) == dict.fromkeys(PHOTO_CLASSES, PHOTOS_PER_CLASS)
     assert run_name in page.locator("#run").inner_text() or run_name in page.locator("#run input").input_value()
     assert tour.shown_accuracy(page) == accuracy  # ...shows the same classes, images and run
@@ -80,7 +81,7 @@ def test_a_digit_drawn_in_the_browser_is_recognised_by_a_digits_model_trained_in
     page.fill("#import-source textarea, #import-source input", "embedded-mnist")
     page.fill("#import-limit input", "100")
     page.click("#import")
-    expect(page.locator("#collect-message")).to_contain_text("imported embedded-mnist", timeout=120_000)
+    expect(page.locator("#collect-message")).to_contain_text("imported embedded-mnist", timeout=WAIT_MS)
     assert tour.class_counts(page) == {str(d): 100 for d in range(10)}
 
     accuracy = tour.train(page, kind="digits")

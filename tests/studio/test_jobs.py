@@ -17,6 +17,7 @@ from cnnkit.inference import Predictor
 from cnnkit.studio.jobs import TrainJob, job_status, read_metrics, resume_training, start_training
 from cnnkit.studio.kinds import Settings, train_command, train_overrides
 from cnnkit.studio.project import Project
+from polling import WAIT_S
 from studio_data import PHOTO_CLASSES, photos
 
 
@@ -28,7 +29,7 @@ def digit_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     return project
 
 
-def wait_for(job: TrainJob, epochs: int, timeout: float = 120) -> dict:
+def wait_for(job: TrainJob, epochs: int, timeout: float = WAIT_S) -> dict:
     """Poll the job's status until ``epochs`` epochs are done (or it ended)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -91,7 +92,7 @@ def test_a_second_job_is_refused_and_a_stopped_run_resumes(digit_project: Projec
             start_training(digit_project, "digits")
     finally:
         job.stop()
-    status = job.wait(timeout=120)
+    status = job.wait(timeout=WAIT_S)
 
     assert status["state"] == "stopped" and status["error"] is None
     recorded = json.loads((job.run_dir / "status.json").read_text())
@@ -102,7 +103,7 @@ def test_a_second_job_is_refused_and_a_stopped_run_resumes(digit_project: Projec
     assert digit_project.runs()[0].status == "interrupted"
 
     again = resume_training(digit_project, job.run_name, epochs=done + 2)
-    resumed = again.wait(timeout=120)
+    resumed = again.wait(timeout=WAIT_S)
 
     assert resumed["state"] == "completed", resumed["error"]
     assert [row["epoch"] for row in resumed["history"]] == list(range(1, done + 3))
@@ -131,7 +132,7 @@ def test_the_digits_kind_learns_digits_from_30_of_each(digit_project: Project) -
     held_out = [Image.fromarray(images[i, 0].numpy()) for i in range(500)]  # official test digits
 
     job = start_training(digit_project, "digits")
-    status = job.wait(timeout=300)
+    status = job.wait(timeout=WAIT_S)
     predicted = Predictor.from_checkpoint(job.run_dir / "checkpoints" / "best.pt").predict(held_out)
 
     assert status["state"] == "completed" and status["epochs"] == 30
@@ -141,7 +142,7 @@ def test_the_digits_kind_learns_digits_from_30_of_each(digit_project: Project) -
 def test_the_small_kind_trains_from_scratch(digit_project: Project) -> None:
     job = start_training(digit_project, "small", Settings(epochs=2))
 
-    status = job.wait(timeout=300)
+    status = job.wait(timeout=WAIT_S)
 
     assert status["state"] == "completed", status["error"]
     assert [row["epoch"] for row in status["history"]] == [1, 2]
@@ -151,7 +152,7 @@ def test_the_small_kind_trains_from_scratch(digit_project: Project) -> None:
 def test_a_failing_job_reports_why_and_frees_the_project(digit_project: Project) -> None:
     job = start_training(digit_project, "advanced", Settings(model="no_such_net", epochs=1))
 
-    status = job.wait(timeout=60)
+    status = job.wait(timeout=WAIT_S)
 
     assert status["state"] == "failed" and "unknown model 'no_such_net'" in status["error"]
     assert job_status(digit_project)["state"] == "failed"
