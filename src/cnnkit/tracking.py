@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnkit import settings
 from cnnkit.config import TRACKERS, RunConfig, flatten
 from cnnkit.errors import CnnkitError, unknown_name
 
@@ -368,7 +369,7 @@ class WandbLogger:
         import wandb
 
         self.wandb = wandb
-        offline = os.environ.get("CNNKIT_OFFLINE", "") in {"1", "true", "yes"} and "WANDB_MODE" not in os.environ
+        offline = settings.offline() and "WANDB_MODE" not in os.environ
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "cnnkit", name=run_dir.name,
                               dir=str(run_dir), config=cfg.to_dict(), id=_read_ids(run_dir).get("wandb_run_id"),
                               resume="allow", mode="offline" if offline else None)  # fmt: skip

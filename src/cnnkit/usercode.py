@@ -43,9 +43,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from cnnkit import settings
 from cnnkit.errors import CnnkitError, UsageError
 
-ENV_VAR = "CNNKIT_TRUST_CODE"
+ENV_VAR = settings.TRUST_CODE
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = re.compile(rf"^{_IDENT}(\.{_IDENT})*$")
 
@@ -144,8 +145,7 @@ def _normalise(items: Iterable[Any] | str | bool | None) -> tuple[str, ...]:
 
 
 def _trusted(extra: Any = None) -> tuple[str, ...]:
-    env = tuple(part for part in os.environ.get(ENV_VAR, "").split(os.pathsep) if part.strip())
-    return _normalise(extra) + _TRUST.get() + _normalise(env)
+    return _normalise(extra) + _TRUST.get() + _normalise(settings.trusted_code())
 
 
 def _trusted_source(record: dict[str, Any], extra: Any) -> str | None:

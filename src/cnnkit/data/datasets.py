@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnnkit import settings
 from cnnkit.data.folder import FileDataset, scan_folder
 from cnnkit.errors import DataError, unknown_name
 
@@ -80,20 +81,18 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def cache_dir() -> Path:
-    """cnnkit's cache folder: ``$CNNKIT_CACHE_DIR`` or ``$XDG_CACHE_HOME/cnnkit`` (~/.cache)."""
-    if os.environ.get("CNNKIT_CACHE_DIR"):
-        return Path(os.environ["CNNKIT_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnnkit"
+    """cnnkit's cache folder (``cnnkit.settings.cache_dir``)."""
+    return settings.cache_dir()
 
 
 def default_data_dir() -> Path:
-    """Where named datasets are looked for and downloaded: ``$CNNKIT_DATA_DIR`` or the cache."""
-    return Path(os.environ.get("CNNKIT_DATA_DIR", cache_dir() / "datasets"))
+    """Where named datasets are looked for and downloaded (``cnnkit.settings.data_dir``)."""
+    return settings.data_dir()
 
 
 def downloads_allowed(requested: bool) -> bool:
-    """Downloads happen only when asked for and not forced offline (``CNNKIT_OFFLINE=1``)."""
-    return requested and os.environ.get("CNNKIT_OFFLINE", "") not in {"1", "true", "yes"}
+    """Downloads happen only when asked for and not forced offline (``CNNKIT_OFFLINE``)."""
+    return requested and not settings.offline()
 
 
 def load_source(name: str, data_dir: str | Path | None, download: bool) -> Source:

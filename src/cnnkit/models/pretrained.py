@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnkit import settings
 from cnnkit.checkpoint import Checkpoint, checkpoint_file, clean_state_dict, load_tensor_file
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.models.base import ClassifierBase
@@ -272,7 +273,7 @@ def _sources(source: str, arch: str) -> list[tuple[str, Any]]:
 
 
 def _offline() -> bool:
-    return os.environ.get("CNNKIT_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    return settings.offline() or os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:
