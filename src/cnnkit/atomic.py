@@ -37,7 +37,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    handle = _Recording(os.fdopen(fd, "wb"))
+    handle = _Recording(os.fdopen(fd, "wb"), Path(tmp))
     try:
         with handle.raw:
             os.chmod(tmp, 0o666 & ~_umask())
@@ -65,8 +65,8 @@ class _Recording:
     """A binary file that remembers the OS error of a failed ``write``: ``torch.save`` and
     others turn it into an error of their own that no longer says the disk is full."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
+    def __init__(self, raw: IO[bytes], path: Path) -> None:
+        self.raw, self.path = raw, path  # path: the temporary file
         self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
