@@ -217,6 +217,7 @@ FLAGS_BEFORE_THE_SCHEMA = {
     "--mix-prob": "train.mix_prob", "--compile": "train.compile", "--channels-last": "train.channels_last",
     "--profile": "train.profile", "--augment-policy": "data.augment_policy", "--random-erasing": "data.random_erasing",
     "--augment-backend": "data.augment_backend", "--tta": "train.tta", "--name": "name", "--output-dir": "output_dir",
+    "--exist-ok": "exist_ok",
     "--log": "loggers", "--pretrained": "model.pretrained", "--no-pretrained": "model.pretrained",
     "--freeze": "train.freeze", "--cache-features": "train.cache_features",
     "--no-cache-features": "train.cache_features",

@@ -25,6 +25,7 @@ into every file; :meth:`Checkpoint.from_payload` reads both.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import pickle
 import random
 import re
@@ -47,6 +48,8 @@ _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # Keys of a format-1 payload that belonged to the training state (top level then).
 _TRAINING_KEYS = ("epoch", "step", "optimizer", "scheduler", "scaler", "raw_state_dict", "ema_updates", "rng",
                   "history", "best_metric", "best_epoch", "stale", "in_epoch", "in_epoch_lr")  # fmt: skip
+# What torch's zip writer says when a write came up short (a full disk): it hides the OS error.
+_SHORT_WRITE = ("unexpected pos", "file write failed")
 # File signatures of what people mistake for a checkpoint.
 _SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"GIF8", "a GIF image"),
                (b"BM", "a BMP image"), (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"),
@@ -418,7 +421,20 @@ def _damage(head: bytes, path: Path, exc: Exception) -> str:
 
 
 def _write_atomic(payload: dict[str, Any], path: Path) -> Path:
-    atomic_write(path, lambda handle: torch.save(payload, handle))
+    """``torch.save`` into ``path`` atomically.
+
+    Raises:
+        OSError: the write failed; ENOSPC when the disk is full, also when torch's zip
+            writer reported the short write only as ``RuntimeError: ... unexpected pos``
+            or ``file write failed`` (:func:`cnnkit.atomic.atomic_write` usually finds the
+            OS error itself).
+    """
+    try:
+        atomic_write(path, lambda handle: torch.save(payload, handle))
+    except RuntimeError as exc:
+        if any(text in str(exc) for text in _SHORT_WRITE):
+            raise OSError(errno.ENOSPC, f"No space left on device ({exc})", str(path)) from exc
+        raise
     remove_strays(path)  # left by a process killed mid-save
     return path
 

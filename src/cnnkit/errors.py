@@ -29,6 +29,23 @@ class DataError(CnnkitError):
     exit_code = 1
 
 
+class DiskFullError(CnnkitError):
+    """A write failed because the disk (or the user's quota) is full.
+
+    Attributes:
+        file: what was being written, relative to ``run`` when inside it.
+        run: the run folder written into (None: not a run's file).
+    """
+
+    exit_code = 1
+
+    def __init__(self, file: str, run: str | None = None) -> None:
+        self.file, self.run = file, run
+        where = f"{file} in {run}" if run else file
+        super().__init__(f"disk full while writing {where}: free space or choose another "
+                         + ("--output-dir" if run else "folder"))  # fmt: skip
+
+
 def nearest(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate closest to a mistyped ``name`` (difflib's ratio >= 0.6), or None."""
     matches = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)

@@ -7,6 +7,12 @@ written atomically (:mod:`cnnkit.atomic`). ``status.json`` says whether the run 
 ``running``, ``completed``, ``failed`` (with the one-line reason) or ``interrupted``, so
 ``cnnkit runs`` can tell a crash from a run still going.
 
+A run folder is never shared: :meth:`RunFolder.create` claims a new folder (``NAME-2``,
+``-3``... when ``NAME`` is taken, atomically against other processes) unless ``exist_ok``,
+and a process writes into a folder only inside :meth:`RunFolder.lock`, which holds
+``.lock`` (pid, host, start) and refuses a second writer with one line naming the first.
+Readers (eval, report, ``cnnkit runs``) do not lock.
+
 Under torchrun only rank 0 writes: the other ranks get a :class:`RunFolder` with
 ``writer=False``, whose writes do nothing.
 """
@@ -16,17 +22,27 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from cnnkit import atomic
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, DiskFullError
+
+try:
+    import fcntl
+except ImportError:  # Windows: the lock's pid alone says whether its owner runs
+    fcntl = None  # type: ignore[assignment]
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 LOG_FORMAT = "%(message)s"
+LOCK_FILE = ".lock"
+NEW_RUN_ADVICE = "wait for it or choose another --name"
+_BEING_WRITTEN_S = 10.0  # an empty lock younger than this: its creator is still writing it
 
 
 class RunFolder:
@@ -66,18 +82,22 @@ class RunFolder:
     # ------------------------------------------------------------------ creating and opening
 
     @classmethod
-    def create(cls, output_dir: str | Path, name: str, *, exact: bool = False) -> RunFolder:
-        """Make a new run folder ``output_dir/name`` (``name-2``, ``-3``... if taken, unless ``exact``).
+    def create(cls, output_dir: str | Path, name: str, *, exist_ok: bool = False) -> RunFolder:
+        """Claim a new run folder ``output_dir/name``, or ``name-2``, ``name-3``... when taken.
 
-        ``exact`` (a name the user chose): an existing folder of that name is reused, as
-        before; its files are overwritten as the new run writes them.
+        The claim is ``mkdir`` itself, so two processes started at once with one name never
+        get the same folder. ``exist_ok`` (``--exist-ok``): an existing ``name`` is reused
+        as it is; :meth:`lock` then refuses it while another process writes there.
         """
         base = Path(output_dir)
+        base.mkdir(parents=True, exist_ok=True)
         path, suffix = base / name, 2
-        while path.exists() and not exact:
-            path, suffix = base / f"{name}-{suffix}", suffix + 1
-        path.mkdir(parents=True, exist_ok=exact)
-        return cls(path)
+        while True:
+            try:
+                path.mkdir(exist_ok=exist_ok)
+                return cls(path)
+            except FileExistsError:  # taken (or, with exist_ok, a file of that name)
+                path, suffix = base / f"{name}-{suffix}", suffix + 1
 
     @classmethod
     def open(cls, path: str | Path, *, writer: bool = True) -> RunFolder:
@@ -92,6 +112,77 @@ class RunFolder:
         if not folder.file("config.yaml").is_file():
             raise CnnkitError(f"{path} is not a run folder (no config.yaml)")
         return folder
+
+    # ------------------------------------------------------------------ one writer at a time
+
+    @property
+    def shown(self) -> str:
+        """The folder as messages name it: relative to the working folder when inside it."""
+        return shown(self.path)
+
+    @contextmanager
+    def lock(self, *, advice: str = NEW_RUN_ADVICE) -> Iterator[None]:
+        """Hold the folder for this process while inside: training, resuming, anything that writes a run.
+
+        ``.lock`` (pid, host, start time, command) is created with ``O_CREAT | O_EXCL`` and
+        held with ``flock``; it is removed on leaving, also on failure and Ctrl-C. One left
+        by a process that no longer runs on this host is taken over. A full disk inside ends
+        in :class:`~cnnkit.errors.DiskFullError` naming the file and the run. Nothing
+        happens on a non-writer rank.
+
+        Raises:
+            CnnkitError: another process holds the folder, before anything is written:
+                ``run folder runs/X is in use by process 1234 (started ...); <advice>``.
+        """
+        if not self.writer:
+            yield
+            return
+        try:
+            held = _acquire(self.file(LOCK_FILE), lambda owner: self._in_use(owner, advice))
+            try:
+                yield
+            finally:
+                _release(self.file(LOCK_FILE), held)
+        except OSError as exc:
+            if atomic.is_disk_full(exc):
+                raise self.disk_full(exc) from exc
+            raise
+
+    def owner(self) -> dict[str, Any] | None:
+        """Who holds :meth:`lock` now (``pid``, ``host``, ``started``, ``command``), or None."""
+        path = self.file(LOCK_FILE)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            owner = _read_owner(fd)
+            return owner if _held(fd, owner, path) else None
+        finally:
+            os.close(fd)
+
+    def refuse_if_in_use(self, advice: str = NEW_RUN_ADVICE) -> None:
+        """Raise :meth:`lock`'s error now when another process holds the folder (a check, not a claim)."""
+        owner = self.owner()
+        if owner is not None:
+            raise self._in_use(owner, advice)
+
+    def disk_full(self, exc: OSError) -> DiskFullError:
+        """The one-line error for ``exc`` (ENOSPC/EDQUOT), naming the file and this run."""
+        target = Path(exc.filename) if exc.filename else None
+        if target is None:
+            return DiskFullError("a file", self.shown)
+        if target.is_relative_to(self.path):
+            return DiskFullError(str(target.relative_to(self.path)), self.shown)
+        return DiskFullError(str(target))
+
+    def _in_use(self, owner: dict[str, Any], advice: str) -> CnnkitError:
+        who = f"process {owner['pid']}" if owner.get("pid") else "another process"
+        if owner.get("host") and owner["host"] != socket.gethostname():
+            who += f" on {owner['host']}"
+            advice += f" (if it is gone, delete {shown(self.file(LOCK_FILE))})"
+        started = f" (started {owner['started']})" if owner.get("started") else ""
+        return CnnkitError(f"run folder {self.shown} is in use by {who}{started}; {advice}")
 
     # ------------------------------------------------------------------ writing
 
@@ -137,18 +228,186 @@ class RunFolder:
 
     @contextmanager
     def logging_to_file(self, logger: logging.Logger) -> Iterator[None]:
-        """While inside, every record of ``logger`` is appended to ``log.txt`` too."""
+        """While inside, every record of ``logger`` is appended to ``log.txt`` too.
+
+        A full disk while logging raises (ENOSPC, naming ``log.txt``) from the logging call,
+        as any other write of the run would, instead of logging's printed traceback.
+        """
         if not self.writer:
             yield
             return
-        handler = logging.FileHandler(self.file("log.txt"), encoding="utf-8")
+        handler = _LogFile(self.file("log.txt"))
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         logger.addHandler(handler)
         try:
             yield
         finally:
             logger.removeHandler(handler)
-            handler.close()
+            with suppress(OSError):  # what a full disk kept in its buffer is lost
+                handler.close()
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working folder when inside it (``runs/X``), else absolute."""
+    try:
+        return str(Path(path).absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+class _LogFile(logging.FileHandler):
+    """``log.txt``: a full disk raises from the logging call (logging would print a traceback and go on)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) and atomic.is_disk_full(error):
+            error.filename = error.filename or self.baseFilename
+            raise error
+        super().handleError(record)
+
+
+# ----------------------------------------------------------------------------- the lock file
+
+
+def _acquire(path: Path, in_use: Callable[[dict[str, Any]], CnnkitError]) -> int:
+    """Create ``path`` (``O_EXCL``) or take over a stale one; returns its descriptor, flock held.
+
+    Whoever holds the ``flock`` on the file at ``path`` holds the folder; the kernel drops
+    it when its process dies, so a lock with no ``flock`` is stale, unless its pid still
+    runs on this host (a lock written by hand or on a file system without ``flock``) or it
+    comes from another host (whose processes cannot be seen from here).
+    """
+    for _ in range(20):  # a few rounds of released-and-recreated, then give up
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except FileExistsError:
+            fd = _take_over(path, in_use)
+            if fd is None:
+                continue
+        else:
+            if not _flock(fd):  # a taker reached the new file first: it is theirs
+                os.close(fd)
+                raise in_use({})
+        try:
+            _write_owner(fd)
+        except OSError as exc:  # a full disk: not even the lock fits
+            _release(path, fd)
+            exc.filename = exc.filename or str(path)
+            raise
+        return fd
+    raise CnnkitError(f"could not lock {shown(path)}: other processes keep taking and releasing it; try again")
+
+
+def _take_over(path: Path, in_use: Callable[[dict[str, Any]], CnnkitError]) -> int | None:
+    """The descriptor of an existing stale ``path`` now held by us; None when it vanished.
+
+    Raises:
+        CnnkitError: (``in_use``) its owner is alive.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:  # released meanwhile: create it again
+        return None
+    owner = _read_owner(fd)
+    if _held(fd, owner, path, keep=True):
+        os.close(fd)
+        raise in_use(owner)
+    if not _same_file(fd, path):  # released and created anew while we looked
+        os.close(fd)
+        return None
+    return fd
+
+
+def _held(fd: int, owner: dict[str, Any], path: Path, *, keep: bool = False) -> bool:
+    """Whether the lock file open as ``fd`` belongs to a live process (``keep``: a
+    ``flock`` got here stays held, else it is let go)."""
+    if not _flock(fd):
+        return True
+    try:
+        if not owner:  # empty: just created, unless its creator died before writing it
+            return time.time() - os.fstat(fd).st_mtime < _BEING_WRITTEN_S
+        if owner.get("host") != socket.gethostname():
+            return True  # another host's process: it cannot be seen from here
+        return owner.get("pid") != os.getpid() and _alive(owner.get("pid"))
+    finally:
+        if not keep:
+            _unflock(fd)
+
+
+def _release(path: Path, fd: int) -> None:
+    """Remove ``path`` if it is still ours, then let the ``flock`` go (closing the file)."""
+    try:
+        if _same_file(fd, path):
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _write_owner(fd: int) -> None:
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "command": " ".join(sys.argv)}  # fmt: skip
+    data = (json.dumps(owner) + "\n").encode("utf-8")
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, data)
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        owner = json.loads(os.read(fd, 65536).decode("utf-8") or "{}")
+    except (OSError, ValueError):  # half written, or not ours: an owner we cannot name
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _flock(fd: int) -> bool:
+    """Take the exclusive ``flock`` without waiting; False when another open file holds it.
+
+    Where ``flock`` is missing (Windows) or refused (some network file systems) it counts
+    as taken, and the owner's pid alone decides.
+    """
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP: no flock on this file system
+        return True
+    return True
+
+
+def _unflock(fd: int) -> None:
+    if fcntl is not None:
+        with suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _alive(pid: Any) -> bool:
+    """Whether process ``pid`` runs on this host (Windows: assumed, as os.kill would end it)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True

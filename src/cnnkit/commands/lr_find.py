@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnkit.commands.setup import check_run_config, load_run_code, prepare, run_label
+from cnnkit.commands.run_files import new_run_folder
+from cnnkit.commands.setup import check_run_config, load_run_code, prepare
 from cnnkit.config import RunConfig, keyword_overrides, resolve_config
 from cnnkit.engine import distributed
 from cnnkit.engine.lr_find import LrFindResult, lr_range_test
@@ -45,9 +45,8 @@ def lr_find(
         session = prepare(cfg)
         if isinstance(session.model, BackboneClassifier):
             session.model.freeze_backbone(cfg.train.freeze or bool(cfg.train.fine_tune))  # the first phase's
-        name = cfg.name or f"{run_label(cfg)}-lrfind-{time.strftime('%Y%m%d-%H%M%S')}"
-        folder = RunFolder.create(cfg.output_dir, name, exact=cfg.name is not None)
-        with folder.logging_to_file(logger):
+        folder = new_run_folder(cfg, distributed.current(), kind="lrfind")
+        with folder.lock(), folder.logging_to_file(logger):
             folder.write_config(cfg)
             say(f"run folder: {folder.path}")
             result = sweep(session.model, session.loaders.train, cfg, session.device, folder,

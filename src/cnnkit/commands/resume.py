@@ -17,6 +17,8 @@ from cnnkit.errors import CnnkitError, DataError, UsageError
 from cnnkit.inference.loading import stored_config
 from cnnkit.runfolder import RunFolder
 
+# What a --resume of a run that another process writes into is told to do.
+IN_USE_ADVICE = "wait for it to end (or stop it), then resume"
 # Config keys a resumed run may change: how long and where it trains, not what it learns.
 RESUME_OVERRIDES = ("train.epochs", "train.device", "train.threads", "train.checkpoint_every_steps",
                     "data.data_dir", "data.workers", "report", "tensorboard", "loggers")  # fmt: skip

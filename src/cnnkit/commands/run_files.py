@@ -27,24 +27,44 @@ from cnnkit.engine import distributed, resolve_device
 from cnnkit.engine.device import amp_dtype
 from cnnkit.errors import DataError
 from cnnkit.log import say
-from cnnkit.runfolder import RunFolder
+from cnnkit.runfolder import RunFolder, shown
 
 
-def new_run_folder(cfg: RunConfig, spec: DataSpec, ranks: distributed.DistEnv) -> RunFolder:
-    """Create the run folder (rank 0) and write what describes the run before it trains.
+def new_run_folder(cfg: RunConfig, ranks: distributed.DistEnv, kind: str = "") -> RunFolder:
+    """Claim the run folder (rank 0): ``--name``, else recipe/model (+ ``-kind``) + time;
+    ``NAME-2``, ``NAME-3``... when taken.
 
-    Every rank gets the same path; only rank 0's :class:`RunFolder` writes.
+    A taken ``--name`` is said in one line; with ``--exist-ok`` the folder is reused (the
+    caller's :meth:`RunFolder.lock` refuses it while another process writes there). Every
+    rank gets the same path; only rank 0's :class:`RunFolder` writes.
     """
     path = None
     if ranks.is_main:
-        name = cfg.name or f"{run_label(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
-        path = str(RunFolder.create(cfg.output_dir, name, exact=cfg.name is not None).path)
-    folder = RunFolder(distributed.broadcast(path), writer=ranks.is_main)
+        name = cfg.name or f"{run_label(cfg)}{'-' + kind if kind else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+        claimed = RunFolder.create(cfg.output_dir, name, exist_ok=cfg.exist_ok and cfg.name is not None)
+        if cfg.name is not None and claimed.name != name:
+            say(f"run folder {shown(claimed.path.parent / name)} exists; writing to {claimed.shown}")
+        path = str(claimed.path)
+    return RunFolder(distributed.broadcast(path), writer=ranks.is_main)
+
+
+def refuse_folder_in_use(cfg: RunConfig) -> None:
+    """With ``--exist-ok``, stop at once when another process writes into ``--name``'s folder
+    (before the data loads; :meth:`RunFolder.lock` decides for good once the folder is claimed).
+
+    Raises:
+        CnnkitError: the folder is in use, naming the process.
+    """
+    if cfg.exist_ok and cfg.name is not None:
+        RunFolder(Path(cfg.output_dir) / cfg.name).refuse_if_in_use()
+
+
+def describe_run(folder: RunFolder, cfg: RunConfig, spec: DataSpec) -> None:
+    """Write what describes a new run before it trains: config, classes, split, environment."""
     folder.write_config(cfg)
     folder.write_json("classes.json", list(spec.class_names))
     folder.write_json("split.json", {"fingerprint": spec.fingerprint, "sizes": spec.sizes, **spec.split})
     folder.write_json("env.json", environment(cfg, spec))
-    return folder
 
 
 def environment(cfg: RunConfig, spec: DataSpec) -> dict[str, Any]:

@@ -9,18 +9,26 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from cnnkit.atomic import is_disk_full
 from cnnkit.checkpoint import Checkpoint
 from cnnkit.commands import resume as resuming
 from cnnkit.commands.expectation import expectation_line
 from cnnkit.commands.finish import finish_run
-from cnnkit.commands.run_files import list_skipped_files, log_data_check, new_run_folder, quick_data_check
+from cnnkit.commands.run_files import (
+    describe_run,
+    list_skipped_files,
+    log_data_check,
+    new_run_folder,
+    quick_data_check,
+    refuse_folder_in_use,
+)
 from cnnkit.commands.setup import (
     Session,
     balanced_class_weights,
@@ -155,29 +163,37 @@ def train(
 
 def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, data_check: Any,
          ranks: distributed.DistEnv, progress: bool, should_stop: Callable[[], bool] | None = None) -> Run:  # fmt: skip
-    """Train inside the run folder. Under torchrun every rank runs this on its shard of the
-    data; only rank 0 writes files and prints."""
+    """Train inside the run folder, holding its lock. Under torchrun every rank runs this on
+    its shard of the data; only rank 0 writes files, locks and prints."""
     start = time.perf_counter()
-    if folder is not None:
-        folder.writer = ranks.is_main  # a resumed run under torchrun: only rank 0 writes
-    split = resuming.saved_split(folder) if state is not None else None
-    session = prepare(cfg, resume=state, split=split, ranks=ranks)
-    if state is not None:
-        resuming.check_same_data(state, session.spec, folder)
-    folder = folder or new_run_folder(cfg, session.spec, ranks)
-    with folder.logging_to_file(logger), _recording_status(folder, ranks.is_main):
-        _log_start(cfg, session, folder, state, data_check, ranks)
-        if state is not None and folder.writer:
-            resuming.record_resume(folder, cfg)
-        result, test, scores = _fit_and_test(cfg, session, folder, state, data_check, progress and ranks.is_main,
-                                             should_stop)  # fmt: skip
-        run = Run(folder.path, cfg, session.spec, session.model, result.history, result.best_epoch, test,
-                  time.perf_counter() - start, session.spec.notes)  # fmt: skip
-        if folder.writer:
-            finish_run(folder, run, result, cfg, scores)
-            say(_final_line(run))
-            for line in expectation_line(cfg, run):
-                say(line)
+    with ExitStack() as held:
+        if folder is not None:  # resuming: its own folder, held before anything loads
+            folder.writer = ranks.is_main  # a resumed run under torchrun: only rank 0 writes
+            held.enter_context(folder.lock(advice=resuming.IN_USE_ADVICE))
+        elif ranks.is_main:
+            refuse_folder_in_use(cfg)  # --exist-ok on a folder in use: said before the data loads
+        split = resuming.saved_split(folder) if state is not None else None
+        session = prepare(cfg, resume=state, split=split, ranks=ranks)
+        if state is not None:
+            resuming.check_same_data(state, session.spec, folder)
+        if folder is None:  # everything is checked: the new run's folder exists from here on
+            folder = new_run_folder(cfg, ranks)
+            held.enter_context(folder.lock())
+        with folder.logging_to_file(logger), _recording_status(folder, ranks.is_main):
+            if state is None:
+                describe_run(folder, cfg, session.spec)
+            _log_start(cfg, session, folder, state, data_check, ranks)
+            if state is not None and folder.writer:
+                resuming.record_resume(folder, cfg)
+            result, test, scores = _fit_and_test(cfg, session, folder, state, data_check, progress and ranks.is_main,
+                                                 should_stop)  # fmt: skip
+            run = Run(folder.path, cfg, session.spec, session.model, result.history, result.best_epoch, test,
+                      time.perf_counter() - start, session.spec.notes)  # fmt: skip
+            if folder.writer:
+                finish_run(folder, run, result, cfg, scores)
+                say(_final_line(run))
+                for line in expectation_line(cfg, run):
+                    say(line)
     distributed.barrier()  # the other ranks leave once the run folder is complete
     return run
 
@@ -294,11 +310,28 @@ def _recording_status(folder: RunFolder, writer: bool) -> Iterator[None]:
         raise
     except BaseException as exc:
         if writer:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            folder.set_status("failed", f"{type(exc).__name__}: {reason}"[:500])
+            _record_failure(folder, exc)
         raise
     if writer:
         folder.set_status("completed")
+
+
+def _record_failure(folder: RunFolder, exc: BaseException) -> None:
+    """``status.json``: failed, and why (``disk full while writing FILE`` for a full disk).
+
+    The failed write's temporary file is gone by now, which usually leaves room for this
+    small one; when even that does not fit, the run's one-line error still says why.
+    """
+    if isinstance(exc, OSError) and is_disk_full(exc):
+        reason = f"disk full while writing {folder.disk_full(exc).file}"
+    else:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = f"{type(exc).__name__}: {first}"
+    try:
+        folder.set_status("failed", reason[:500])
+    except OSError as status_error:
+        if not is_disk_full(status_error):
+            raise
 
 
 def _quoted(path: Path) -> str:

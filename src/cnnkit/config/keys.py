@@ -281,6 +281,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     name: str | None = key(None, "run folder name (default: recipe/model + time)", flag="--name")
     output_dir: str = key("runs", "parent folder of run folders (default: runs)", flag="--output-dir")
+    exist_ok: bool = key(False, "write into the existing run folder of --name instead of a new NAME-2 (refused "
+                         "while another process writes there)", switches=(
+                             ("--exist-ok", True, "reuse the run folder of --name if it exists (not while another "
+                              "process writes there); default: a new NAME-2, NAME-3..."),))  # fmt: skip
     recipe: str | None = key(None, "the recipe this config started from (informational)")
     expected: str | None = key(None, "the result the recipe is expected to reach (informational)")
     notes: str | None = key(None, "what the recipe changed from its seed tutorial and why")

@@ -161,7 +161,8 @@ def start_training(project: Project, kind: str, settings: Settings | None = None
         _refuse_second_job(project)
         name = _run_name(project, kind)
         atomic.write_text(project.runs_dir / name / "studio_command.txt", train_command(project, kind, settings) + "\n")
-        job = TrainJob(project, kind, name, overrides["train.epochs"], {**overrides, "name": name})
+        # the folder claimed above is the run's: exist_ok writes into it (cnnkit.train locks it while it trains)
+        job = TrainJob(project, kind, name, overrides["train.epochs"], {**overrides, "name": name, "exist_ok": True})
         _launch(job)
     return job
 
