@@ -296,7 +296,8 @@ def _check(sub) -> None:
 def _runs(sub) -> None:
     rn = _command(sub, "runs", "runs:main",
                   "compare run folders: recipe, model, data, epochs, best metric, test accuracy, time")  # fmt: skip
-    rn.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default: ./runs)")
+    rn.add_argument("dir", nargs="?", metavar="DIR",
+                    help="folder of run folders (default: ./runs; a DIR that does not exist is an error)")
     rn.add_argument("--sort", default="date", metavar="KEY",
                     help="date (default), name, time, epochs, test_acc, or a metrics.csv column "
                          "(best epoch's value)")  # fmt: skip
