@@ -132,16 +132,14 @@ def _predict(sub) -> None:
                   "predict image files, folders or globs with a checkpoint or ONNX file")  # fmt: skip
     pr.add_argument("model", metavar="MODEL", help="run folder, .pt checkpoint, or .onnx file from `cnnkit export`")
     pr.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
-    _bounded(pr.add_argument("--topk", type=int, default=5, help="classes to list per image (default 5)"), ge=1)
-    _bounded(pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)"), ge=1)
-    _bounded(pr.add_argument("--workers", type=int,
-                             help="decoding threads (default: one per core, at most 8; 0: in the main thread)"),
-             ge=0)  # fmt: skip
+    pr.add_argument("--topk", type=int, default=5, help="classes to list per image (default 5)")
+    pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    pr.add_argument("--workers", type=int,
+                    help="decoding threads (default: one per core, at most 8; 0: in the main thread)")
     pr.add_argument("--tta", nargs="?", const=True, default=None, choices=(True, *TTA_MODES), metavar="MODE",
                     help="test-time augmentation: none, flip, shift, flip-shift; --tta alone: the run's own, else "
                          "mirror (or small shifts for digits); default: the run's own, as eval")  # fmt: skip
-    _bounded(pr.add_argument("--threshold", type=float, help="label predictions below this probability 'unknown'"),
-             ge=0, le=1)  # fmt: skip
+    pr.add_argument("--threshold", type=float, help="label predictions below this probability 'unknown'")
     pr.add_argument("--out", help="write results to a .csv, .json or .jsonl file (default: print them)")
     pr.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
                     help="auto (default): ONNX Runtime when the export extra is installed (a checkpoint runs "
@@ -174,9 +172,8 @@ def _summary(sub) -> None:
                              help="input image (default: the model's, or the checkpoint's)"), ge=1)  # fmt: skip
     _bounded(sm.add_argument("--num-classes", type=int, metavar="N",
                              help="logits of a model built by name (default 10)"), ge=1)  # fmt: skip
-    _bounded(sm.add_argument("--depth", type=int, default=4, metavar="D",
-                             help="rows down to this nesting level, deeper ones folded in (default 4)"),
-             ge=0)  # fmt: skip
+    sm.add_argument("--depth", type=int, default=4, metavar="D",
+                    help="rows down to this nesting level, deeper ones folded in (default 4)")  # fmt: skip
     sm.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _trust_code(sm)
 
@@ -202,8 +199,8 @@ def _export(sub) -> None:
     xp.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                     help="ONNX: fp32 (default), fp16 (half the size; for GPUs and phones) or int8 (static "
                          "quantisation calibrated on training images: a quarter the size, faster on CPUs)")  # fmt: skip
-    _bounded(xp.add_argument("--calibration", type=int, default=256, metavar="N",
-                             help="int8: training images to calibrate on (default 256)"), ge=1)  # fmt: skip
+    xp.add_argument("--calibration", type=int, default=256, metavar="N",
+                    help="int8: training images to calibrate on (default 256)")  # fmt: skip
     xp.add_argument("--allow-drop", type=float, default=1.0, metavar="POINTS",
                     help="fp16/int8: accuracy points the file may lose against PyTorch before it is "
                          "refused (default 1)")  # fmt: skip
@@ -226,21 +223,19 @@ def _serve(sub) -> None:
     sv.add_argument("checkpoint", help="run folder, .pt checkpoint or exported .onnx file")
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
     sv.add_argument("--port", type=int, default=7860)
-    _bounded(sv.add_argument("--topk", type=int, default=5, help="classes shown"), ge=1)
-    _bounded(sv.add_argument("--examples", type=int, default=8, metavar="N",
-                             help="validation images offered as examples"), ge=0)  # fmt: skip
+    sv.add_argument("--topk", type=int, default=5, help="classes shown")
+    sv.add_argument("--examples", type=int, default=8, metavar="N", help="validation images offered as examples")
     sv.add_argument("--no-gradcam", action="store_true", help="no Grad-CAM overlay")
     sv.add_argument("--data-dir", help="folder holding torchvision datasets (for the examples)")
     sv.add_argument("--device", default="auto")
     sv.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
                     help="auto (default): ONNX Runtime on a CPU when the export extra is installed (Grad-CAM "
                          "still uses PyTorch), else torch")  # fmt: skip
-    _bounded(sv.add_argument("--concurrency", type=int, default=1, metavar="N",
+    sv.add_argument("--concurrency", type=int, default=1, metavar="N",
                     help="predictions handled at once; others wait in the queue (default 1: the model runs "
-                         "one at a time anyway, see docs/benchmarks.md)"), ge=1)  # fmt: skip
-    _bounded(sv.add_argument("--queue-size", type=int, default=64, metavar="N",
-                             help="requests that may wait; more are refused with 'queue is full' (default 64)"),
-             ge=1)  # fmt: skip
+                         "one at a time anyway, see docs/benchmarks.md)")  # fmt: skip
+    sv.add_argument("--queue-size", type=int, default=64, metavar="N",
+                    help="requests that may wait; more are refused with 'queue is full' (default 64)")
     _trust_code(sv)
 
 
@@ -263,14 +258,13 @@ def _check(sub) -> None:
     ck.add_argument("--out", metavar="FILE", help="also write the full JSON report to FILE")
     ck.add_argument("--quick", action="store_true",
                     help="headers and byte hashes only, no decoding (what `cnnkit train` runs first)")  # fmt: skip
-    _bounded(ck.add_argument("--workers", type=int,
-                             help="checking processes (default: one per core, at most 8; 0: none)"), ge=0)
-    _bounded(ck.add_argument("--near-distance", type=int, metavar="BITS",
-                             help="perceptual-hash bits (of 64) within which two images are near duplicates "
-                                  "(default 2)"), ge=0, le=64)  # fmt: skip
-    _bounded(ck.add_argument("--min-side", type=int, metavar="PX",
-                             help="images with a shorter side under PX (or 1/8 of the median) are tiny "
-                                  "(default 16)"), ge=1)  # fmt: skip
+    ck.add_argument("--workers", type=int, help="checking processes (default: one per core, at most 8; 0: none)")
+    ck.add_argument("--near-distance", type=int, metavar="BITS",
+                    help="perceptual-hash bits (of 64) within which two images are near duplicates "
+                         "(default 2)")  # fmt: skip
+    ck.add_argument("--min-side", type=int, metavar="PX",
+                    help="images with a shorter side under PX (or 1/8 of the median) are tiny "
+                         "(default 16)")  # fmt: skip
     ck.add_argument("--no-progress", action="store_true", help="no progress bar")
     lb = ck.add_argument_group("label check (--labels; needs the labels extra: pip install \"cnnkit[labels]\")")
     lb.add_argument("--labels", action="store_true",
