@@ -194,7 +194,7 @@ def test_predict_with_no_readable_file_exits_1_after_listing_them(capsys, tmp_pa
 
 @pytest.mark.parametrize(("target", "words"), [
     ("text.pt", "text.pt is a file, not a cnnkit run folder"),
-    ("dataset", "dataset is not a cnnkit run folder (no config.yaml)"),
+    ("dataset", "dataset is not a run folder (no config.yaml)"),
     ("checkpoint", "is a file, not a cnnkit run folder (a folder made by `cnnkit train`, with config.yaml and "
                    "checkpoints/); resume its run folder: --resume "),
 ])  # fmt: skip

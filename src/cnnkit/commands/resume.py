@@ -32,8 +32,7 @@ def resume_state(run: str | Path, overrides: dict[str, Any],
         CnnkitError: no such run folder, a file or a folder that is not a run folder, or
             no ``last.pt`` in it.
     """
-    folder = RunFolder(run)
-    _check_run_folder(Path(run), folder)
+    folder = _run_folder(Path(run))
     if not folder.last.is_file():
         raise CnnkitError(f"--resume: {run} has no checkpoints/last.pt (the run stopped before its first "
                           "checkpoint); start it again without --resume")  # fmt: skip
@@ -53,23 +52,23 @@ def resume_state(run: str | Path, overrides: dict[str, Any],
     return cfg, folder, ckpt
 
 
-def _check_run_folder(given: Path, folder: RunFolder) -> None:
-    """``given`` must be a run folder (one ``cnnkit train`` made: it has ``config.yaml``).
+def _run_folder(given: Path) -> RunFolder:
+    """``given`` as a run folder (one ``cnnkit train`` made: :meth:`RunFolder.open` finds its config).
 
     Raises:
         CnnkitError: nothing there; a file (a checkpoint's run folder is two levels up); a
-            folder without ``config.yaml`` (a dataset, say).
+            folder that is not a run folder (a dataset, say).
     """
     if given.is_file():
         hint = (f"; resume its run folder: --resume {given.parent.parent}"
                 if given.suffix == ".pt" and given.parent.name == "checkpoints" else "")  # fmt: skip
         raise CnnkitError(f"--resume: {given} is a file, not a cnnkit run folder (a folder made by `cnnkit train`, "
                           f"with config.yaml and checkpoints/){hint}")  # fmt: skip
-    if not folder.path.is_dir():
-        raise CnnkitError(f"--resume: run folder not found: {given}")
-    if not folder.file("config.yaml").is_file():
-        raise CnnkitError(f"--resume: {given} is not a cnnkit run folder (no config.yaml); give the folder "
-                          "`cnnkit train` printed as `run folder:`")  # fmt: skip
+    try:
+        return RunFolder.open(given)
+    except CnnkitError as exc:
+        hint = "; give the folder `cnnkit train` printed as `run folder:`" if given.is_dir() else ""
+        raise CnnkitError(f"--resume: {exc}{hint}") from None
 
 
 def _check_length(cfg: RunConfig, ckpt: Checkpoint, overrides: dict[str, Any], folder: RunFolder) -> None:

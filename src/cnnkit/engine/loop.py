@@ -276,9 +276,15 @@ def _train(run: _Run, runner: nn.Module, loaders: Sequence, cfg: TrainConfig, ep
     train_loader = loaders[0]
     bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{total}", unit="batch",
                leave=False, dynamic_ncols=True, disable=None if show else True)  # fmt: skip
+    state = run.state
     try:
-        train = _train_epoch(run, runner, train_loader, cfg, bar, partial, saver, timer, should_stop, epoch)
-    except NonFiniteLoss as bad:
+        train = train_one_epoch(runner, train_loader, state.optimizer, state.scheduler, run.loss_fn, device=run.device,
+                                dtype=run.dtype, scaler=state.scaler, grad_clip=cfg.grad_clip, progress=bar,
+                                log_every=cfg.log_every, start=partial, checkpoint_every=cfg.checkpoint_every_steps,
+                                checkpoint=saver, channels_last=run.channels_last, timer=timer,
+                                accumulate=cfg.accumulate, mixer=run.mixer, ema=state.ema, stop=should_stop,
+                                epoch=epoch)  # fmt: skip
+    except NonFiniteLoss as bad:  # the epoch knows where; the run's settings say what to try
         raise NonFiniteLoss(bad.epoch, bad.step, bad.value, _non_finite_advice(cfg, run.dtype)) from None
     finally:
         bar.close()
@@ -295,19 +301,6 @@ def _non_finite_advice(cfg: TrainConfig, dtype: torch.dtype | None) -> str:
     if dtype is not None:
         tries.append("--amp off")
     return "try " + " or ".join(tries)
-
-
-def _train_epoch(run: _Run, runner: nn.Module, train_loader: Iterable, cfg: TrainConfig, bar: tqdm,
-                 partial: EpochProgress | None, saver: Callable[[EpochProgress], None] | None,
-                 timer: StepTimer | None, should_stop: Callable[[], bool] | None, epoch: int) -> dict[str, float]:
-    """:func:`train_one_epoch` with the run's optimizer, precision and settings."""
-    state = run.state
-    return train_one_epoch(runner, train_loader, state.optimizer, state.scheduler, run.loss_fn, device=run.device,
-                           dtype=run.dtype, scaler=state.scaler, grad_clip=cfg.grad_clip, progress=bar,
-                           log_every=cfg.log_every, start=partial, checkpoint_every=cfg.checkpoint_every_steps,
-                           checkpoint=saver, channels_last=run.channels_last, timer=timer,
-                           accumulate=cfg.accumulate, mixer=run.mixer, ema=state.ema, stop=should_stop,
-                           epoch=epoch)  # fmt: skip
 
 
 def _validate(run: _Run, runner: nn.Module, val_loader: Iterable, num_classes: int, tta: str) -> EvalResult:
