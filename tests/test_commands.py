@@ -212,7 +212,7 @@ def test_best_pt_is_weights_only_and_starts_a_run_on_other_data(
 @pytest.mark.parametrize(("flags", "message"), [
     (["--lr", "-1"], "--lr must be > 0, got -1"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["--image-size", "0"], "--image-size must be >= 1, got 0"),
+    (["--image-size", "0"], "--image-size must be in [1, 8192], got 0"),
 ])  # fmt: skip
 def test_bad_values_stop_before_a_run_folder_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     flags: list[str], message: str) -> None:  # fmt: skip

@@ -243,8 +243,9 @@ def test_runs_sorts_by_a_metric_and_prints_json(runs_folder: Path, capsys) -> No
 def test_runs_usage_errors(tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(capsys, "runs", str(tmp_path), "--sort", "speed")
     assert code == 2 and "val_acc" in one_line_error(err)
-    code, out, _ = run_cli(capsys, "runs", str(tmp_path / "missing"))  # no runs yet: said, not an error
-    assert code == 0
-    assert out.strip() == f"no runs yet: {tmp_path / 'missing'} does not exist (`cnnkit train` writes its runs there)"
+    code, _, err = run_cli(capsys, "runs", str(tmp_path / "missing"))  # a DIR given that is not there: a failure
+    assert code == 1
+    assert one_line_error(err) == (f"cnnkit: error: runs folder not found: {tmp_path / 'missing'} "
+                                   "(`cnnkit train --output-dir DIR` writes runs there)")  # fmt: skip
     code, out, _ = run_cli(capsys, "runs", str(tmp_path))
     assert code == 0 and out.strip() == f"no runs in {tmp_path}"

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -70,6 +71,14 @@ def _command(sub, name: str, target: str, text: str) -> argparse.ArgumentParser:
     return command
 
 
+def _bounded(action: argparse.Action, *, gt: float | None = None, ge: float | None = None,
+             le: float | None = None) -> argparse.Action:
+    """Declare the range of a numeric flag (checked by :func:`_check_numbers` before the command
+    runs, so the refusal is one ``cnnkit: error:`` line with exit code 2)."""
+    action.bounds = (gt, ge, le)  # type: ignore[attr-defined]
+    return action
+
+
 def _trust_code(command: argparse.ArgumentParser) -> None:
     command.add_argument("--trust-code", action="append", metavar="FILE_OR_MODULE",
                          help="import this file or module if the checkpoint's model or dataset is your own "
@@ -96,10 +105,13 @@ def _lr_find(sub) -> None:
     lf = _command(sub, "lr-find", "lr_find:main",
                   "learning-rate range test: loss vs lr plot and a suggested lr (same options as train)")  # fmt: skip
     add_config_flags(lf)
-    lf.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate of the sweep (default 1e-7)")
-    lf.add_argument("--end-lr", type=float, default=10.0, help="last learning rate of the sweep (default 10)")
-    lf.add_argument("--steps", type=int,
-                    help="batches in the sweep (default 100, more for small batches: 3,000 images)")  # fmt: skip
+    _bounded(lf.add_argument("--start-lr", type=float, default=1e-7,
+                             help="first learning rate of the sweep (default 1e-7)"), gt=0)  # fmt: skip
+    _bounded(lf.add_argument("--end-lr", type=float, default=10.0, help="last learning rate of the sweep (default 10)"),
+             gt=0)  # fmt: skip
+    _bounded(lf.add_argument("--steps", type=int,
+                             help="batches in the sweep (default 100, more for small batches: 3,000 images)"),
+             ge=1)  # fmt: skip
 
 
 def _eval(sub) -> None:
@@ -109,7 +121,7 @@ def _eval(sub) -> None:
     ev.add_argument("--data-dir", help="folder holding torchvision datasets")
     ev.add_argument("--split", choices=("test", "val", "train"), help="default: test when the run has one, else val")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--batch-size", type=int)
+    _bounded(ev.add_argument("--batch-size", type=int, help="images per forward pass (default: the run's)"), ge=1)
     ev.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's own)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _trust_code(ev)
@@ -156,9 +168,10 @@ def _summary(sub) -> None:
     sm = _command(sub, "summary", "summary:main", "layer table of a model: output shapes, parameters, MACs")
     sm.add_argument("model", metavar="MODEL_OR_CHECKPOINT",
                     help="model name (or timm:NAME, tv:NAME), run folder or .pt file")  # fmt: skip
-    sm.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
-                    help="input image (default: the model's, or the checkpoint's)")  # fmt: skip
-    sm.add_argument("--num-classes", type=int, metavar="N", help="logits of a model built by name (default 10)")
+    _bounded(sm.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                             help="input image (default: the model's, or the checkpoint's)"), ge=1)  # fmt: skip
+    _bounded(sm.add_argument("--num-classes", type=int, metavar="N",
+                             help="logits of a model built by name (default 10)"), ge=1)  # fmt: skip
     sm.add_argument("--depth", type=int, default=4, metavar="D",
                     help="rows down to this nesting level, deeper ones folded in (default 4)")  # fmt: skip
     sm.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -196,8 +209,9 @@ def _export(sub) -> None:
     xp.add_argument("--check-images", nargs="+", metavar="PATH",
                     help="images, folders or globs to check the file on (default: the run's validation "
                          "images)")  # fmt: skip
-    xp.add_argument("--check-count", type=int, default=1000, metavar="N",
-                    help="validation images to score both models on (default: up to 1000)")  # fmt: skip
+    _bounded(xp.add_argument("--check-count", type=int, default=1000, metavar="N",
+                             help="validation images to score both models on (default: up to 1000)"),
+             ge=1)  # fmt: skip
     xp.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
                     help="largest |logit difference| from PyTorch that passes (default 1e-3)")  # fmt: skip
     xp.add_argument("--data-dir", help="folder holding the run's dataset (for the validation images)")
@@ -260,9 +274,10 @@ def _check(sub) -> None:
                     help="timm:NAME/tv:NAME (frozen pretrained features + a linear head per fold) or one of "
                          "cnnkit's models (trained per fold); default: timm:efficientnet_lite0 features for photos, "
                          "mnist_fast for small grey images")  # fmt: skip
-    lb.add_argument("--folds", type=int, metavar="K", help="cross-validation folds (default 5)")
-    lb.add_argument("--epochs", type=int, metavar="N",
-                    help="epochs per fold when a network trains from scratch (default 3)")  # fmt: skip
+    _bounded(lb.add_argument("--folds", type=int, metavar="K", help="cross-validation folds (default 5)"), ge=2)
+    _bounded(lb.add_argument("--epochs", type=int, metavar="N",
+                             help="epochs per fold when a network trains from scratch (default 3)"),
+             ge=1)  # fmt: skip
     lb.add_argument("--labels-out", metavar="DIR",
                     help="where label_issues.csv/.html/.json go (default: ./label-issues/<data folder name>/)")
     lb.add_argument("--fix-to", metavar="DIR",
@@ -275,7 +290,8 @@ def _check(sub) -> None:
 def _runs(sub) -> None:
     rn = _command(sub, "runs", "runs:main",
                   "compare run folders: recipe, model, data, epochs, best metric, test accuracy, time")  # fmt: skip
-    rn.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default: ./runs)")
+    rn.add_argument("dir", nargs="?", metavar="DIR",
+                    help="folder of run folders (default: ./runs; a DIR that does not exist is an error)")
     rn.add_argument("--sort", default="date", metavar="KEY",
                     help="date (default), name, time, epochs, test_acc, or a metrics.csv column "
                          "(best epoch's value)")  # fmt: skip
@@ -298,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cnnkit.log import console
 
     try:
+        _check_numbers(_subcommand(parser, args.command), args)
         module, _, function = args.target.partition(":")
         handler = getattr(importlib.import_module(f"cnnkit.commands.{module}"), function)
         from cnnkit.usercode import trust_code
@@ -326,6 +343,31 @@ def _model_numerics() -> contextlib.AbstractContextManager:
     from cnnkit.engine.device import denormals_as_zero
 
     return denormals_as_zero()
+
+
+def _check_numbers(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every number a subcommand's own flags parsed: finite, and within the range its flag
+    declares with :func:`_bounded` (the train/lr-find config flags are checked by the config
+    schema instead).
+
+    Raises:
+        UsageError: ``--batch-size must be >= 1, got 0``; ``--threshold must be a finite number, got nan``.
+    """
+    from cnnkit.errors import UsageError
+
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        flag = action.option_strings[-1] if action.option_strings else action.dest
+        gt, ge, le = getattr(action, "bounds", (None, None, None))
+        for number in value if isinstance(value, list) else [value]:
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                continue
+            if not math.isfinite(number):
+                raise UsageError(f"{flag} must be a finite number, got {number}")
+            for ok, words, bound in ((gt is None or number > gt, ">", gt), (ge is None or number >= ge, ">=", ge),
+                                     (le is None or number <= le, "<=", le)):  # fmt: skip
+                if not ok:
+                    raise UsageError(f"{flag} must be {words} {bound:g}, got {number:g}")
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

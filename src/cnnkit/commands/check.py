@@ -4,10 +4,11 @@ and, with ``--labels``, the labels a model finds wrong (cross-validated, cleanla
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from cnnkit.errors import DataError, UsageError
+from cnnkit.errors import CnnkitError, DataError, UsageError
 
 LABEL_ONLY_FLAGS = ("model", "folds", "epochs", "labels_out", "fix_to")
 
@@ -17,6 +18,10 @@ def main(args: Any) -> None:
     from cnnkit.data.audit import audit, format_report, write_json
 
     _check_label_flags(args)
+    if args.out:
+        _check_writable("--out", Path(args.out).parent)
+    if args.labels and args.labels_out:
+        _check_writable("--labels-out", Path(args.labels_out))
     if args.labels:
         from cnnkit.data.audit.labels import require_cleanlab
 
@@ -40,6 +45,23 @@ def main(args: Any) -> None:
             print("\n".join(written))
     if not report.usable:  # exit 1: the report above says everything; the error line sums it up
         raise DataError(f"{args.data} is not usable for training: {'; '.join(report.problems)}")
+
+
+def _check_writable(flag: str, folder: Path) -> None:
+    """Fail before the (long) check when ``folder`` cannot be made or written: a disk or
+    permission problem, exit 1, not a usage error.
+
+    Raises:
+        CnnkitError: the nearest existing folder above ``folder`` is a file, or not writable.
+    """
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CnnkitError(f"{flag}: cannot write to {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only file system (EROFS)
+        raise CnnkitError(f"{flag}: cannot write to {folder}: {existing} is not writable (check its permissions "
+                          "or choose another folder)")  # fmt: skip
 
 
 def _labels(args: Any, report: Any) -> tuple[Any, list[str]]:

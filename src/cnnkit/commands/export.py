@@ -100,10 +100,12 @@ def export_checkpoint(
         trust_code: your own model code that may be imported (see :mod:`cnnkit.usercode`).
 
     Raises:
-        UsageError: an unknown format or precision, an ONNX-only option with TorchScript, bad values.
+        UsageError: an unknown format or precision, an ONNX-only option with TorchScript, bad values,
+            an ``out`` whose suffix is not the format's (:data:`SUFFIXES`).
         CnnkitError: no checkpoint, no check or calibration images, an export failure, a refused file.
     """
     _check_options(fmt, dynamic_batch, opset, tolerance, count, precision, calibration, allow_drop)
+    _check_suffix(out, fmt)
     loaded = load_checkpoint(path, trust_code=trust_code)
     run_data = _RunData(loaded, data_dir, shuffle_train=precision == "int8")
     checks = _check_set(loaded, check_images, run_data, count)
@@ -158,6 +160,20 @@ def _check_options(fmt: str, dynamic_batch: bool, opset: int | None, tolerance: 
         raise UsageError(f"--tolerance must be 0 or more, got {tolerance}")
     if count < 1:
         raise UsageError(f"the parity check needs at least 1 image, got count={count}")
+
+
+# The file name endings each format's readers expect (onnxruntime, Netron, torch.jit.load by habit).
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth")}
+
+
+def _check_suffix(out: str | Path | None, fmt: str) -> None:
+    """``--out`` must end as a ``fmt`` file does: an ONNX file named ``model.txt`` misleads every reader."""
+    if out is None or fmt not in SUFFIXES or Path(out).suffix.lower() in SUFFIXES[fmt]:
+        return
+    wanted = SUFFIXES[fmt][0]
+    kind = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[fmt]
+    raise UsageError(f"--out {out}: {kind} file must end in {' or '.join(SUFFIXES[fmt])}, "
+                     f"e.g. --out {Path(out).with_suffix(wanted)}")  # fmt: skip
 
 
 def _export_path(given: Path, checkpoint: Path, fmt: str, precision: str) -> Path:

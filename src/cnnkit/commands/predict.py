@@ -114,7 +114,8 @@ def _check_options(topk: int, batch_size: int, workers: int | None, threshold: f
 
 
 def main(args: Any) -> None:
-    """``cnnkit predict``: results on stdout (or --out), the summary on stderr."""
+    """``cnnkit predict``: results on stdout (or --out), the summary on stderr; exit 1 when no
+    file at all could be read (after listing them)."""
     summary = predict(args.model, args.inputs, out=args.out, backend=args.backend, device=args.device,
                       topk=args.topk, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
                       threshold=args.threshold, progress=not args.no_progress, amp=args.amp)  # fmt: skip
@@ -132,3 +133,5 @@ def main(args: Any) -> None:
         if len(summary.skipped) > SKIPPED_SHOWN:
             where = f" (all are listed in {summary.out})" if summary.out else ""
             print(f"  ... and {len(summary.skipped) - SKIPPED_SHOWN:,} more{where}", file=sys.stderr)
+    if not summary.predicted:  # nothing done: a failure, even though each file's problem was listed
+        raise CnnkitError(f"no file could be read: all {len(summary.skipped):,} were skipped (see the list above)")

@@ -31,11 +31,10 @@ def resume_state(run: str | Path, overrides: dict[str, Any],
     Raises:
         UsageError: an override that would change what the run learns, a run already
             finished, or fewer epochs than it has done.
-        CnnkitError: no such run folder or no ``last.pt`` in it.
+        CnnkitError: no such run folder, a file or a folder that is not a run folder, or
+            no ``last.pt`` in it.
     """
-    folder = RunFolder(run)
-    if not folder.path.is_dir():
-        raise CnnkitError(f"--resume: run folder not found: {run}")
+    folder = _run_folder(Path(run))
     if not folder.last.is_file():
         raise CnnkitError(f"--resume: {run} has no checkpoints/last.pt (the run stopped before its first "
                           "checkpoint); start it again without --resume")  # fmt: skip
@@ -53,6 +52,25 @@ def resume_state(run: str | Path, overrides: dict[str, Any],
     apply_overrides(cfg, overrides)
     _check_length(cfg, ckpt, overrides, folder)
     return cfg, folder, ckpt
+
+
+def _run_folder(given: Path) -> RunFolder:
+    """``given`` as a run folder (one ``cnnkit train`` made: :meth:`RunFolder.open` finds its config).
+
+    Raises:
+        CnnkitError: nothing there; a file (a checkpoint's run folder is two levels up); a
+            folder that is not a run folder (a dataset, say).
+    """
+    if given.is_file():
+        hint = (f"; resume its run folder: --resume {given.parent.parent}"
+                if given.suffix == ".pt" and given.parent.name == "checkpoints" else "")  # fmt: skip
+        raise CnnkitError(f"--resume: {given} is a file, not a cnnkit run folder (a folder made by `cnnkit train`, "
+                          f"with config.yaml and checkpoints/){hint}")  # fmt: skip
+    try:
+        return RunFolder.open(given)
+    except CnnkitError as exc:
+        hint = "; give the folder `cnnkit train` printed as `run folder:`" if given.is_dir() else ""
+        raise CnnkitError(f"--resume: {exc}{hint}") from None
 
 
 def _check_length(cfg: RunConfig, ckpt: Checkpoint, overrides: dict[str, Any], folder: RunFolder) -> None:

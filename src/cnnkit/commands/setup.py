@@ -21,7 +21,8 @@ from cnnkit.data import DataSpec, build
 from cnnkit.data.builder import shard_loaders
 from cnnkit.data.tensor_data import Part, sample_images
 from cnnkit.engine import distributed, resolve_device
-from cnnkit.engine.device import data_device
+from cnnkit.engine.device import amp_dtype, data_device
+from cnnkit.engine.memory import available_bytes, estimate, human
 from cnnkit.errors import UsageError
 from cnnkit.models import (
     Weights,
@@ -129,11 +130,46 @@ def check_run_config(cfg: RunConfig, *, tracked: bool = True) -> RunConfig:
     validate(cfg)
     model_info(cfg.model.name)  # unknown names fail here, before any slow work
     check_transfer_options(cfg)
+    check_memory(cfg)
     if tracked:
         from cnnkit.tracking import check_loggers
 
         check_loggers(cfg)  # --log mlflow/wandb without the package fails here
     return absolute_paths(cfg)
+
+
+def check_memory(cfg: RunConfig) -> None:
+    """Refuse an ``--image-size`` whose first training batch cannot fit the device's free memory.
+
+    The estimate (:func:`cnnkit.engine.memory.estimate`: input batch, activations kept for the
+    backward, weights with gradients and optimizer state) is made on the meta device, so it
+    costs a model build and no memory. Only an explicit ``--image-size`` is checked: the
+    data's own size and the model's default are sizes they were made for.
+
+    Raises:
+        UsageError: the estimate exceeds the free memory; the message gives both and what to try.
+    """
+    side = cfg.data.image_size
+    if side is None:
+        return
+    device = resolve_device(cfg.train.device)
+    free = available_bytes(device)
+    if free is None:
+        return
+    # the data's channels are known only once it is read: forced, RGB for pretrained weights, else the model's own
+    chans = cfg.data.channels or (3 if cfg.model.pretrained else model_info(cfg.model.name).default_in_chans)
+    batch = cfg.data.batch_size
+    half = amp_dtype(cfg.train.amp, device, training=True, deterministic=cfg.train.deterministic) is not None
+    need = estimate(lambda: create_model(cfg.model.name, num_classes=10, in_chans=chans, input_size=side,
+                                         **cfg.model.kwargs), batch, chans, side, frozen=cfg.train.freeze, half=half)
+    if need.total > free:
+        where = "GPU memory free" if device.type == "cuda" else "memory available"
+        raise UsageError(
+            f"--image-size {side} needs about {human(need.total)} for one training batch of {batch} "
+            f"({human(need.inputs)} input, {human(need.activations)} activations, {human(need.parameters)} weights "
+            f"and optimizer state), but {device.type} has {human(free)} {where}; try a smaller --image-size "
+            f"(e.g. {min(side // 4, 224) or 1}) or --batch-size"
+        )
 
 
 def check_transfer_options(cfg: RunConfig) -> None:

@@ -9,6 +9,7 @@ failure is a one-line :class:`~cnnkit.errors.UsageError` naming the flag and wha
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from cnnkit.config.choices import TRACKERS
@@ -32,6 +33,7 @@ def validate(cfg: RunConfig) -> None:
         _check_value(dotted, getattr(owner, name), str(item.type), spec)
     _check_fractions(cfg.data)
     _check_stats(cfg.data)
+    _check_model_kwargs(cfg.model.kwargs)
     _check_fine_tune(cfg.train.fine_tune)
     _check_loggers(cfg.loggers)
 
@@ -65,6 +67,8 @@ def _check_type(where: str, value: Any, type_name: str) -> None:
 def _check_bounds(where: str, value: Any, spec: Key) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    if not math.isfinite(value):  # inf passes "> 0"; nan fails every comparison but deserves its own words
+        raise UsageError(f"{where} must be a finite number, got {_show(value)}")
     low_ok = (spec.gt is None or value > spec.gt) and (spec.ge is None or value >= spec.ge)
     high_ok = (spec.lt is None or value < spec.lt) and (spec.le is None or value <= spec.le)
     if not (low_ok and high_ok):
@@ -110,6 +114,25 @@ def _check_fine_tune(fine_tune: list[int] | None) -> None:
     if fine_tune is not None and (len(fine_tune) != 2 or min(fine_tune) < 0 or sum(fine_tune) < 1):
         raise UsageError(f"--fine-tune expects E1,E2 (head-only epochs, then all-layer epochs; non-negative, "
                          f"at least one epoch in all), got {','.join(map(str, fine_tune))}")  # fmt: skip
+
+
+# Entries of model.kwargs that are probabilities wherever a builder takes them (set by --dropout,
+# --head-dropout, --drop-path or --model-kwargs): checked here, before data loads, for every model.
+_PROBABILITY_KWARGS = {"dropout": "--dropout", "head_dropout": "--head-dropout", "drop_path": "--drop-path",
+                       "drop_rate": "--model-kwargs", "drop_path_rate": "--model-kwargs"}
+
+
+def _check_model_kwargs(kwargs: dict[str, Any]) -> None:
+    """Drop probabilities in ``model.kwargs`` must be numbers in [0, 1) (1 would drop everything).
+    Other limits are the builder's own: :func:`cnnkit.models.create_model` turns its refusals into
+    one line."""
+    for name, flag in _PROBABILITY_KWARGS.items():
+        value = kwargs.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise UsageError(f"{flag} (model option {name}) is a drop probability and must be in [0, 1), "
+                             f"got {value!r}")
 
 
 def _check_loggers(loggers: str | None) -> None:

@@ -70,6 +70,11 @@ def key(default: Any = None, help: str = "", *, factory: Callable[[], Any] | Non
     return field(default=default, metadata=meta)
 
 
+# Largest --image-size/--resize: 8192 px is beyond any photo classifier's input, and a batch of
+# such images is already gigabytes (memory is estimated against the machine before training).
+MAX_IMAGE_SIDE = 8192
+
+
 def _lr_value(text: str) -> float | str:
     """``--lr``: a number, or ``auto`` (the range test picks it)."""
     return text if text == "auto" else float(text)
@@ -122,8 +127,10 @@ class DataConfig:
     test_fraction: float | None = key(None, "fraction held out for testing (folders without test/; default 0: none)",
                                       flag="--test-fraction", ge=0, lt=1)  # fmt: skip
     image_size: int | None = key(None, "side of the square input the model sees", flag="--image-size", ge=1,
+                                 le=MAX_IMAGE_SIDE,
                                  doc="side of the square the model sees (None: the dataset's own size).")  # fmt: skip
     resize: int | None = key(None, "resize the short side to this before the centre crop", flag="--resize", ge=1,
+                             le=MAX_IMAGE_SIDE,
                              doc="short side to resize to before the centre crop (None: image_size).")  # fmt: skip
     interpolation: str | None = key(None, "resampling: bilinear, bicubic or nearest", flag="--interpolation",
                                     choices=INTERPOLATIONS, kind="interpolation", doc=(

@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import uuid
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from cnnkit.config import SWITCH_MODES as CACHE_MODES
 from cnnkit.data.datasets import cache_dir
 from cnnkit.data.folder import ImageLoadError, load_image
+from cnnkit.data.folder.skipped import warn_skipped
 from cnnkit.data.spec import Batch, Preprocess
 from cnnkit.data.tensor_data import TensorLoader
 from cnnkit.data.transforms import Augment, flip_base, resize_crop_transform
@@ -327,7 +327,7 @@ class CachedFileLoader(TensorLoader):
     def _warn_bad(self, path: str, reason: str) -> None:
         if path not in self.bad_files:
             self.bad_files[path] = reason
-            warnings.warn(f"skipping {path}: {reason}", RuntimeWarning, stacklevel=3)
+            warn_skipped(path, reason, stacklevel=3)
 
 
 class _RowView:

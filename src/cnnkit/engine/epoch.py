@@ -26,6 +26,7 @@ from cnnkit.engine.distributed import all_reduce_sum, current
 from cnnkit.engine.regularize import BatchMixer, WeightEma
 from cnnkit.engine.scoring import to_device
 from cnnkit.engine.speed import NoTimer, StepTimer
+from cnnkit.errors import CnnkitError
 
 
 class TrainingStopped(Exception):
@@ -45,6 +46,22 @@ class TrainingStopped(Exception):
         self.batches = batches
         self.where = f"epoch {epoch}" + (f" after {batches} steps" if batches else " at its end")
         super().__init__(f"training stopped on request in {self.where}")
+
+
+class NonFiniteLoss(CnnkitError):
+    """The training loss became nan or inf: the weights are lost, so training stops at once
+    (fastai's ``TerminateOnNaN``), before any checkpoint records them.
+
+    Attributes:
+        epoch: the epoch (1-based) and ``step``: the step of that epoch (1-based) whose loss
+            was first non-finite; ``value``: ``nan`` or ``inf``.
+    """
+
+    exit_code = 1
+
+    def __init__(self, epoch: int, step: int, value: str, advice: str = "") -> None:
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(f"loss became {value} at epoch {epoch} step {step}" + (f"; {advice}" if advice else ""))
 
 
 @dataclass
@@ -118,7 +135,12 @@ def train_one_epoch(
             ``checkpoint(progress)`` records it (as a mid-epoch checkpoint does), then
             :class:`TrainingStopped` is raised. One process only (not under torchrun: the
             ranks would disagree on where to stop).
-        epoch: the epoch's number, for :class:`TrainingStopped`.
+        epoch: the epoch's number, for :class:`TrainingStopped` and :class:`NonFiniteLoss`.
+
+    Raises:
+        NonFiniteLoss: a step's loss was nan or inf (checked every step on the CPU, every
+            ``log_every`` steps, before a checkpoint and at the end elsewhere).
+        TrainingStopped: ``stop()`` said so.
     """
     model.train()
     sums = _RunningSums(start or EpochProgress(), device)
@@ -128,6 +150,10 @@ def train_one_epoch(
         progress.update(sums.step)
     timer = timer or NoTimer()
     since_checkpoint = 0
+    # On the CPU reading the loss costs nothing; on a GPU it waits for the queued work, so the loss is
+    # read only as often as the progress bar reads it, before a checkpoint and at the epoch's end: the
+    # first bad step is remembered on the device meanwhile.
+    finite_every = 1 if device.type == "cpu" else log_every
     optimizer.zero_grad(set_to_none=True)
     while (batch := _next_batch(batches, device, channels_last, timer)) is not None:
         images, labels = batch
@@ -137,12 +163,16 @@ def train_one_epoch(
         if update:
             _update(model, optimizer, scheduler, scaler, grad_clip, ema, timer)
         sums.add(loss, logits, labels)
+        if sums.step % finite_every == 0 or sums.step == total:
+            sums.check_finite(epoch)  # before a checkpoint could record the lost weights
         since_checkpoint += 1
         _show(progress, sums, log_every)
         if checkpoint_every and update and since_checkpoint >= checkpoint_every and sums.step != total:
             since_checkpoint = 0
+            sums.check_finite(epoch)
             _save_progress(sums, checkpoint)
         if stop is not None and update and sums.step != total and stop():
+            sums.check_finite(epoch)
             _save_progress(sums, checkpoint)
             raise TrainingStopped(epoch, sums.step)
     return sums.summary()
@@ -159,14 +189,26 @@ class _RunningSums:
         self.correct = torch.tensor(start.correct, device=device, dtype=torch.long)
         self.seen = start.seen
         self.step = start.batches
+        self.first_bad = torch.tensor(0, device=device, dtype=torch.long)  # step of the first non-finite loss (0: none)
+        self.bad_value = torch.tensor(0.0, device=device)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Count one batch: its mean ``loss``, ``logits`` ``[B, K]`` against ``labels`` ``[B]``."""
         batch = labels.shape[0]
-        self.loss_sum += loss.detach().float() * batch
+        value = loss.detach().float()
+        first = (self.first_bad == 0) & ~torch.isfinite(value)  # on the device: no sync
+        self.first_bad = torch.where(first, self.step + 1, self.first_bad)
+        self.bad_value = torch.where(first, value, self.bad_value)
+        self.loss_sum += value * batch
         self.correct += (logits.detach().argmax(1) == labels).sum()
         self.seen += batch
         self.step += 1
+
+    def check_finite(self, epoch: int) -> None:
+        """Raise :class:`NonFiniteLoss` naming the first step whose loss was nan or inf."""
+        step = int(self.first_bad.item())
+        if step:
+            raise NonFiniteLoss(epoch, step, "nan" if torch.isnan(self.bad_value) else "inf")
 
     def over_ranks(self) -> list[float]:
         """(loss sum, correct, seen) added up over the ranks under torchrun (each saw its

@@ -36,7 +36,7 @@ from cnnkit.checkpoint import Checkpoint
 from cnnkit.config import METRIC_ALIASES, SELECT_METRICS, TrainConfig
 from cnnkit.engine.device import amp_dtype, resolve_device, seed_everything
 from cnnkit.engine.distributed import all_reduce_sum, current
-from cnnkit.engine.epoch import EpochProgress, TrainingStopped, train_one_epoch
+from cnnkit.engine.epoch import EpochProgress, NonFiniteLoss, TrainingStopped, train_one_epoch
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.regularize import BatchMixer, WeightEma, build_mixer
 from cnnkit.engine.run_state import FitResult, TrainState, restore, run_checkpoint, run_description
@@ -265,7 +265,11 @@ def _train(run: _Run, runner: nn.Module, loaders: Sequence, cfg: TrainConfig, ep
            timer: StepTimer | None, should_stop: Callable[[], bool] | None = None) -> dict[str, float]:  # fmt: skip
     """Train epoch ``epoch`` (1-based) with ``runner``: the loaders are told the epoch (each
     epoch's order and augmentation come from it), a progress bar shows it, ``partial``
-    continues an interrupted one; returns :func:`train_one_epoch`'s figures."""
+    continues an interrupted one; returns :func:`train_one_epoch`'s figures.
+
+    Raises:
+        NonFiniteLoss: the loss became nan/inf; the message says where and what to try.
+    """
     for loader in loaders:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch - 1)
@@ -273,16 +277,30 @@ def _train(run: _Run, runner: nn.Module, loaders: Sequence, cfg: TrainConfig, ep
     bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{total}", unit="batch",
                leave=False, dynamic_ncols=True, disable=None if show else True)  # fmt: skip
     state = run.state
-    train = train_one_epoch(runner, train_loader, state.optimizer, state.scheduler, run.loss_fn, device=run.device,
-                            dtype=run.dtype, scaler=state.scaler, grad_clip=cfg.grad_clip, progress=bar,
-                            log_every=cfg.log_every, start=partial, checkpoint_every=cfg.checkpoint_every_steps,
-                            checkpoint=saver, channels_last=run.channels_last, timer=timer,
-                            accumulate=cfg.accumulate, mixer=run.mixer, ema=state.ema, stop=should_stop,
-                            epoch=epoch)  # fmt: skip
-    bar.close()
+    try:
+        train = train_one_epoch(runner, train_loader, state.optimizer, state.scheduler, run.loss_fn, device=run.device,
+                                dtype=run.dtype, scaler=state.scaler, grad_clip=cfg.grad_clip, progress=bar,
+                                log_every=cfg.log_every, start=partial, checkpoint_every=cfg.checkpoint_every_steps,
+                                checkpoint=saver, channels_last=run.channels_last, timer=timer,
+                                accumulate=cfg.accumulate, mixer=run.mixer, ema=state.ema, stop=should_stop,
+                                epoch=epoch)  # fmt: skip
+    except NonFiniteLoss as bad:  # the epoch knows where; the run's settings say what to try
+        raise NonFiniteLoss(bad.epoch, bad.step, bad.value, _non_finite_advice(cfg, run.dtype)) from None
+    finally:
+        bar.close()
     if timer is not None:
         timer.steps = len(train_loader)
     return train
+
+
+def _non_finite_advice(cfg: TrainConfig, dtype: torch.dtype | None) -> str:
+    """What to try after a nan/inf loss: a lower lr, clipping, full precision (what applies)."""
+    tries = [f"a lower --lr (now {cfg.lr:g})"]
+    if not cfg.grad_clip:
+        tries.append("--grad-clip 1.0")
+    if dtype is not None:
+        tries.append("--amp off")
+    return "try " + " or ".join(tries)
 
 
 def _validate(run: _Run, runner: nn.Module, val_loader: Iterable, num_classes: int, tta: str) -> EvalResult:

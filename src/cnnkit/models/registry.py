@@ -163,8 +163,9 @@ def create_model(
 
     Raises:
         UsageError: unknown name, an argument the model does not accept, a non-positive
-            size or count, or an input too small for the architecture (the message gives
-            the smallest square size that works).
+            size or count, an input too small for the architecture (the message gives
+            the smallest square size that works), or an argument value the builder refuses
+            with ValueError/TypeError (e.g. ``dropout=1.5``; the message names the options).
     """
     info = model_info(name)
     _check_kwargs(info, kwargs)
@@ -182,6 +183,11 @@ def create_model(
             f"model {name!r} needs inputs of at least {smallest}x{smallest} pixels, "
             f"got {size[0]}x{size[1]}; use --image-size {smallest} or larger"
         ) from err
+    except (ValueError, TypeError) as err:
+        if not kwargs:  # no option of the user's to blame: a bug, keep its traceback
+            raise
+        options = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise UsageError(f"model {name!r} refuses its options ({options}): {str(err).splitlines()[0]}") from None
 
 
 def smallest_input_size(name: str, in_chans: int | None = None, **kwargs: object) -> int:

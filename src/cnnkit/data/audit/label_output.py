@@ -25,7 +25,7 @@ import jinja2
 from cnnkit import atomic
 from cnnkit.data.audit.labels import LabelReport
 from cnnkit.data.audit.text import SHOWN
-from cnnkit.errors import UsageError
+from cnnkit.errors import CnnkitError, UsageError
 
 HTML_SUSPECTS = 60  # thumbnails of label issues on the page (the CSV holds all)
 THUMB_SIDE = 160  # px, longer side of a thumbnail
@@ -74,7 +74,7 @@ def write_files(report: LabelReport, out_dir: str | os.PathLike[str], extra: dic
         ``{"csv": path, "html": path, "json": path}``.
 
     Raises:
-        UsageError: ``out_dir`` cannot be written.
+        CnnkitError: ``out_dir`` cannot be written (a disk or permission problem: exit 1).
     """
     out = Path(out_dir)
     try:
@@ -82,7 +82,7 @@ def write_files(report: LabelReport, out_dir: str | os.PathLike[str], extra: dic
                  "html": write_html(report, out / "label_issues.html"),
                  "json": atomic.write_json(out / "label_issues.json", {**(extra or {}), "labels": report.to_dict()})}
     except OSError as error:
-        raise UsageError(f"cannot write the label check's files to {out}: {error.strerror or error}") from None
+        raise CnnkitError(f"cannot write the label check's files to {out}: {error.strerror or error}") from None
     return {kind: str(path) for kind, path in paths.items()}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnkit import atomic
-from cnnkit.errors import UsageError
+from cnnkit.errors import CnnkitError
 
 DEFAULT_MIN_SIDE = 16  # px; a shorter side below this is too small to show a class
 
@@ -100,10 +100,10 @@ def write_json(report: AuditReport, path: str | os.PathLike[str], extra: dict[st
     indented JSON (temp file, then rename).
 
     Raises:
-        UsageError: the file cannot be written there (missing folder, no permission).
+        CnnkitError: the file cannot be written there (missing folder, no permission; exit 1).
     """
     path = Path(path)
     try:
         atomic.write_json(path, report.to_dict() | (extra or {}))
     except OSError as error:
-        raise UsageError(f"cannot write the report to {path}: {error.strerror or error}") from None
+        raise CnnkitError(f"cannot write the report to {path}: {error.strerror or error}") from None

@@ -8,7 +8,6 @@ Nones so one bad photo never stops a run.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 
 from cnnkit.data.folder.decode import ImageLoadError, load_image
+from cnnkit.data.folder.skipped import warn_skipped
 from cnnkit.errors import unknown_name
 
 
@@ -62,7 +62,7 @@ class ImageFileDataset(torch.utils.data.Dataset):
         except ImageLoadError as error:
             if path not in self.bad_files:
                 self.bad_files[path] = error.reason
-                warnings.warn(f"skipping {path}: {error.reason}", RuntimeWarning, stacklevel=2)
+                warn_skipped(path, error.reason, stacklevel=2)
             return None
         sample = self.transform(image) if self.transform is not None else image
         return sample, self.labels[index]

@@ -2,14 +2,16 @@
 
 This module owns :func:`skipped_files_log` (a context in which every failure of
 :func:`~cnnkit.data.folder.load_image`, in this process or a DataLoader worker, appends a
-JSON line to one file, named through :data:`SKIP_LOG_ENV`), :func:`read_skipped_files`
-and ``_log_failure``, the append that :func:`~cnnkit.data.folder.load_image` calls.
+JSON line to one file, named through :data:`SKIP_LOG_ENV`), :func:`read_skipped_files`,
+:func:`warn_skipped` (the loaders' warning, silent inside such a log) and ``_log_failure``,
+the append that :func:`~cnnkit.data.folder.load_image` calls.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +60,15 @@ def read_skipped_files(path: str | os.PathLike[str]) -> dict[str, dict[str, str]
                 continue
             found.setdefault(entry["path"], {"reason": entry["reason"], "kind": entry["kind"]})
     return found
+
+
+def warn_skipped(path: str, reason: str, stacklevel: int = 2) -> None:
+    """A loader skips ``path``: a ``RuntimeWarning`` for library users, nothing inside a
+    :func:`skipped_files_log` (a training run), whose summary counts and lists the file
+    instead of raw warning lines (in any process: the log's name is in the environment)."""
+    if os.environ.get(SKIP_LOG_ENV):
+        return
+    warnings.warn(f"skipping {path}: {reason}", RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 def _log_failure(error: ImageLoadError) -> None:
