@@ -169,7 +169,7 @@ class RunFolder:
 
     def disk_full(self, exc: OSError) -> DiskFullError:
         """The one-line error for ``exc`` (ENOSPC/EDQUOT), naming the file and this run."""
-        target = Path(exc.filename) if exc.filename else None
+        target = Path(exc.filename).absolute() if isinstance(exc.filename, str) and exc.filename else None
         if target is None:
             return DiskFullError("a file", self.shown)
         if target.is_relative_to(self.path):
