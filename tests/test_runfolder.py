@@ -137,6 +137,17 @@ def test_exist_ok_reuses_a_finished_folder_but_not_one_in_use(tmp_path: Path,
     assert after == before  # nothing written by either
 
 
+def test_resuming_a_run_still_before_its_first_checkpoint_says_it_is_in_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not "the run stopped before its first checkpoint": it is still running."""
+    with _held_by_another_process(tmp_path) as pid:
+        code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path))
+    line = one_line_error(err)
+    assert code == 1 and f"is in use by process {pid} (started " in line
+    assert line.endswith("; wait for it to end (or stop it), then resume")
+
+
 def test_a_second_writer_of_one_folder_is_refused_and_a_dead_ones_lock_taken_over(tmp_path: Path) -> None:
     folder = RunFolder(tmp_path)
     with folder.lock():

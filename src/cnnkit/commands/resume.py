@@ -31,11 +31,13 @@ def resume_state(run: str | Path, overrides: dict[str, Any],
     Raises:
         UsageError: an override that would change what the run learns, a run already
             finished, or fewer epochs than it has done.
-        CnnkitError: no such run folder or no ``last.pt`` in it.
+        CnnkitError: no such run folder, no ``last.pt`` in it, or another process writes
+            into it (:meth:`RunFolder.lock` holds it for good once the resumed run starts).
     """
     folder = RunFolder(run)
     if not folder.path.is_dir():
         raise CnnkitError(f"--resume: run folder not found: {run}")
+    folder.refuse_if_in_use(IN_USE_ADVICE)  # still training: said before its files are judged
     if not folder.last.is_file():
         raise CnnkitError(f"--resume: {run} has no checkpoints/last.pt (the run stopped before its first "
                           "checkpoint); start it again without --resume")  # fmt: skip
