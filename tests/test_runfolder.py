@@ -137,6 +137,17 @@ def test_exist_ok_reuses_a_finished_folder_but_not_one_in_use(tmp_path: Path,
     assert after == before  # nothing written by either
 
 
+def test_resuming_a_run_still_before_its_first_checkpoint_says_it_is_in_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not "the run stopped before its first checkpoint": it is still running."""
+    with _held_by_another_process(tmp_path) as pid:
+        code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path))
+    line = one_line_error(err)
+    assert code == 1 and f"is in use by process {pid} (started " in line
+    assert line.endswith("; wait for it to end (or stop it), then resume")
+
+
 def test_a_second_writer_of_one_folder_is_refused_and_a_dead_ones_lock_taken_over(tmp_path: Path) -> None:
     folder = RunFolder(tmp_path)
     with folder.lock():
@@ -151,6 +162,24 @@ def test_a_second_writer_of_one_folder_is_refused_and_a_dead_ones_lock_taken_ove
     assert folder.file(".lock").exists()
     with folder.lock():
         assert folder.owner()["pid"] == os.getpid()
+
+
+def test_a_killed_trainers_lock_is_free_while_its_forked_workers_linger(tmp_path: Path) -> None:
+    """DataLoader workers are forked and outlive a trainer killed with -9 by a few seconds."""
+    script = ("import multiprocessing, sys, time\nfrom cnnkit.runfolder import RunFolder\n"
+              "with RunFolder(sys.argv[1]).lock():\n"
+              "    worker = multiprocessing.get_context('fork').Process(target=time.sleep, args=(600,))\n"
+              "    worker.start()\n    print(worker.pid, flush=True)\n    time.sleep(600)\n")  # fmt: skip
+    trainer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert trainer.stdout is not None
+    worker = int(trainer.stdout.readline())
+    try:
+        trainer.kill()
+        trainer.wait()
+        with RunFolder(tmp_path).lock():  # the worker still runs
+            assert RunFolder(tmp_path).owner()["pid"] == os.getpid()
+    finally:
+        os.kill(worker, 9)
 
 
 def test_a_stale_lock_file_is_taken_over_by_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -169,7 +169,7 @@ class RunFolder:
 
     def disk_full(self, exc: OSError) -> DiskFullError:
         """The one-line error for ``exc`` (ENOSPC/EDQUOT), naming the file and this run."""
-        target = Path(exc.filename) if exc.filename else None
+        target = Path(exc.filename).absolute() if isinstance(exc.filename, str) and exc.filename else None
         if target is None:
             return DiskFullError("a file", self.shown)
         if target.is_relative_to(self.path):
@@ -300,6 +300,7 @@ def _acquire(path: Path, in_use: Callable[[dict[str, Any]], CnnkitError]) -> int
             _release(path, fd)
             exc.filename = exc.filename or str(path)
             raise
+        _keep_from_children(fd)
         return fd
     raise CnnkitError(f"could not lock {shown(path)}: other processes keep taking and releasing it; try again")
 
@@ -342,11 +343,33 @@ def _held(fd: int, owner: dict[str, Any], path: Path, *, keep: bool = False) -> 
 
 def _release(path: Path, fd: int) -> None:
     """Remove ``path`` if it is still ours, then let the ``flock`` go (closing the file)."""
+    _HELD.discard(fd)
     try:
         if _same_file(fd, path):
             path.unlink(missing_ok=True)
     finally:
         os.close(fd)
+
+
+_HELD: set[int] = set()  # lock descriptors this process holds
+_FORK_HOOK: list[bool] = []  # whether the hook below is registered (once per process)
+
+
+def _keep_from_children(fd: int) -> None:
+    """Close ``fd`` in forked children (DataLoader workers): a ``flock`` lives as long as any
+    copy of its descriptor, so workers that outlive a killed trainer by a few seconds would
+    otherwise keep its lock. The child's ``close`` leaves the parent's lock held."""
+    _HELD.add(fd)
+    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_close_inherited)
+        _FORK_HOOK.append(True)
+
+
+def _close_inherited() -> None:
+    for fd in _HELD:
+        with suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
 
 
 def _write_owner(fd: int) -> None:

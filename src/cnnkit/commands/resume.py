@@ -31,9 +31,12 @@ def resume_state(run: str | Path, overrides: dict[str, Any],
     Raises:
         UsageError: an override that would change what the run learns, a run already
             finished, or fewer epochs than it has done.
-        CnnkitError: no such run folder, a file or a folder that is not a run folder, or
-            no ``last.pt`` in it.
+        CnnkitError: no such run folder, a file or a folder that is not a run folder, no
+            ``last.pt`` in it, or another process writes into it (:meth:`RunFolder.lock`
+            holds it for good once the resumed run starts).
     """
+    if Path(run).is_dir():  # still training: said before its files are judged (config.yaml may not exist yet)
+        RunFolder(run).refuse_if_in_use(IN_USE_ADVICE)
     folder = _run_folder(Path(run))
     if not folder.last.is_file():
         raise CnnkitError(f"--resume: {run} has no checkpoints/last.pt (the run stopped before its first "

@@ -25,6 +25,7 @@ from typing import Any
 
 from cnnkit import atomic
 from cnnkit.errors import CnnkitError
+from cnnkit.runfolder import RunFolder
 from cnnkit.studio.kinds import Settings, train_command, train_overrides
 from cnnkit.studio.project import Project
 
@@ -232,12 +233,8 @@ def _refuse_second_job(project: Project) -> None:
 
 def _run_name(project: Project, kind: str) -> str:
     """``<kind>-YYYYmmdd-HHMMSS``, with ``-2``, ``-3``... when taken (the caller holds ``_lock``)."""
-    base = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name, number = base, 2
-    while (project.runs_dir / name).exists():
-        name, number = f"{base}-{number}", number + 1
-    (project.runs_dir / name).mkdir(parents=True)  # claimed now: a second start in this second gets -2
-    return name
+    # claimed now (mkdir, atomic across processes): a second start in this second gets -2
+    return RunFolder.create(project.runs_dir, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}").name
 
 
 def _launch(job: TrainJob) -> None:
