@@ -141,6 +141,18 @@ def test_a_nan_loss_stops_the_epoch_at_that_step() -> None:
     assert stopped.value.exit_code == 1
 
 
+def test_the_first_bad_step_is_remembered_between_reads() -> None:
+    """On a GPU the loss is read every ``log_every`` steps: the step named is still the first bad one."""
+    from cnnkit.engine.epoch import EpochProgress, _RunningSums
+
+    sums = _RunningSums(EpochProgress(), torch.device("cpu"))
+    logits, labels = torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)
+    for loss in (1.0, 0.9, float("inf"), float("nan"), 0.5):
+        sums.add(torch.tensor(loss), logits, labels)
+    with pytest.raises(NonFiniteLoss, match="^loss became inf at epoch 4 step 3$"):
+        sums.check_finite(epoch=4)
+
+
 def test_training_that_diverges_stops_with_one_line_and_a_failed_status(capsys, tmp_path) -> None:
     code, _, err = run_cli(capsys, "train", "--optimizer", "sgd", "--lr", "1e10", "--epochs", "2", "--limit-train",
                            "600", "--no-report", "--no-tensorboard", "--no-progress",

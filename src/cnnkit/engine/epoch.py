@@ -150,10 +150,11 @@ def train_one_epoch(
         progress.update(sums.step)
     timer = timer or NoTimer()
     since_checkpoint = 0
-    # On the CPU reading the loss costs nothing; on a GPU it waits for the queued work, so the loss is
-    # read only as often as the progress bar reads it, before a checkpoint and at the epoch's end: the
-    # first bad step is remembered on the device meanwhile.
-    finite_every = 1 if device.type == "cpu" else log_every
+    # On the CPU reading the loss costs nothing; on a GPU it waits for the queued work, and under
+    # torchrun the ranks must agree (a collective), so there the loss is read only as often as the
+    # progress bar reads it, before a checkpoint and at the epoch's end: the first bad step is
+    # remembered on the device meanwhile.
+    finite_every = 1 if device.type == "cpu" and current().world == 1 else log_every
     optimizer.zero_grad(set_to_none=True)
     while (batch := _next_batch(batches, device, channels_last, timer)) is not None:
         images, labels = batch
@@ -205,10 +206,13 @@ class _RunningSums:
         self.step += 1
 
     def check_finite(self, epoch: int) -> None:
-        """Raise :class:`NonFiniteLoss` naming the first step whose loss was nan or inf."""
+        """Raise :class:`NonFiniteLoss` naming the first step whose loss was nan or inf (under
+        torchrun on every rank when any rank met one, so none waits for the others)."""
         step = int(self.first_bad.item())
+        if current().world > 1 and int(all_reduce_sum((self.first_bad > 0).long()).item()) and not step:
+            step = self.step  # another rank's loss: this rank stops with it, at the step it reached
         if step:
-            raise NonFiniteLoss(epoch, step, "nan" if torch.isnan(self.bad_value) else "inf")
+            raise NonFiniteLoss(epoch, step, "nan" if torch.isnan(self.bad_value) or not self.first_bad else "inf")
 
     def over_ranks(self) -> list[float]:
         """(loss sum, correct, seen) added up over the ranks under torchrun (each saw its

@@ -2,8 +2,9 @@
 
 Scanning (:func:`scan_folder`, :func:`read_csv`) only lists files and labels; nothing is
 decoded until :class:`ImageFileDataset` asks :func:`load_image` for one image. A file that
-cannot be decoded is skipped with a warning and dropped by :func:`collate_skip_bad`, so
-one bad photo never stops a run.
+cannot be decoded is skipped (a ``RuntimeWarning`` outside a training run, which counts and
+lists it instead: :func:`~cnnkit.data.folder.skipped.warn_skipped`) and dropped by :func:`collate_skip_bad`, so one bad
+photo never stops a run.
 
 Supported layouts::
 
