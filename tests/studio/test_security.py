@@ -6,7 +6,9 @@ folders are imported only on the loopback address or under ``--allow-import`` ro
 from __future__ import annotations
 
 import hashlib
+import html
 import os
+import re
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from cnnkit.errors import UsageError
 from cnnkit.serve.app import NOT_UPLOADED
 from cnnkit.studio.actions import Studio
 from cnnkit.studio.project import Project
-from page_probes import FILE_DATA, error_text, events, leaks, named_call, queue_call, references
+from page_probes import FILE_DATA, error_text, events, leaks, named_call, queue_call, references, texts
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +139,8 @@ def test_gradio_client_payloads_naming_server_files_are_refused(trained, outside
 
 def test_no_answer_names_a_server_folder(trained, outside: Path, mnist_png) -> None:
     server, project = trained
-    forbidden = [str(project), os.path.realpath(project), str(outside), str(Path.cwd()), str(Path.home())]
+    forbidden = [str(project), os.path.realpath(project), str(outside), str(Path.cwd()), str(Path.home()),
+                 os.environ["CNNKIT_CACHE_DIR"]]  # the tests' cnnkit cache (conftest.py), the server's too
     with httpx.Client(timeout=120) as http:
         config = http.get(server.url + "config").json()
         digit = mnist_png[0]
@@ -166,6 +169,11 @@ def test_no_answer_names_a_server_folder(trained, outside: Path, mnist_png) -> N
         if not event["inputs"] and event["kind"] in ("load", "tick"):
             answers[event["fn_index"], "page"] = queue_call(server.url, event, [])
     assert not leaks(answers, forbidden), leaks(answers, forbidden)
+    # the Look tab's link opens a copy of the run's report (served as a page, not a download)
+    (link,) = {m for text in texts(answers) for m in re.findall(r'href="(gradio_api/file=[^"]+report.html)"', text)}
+    opened = httpx.get(server.url + html.unescape(link), timeout=60)
+    assert opened.status_code == 200 and "inline" in opened.headers["content-disposition"]
+    assert opened.text == (project / results["report"]).read_text(encoding="utf-8")
 
 
 def test_import_is_only_under_the_allowed_roots(start_studio, tmp_path: Path, allowed: Path, outside: Path) -> None:

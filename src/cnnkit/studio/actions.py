@@ -18,6 +18,7 @@ Nothing here imports gradio; a trained run's model is loaded on the first try of
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -283,14 +284,26 @@ class Studio:
         return train_command_text(self.project, self.project.runs_dir / self._run_name(run))
 
     def relative(self, text: str | os.PathLike[str]) -> str:
-        """``text`` (a path or a line) with the project folder's absolute path taken out: a
-        file in it as its path in the project (``runs/NAME/log.txt``), the folder as ``.``."""
+        """``text`` (a path or a line) with the server's folders taken out: a file in the project
+        as its path in the project (``runs/NAME/log.txt``; the folder itself as ``.``), cnnkit's
+        cache as ``<cnnkit cache>`` (training logs name it), the home folder as ``~``."""
         text = os.fspath(text)
-        for root in sorted({str(self.project.root), os.path.realpath(self.project.root)}, key=len, reverse=True):
+        for folder, name in self._folders:
             # the folder followed by a separator or by no more of a name (not /tmp/x in /tmp/xy, /tmp/x.png)
-            pattern = re.escape(root) + r"(?:/|\\|(?![\w-]|\.\w))"
-            text = re.sub(pattern, lambda m, root=root: "" if m.group(0) != root else ".", text)
+            pattern = re.escape(folder) + r"(?:/|\\|(?![\w-]|\.\w))"
+            text = re.sub(pattern, lambda m, f=folder, n=name: n if m.group(0) == f else (n + "/" if n != "." else ""),
+                          text)  # fmt: skip
         return text
+
+    @functools.cached_property
+    def _folders(self) -> list[tuple[str, str]]:
+        """(absolute folder, what :meth:`relative` writes for it), the most specific first."""
+        from cnnkit.data.datasets import cache_dir
+
+        named = [(self.project.root, "."), (cache_dir(), "<cnnkit cache>"), (Path.home(), "~")]
+        pairs = {(variant, name) for folder, name in named for variant in (str(folder), os.path.realpath(folder))
+                 if len(variant) > 1}  # fmt: skip
+        return sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
 
     def _run_name(self, run: str | None) -> str:
         name = (run or "").strip() or self.default_run()
