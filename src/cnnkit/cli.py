@@ -221,7 +221,9 @@ def _export(sub) -> None:
 def _serve(sub) -> None:
     sv = _command(sub, "serve", "serve:main", "web demo: draw or upload an image, see the ranked classes (Gradio)")
     sv.add_argument("checkpoint", help="run folder, .pt checkpoint or exported .onnx file")
-    sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 lets everyone on the "
+                         "network use the page, with no login: see the README's threat model)")  # fmt: skip
     sv.add_argument("--port", type=int, default=7860)
     sv.add_argument("--topk", type=int, default=5, help="classes shown")
     sv.add_argument("--examples", type=int, default=8, metavar="N", help="validation images offered as examples")
@@ -244,8 +246,13 @@ def _studio(sub) -> None:
                   "a web page to collect images, train, look at the results, try and take away a model")  # fmt: skip
     st.add_argument("project", nargs="?", default="cnnkit-studio", metavar="PROJECT_DIR",
                     help="the project folder (created if missing; default ./cnnkit-studio)")  # fmt: skip
-    st.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    st.add_argument("--host", default="127.0.0.1",
+                    help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 lets everyone on the "
+                         "network use the page, with no login: see the README's threat model)")  # fmt: skip
     st.add_argument("--port", type=int, default=7860)
+    st.add_argument("--allow-import", action="append", default=[], metavar="DIR",
+                    help="the page may import folders and CSV files under DIR (repeatable); without it, folders "
+                         "of the server can be imported only when --host is the loopback (127.0.0.1)")  # fmt: skip
 
 
 def _check(sub) -> None:

@@ -35,13 +35,14 @@ def photo_job(imagenette: Path, tmp_path_factory: pytest.TempPathFactory) -> Tra
 
 
 @pytest.fixture(scope="module")
-def start_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], Server]]:
-    """``start_studio(PROJECT)``: ``cnnkit studio PROJECT --port P`` on 127.0.0.1 in its own
-    process, returned once its page answers; every one still running is killed at the end."""
+def start_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """``start_studio(PROJECT, *flags)``: ``cnnkit studio PROJECT --port P *flags`` on 127.0.0.1
+    in its own process, returned once its page answers; every one still running is killed at the end."""
     started: list[Server] = []
 
-    def start(project: Path) -> Server:
-        server = start_cnnkit_server("studio", [str(project)], tmp_path_factory.mktemp("studio-server") / "log.txt")
+    def start(project: Path, *flags: str) -> Server:
+        server = start_cnnkit_server("studio", [str(project), *flags],
+                                     tmp_path_factory.mktemp("studio-server") / "log.txt")  # fmt: skip
         started.append(server)
         return server
 

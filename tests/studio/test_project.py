@@ -365,5 +365,7 @@ def test_cnnkit_studio_refuses_a_newer_project_in_one_line(tmp_path: Path, capsy
     root.mkdir()
     (root / MANIFEST).write_text(json.dumps({"format": STUDIO_FORMAT + 1, "cnnkit": "9.4.0"}))
 
-    code, _, err = run_cli(capsys, "studio", str(root), "--port", "0")
+    from local_server import free_port
+
+    code, _, err = run_cli(capsys, "studio", str(root), "--port", str(free_port()))
     assert code == 1 and "upgrade cnnkit" in one_line_error(err)  # refused before anything is served

@@ -13,7 +13,9 @@ def main(args: Any) -> None:
     from cnnkit.inference import Predictor
     from cnnkit.inference.loading import example_images
     from cnnkit.serve import build_demo, launch, wait
+    from cnnkit.serve.app import check_address
 
+    check_address(args.host, args.port)  # before the model loads: a bad --port is one line at once
     if args.topk < 1 or args.examples < 0:
         raise UsageError("--topk must be at least 1 and --examples at least 0")
     if args.concurrency < 1 or args.queue_size < 1:

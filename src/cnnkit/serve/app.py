@@ -11,6 +11,13 @@ Under load (measured in ``bench/serve_load.py``): Gradio's queue runs one predic
 time per server by default (:data:`CONCURRENCY`) and holds at most :data:`QUEUE_SIZE`
 waiting requests; uploads reach :func:`read_upload` undecoded, so a bad file gets cnnkit's
 own message on the page and a huge one is refused from its header before any decoding.
+
+What a client may send: files it uploads with its request, nothing else. Every event of a
+page built here (public or not) runs :func:`refuse_server_paths` on its inputs before Gradio
+reads them: a file reference (a payload naming a ``path``) outside Gradio's upload folder is
+refused with one message, :data:`NOT_UPLOADED`, whether that file exists or not. Gradio checks
+this itself only for payloads tagged ``gradio.FileData``; an untagged ``{"path": ...}`` reached
+an image input's preprocessing (or a handler) unchecked.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ BRUSH_SIZE = (
 )
 DIGIT_INPUT_MAX = 64  # a one-channel model whose input side is at most this is a digit model
 
+PORTS = (1, 65535)  # --port must be in this range
+LOOPBACK_NAMES = ("localhost",)  # host names taken for the loopback interface (IP addresses are parsed)
+NOT_UPLOADED = "refused: send the file itself with the request (an upload); a file path on the server is never read"
+
 Outputs = tuple[dict[str, float], Image.Image, Image.Image | None]
 
 
@@ -61,6 +72,98 @@ def _gradio() -> Any:
     except ImportError:
         raise CnnkitError("the demo needs gradio: pip install 'cnnkit[serve]'") from None
     return gr
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse a ``--port`` outside 1-65535 (a :class:`UsageError`) and, by binding it for a
+    moment, a host:port this machine cannot serve on (a :class:`CnnkitError`): before a
+    command loads a model or creates a project folder."""
+    import socket
+
+    if isinstance(port, bool) or not isinstance(port, int) or not PORTS[0] <= port <= PORTS[1]:
+        raise UsageError(f"--port must be between {PORTS[0]} and {PORTS[1]}, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+            probe.bind(address)
+    except OSError as exc:  # socket.gaierror included: an unknown host name
+        reason = exc.strerror or str(exc)
+        raise CnnkitError(f"cannot serve on {host}:{port} ({reason}); choose another --port or --host") from None
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` is this machine's loopback interface (``127.0.0.1``, ``::1``, ``localhost``):
+    only processes on this machine can reach a page bound to it."""
+    import ipaddress
+
+    if host.strip().lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def uploaded_file(path: Any, upload_folder: str | os.PathLike[str]) -> Path:
+    """``path`` resolved (symbolic links, ``..``), if it names a file inside ``upload_folder``
+    (Gradio's folder of uploaded files); else :class:`UsageError` :data:`NOT_UPLOADED`.
+
+    Nothing is opened and the answer does not depend on whether the file exists: a client
+    learns nothing about the server's files from it.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise UsageError(NOT_UPLOADED)
+    text = os.fspath(path)
+    if "://" in text or text.startswith("data:"):  # a URL (Gradio may fetch it): not an upload
+        raise UsageError(NOT_UPLOADED)
+    resolved = Path(os.path.realpath(text))
+    folder = Path(os.path.realpath(upload_folder))
+    if resolved == folder or not resolved.is_relative_to(folder):
+        raise UsageError(NOT_UPLOADED)
+    return resolved
+
+
+def refuse_server_paths(value: Any, upload_folder: str | os.PathLike[str]) -> None:
+    """Raise :class:`UsageError` :data:`NOT_UPLOADED` when ``value`` (an event's inputs, as
+    the client sent them) holds a file reference, a dict with a ``path`` (Gradio's file
+    payload, tagged or not, at any depth), naming anything but a file in ``upload_folder``."""
+    if isinstance(value, dict):
+        if "path" in value and value["path"] is not None:
+            uploaded_file(value["path"], upload_folder)
+        for item in value.values():
+            refuse_server_paths(item, upload_folder)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            refuse_server_paths(item, upload_folder)
+
+
+_PAGE_CLASS: Any = None
+
+
+def page_class(gr: Any) -> Any:
+    """``gradio.Blocks`` whose every event refuses file references outside Gradio's upload
+    folder (:func:`refuse_server_paths`) before Gradio or a handler reads them; the class of
+    ``cnnkit serve``'s and the studio's pages."""
+    global _PAGE_CLASS
+    if _PAGE_CLASS is None:
+
+        class UploadsOnlyBlocks(gr.Blocks):
+            async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, *args: Any,
+                                      **kwargs: Any) -> Any:  # fmt: skip
+                # the one door every event's inputs pass through (public, private and
+                # examples events alike), before Gradio moves, validates or opens a file
+                try:
+                    refuse_server_paths(inputs, self.GRADIO_CACHE)
+                except UsageError as exc:
+                    raise gr.Error(str(exc), print_exception=False) from None
+                return await super().preprocess_data(block_fn, inputs, state, *args, **kwargs)
+
+        if not hasattr(gr.Blocks, "preprocess_data"):  # a Gradio without that door: refuse to serve unguarded
+            raise CnnkitError(f"gradio {gr.__version__} is not supported by this cnnkit (no Blocks.preprocess_data)")
+        _PAGE_CLASS = UploadsOnlyBlocks
+    return _PAGE_CLASS
 
 
 def is_digit_model(predictor: Predictor) -> bool:
@@ -281,7 +384,7 @@ def build_demo(
     gr = _gradio()
     model = DemoModel(predictor, topk=topk, gradcam=gradcam, max_pixels=max_pixels)
     digits = is_digit_model(predictor)
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    with page_class(gr)(title=title, analytics_enabled=False) as demo:
         gr.Markdown(_intro(title, predictor.class_names, digits))
         with gr.Row():
             with gr.Column():
@@ -432,23 +535,26 @@ def launch(
 
     Args:
         demo: from :func:`build_demo`.
-        host: interface to bind; ``0.0.0.0`` exposes the demo to the network.
-        port: TCP port.
+        host: interface to bind; ``0.0.0.0`` lets everyone on the network use the page, with
+            no authentication (the README's threat model).
+        port: TCP port, 1-65535.
         max_file_size: uploads larger than this are refused (Gradio's size syntax, e.g. ``10mb``).
         concurrency: requests handled at once; the model itself runs one at a time (see
             :class:`DemoModel`), so more only overlaps the work around it (decoding,
             preprocessing, the images shown).
         queue_size: requests that may wait; one more is refused with "queue is full".
-        allowed_paths: folders whose files the page may show or offer for download (the
-            studio's project); Gradio serves nothing else but its own uploads and outputs.
+        allowed_paths: folders Gradio serves as they are, beside its own uploads and outputs
+            (the studio's copies of its reports); never a folder of the user's files.
 
     Returns:
         The local URL.
 
     Raises:
         CnnkitError: the port is taken or the host cannot be bound.
-        UsageError: ``concurrency`` or ``queue_size`` under 1.
+        UsageError: a port outside 1-65535, ``concurrency`` or ``queue_size`` under 1.
     """
+    if not PORTS[0] <= port <= PORTS[1]:
+        raise UsageError(f"--port must be between {PORTS[0]} and {PORTS[1]}, got {port}")
     if concurrency < 1 or queue_size < 1:
         raise UsageError(f"--concurrency and --queue-size must be at least 1 (got {concurrency}, {queue_size})")
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
@@ -463,7 +569,9 @@ def launch(
             max_file_size=max_file_size,
             ssr_mode=False,
             mcp_server=False,
-            show_error=True,
+            # only cnnkit's own messages (gr.Error) reach a client: the text of any other
+            # exception may name files of the server; it is printed here, on the terminal
+            show_error=False,
             allowed_paths=[str(Path(p).absolute()) for p in allowed_paths] or None,
         )
     except OSError as exc:

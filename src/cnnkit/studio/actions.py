@@ -7,13 +7,22 @@ method to a button of the page and to a named API endpoint (``api_name``), so a
 demo's outputs, as ``cnnkit serve`` does). A user's mistake raises
 :class:`~cnnkit.errors.CnnkitError` with a message; the page shows it, never a traceback.
 
+What a method returns names the project's files relative to the project folder
+(``data/cat/x.png``, ``runs/NAME/report/report.html``), never by their absolute path: its
+answers go to the page's clients (:meth:`Studio.relative` cleans any other text, such as log
+lines). Which server folders :meth:`Studio.import_data` may read is the studio's
+``import_roots`` (``cnnkit studio --allow-import``).
+
 Nothing here imports gradio; a trained run's model is loaded on the first try of it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +43,18 @@ class Studio:
         project: the open project.
         topk: classes a prediction lists.
         gradcam: add a Grad-CAM overlay to predictions.
+        import_roots: the server folders :meth:`import_data` may read, under which every
+            imported file must lie (symbolic links and ``..`` resolved); None: any folder
+            (a studio on the loopback address: its clients are this machine's users); empty:
+            none, only registered datasets (``embedded-mnist``...).
     """
 
-    def __init__(self, project: Project, *, topk: int = 5, gradcam: bool = True) -> None:
+    def __init__(self, project: Project, *, topk: int = 5, gradcam: bool = True,
+                 import_roots: Sequence[str | os.PathLike[str]] | None = None) -> None:  # fmt: skip
         self.project = project
         self.topk = topk
         self.gradcam = gradcam
+        self.import_roots = None if import_roots is None else tuple(Path(os.path.realpath(r)) for r in import_roots)
         self._model: tuple[tuple[str, int], Any] | None = None  # ((run, best.pt mtime), DemoModel)
         self._model_lock = threading.Lock()
 
@@ -49,14 +64,14 @@ class Studio:
         """The project's classes and the quick data check, run now.
 
         Returns:
-            ``{"classes": [{"name", "count", "thumbnails": [paths, newest first]}], "images":
+            ``{"classes": [{"name", "count", "thumbnails": [paths in the project, newest first]}], "images":
             total, "problems": [what stops training], "warnings": [...], "message": what the
             last action did, "added": [class/file], "rejected": [{"name", "reason"}]}``.
         """
         classes = self.project.classes()
         check = self.project.check_report()
         return {
-            "classes": [{"name": c.name, "count": c.count, "thumbnails": [str(p) for p in c.thumbnails]}
+            "classes": [{"name": c.name, "count": c.count, "thumbnails": [self.relative(p) for p in c.thumbnails]}
                         for c in classes],  # fmt: skip
             "images": sum(c.count for c in classes),
             "problems": check.problems,
@@ -129,11 +144,12 @@ class Studio:
     def import_data(self, source: str, limit_per_class: int | float | None = None) -> dict[str, Any]:
         """Copy a class-per-folder tree, a ``path,label`` CSV or a registered dataset into the project.
 
-        ``limit_per_class``: at most this many images of each class (None or 0: all).
+        ``limit_per_class``: at most this many images of each class (None or 0: all). A folder
+        or CSV file must lie under :attr:`import_roots` (see the class docstring).
         """
         source = _required(source, "give a folder, a CSV file or a dataset name to import")
         limit = int(limit_per_class) if limit_per_class else None
-        result = self.project.import_from(source, limit_per_class=limit)
+        result = self.project.import_from(source, limit_per_class=limit, roots=self.import_roots)
         return self.data(f"imported {source}: {result.message}", result)
 
     # ------------------------------------------------------------------ train
@@ -166,10 +182,14 @@ class Studio:
 
     def train_status(self) -> dict[str, Any]:
         """The latest job's status (:meth:`cnnkit.studio.jobs.TrainJob.status`; ``state``
-        ``idle`` when none ran since the server started) and its ``command``."""
+        ``idle`` when none ran since the server started) and its ``command``; its log lines
+        and error name the project's files relative to the project (:meth:`relative`)."""
         status = jobs.job_status(self.project)
         run = status.get("run")
         status["command"] = _stored_command(self.project.runs_dir / run) if run else ""
+        status["log"] = [self.relative(line) for line in status.get("log") or []]
+        if status.get("error"):
+            status["error"] = self.relative(status["error"])
         return status
 
     def stop(self) -> dict[str, Any]:
@@ -203,8 +223,8 @@ class Studio:
 
     def results(self, run: str | None = None) -> dict[str, Any]:
         """What a run reached: ``run``, ``status``, ``model``, ``val_acc`` (best epoch),
-        ``val_images``, ``best_epoch``, ``epochs_run``, ``figures`` (name -> PNG path of its
-        report, where made), ``report`` (report.html path or None), ``command``."""
+        ``val_images``, ``best_epoch``, ``epochs_run``, ``figures`` (name -> PNG of its report,
+        where made), ``report`` (report.html or None), ``command``; files as paths in the project."""
         name = self._run_name(run)
         row = next((r for r in self.runs() if r["name"] == name), None)
         if row is None:
@@ -214,8 +234,8 @@ class Studio:
         return {
             "run": name, **{k: row[k] for k in ("status", "model", "val_acc", "best_epoch", "epochs_run")},
             "val_images": _split_size(folder, "val"),
-            "figures": {f: str(report / f"{f}.png") for f in FIGURES if (report / f"{f}.png").is_file()},
-            "report": str(report / "report.html") if (report / "report.html").is_file() else None,
+            "figures": {f: self.relative(report / f"{f}.png") for f in FIGURES if (report / f"{f}.png").is_file()},
+            "report": self.relative(report / "report.html") if (report / "report.html").is_file() else None,
             "command": _stored_command(folder),
         }  # fmt: skip
 
@@ -262,6 +282,28 @@ class Studio:
         from cnnkit.studio.takeaway import train_command_text
 
         return train_command_text(self.project, self.project.runs_dir / self._run_name(run))
+
+    def relative(self, text: str | os.PathLike[str]) -> str:
+        """``text`` (a path or a line) with the server's folders taken out: a file in the project
+        as its path in the project (``runs/NAME/log.txt``; the folder itself as ``.``), cnnkit's
+        cache as ``<cnnkit cache>`` (training logs name it), the home folder as ``~``."""
+        text = os.fspath(text)
+        for folder, name in self._folders:
+            # the folder followed by a separator or by no more of a name (not /tmp/x in /tmp/xy, /tmp/x.png)
+            pattern = re.escape(folder) + r"(?:/|\\|(?![\w-]|\.\w))"
+            text = re.sub(pattern, lambda m, f=folder, n=name: n if m.group(0) == f else (n + "/" if n != "." else ""),
+                          text)  # fmt: skip
+        return text
+
+    @functools.cached_property
+    def _folders(self) -> list[tuple[str, str]]:
+        """(absolute folder, what :meth:`relative` writes for it), the most specific first."""
+        from cnnkit.data.datasets import cache_dir
+
+        named = [(self.project.root, "."), (cache_dir(), "<cnnkit cache>"), (Path.home(), "~")]
+        pairs = {(variant, name) for folder, name in named for variant in (str(folder), os.path.realpath(folder))
+                 if len(variant) > 1}  # fmt: skip
+        return sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
 
     def _run_name(self, run: str | None) -> str:
         name = (run or "").strip() or self.default_run()

@@ -13,19 +13,27 @@ Everything the page shows is read from the project folder, so a reload, a closed
 or a restarted server shows the same classes, images and runs; a training job runs in the
 server (:mod:`cnnkit.studio.jobs`) and the page polls it with a ``gr.Timer``. Gradio is
 imported only when a page is built.
+
+What a client can reach (the README's threat model): the page is a
+:func:`cnnkit.serve.app.page_class` page, so every event refuses a file reference that is not
+an upload of its request; every answer and message goes through :meth:`Studio.relative`, so
+none names the project folder's absolute path; the project's files are shown as copies in
+Gradio's cache (:func:`cnnkit.studio.views.served`); folders are imported only under the
+studio's ``import_roots``.
 """
 
 from __future__ import annotations
 
 import functools
 import html
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from cnnkit.errors import CnnkitError
-from cnnkit.serve.app import BRUSH_SIZE, CANVAS, MODEL_GROUP, OutputFiles, _gradio
+from cnnkit.serve.app import BRUSH_SIZE, CANVAS, MODEL_GROUP, OutputFiles, _gradio, page_class
 from cnnkit.studio import views
 from cnnkit.studio.actions import Studio
 from cnnkit.studio.files import MAX_ZIP_BYTES
@@ -43,7 +51,8 @@ ENDPOINTS = ("add_class", "delete_class", "upload", "add_snapshot", "add_drawing
              "predict_drawing", "download", "command")  # fmt: skip
 
 
-def build_studio(project: Project, *, topk: int = 5, gradcam: bool = True, title: str | None = None) -> Any:
+def build_studio(project: Project, *, topk: int = 5, gradcam: bool = True, title: str | None = None,
+                 import_roots: Sequence[str | os.PathLike[str]] | None = None) -> Any:  # fmt: skip
     """The studio page of ``project`` (a ``gradio.Blocks``; nothing is served until launched).
 
     Args:
@@ -51,22 +60,24 @@ def build_studio(project: Project, *, topk: int = 5, gradcam: bool = True, title
         topk: classes a prediction lists.
         gradcam: show a Grad-CAM overlay with predictions.
         title: the page's title (default: ``cnnkit studio: <folder name>``).
+        import_roots: the server folders the page may import from (see
+            :class:`~cnnkit.studio.actions.Studio`; None: any, empty: registered datasets only).
 
     Raises:
         CnnkitError: gradio is not installed.
     """
     gr = _gradio()
-    studio = Studio(project, topk=topk, gradcam=gradcam)
+    studio = Studio(project, topk=topk, gradcam=gradcam, import_roots=import_roots)
     title = title or f"cnnkit studio: {project.root.name}"
-    with gr.Blocks(title=title, analytics_enabled=False) as page:
+    with page_class(gr)(title=title, analytics_enabled=False) as page:
         with gr.Row(equal_height=True):
-            gr.Markdown(f"## {html.escape(title)}\n`{html.escape(str(project.root))}`")
+            gr.Markdown(f"## {html.escape(title)}")  # the folder's name only: clients never see server paths
             run = gr.Dropdown(label="Run (for Look, Try and Take away)", choices=[], allow_custom_value=True,
                               elem_id="run", scale=0, min_width=320)  # fmt: skip
         result = gr.JSON(label="result", visible=False)  # what each action's endpoint returns
         with gr.Tabs():
             with gr.Tab("1 Collect", id="collect"):
-                collect = _collect_tab(gr)
+                collect = _collect_tab(gr, studio)
             with gr.Tab("2 Train", id="train"):
                 train = _train_tab(gr, studio)
             with gr.Tab("3 Look", id="look"):
@@ -76,19 +87,20 @@ def build_studio(project: Project, *, topk: int = 5, gradcam: bool = True, title
             with gr.Tab("5 Take away", id="takeaway"):
                 takeaway = _takeaway_tab(gr)
         ui = SimpleNamespace(run=run, result=result, collect=collect, train=train, look=look, trying=trying,
-                             takeaway=takeaway)  # fmt: skip
+                             takeaway=takeaway, clean=studio.relative)  # fmt: skip
         _wire_collect(gr, studio, ui)
         _wire_train(gr, studio, ui)
         _wire_runs(gr, studio, ui)
         _wire_api(gr, studio)
-        page.load(_guarded(gr, lambda: _page_state(gr, studio)), None, _page_outputs(ui), api_visibility="private")
+        page.load(_guarded(gr, lambda: _page_state(gr, studio), ui.clean), None, _page_outputs(ui),
+                  api_visibility="private")  # fmt: skip
     return page
 
 
 # ---------------------------------------------------------------------------- layout
 
 
-def _collect_tab(gr: Any) -> SimpleNamespace:
+def _collect_tab(gr: Any, studio: Studio) -> SimpleNamespace:
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row(equal_height=True):
@@ -111,8 +123,9 @@ def _collect_tab(gr: Any) -> SimpleNamespace:
                 sketch = _sketchpad(gr, "sketch-collect")
                 add_drawing = gr.Button("Add drawing", variant="primary", elem_id="add-drawing")
             with gr.Tab("Import"):
-                source = gr.Textbox(label="Folder, CSV file or dataset name", elem_id="import-source",
-                                    placeholder="/path/to/photos, labels.csv or embedded-mnist")  # fmt: skip
+                label, placeholder, note = views.import_help(studio)
+                gr.Markdown(note, visible=bool(note), elem_id="import-note")
+                source = gr.Textbox(label=label, elem_id="import-source", placeholder=placeholder)
                 limit = gr.Number(label="At most this many images per class (0: all)", value=0, precision=0,
                                   minimum=0, elem_id="import-limit")  # fmt: skip
                 import_data = gr.Button("Import", variant="primary", elem_id="import")
@@ -125,7 +138,8 @@ def _collect_tab(gr: Any) -> SimpleNamespace:
             with gr.Row(equal_height=True):
                 picked = gr.Textbox(label="Selected image (click a thumbnail)", elem_id="picked", scale=3)
                 delete_image = gr.Button("Delete image", variant="stop", elem_id="delete-image", scale=1)
-    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "gr"})
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("gr", "studio", "label", "placeholder",
+                                                                             "note")})  # fmt: skip
 
 
 def _sketchpad(gr: Any, elem_id: str) -> Any:
@@ -219,19 +233,32 @@ def _takeaway_tab(gr: Any) -> SimpleNamespace:
 # ---------------------------------------------------------------------------- events
 
 
-def _guarded(gr: Any, handler: Callable[..., Any]) -> Callable[..., Any]:
+def _guarded(gr: Any, handler: Callable[..., Any], clean: Callable[[str], str]) -> Callable[..., Any]:
     """``handler`` with cnnkit's user errors shown as a message on the page (no traceback)
-    and returned to API clients as the error's text."""
+    and returned to API clients as the error's text; every text of its answer and message
+    passed through ``clean`` (:meth:`Studio.relative`: no absolute path of the project)."""
 
     @functools.wraps(handler)  # the signature and type hints: gr.api and the API docs read them
     def run(*args: Any) -> Any:
         try:
-            return handler(*args)
+            return _cleaned(handler(*args), clean)
         except CnnkitError as exc:
             # the page renders the message as HTML, and it may hold a file's own name
-            raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None
+            raise gr.Error(html.escape(clean(str(exc)), quote=False), print_exception=False) from None
 
     return run
+
+
+def _cleaned(value: Any, clean: Callable[[str], str]) -> Any:
+    """``value`` with ``clean`` applied to every string in it (dicts, lists, tuples); other
+    values (component updates, images, figures) as they are."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {key: _cleaned(item, clean) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cleaned(item, clean) for item in value)
+    return value
 
 
 def _action(gr: Any, trigger: Any, fn: Callable[..., Any], inputs: list[Any], ui: SimpleNamespace, name: str,
@@ -239,8 +266,9 @@ def _action(gr: Any, trigger: Any, fn: Callable[..., Any], inputs: list[Any], ui
             **options: Any) -> Any:  # fmt: skip
     """``trigger`` runs ``fn`` (the public endpoint ``name``: its dict lands in the hidden
     result), then, when it succeeded, the private ``then`` shows that result on the page."""
-    event = trigger(_guarded(gr, fn), inputs, ui.result, api_name=name, **options)
-    return event.success(_guarded(gr, then), [ui.result, *then_inputs], then_outputs, api_visibility="private")
+    event = trigger(_guarded(gr, fn, ui.clean), inputs, ui.result, api_name=name, **options)
+    return event.success(_guarded(gr, then, ui.clean), [ui.result, *then_inputs], then_outputs,
+                         api_visibility="private")  # fmt: skip
 
 
 def _collect_outputs(ui: SimpleNamespace) -> list[Any]:
@@ -275,10 +303,10 @@ def _wire_collect(gr: Any, studio: Studio, ui: SimpleNamespace) -> None:
         events[trigger].success(lambda: "", None, c.new_class, api_visibility="private", queue=False)
     events[c.upload.click].success(lambda: None, None, c.files, api_visibility="private", queue=False)
     c.burst.stream(_guarded(gr, lambda chosen, frame: views.collect_view(gr, studio, studio.add_snapshot(
-        chosen, frame), chosen)), [c.chosen, c.burst], outputs, stream_every=BURST_EVERY_S, time_limit=BURST_EVENT_S,
-        api_visibility="private", concurrency_limit=1)  # fmt: skip
-    c.chosen.input(_guarded(gr, lambda chosen: views.collect_view(gr, studio, studio.data(), chosen)), c.chosen,
-                   outputs, api_visibility="private")  # fmt: skip
+        chosen, frame), chosen), ui.clean), [c.chosen, c.burst], outputs, stream_every=BURST_EVERY_S,
+        time_limit=BURST_EVENT_S, api_visibility="private", concurrency_limit=1)  # fmt: skip
+    c.chosen.input(_guarded(gr, lambda chosen: views.collect_view(gr, studio, studio.data(), chosen), ui.clean),
+                   c.chosen, outputs, api_visibility="private")  # fmt: skip
 
     def picked(event: Any) -> str:
         return views.picked_name(event)
@@ -313,7 +341,7 @@ def _wire_train(gr: Any, studio: Studio, ui: SimpleNamespace) -> None:
         run = status.get("run") or current
         return [*shown, views.runs_update(gr, studio, run), *views.look_view(gr, studio, run)]
 
-    t.timer.tick(_guarded(gr, tick), [t.plotted, ui.run], [*outputs, ui.run, *_look_outputs(ui)],
+    t.timer.tick(_guarded(gr, tick, ui.clean), [t.plotted, ui.run], [*outputs, ui.run, *_look_outputs(ui)],
                  api_visibility="private")  # fmt: skip
 
 
@@ -323,7 +351,7 @@ def _look_outputs(ui: SimpleNamespace) -> list[Any]:
 
 def _wire_runs(gr: Any, studio: Studio, ui: SimpleNamespace) -> None:
     trying, away = ui.trying, ui.takeaway
-    ui.run.change(_guarded(gr, lambda run: views.look_view(gr, studio, run)), ui.run, _look_outputs(ui),
+    ui.run.change(_guarded(gr, lambda run: views.look_view(gr, studio, run), ui.clean), ui.run, _look_outputs(ui),
                   api_visibility="private")  # fmt: skip
     files = OutputFiles(Path(trying.outputs[1].GRADIO_CACHE) / "cnnkit-outputs")
 
@@ -335,12 +363,16 @@ def _wire_runs(gr: Any, studio: Studio, ui: SimpleNamespace) -> None:
         top, seen, cam = studio.predict_drawing(sketch, run)
         return top, files(seen), files(cam)
 
+    def download(run: str) -> str:
+        return views.served(studio.download(run))  # a copy in Gradio's cache: it serves no project folder
+
     predict.__doc__, predict_drawing.__doc__ = studio.predict.__doc__, studio.predict_drawing.__doc__
-    trying.send.click(_guarded(gr, predict), [trying.image, ui.run], trying.outputs, api_name="predict",
+    download.__doc__ = studio.download.__doc__
+    trying.send.click(_guarded(gr, predict, ui.clean), [trying.image, ui.run], trying.outputs, api_name="predict",
                       preprocess=False, concurrency_id=MODEL_GROUP)  # fmt: skip
-    trying.draw.click(_guarded(gr, predict_drawing), [trying.sketch, ui.run], trying.outputs,
+    trying.draw.click(_guarded(gr, predict_drawing, ui.clean), [trying.sketch, ui.run], trying.outputs,
                       api_name="predict_drawing", concurrency_id=MODEL_GROUP)  # fmt: skip
-    away.make.click(_guarded(gr, studio.download), ui.run, away.file, api_name="download")
+    away.make.click(_guarded(gr, download, ui.clean), ui.run, away.file, api_name="download")
 
 
 def _wire_api(gr: Any, studio: Studio) -> None:
@@ -375,7 +407,7 @@ def _wire_api(gr: Any, studio: Studio) -> None:
         return studio.command(run)
 
     for fn in (data, images, kinds, train_status, runs, results, command):
-        gr.api(_guarded(gr, fn), api_name=fn.__name__)
+        gr.api(_guarded(gr, fn, studio.relative), api_name=fn.__name__)
 
 
 def _page_outputs(ui: SimpleNamespace) -> list[Any]:

@@ -241,15 +241,42 @@ def as_pil(image: Any) -> Image.Image:
 # ---------------------------------------------------------------------------- import sources
 
 
-def source_images(source: str | os.PathLike[str], limit: int | None,
-                  data_dir: str | os.PathLike[str] | None) -> dict[str, list[tuple[str, bytes | str]]]:  # fmt: skip
-    """class name -> [(shown name, PNG bytes or a file path)] of a folder, CSV or registered dataset."""
+def inside(path: str | os.PathLike[str], roots: Iterable[Path]) -> bool:
+    """``path``, its symbolic links and ``..`` resolved, is one of ``roots`` (resolved
+    folders) or lies under one. Whether the file exists makes no difference."""
+    resolved = Path(os.path.realpath(path))
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
+def import_refused(text: str, roots: tuple[Path, ...], registered: list[str]) -> str:
+    """The one message for an import source outside ``roots`` (the same whether it exists or not)."""
+    names = ", ".join(registered)
+    if not roots:
+        return (f"cannot import {text!r}: this studio is open to the network, so it imports no folder of the server; "
+                f"give a registered dataset ({names}) or upload the images (a .zip); whoever runs the studio can allow "
+                "a folder with --allow-import DIR")  # fmt: skip
+    return (f"cannot import {text!r}: this studio imports folders and CSV files only under "
+            f"{', '.join(str(r) for r in roots)} (--allow-import), or a registered dataset ({names})")  # fmt: skip
+
+
+def source_images(source: str | os.PathLike[str], limit: int | None, data_dir: str | os.PathLike[str] | None,
+                  roots: tuple[Path, ...] | None = None,
+                  result: AddResult | None = None) -> dict[str, list[tuple[str, bytes | str]]]:  # fmt: skip
+    """class name -> [(shown name, PNG bytes or a file path)] of a folder, CSV or registered dataset.
+
+    ``roots`` (resolved folders; None: anywhere): a folder or CSV must lie under one of them,
+    else :class:`UsageError` before anything is read, and each file it lists too, else that
+    file is left out, rejected in ``result``. A registered dataset's name is always taken.
+    """
     from cnnkit.data.datasets import list_datasets
 
     text = os.fspath(source)
     path = Path(text).expanduser()
-    if text in list_datasets() and not path.exists():
+    registered = list_datasets()
+    if text in registered and (roots is not None or not path.exists()):
         return _registered_images(text, limit, data_dir)
+    if roots is not None and not inside(path, roots):
+        raise UsageError(import_refused(text, roots, registered))
     if path.is_dir():
         from cnnkit.data.folder import scan_folder
 
@@ -264,10 +291,15 @@ def source_images(source: str | os.PathLike[str], limit: int | None,
     out: dict[str, list[tuple[str, bytes | str]]] = {}
     for files in listing.splits.values():
         for file_path, label in zip(files.paths, files.labels, strict=True):
+            shown = os.path.relpath(file_path, listing.root)
+            if roots is not None and not inside(file_path, roots):  # a CSV row or a link pointing elsewhere
+                if result is not None:
+                    result.rejected.append(Rejected(shown, "outside the folders this studio may import"))
+                continue
             items = out.setdefault(listing.class_names[label], [])
             if limit is None or len(items) < limit:
-                items.append((os.path.relpath(file_path, listing.root), file_path))
-    if not out:
+                items.append((shown, file_path))
+    if not out and not (result is not None and result.rejected):  # all rejected: the result says why
         raise DataError(f"no images found in {path}")
     return out
 

@@ -289,7 +289,8 @@ class Project:
             path.unlink()
 
     def import_from(self, source: str | os.PathLike[str], limit_per_class: int | None = None,
-                    data_dir: str | os.PathLike[str] | None = None) -> AddResult:  # fmt: skip
+                    data_dir: str | os.PathLike[str] | None = None,
+                    roots: Sequence[str | os.PathLike[str]] | None = None) -> AddResult:  # fmt: skip
         """Copy a dataset into ``data/``: a class-per-folder tree (with or without
         train/val/test folders: every split's images are taken), a ``path,label`` CSV as
         ``cnnkit train`` reads it, or a registered dataset name (``embedded-mnist``, ``mnist``...;
@@ -302,15 +303,20 @@ class Project:
         Args:
             limit_per_class: take at most this many images of each class (the first ones).
             data_dir: where registered datasets are (default: cnnkit's data folder).
+            roots: the folders a folder or CSV source, and every file it lists, must lie
+                under (symbolic links and ``..`` resolved; a file elsewhere is rejected); None:
+                anywhere; empty: registered datasets only (the studio's ``--allow-import``).
 
         Raises:
-            UsageError: a source that is neither a folder, a CSV nor a registered name, or a
+            UsageError: a source that is neither a folder, a CSV nor a registered name, one
+                outside ``roots`` (one message, whether it exists or not), or a
                 ``limit_per_class`` under 1. DataError: a folder or CSV cnnkit cannot list.
         """
         if limit_per_class is not None and limit_per_class < 1:
             raise UsageError(f"limit per class must be at least 1, got {limit_per_class}")
-        by_class = files.source_images(source, limit_per_class, data_dir)
+        resolved = None if roots is None else tuple(Path(os.path.realpath(r)) for r in roots)
         result = AddResult()
+        by_class = files.source_images(source, limit_per_class, data_dir, roots=resolved, result=result)
         for raw_name, items in by_class.items():
             folder = self._import_class(raw_name)
             candidates = []

@@ -83,7 +83,7 @@ def train_command_text(project: Project, run: Path) -> str:
     stored = run / "studio_command.txt"
     command = stored.read_text(encoding="utf-8").strip() if stored.is_file() else _command_from_config(project, run)
     return (f"# Reproduces the run {run.name}: run this in the project folder\n"
-            f"#   cd {shlex.quote(str(project.root))}\n"
+            f"#   cd {shlex.quote(project.root.name)}   (the folder's name only: the page never tells where it is)\n"
             f"# (it reads the images in data/ and writes a new run folder under runs/)\n{command}\n")  # fmt: skip
 
 

@@ -3,11 +3,17 @@
 Each function turns one of :class:`~cnnkit.studio.actions.Studio`'s plain dicts into the
 values of the page's components, in the order :mod:`cnnkit.studio.app` lists them. API
 clients get the dicts themselves; nothing here changes the project.
+
+The page shows the project's files (thumbnails, figures, the report, the zip) as copies in
+Gradio's cache (:func:`served`): Gradio serves no folder of the project, and a client never
+sees where the project lies.
 """
 
 from __future__ import annotations
 
 import html
+import os
+from pathlib import Path
 from typing import Any
 
 from cnnkit.studio.actions import FIGURES, Studio
@@ -15,6 +21,34 @@ from cnnkit.studio.actions import FIGURES, Studio
 FIGURE_LABELS = tuple(zip(FIGURES, ("Curves", "Confusion matrix (validation)", "Per-class scores", "Top losses",
                                     "Likely label errors (validation: given vs suggested)"), strict=True))  # fmt: skip
 WARNINGS_SHOWN = 12  # data-check lines listed on the page (the API gets them all)
+REPORTS = "cnnkit-reports"  # the reports' copies, in Gradio's cache: the one folder served as is (HTML opens)
+
+
+def served(path: str | os.PathLike[str]) -> str:
+    """A copy of a project file in Gradio's cache, the path the page may show or offer.
+
+    Gradio makes this very copy (under the hash of the file's content, once) of every file
+    path an event returns; made here, the page needs no ``allowed_paths`` to the project.
+    """
+    from gradio.processing_utils import save_file_to_cache
+    from gradio.utils import get_upload_folder
+
+    return save_file_to_cache(path, cache_dir=get_upload_folder())
+
+
+def reports_folder() -> Path:
+    """Where :func:`report_href` copies reports: the studio's ``allowed_paths``, so that Gradio
+    serves a report for the browser to open rather than as a download."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()) / REPORTS
+
+
+def report_href(path: str | os.PathLike[str]) -> str:
+    """The page's link to a copy of ``report.html`` (self-contained: its figures are inline)."""
+    from gradio.processing_utils import save_file_to_cache
+
+    return f"gradio_api/file={save_file_to_cache(path, cache_dir=str(reports_folder()))}"
 
 
 def _esc(text: Any) -> str:
@@ -34,7 +68,7 @@ def collect_view(gr: Any, studio: Studio, result: dict[str, Any], chosen: str | 
     """[last action's message, per-class counts, data check, class dropdown, gallery, picked image]."""
     names = [c["name"] for c in result["classes"]]
     chosen = chosen if chosen in names else (names[0] if names else None)
-    gallery = [(str(p), p.name) for p in studio.image_paths(chosen)] if chosen else []
+    gallery = [(served(p), p.name) for p in studio.image_paths(chosen)] if chosen else []
     count = next((c["count"] for c in result["classes"] if c["name"] == chosen), 0)
     label = f"Images of {chosen}: {count}" + (f" (the newest {len(gallery)} shown)" if count > len(gallery) else "")
     return [
@@ -80,6 +114,20 @@ def picked_name(event: Any) -> str:
     """The file name of a clicked gallery thumbnail (its caption)."""
     value = event.value if isinstance(event.value, dict) else {}
     return str(value.get("caption") or "")
+
+
+def import_help(studio: Studio) -> tuple[str, str, str]:
+    """(the import box's label, its placeholder, a note) for the folders the studio may import."""
+    roots = studio.import_roots
+    if roots is None:
+        return ("Folder, CSV file or dataset name", "/path/to/photos, labels.csv or embedded-mnist", "")
+    if not roots:
+        return ("Dataset name", "embedded-mnist", "Folders of the server cannot be imported: this studio is open to "
+                "the network. Upload the images (a .zip) instead; whoever runs the studio can allow a folder with "
+                "`--allow-import DIR`.")  # fmt: skip
+    shown = ", ".join(_esc(r) for r in roots)
+    return ("Folder or CSV file (under the folders below), or dataset name", f"{roots[0]}/photos or embedded-mnist",
+            f"Folders this studio may import from (`--allow-import`): {shown}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- train
@@ -163,9 +211,9 @@ def look_view(gr: Any, studio: Studio, run: str | None) -> list[Any]:
     summary = (f"### {_esc(found['run'])}\nValidation accuracy: **{percent(found['val_acc'])}**{images} "
                f"(best epoch {found['best_epoch'] or '-'} of {found['epochs_run']}) · model `{found['model']}` · "
                f"{_esc(found['status'])}")  # fmt: skip
-    link = ""
+    link, root = "", studio.project.root
     if found["report"]:
-        href = html.escape(f"gradio_api/file={found['report']}")
+        href = html.escape(report_href(root / found["report"]))
         link = f'<a href="{href}" target="_blank" rel="noopener">Open the full report</a> (report.html of the run)'
-    figures = [found["figures"].get(name) for name in FIGURES]
+    figures = [served(root / found["figures"][name]) if name in found["figures"] else None for name in FIGURES]
     return [summary, link, *figures, studio.command(found["run"])]
