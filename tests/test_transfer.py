@@ -307,6 +307,20 @@ def test_ctrl_c_during_the_lr_sweep_advises_what_works(capsys, monkeypatch, imag
     assert status["status"] == "interrupted" and "lr sweep" in status["reason"]
 
 
+def test_summary_of_a_frozen_run_counts_the_backbone_as_frozen(capsys, imagenette, tmp_path) -> None:
+    code, _, err = run_cli(capsys, "train", "--data", str(imagenette), *SMALL_FROZEN_RUN, "--epochs", "1",
+                           "--output-dir", str(tmp_path), "--name", "frozen")  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "summary", str(tmp_path / "frozen"), "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    head = 1280 * 10 + 10  # the new linear head: all the run trained
+    assert summary["trainable_params"] == head
+    assert summary["frozen_params"] == summary["total_params"] - head > 3_000_000
+    code, out, _ = run_cli(capsys, "summary", str(tmp_path / "frozen"))
+    assert f"Trainable params: {head:,}" in out.splitlines()
+
+
 def test_grey_digits_on_an_rgb_backbone(tmp_path) -> None:
     # Epochs after the first cost milliseconds: the head trains on cached features.
     run, lines = train_logged(data="embedded-mnist", model=LITE0, pretrained=True, freeze=True, epochs=5,
