@@ -39,9 +39,9 @@ from cnnkit.inference.predictor import Predictor
 from cnnkit.log import say
 
 CHECK_IMAGES = 64  # images the one-off ONNX build is checked on
-# Seconds of an ONNX build and its check (build_seconds), fitted to lenet and EfficientNet-Lite0 builds
-# on a loaded 2-core AMD EPYC (docs/benchmarks.md, "First predict: the ONNX build").
-BUILD_COST = {"base": 5, "per_module": 0.15, "per_million_params": 1.0}
+# Seconds of an ONNX build and its check (build_seconds), fitted to a LeNet (15 modules: 11.9 s) and an
+# EfficientNet-Lite0 (276 modules, 3.4 M params: 62.1 s) built on a loaded 2-core AMD EPYC (docs/benchmarks.md).
+BUILD_COST = {"base": 10, "per_module": 0.17, "per_million_params": 1.0}
 EXPORT_EXTRA = ("onnx", "onnxscript", "onnxruntime")
 
 
@@ -174,7 +174,7 @@ def cached_onnx(loaded: LoadedCheckpoint, predictor: Predictor, sample_files: Se
 def build_notice(model: torch.nn.Module | None) -> str:
     """The line said before a first-time ONNX build: what it is, about how long, how to skip it."""
     return (f"building a faster ONNX copy of the model for predict (once per checkpoint, about "
-            f"{build_seconds(model)} s here; --backend torch skips it) ...")  # fmt: skip
+            f"{build_seconds(model)} s on 2 CPU cores; --backend torch skips it) ...")  # fmt: skip
 
 
 def build_seconds(model: torch.nn.Module | None) -> int:
