@@ -16,6 +16,7 @@ from cnnkit.inference.loading import (
     checkpoint_loaders,
     default_split,
     held_out_files,
+    held_out_loaders,
     load_checkpoint,
     run_data_path,
     split_loader,
@@ -82,8 +83,11 @@ def evaluate_checkpoint(
     if data is not None and held_out is None and Path(data).expanduser().resolve() == run_data_path(loaded):
         data = None  # the run's own folder: its saved split, not a new draw
     torch_device = resolve_device(device)
-    loaders, spec, cfg = checkpoint_loaders(loaded, data=data, data_dir=data_dir, device=torch_device,
-                                            batch_size=batch_size, held_out=held_out)  # fmt: skip
+    if held_out is not None:
+        loaders, spec, cfg = held_out_loaders(loaded, data, held_out, device=torch_device, batch_size=batch_size)
+    else:
+        loaders, spec, cfg = checkpoint_loaders(loaded, data=data, data_dir=data_dir, device=torch_device,
+                                                batch_size=batch_size)  # fmt: skip
     scored = "val" if held_out is not None else split or default_split(loaders)
     views = cfg.train.tta if tta is None else tta
     channels_last = use_channels_last(cfg.train.channels_last, torch_device)  # the layout the run validated in

@@ -88,12 +88,9 @@ def check_split(split: str) -> None:
 def checkpoint_loaders(
     loaded: LoadedCheckpoint, *, data: str | None = None, data_dir: str | None = None,
     device: torch.device, batch_size: int | None = None, training: bool = False, shuffle_train: bool = False,
-    download: bool | None = None, held_out: dict[str, Any] | None = None,
+    download: bool | None = None,
 ) -> tuple[Any, DataSpec, RunConfig]:  # fmt: skip
     """Loaders of the checkpoint's own split (or of ``data``) with its stored preprocessing.
-
-    ``held_out``: the files of ``data`` to load (see :func:`held_out_files`) instead of
-    ``data``'s own splits.
 
     ``training=True`` keeps the run's augmentation on the train loader (to show what the
     model saw); otherwise every split is plain, unshuffled evaluation data, except that
@@ -116,7 +113,6 @@ def checkpoint_loaders(
     if data is not None:
         cfg.data.name = data
         cfg.data.limit_train = cfg.data.limit_eval = None
-        saved_split = held_out  # None: the data's own splits
     else:
         saved_split = saved_split_of(loaded.path)
         cfg.data.name = _data_location(cfg.data.name, saved_split)
@@ -124,11 +120,31 @@ def checkpoint_loaders(
         cfg.data.data_dir = data_dir
     loaders, spec = build(cfg.data, seed=cfg.train.seed, device=data_device(device), split=saved_split,
                           training=training)  # fmt: skip
+    _check_classes(spec, loaded)
+    return loaders, spec, cfg
+
+
+def held_out_loaders(loaded: LoadedCheckpoint, data: str, files: dict[str, Any], *, device: torch.device,
+                     batch_size: int | None = None) -> tuple[Any, DataSpec, RunConfig]:  # fmt: skip
+    """Loaders of the files :func:`held_out_files` chose from ``data`` (under ``val``), with
+    the checkpoint's preprocessing, as :func:`checkpoint_loaders` builds evaluation data.
+
+    Raises:
+        CnnkitError: ``data`` has other classes than the checkpoint.
+    """
+    cfg = _evaluation_config(loaded, training=False, batch_size=batch_size)
+    cfg.data.name = data
+    cfg.data.limit_train = cfg.data.limit_eval = None
+    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=data_device(device), split=files, training=False)
+    _check_classes(spec, loaded)
+    return loaders, spec, cfg
+
+
+def _check_classes(spec: DataSpec, loaded: LoadedCheckpoint) -> None:
     if spec.class_names != loaded.class_names:
         raise CnnkitError(
             f"the data's classes {spec.class_names[:10]} differ from the checkpoint's {loaded.class_names[:10]}"
         )
-    return loaders, spec, cfg
 
 
 def first_images(loader: Any, count: int) -> tuple[torch.Tensor | None, torch.Tensor]:
