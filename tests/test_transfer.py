@@ -216,6 +216,16 @@ def test_a_frozen_head_on_cached_features_trains_to_convergence_by_default(image
     assert (explicit.config.train.epochs, explicit.config.train.lr) == (3, 3e-3)  # what is given is kept
 
 
+def test_lr_auto_on_a_cached_head_keeps_its_epochs_and_falls_back_to_its_lr(imagenette) -> None:
+    # the sweep replaces the lr; the head still trains the cached-head epochs, and the lr a
+    # Ctrl-C during the sweep advises is the cached head's own
+    from cnnkit.config import resolve_config
+
+    cfg = resolve_config(None, None, {"data.name": str(imagenette), "model.name": LITE0, "model.pretrained": True,
+                                      "train.freeze": True, "train.lr_find": True})  # fmt: skip
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.lr_find) == (30, 3e-3, True)
+
+
 def test_without_the_feature_cache_the_backbone_runs_every_epoch(imagenette, tmp_path) -> None:
     run, lines = train_logged(data=str(imagenette), model=LITE0, pretrained=True, freeze=True, epochs=1,
                               cache_features="off", limit_train=40, limit_eval=40, image_size=96,
