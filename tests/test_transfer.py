@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import re
 import shutil
 from pathlib import Path
@@ -215,6 +216,16 @@ def test_a_frozen_head_on_cached_features_trains_to_convergence_by_default(image
     assert (explicit.config.train.epochs, explicit.config.train.lr) == (3, 3e-3)  # what is given is kept
 
 
+def test_lr_auto_on_a_cached_head_keeps_its_epochs_and_falls_back_to_its_lr(imagenette) -> None:
+    # the sweep replaces the lr; the head still trains the cached-head epochs, and the lr a
+    # Ctrl-C during the sweep advises is the cached head's own
+    from cnnkit.config import resolve_config
+
+    cfg = resolve_config(None, None, {"data.name": str(imagenette), "model.name": LITE0, "model.pretrained": True,
+                                      "train.freeze": True, "train.lr_find": True})  # fmt: skip
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.lr_find) == (30, 3e-3, True)
+
+
 def test_without_the_feature_cache_the_backbone_runs_every_epoch(imagenette, tmp_path) -> None:
     run, lines = train_logged(data=str(imagenette), model=LITE0, pretrained=True, freeze=True, epochs=1,
                               cache_features="off", limit_train=40, limit_eval=40, image_size=96,
@@ -250,6 +261,74 @@ def test_fine_tuning_trains_the_head_then_all_layers(capsys, imagenette, tmp_pat
     assert set(weights) <= set(changed)  # phase 2 trained every backbone layer
     assert torch.equal(backbone_of(checkpoints / "last.pt")["conv_stem.weight"],
                        backbone_of(checkpoints / "epoch_002.pt")["conv_stem.weight"])  # fmt: skip
+
+
+SMALL_FROZEN_RUN = ("--model", LITE0, "--pretrained", "--freeze", "--limit-train", "40", "--limit-eval", "20",
+                    "--image-size", "64", "--batch-size", "8", "--no-progress", "--no-report")  # fmt: skip
+
+
+def test_lr_auto_on_a_frozen_backbone_sweeps_the_head_on_the_cached_features(capsys, monkeypatch, imagenette,
+                                                                              tmp_path) -> None:  # fmt: skip
+    # Every module forward during the sweep is counted: the cached-features sweep runs the
+    # head (Linear) at every step and never the backbone's convolutions.
+    from cnnkit.commands import lr_find as lr_find_command
+
+    calls = {"conv": 0, "linear": 0}
+    sweep = lr_find_command.lr_range_test
+
+    def counting(*args, **kwargs):
+        def hook(module, _inputs, _output):
+            for kind, layer in (("conv", torch.nn.Conv2d), ("linear", torch.nn.Linear)):
+                calls[kind] += isinstance(module, layer)
+
+        handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        try:
+            return sweep(*args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(lr_find_command, "lr_range_test", counting)
+    code, out, err = run_cli(capsys, "train", "--data", str(imagenette), *SMALL_FROZEN_RUN, "--lr", "auto",
+                             "--epochs", "1", "--output-dir", str(tmp_path), "--name", "auto")  # fmt: skip
+
+    assert code == 0, err
+    assert "training the head on the cached backbone features" in out
+    assert calls["conv"] == 0 and calls["linear"] >= 100, calls  # 100 sweep steps, all on the head
+    config = (tmp_path / "auto" / "config.yaml").read_text()
+    suggestion = json.loads((tmp_path / "auto" / "lr_find.json").read_text())["suggestion"]
+    assert f"lr: {suggestion}" in config and "epochs: 1" in config
+
+
+def test_ctrl_c_during_the_lr_sweep_advises_what_works(capsys, monkeypatch, imagenette, tmp_path) -> None:
+    from cnnkit.commands import lr_find as lr_find_command
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lr_find_command, "lr_range_test", interrupted)
+    code, out, err = run_cli(capsys, "train", "--data", str(imagenette), *SMALL_FROZEN_RUN, "--lr", "auto",
+                             "--output-dir", str(tmp_path), "--name", "stopped")  # fmt: skip
+
+    assert code == 130 and "Traceback" not in err
+    advice = [line for line in (out + err).splitlines() if "lr sweep" in line]
+    assert advice and "--resume" not in out + err, out + err
+    assert "run the command again" in advice[0] and "--lr 0.003" in advice[0]  # the cached head's default lr
+    status = json.loads((tmp_path / "stopped" / "status.json").read_text())
+    assert status["status"] == "interrupted" and "lr sweep" in status["reason"]
+
+
+def test_summary_of_a_frozen_run_counts_the_backbone_as_frozen(capsys, imagenette, tmp_path) -> None:
+    code, _, err = run_cli(capsys, "train", "--data", str(imagenette), *SMALL_FROZEN_RUN, "--epochs", "1",
+                           "--output-dir", str(tmp_path), "--name", "frozen")  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "summary", str(tmp_path / "frozen"), "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    head = 1280 * 10 + 10  # the new linear head: all the run trained
+    assert summary["trainable_params"] == head
+    assert summary["frozen_params"] == summary["total_params"] - head > 3_000_000
+    code, out, _ = run_cli(capsys, "summary", str(tmp_path / "frozen"))
+    assert f"Trainable params: {head:,}" in out.splitlines()
 
 
 def test_grey_digits_on_an_rgb_backbone(tmp_path) -> None:

@@ -105,6 +105,36 @@ def test_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(
     assert "skipped 3 files" in err and "truncated.jpg" in err
 
 
+def test_linked_folders_and_files_read_the_same_in_every_command(run_dir, digits, tmp_path, capsys) -> None:
+    # class folders that are links (to a folder, or a folder of links to files), a link loop
+    # and a broken link: train's listing, check and predict all see the same six images
+    from cnnkit.data.folder import scan_folder
+
+    images, _ = digits
+    for i in range(6):
+        (tmp_path / "store" / f"c{i // 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i, 0].numpy()).save(tmp_path / "store" / f"c{i // 3}" / f"{i}.png")
+    linked = tmp_path / "linked"
+    (linked / "c1").mkdir(parents=True)
+    (linked / "c0").symlink_to(tmp_path / "store" / "c0", target_is_directory=True)
+    for i in range(3, 6):
+        (linked / "c1" / f"{i}.png").symlink_to(tmp_path / "store" / "c1" / f"{i}.png")
+    (linked / "c1" / "again").symlink_to(linked / "c1", target_is_directory=True)  # a loop
+    (linked / "c1" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+
+    listing = scan_folder(linked, val_fraction=0, test_fraction=0, seed=0)
+    files, skipped = expand_inputs([str(linked)])
+    assert listing.class_names == ["c0", "c1"] and len(listing.splits["train"]) == 6
+    assert files == listing.splits["train"].paths
+    reasons = {Path(s.source).name: s.reason for s in skipped}
+    assert set(reasons) == {"again", "gone.png"} and "listed already" in reasons["again"]
+    assert dict((Path(p).name, r) for p, r in listing.ignored) == reasons
+    code, out, err = run_cli(capsys, "predict", str(run_dir), str(linked), "--no-progress", "--backend", "torch")
+    assert code == 0 and "predicted 6 images" in err and len(out.splitlines()) == 6, err
+    code, out, err = run_cli(capsys, "check", str(linked))
+    assert code == 0 and "images: 6 files, 6 readable" in out and "c1/gone.png: a broken symbolic link" in out, err
+
+
 def test_predictor_accepts_every_image_kind_alike(predictor, test_pngs, digits) -> None:
     images, _ = digits
     path = sorted(test_pngs.iterdir())[0]

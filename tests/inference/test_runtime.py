@@ -113,6 +113,36 @@ def test_predict_on_a_checkpoint_runs_a_checked_cached_onnx_build(run_dir, digit
     assert again_labels == torch_labels
 
 
+def test_the_first_build_is_announced_before_it_starts_and_never_again(run_dir, digits, cache, monkeypatch,
+                                                                        capsys) -> None:  # fmt: skip
+    said: list[str] = []
+    build = runtime._build
+
+    def announced_first(*args, **kwargs):
+        assert said, "the build started before it was announced"
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "_build", announced_first)
+    runtime.load_predictor(run_dir, announce=said.append)
+    (line,) = said
+    assert line.startswith("building a faster ONNX copy of the model for predict (once per checkpoint, about ")
+    assert "--backend torch skips it" in line
+    assert 5 <= runtime.build_seconds(Predictor.from_checkpoint(run_dir).model) <= 15  # a LeNet: seconds
+
+    code, _, err = run_cli(capsys, "predict", str(run_dir), str(digits), "--no-progress")
+    assert code == 0 and "building a faster ONNX copy" not in err, err  # cached: nothing to build, nothing said
+
+
+def test_predict_says_it_builds_on_stderr_before_the_backend_line(run_dir, digits, cache, capsys) -> None:
+    code, out, err = run_cli(capsys, "predict", str(run_dir), str(digits))
+    assert code == 0, err
+    lines = err.splitlines()
+    building = next(i for i, line in enumerate(lines) if line.startswith("building a faster ONNX copy"))
+    backend = next(i for i, line in enumerate(lines) if line.startswith("backend: onnxruntime (ONNX file built"))
+    assert building < backend
+    assert "building" not in out  # stdout holds the predictions only
+
+
 def test_two_builds_of_one_checkpoint_at_once_both_succeed(run_dir, digits, cache, tmp_path, monkeypatch) -> None:
     """Another process finishes the same build while this one checks its file (simulated by
     predicting again from inside the check): neither removes the other's staging file."""

@@ -15,24 +15,33 @@ from cnnkit.inference.loading import (
     check_split,
     checkpoint_loaders,
     default_split,
+    held_out_files,
+    held_out_loaders,
     load_checkpoint,
+    run_data_path,
     split_loader,
 )
 
 
 @dataclass
 class EvalReport:
-    """What ``cnnkit eval`` prints: the split scored, its result, the classes, the checkpoint."""
+    """What ``cnnkit eval`` prints: the split scored, its result, the classes, the checkpoint.
+
+    ``held_out``: the absolute folder or CSV file scored as a held-out set (``split`` is
+    then ``all`` or the one split asked for), or None for the run's own split or a dataset's.
+    """
 
     split: str
     result: EvalResult
     class_names: list[str]
     checkpoint: Path
     tta: str = "none"
+    held_out: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "checkpoint": str(self.checkpoint),
+            "data": self.held_out,
             "split": self.split,
             "tta": self.tta,
             "images": self.result.count,
@@ -56,27 +65,39 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on a split of its own data (the saved split) or of ``data``.
 
     ``split``: ``test``, ``val`` or ``train`` (None: the test split when the run has one,
-    else val; the report names the split actually scored). The checkpoint's
+    else val; the report names the split actually scored). ``data`` naming a folder or CSV
+    file other than the run's own is a held-out set: all of its images are scored, or only
+    its ``split`` sub-folder when one is given (see :func:`held_out_files`). The checkpoint's
     preprocessing (size, channels, mean/std) is always used, and its run's test-time
     augmentation and precision unless ``tta`` names another (``none``, ``flip``...).
+
+    Raises:
+        UsageError: a split the data does not have (``test`` never silently becomes val).
     """
     if split is not None:
         check_split(split)
     if tta is not None:
         check_tta(tta)
     loaded = load_checkpoint(path)
+    held_out = held_out_files(loaded, data, split) if data is not None else None
+    if data is not None and held_out is None and Path(data).expanduser().resolve() == run_data_path(loaded):
+        data = None  # the run's own folder: its saved split, not a new draw
     torch_device = resolve_device(device)
-    loaders, spec, cfg = checkpoint_loaders(loaded, data=data, data_dir=data_dir, device=torch_device,
-                                            batch_size=batch_size)  # fmt: skip
-    scored = split or default_split(loaders)
-    if scored == "test" and loaders.test is None:
-        scored = "val"  # the run has no test split: say which split the figures are of
+    if held_out is not None:
+        loaders, spec, cfg = held_out_loaders(loaded, data, held_out, device=torch_device, batch_size=batch_size)
+    else:
+        loaders, spec, cfg = checkpoint_loaders(loaded, data=data, data_dir=data_dir, device=torch_device,
+                                                batch_size=batch_size)  # fmt: skip
+    scored = "val" if held_out is not None else split or default_split(loaders)
     views = cfg.train.tta if tta is None else tta
     channels_last = use_channels_last(cfg.train.channels_last, torch_device)  # the layout the run validated in
     model = to_layout(loaded.model, torch_device, channels_last)
     result = evaluate(model, split_loader(loaders, scored), spec.num_classes, device=torch_device,
                       dtype=amp_dtype(cfg.train.amp, torch_device), tta=views, channels_last=channels_last)  # fmt: skip
-    return EvalReport(scored, result, loaded.class_names, loaded.path, views)
+    if held_out is None:
+        return EvalReport(scored, result, loaded.class_names, loaded.path, views)
+    return EvalReport(split or "all", result, loaded.class_names, loaded.path, views,
+                      str(Path(data).expanduser().resolve()))  # fmt: skip
 
 
 def main(args: Any) -> None:
@@ -88,7 +109,14 @@ def main(args: Any) -> None:
         return
     result = report.result
     print(f"checkpoint: {report.checkpoint}")
-    print(f"split: {report.split} ({result.count:,} images)" + (f", tta {report.tta}" if report.tta != "none" else ""))
+    tta = f", tta {report.tta}" if report.tta != "none" else ""
+    if report.held_out is not None:
+        kind = "folder" if Path(report.held_out).is_dir() else "file"
+        whole = report.split == "all"
+        which = f"all {result.count:,} images" if whole else f"its {report.split} split: {result.count:,} images"
+        print(f"data: {report.held_out} (held-out {kind}, {which}){tta}")
+    else:
+        print(f"split: {report.split} ({result.count:,} images){tta}")
     print(f"loss: {result.loss:.4f}")
     print(f"top-1: {result.acc:.2%}")
     if result.top5 is not None:

@@ -12,12 +12,14 @@ from torch import nn
 from cnnkit.commands.run_files import new_run_folder
 from cnnkit.commands.setup import check_run_config, load_run_code, prepare
 from cnnkit.config import RunConfig, keyword_overrides, resolve_config
+from cnnkit.data import DataSpec
 from cnnkit.engine import distributed
-from cnnkit.engine.lr_find import LrFindResult, lr_range_test
+from cnnkit.engine.features import HeadOnly
+from cnnkit.engine.lr_find import LrFindResult, default_steps, lr_range_test
 from cnnkit.engine.lr_find import plot as lr_plot
+from cnnkit.engine.phases import first_phase_inputs
 from cnnkit.evaluation.plots import save_png
 from cnnkit.log import console, logger, say
-from cnnkit.models import BackboneClassifier
 from cnnkit.runfolder import RunFolder
 
 
@@ -43,23 +45,27 @@ def lr_find(
         load_run_code(cfg)  # FILE.py:NAME model or dataset code named here: imported now, as asked
         cfg = check_run_config(cfg, tracked=False)
         session = prepare(cfg)
-        if isinstance(session.model, BackboneClassifier):
-            session.model.freeze_backbone(cfg.train.freeze or bool(cfg.train.fine_tune))  # the first phase's
         folder = new_run_folder(cfg, distributed.current(), kind="lrfind")
         with folder.lock(), folder.logging_to_file(logger):
             folder.write_config(cfg)
             say(f"run folder: {folder.path}")
-            result = sweep(session.model, session.loaders.train, cfg, session.device, folder,
+            result = sweep(session.model, session.loaders, cfg, session.spec, session.device, folder,
                            start_lr=start_lr, end_lr=end_lr, steps=steps)  # fmt: skip
         return result, folder.path
 
 
-def sweep(model: nn.Module, loader: Any, cfg: RunConfig, device: torch.device, folder: RunFolder,
-          **options: Any) -> LrFindResult:  # fmt: skip
-    """Run the range test, save its plot and numbers in the folder, log the suggestion."""
+def sweep(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device, folder: RunFolder,
+          progress: bool = True, **options: Any) -> LrFindResult:  # fmt: skip
+    """Run the range test on what the run's first phase trains (see
+    :func:`~cnnkit.engine.phases.first_phase_inputs`: a frozen backbone's head sweeps on the
+    cached features), save its plot and numbers in the folder, log the suggestion."""
+    trained, loader = first_phase_inputs(model, loaders, cfg, spec, device, say, progress)
     batch = distributed.local_batch_size(cfg.data.batch_size, distributed.current())
-    say(f"lr-find: sweeping the learning rate ({cfg.train.optimizer}, batch {batch}) ...")
-    result = lr_range_test(model, loader, cfg.train, device=device, **options)
+    steps = options.get("steps") or default_steps(batch)
+    what = "the head on the cached backbone features" if isinstance(trained, HeadOnly) else "the model"
+    say(f"lr-find: sweeping the learning rate over {steps} steps, training {what} "
+        f"({cfg.train.optimizer}, batch {batch}) ...")  # fmt: skip
+    result = lr_range_test(trained, loader, cfg.train, device=device, progress=progress, **options)
     figure = lr_plot(result, title=f"{cfg.model.name} on {cfg.data.name}: learning-rate range test")
     if folder.writer:
         save_png(figure, folder.file("lr_find.png"), dpi=120)
@@ -74,9 +80,29 @@ def sweep(model: nn.Module, loader: Any, cfg: RunConfig, device: torch.device, f
     return result
 
 
-def sweep_and_adopt(model: nn.Module, loader: Any, cfg: RunConfig, device: torch.device, folder: RunFolder) -> None:
-    """``--lr auto``: sweep (rank 0 on its shard while the others wait), then train at the suggestion."""
-    suggestion = sweep(model, loader, cfg, device, folder).suggestion if folder.writer else None
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``--lr auto``'s sweep: no training step was taken, so there is nothing
+    to resume; ``advice`` says what works instead."""
+
+    def __init__(self, advice: str) -> None:
+        super().__init__(advice)
+        self.advice = advice
+
+
+def sweep_and_adopt(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,
+                    folder: RunFolder, progress: bool = True) -> None:  # fmt: skip
+    """``--lr auto``: sweep (rank 0 on its shard while the others wait), then train at the suggestion.
+
+    Raises:
+        SweepInterrupted: Ctrl-C during the sweep (a ``KeyboardInterrupt`` whose advice is
+            to run again or to give the lr, not to resume a run that never trained).
+    """
+    try:
+        suggestion = sweep(model, loaders, cfg, spec, device, folder, progress).suggestion if folder.writer else None
+    except KeyboardInterrupt:
+        raise SweepInterrupted("stopped during the lr sweep, before training began (nothing to resume); "
+                               "run the command again, or give a fixed rate instead of --lr auto "
+                               f"(e.g. --lr {cfg.train.lr:g})") from None  # fmt: skip
     cfg.train.lr = distributed.broadcast(suggestion)
     folder.write_config(cfg)  # the run trains at the suggested lr
 

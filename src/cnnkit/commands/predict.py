@@ -76,7 +76,8 @@ def predict(
     files, missing = expand_inputs(inputs)
     if not files:
         raise CnnkitError("no files to predict: " + "; ".join(f"{m.source}: {m.reason}" for m in missing))
-    predictor = load_predictor(model, backend=backend, device=device, amp=amp, sample_files=files)
+    predictor = load_predictor(model, backend=backend, device=device, amp=amp, sample_files=files,
+                               announce=lambda line: print(line, file=sys.stderr, flush=True))  # stdout: results
     if progress:
         print(f"backend: {predictor.note}", file=sys.stderr)
     writer, target = open_writer(out_path, topk)

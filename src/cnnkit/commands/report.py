@@ -54,7 +54,7 @@ def report(
         The path of ``report.html``.
     """
     from cnnkit.evaluation import report as rep
-    from cnnkit.models.summary import format_summary, summarize
+    from cnnkit.models.summary import as_trained, format_summary, summarize
 
     if split is not None:
         check_split(split)
@@ -75,7 +75,7 @@ def report(
         extra = _robustness(model, loader, pre, torch_device, loaded.class_names, dtype, cfg.train.tta)
         extra["images"] = min(ROBUSTNESS_IMAGES, data.count)
     label_errors = _label_errors(pred, loader, loaded.class_names, split, pre)
-    summary = summarize(model.cpu(), (pre["channels"], *pre["input_size"]))
+    summary = summarize(as_trained(model.cpu(), cfg), (pre["channels"], *pre["input_size"]))  # the run's frozen part
     config_file = run_dir / "config.yaml"
     return rep.write_report(
         Path(out_dir) if out_dir else run_dir / "report", data, pred,

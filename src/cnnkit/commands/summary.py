@@ -22,13 +22,14 @@ def _target(args: Any) -> tuple[Any, tuple[int, int, int]]:
     path = Path(args.model)
     if args.model.endswith((".pt", ".pth")) or path.is_file() or (path / "checkpoints").is_dir():
         from cnnkit.inference.loading import load_checkpoint
+        from cnnkit.models.summary import as_trained
 
         if args.num_classes is not None:
             raise UsageError("--num-classes applies to model names; a checkpoint keeps its own")
         loaded = load_checkpoint(path)
         desc, pre = loaded.checkpoint.model, loaded.preprocess
         size = (pre.get("channels", desc.in_chans), *pre.get("input_size", desc.input_size))
-        return loaded.model, tuple(args.input_size or size)
+        return as_trained(loaded.model, loaded.config), tuple(args.input_size or size)
     from cnnkit.models import create_model, load_model_code, model_info
 
     load_model_code(args.model)  # FILE.py:NAME named here: imported, as asked
@@ -37,3 +38,4 @@ def _target(args: Any) -> tuple[Any, tuple[int, int, int]]:
     classes = 10 if args.num_classes is None else args.num_classes
     model = create_model(args.model, classes, in_chans=chans, input_size=(height, width))
     return model, (chans, height, width)
+

@@ -210,7 +210,7 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
     if cfg.train.lr_find and state is None:  # --lr auto: sweep first, then train at the suggestion
         from cnnkit.commands.lr_find import sweep_and_adopt
 
-        sweep_and_adopt(model, loaders.train, cfg, device, folder)
+        sweep_and_adopt(model, loaders, cfg, spec, device, folder, progress)
     meta = checkpoint_meta(cfg, spec, weights_source=_weights_source(session, state))
     for line in code_lines(meta):
         say(line)
@@ -303,10 +303,12 @@ def _recording_status(folder: RunFolder, writer: bool) -> Iterator[None]:
             folder.set_status("interrupted", f"stopped on request ({stopped.where})")
             logger.warning(f"stopped; continue with: cnnkit train --resume {_quoted(folder.path)}")
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stopped:
         if writer:
-            folder.set_status("interrupted", "stopped by Ctrl-C")
-            logger.warning(f"interrupted; continue with: cnnkit train --resume {_quoted(folder.path)}")
+            # a Ctrl-C in the --lr auto sweep (SweepInterrupted) has nothing to resume: its advice says what works
+            advice = getattr(stopped, "advice", None)
+            folder.set_status("interrupted", "stopped by Ctrl-C" + (" during the lr sweep" if advice else ""))
+            logger.warning(advice or f"interrupted; continue with: cnnkit train --resume {_quoted(folder.path)}")
         raise
     except BaseException as exc:
         if writer:

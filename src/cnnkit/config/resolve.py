@@ -80,10 +80,12 @@ def apply_cached_head_defaults(cfg: RunConfig, given: set[str]) -> None:
     :data:`CACHED_HEAD_DEFAULTS` for the epochs and lr that no recipe, file or override set.
 
     The config then records the numbers used, so ``config.yaml``, resume and the printed
-    ``phase:`` line all show them. Any other run keeps the dataclass defaults.
+    ``phase:`` line all show them. Any other run keeps the dataclass defaults. With
+    ``--lr auto`` the head still trains the default epochs; the sweep replaces the lr
+    (which stays what a Ctrl-C during the sweep advises to give instead).
     """
     train = cfg.train
-    if not train.freeze or train.fine_tune or train.cache_features == "off" or train.lr_find:
+    if not train.freeze or train.fine_tune or train.cache_features == "off":
         return
     if train.cache_features == "auto":
         from cnnkit.data.transforms import config_augment  # torch: only for frozen-backbone runs

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from cnnkit.config import TrainConfig
 from cnnkit.engine.device import amp_dtype, autocast
@@ -74,12 +75,14 @@ def default_steps(batch_size: int) -> int:
 
 
 def lr_range_test(model: nn.Module, loader: Iterable, cfg: TrainConfig, *, device: torch.device,
-                  start_lr: float = 1e-7, end_lr: float = 10.0, steps: int | None = None) -> LrFindResult:  # fmt: skip
+                  start_lr: float = 1e-7, end_lr: float = 10.0, steps: int | None = None,
+                  progress: bool = True) -> LrFindResult:  # fmt: skip
     """Sweep the learning rate on a copy of ``model``; see the module docstring.
 
     ``cfg`` supplies the optimizer (its type, momentum, weight decay, parameter groups),
     label smoothing and precision; its learning rate and schedule are ignored. ``steps``
-    defaults to :func:`default_steps` of the loader's batch size.
+    defaults to :func:`default_steps` of the loader's batch size. ``progress``: a bar of
+    the steps with the current lr and loss (on a terminal only).
 
     Raises:
         UsageError: a bad range or step count.
@@ -95,29 +98,37 @@ def lr_range_test(model: nn.Module, loader: Iterable, cfg: TrainConfig, *, devic
     dtype = amp_dtype(cfg.amp, device, training=True, deterministic=cfg.deterministic)
     factor = (end_lr / start_lr) ** (1 / (steps - 1))
     lrs, losses, average, best, diverged = [], [], 0.0, math.inf, False
-    for step, (images, labels) in enumerate(_batches(loader, steps)):
-        lr = start_lr * factor**step
-        for group, multiple in zip(optimizer.param_groups, base, strict=True):
-            group["lr"] = lr * multiple
-        with autocast(device, dtype):
-            loss = loss_fn(trial(images.to(device)), labels.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = loss.detach().item()
-        if not math.isfinite(value):
-            if not lrs:
-                raise CnnkitError(f"the loss is {value} at the first step of the LR sweep; check the data and model")
-            diverged = True
-            break
-        average = SMOOTHING * value + (1 - SMOOTHING) * average
-        smoothed = average / (1 - (1 - SMOOTHING) ** (step + 1))  # bias-corrected running mean
-        lrs.append(lr)
-        losses.append(smoothed)
-        best = min(best, smoothed)
-        if step > 5 and smoothed > DIVERGE * best:
-            diverged = True
-            break
+    bar = tqdm(total=steps, desc="lr sweep", unit="step", leave=False, dynamic_ncols=True,
+               disable=None if progress else True)  # fmt: skip
+    try:
+        for step, (images, labels) in enumerate(_batches(loader, steps)):
+            lr = start_lr * factor**step
+            for group, multiple in zip(optimizer.param_groups, base, strict=True):
+                group["lr"] = lr * multiple
+            with autocast(device, dtype):
+                loss = loss_fn(trial(images.to(device)), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.detach().item()
+            if not math.isfinite(value):
+                if not lrs:
+                    raise CnnkitError(f"the loss is {value} at the first step of the LR sweep; "
+                                      "check the data and model")  # fmt: skip
+                diverged = True
+                break
+            average = SMOOTHING * value + (1 - SMOOTHING) * average
+            smoothed = average / (1 - (1 - SMOOTHING) ** (step + 1))  # bias-corrected running mean
+            lrs.append(lr)
+            losses.append(smoothed)
+            best = min(best, smoothed)
+            bar.update()
+            bar.set_postfix(lr=f"{lr:.1e}", loss=f"{smoothed:.3f}", refresh=False)
+            if step > 5 and smoothed > DIVERGE * best:
+                diverged = True
+                break
+    finally:
+        bar.close()
     return read_sweep(lrs, losses, diverged)
 
 

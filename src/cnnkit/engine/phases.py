@@ -140,9 +140,34 @@ def _phase_inputs(model: nn.Module, loaders: Any, cfg: RunConfig, phase_cfg: Tra
         backbone_lr = phase_cfg.lr * phase_cfg.backbone_lr_scale
         lr = f"lr {phase_cfg.lr:g}" + ("" if frozen else f", backbone lr {backbone_lr:g}")
         log(f"phase: {'head only (backbone frozen)' if frozen else 'all layers'}, {phase_cfg.epochs} epochs, {lr}")
-    if frozen and use_feature_cache(cfg):
+    return trained_inputs(model, loaders, cfg, spec, device, frozen, log, progress)
+
+
+def trained_inputs(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,
+                   frozen: bool, log: Callable[[str], None], progress: bool) -> tuple[nn.Module, Any]:  # fmt: skip
+    """What a phase with the backbone ``frozen`` (or not) trains, and on which loaders: the
+    head alone (:class:`HeadOnly`) on cached backbone features when the backbone is frozen
+    and :func:`use_feature_cache`, else ``model`` on ``loaders``. The caller has frozen the
+    backbone already."""
+    if frozen and isinstance(model, BackboneClassifier) and use_feature_cache(cfg):
         return HeadOnly(model), feature_loaders(model, cfg, spec, device, log, progress)
     return model, loaders
+
+
+def first_phase_inputs(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,
+                       log: Callable[[str], None], progress: bool) -> tuple[nn.Module, Any]:  # fmt: skip
+    """The model and training loader of the run's first phase, as :func:`fit_phases` will
+    train them: the ``--lr auto`` sweep must see the same steps the training takes (a frozen
+    backbone's head sweeps on the cached features in milliseconds a step; sweeping the images
+    would run the whole backbone every step). Freezes the backbone as that phase does.
+    The features computed here stay in the cache, so the phase reads them back."""
+    if not isinstance(model, BackboneClassifier):
+        return model, loaders.train
+    planned = phases(cfg.train)
+    frozen = planned[0][1] if planned else bool(cfg.train.freeze)
+    model.freeze_backbone(frozen)
+    trained, phase_loaders = trained_inputs(model, loaders, cfg, spec, device, frozen, log, progress)
+    return trained, phase_loaders[0]  # Loaders and the feature loaders' tuple both start with train
 
 
 def use_feature_cache(cfg: RunConfig) -> bool:

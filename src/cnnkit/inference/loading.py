@@ -120,11 +120,31 @@ def checkpoint_loaders(
         cfg.data.data_dir = data_dir
     loaders, spec = build(cfg.data, seed=cfg.train.seed, device=data_device(device), split=saved_split,
                           training=training)  # fmt: skip
+    _check_classes(spec, loaded)
+    return loaders, spec, cfg
+
+
+def held_out_loaders(loaded: LoadedCheckpoint, data: str, files: dict[str, Any], *, device: torch.device,
+                     batch_size: int | None = None) -> tuple[Any, DataSpec, RunConfig]:  # fmt: skip
+    """Loaders of the files :func:`held_out_files` chose from ``data`` (under ``val``), with
+    the checkpoint's preprocessing, as :func:`checkpoint_loaders` builds evaluation data.
+
+    Raises:
+        CnnkitError: ``data`` has other classes than the checkpoint.
+    """
+    cfg = _evaluation_config(loaded, training=False, batch_size=batch_size)
+    cfg.data.name = data
+    cfg.data.limit_train = cfg.data.limit_eval = None
+    loaders, spec = build(cfg.data, seed=cfg.train.seed, device=data_device(device), split=files, training=False)
+    _check_classes(spec, loaded)
+    return loaders, spec, cfg
+
+
+def _check_classes(spec: DataSpec, loaded: LoadedCheckpoint) -> None:
     if spec.class_names != loaded.class_names:
         raise CnnkitError(
             f"the data's classes {spec.class_names[:10]} differ from the checkpoint's {loaded.class_names[:10]}"
         )
-    return loaders, spec, cfg
 
 
 def first_images(loader: Any, count: int) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -142,9 +162,64 @@ def first_images(loader: Any, count: int) -> tuple[torch.Tensor | None, torch.Te
 
 
 def split_loader(loaders: Any, split: str) -> Any:
-    """The loader of ``split`` (``test`` falls back to ``val`` for runs without a test split)."""
+    """The loader of ``split``.
+
+    Raises:
+        UsageError: ``test`` for data without a test split (never silently val).
+    """
     check_split(split)
-    return {"train": loaders.train, "val": loaders.val, "test": loaders.test or loaders.val}[split]
+    if split == "test" and loaders.test is None:
+        raise UsageError("--split test: the data has no test split (it has: train, val); "
+                         "give --split val, or leave --split out")  # fmt: skip
+    return {"train": loaders.train, "val": loaders.val, "test": loaders.test}[split]
+
+
+def _has_split_folders(path: Path) -> bool:
+    """A folder with split sub-folders, or a CSV file (whose split column names them)."""
+    from cnnkit.data.folder import SPLIT_ALIASES
+
+    return not path.is_dir() or any((path / name).is_dir() for name in SPLIT_ALIASES)
+
+
+def run_data_path(loaded: LoadedCheckpoint) -> Path | None:
+    """The absolute folder or CSV file the run trained on (None: a registered dataset or code)."""
+    name = _data_location(loaded.config.data.name, saved_split_of(loaded.path))
+    path = Path(name).expanduser()
+    return path.resolve() if path.exists() and not _is_registered(name) else None
+
+
+def held_out_files(loaded: LoadedCheckpoint, data: str, split: str | None) -> dict[str, Any] | None:
+    """A ``split.json``-like selection scoring ``data`` whole, when it is a held-out set.
+
+    ``data`` is held out when it is a folder or CSV file other than the run's own data:
+    none of it was split off for the run, so all of its images are scored (the ``train``,
+    ``val`` and ``test`` sub-folders together), or only ``split`` when it is given. The
+    selection puts the scored files under ``val`` (and ``train``, which loaders need);
+    None for the run's own data or a registered dataset (their saved or standard splits).
+
+    Raises:
+        UsageError: ``split`` names a split the folder does not have (the message lists its splits).
+        DataError: ``data`` cannot be listed.
+    """
+    from cnnkit.data.builder import resolve_source
+    from cnnkit.data.folder import FileDataset, FileList
+
+    path = Path(data).expanduser()
+    listable = path.is_dir() or (path.is_file() and path.suffix.lower() == ".csv")
+    if not listable or path.resolve() == run_data_path(loaded):
+        return None
+    cfg = copy.deepcopy(loaded.config.data)
+    cfg.name, cfg.val_fraction, cfg.test_fraction, cfg.kwargs = str(path.resolve()), 0.0, 0.0, {}
+    source = resolve_source(cfg, seed=0)
+    assert isinstance(source, FileDataset)  # a folder or CSV file lists files
+    if split is not None and split not in source.splits:
+        splits = ", ".join(source.splits) if _has_split_folders(path) else ""
+        has = f"has no {split} split (it has: {splits})" if splits else "has no split folders (train, val, test)"
+        raise UsageError(f"--split {split}: {path} {has}; leave --split out to score all its images")
+    chosen = [source.splits[split]] if split else list(source.splits.values())
+    files = FileList([p for part in chosen for p in part.paths], [label for part in chosen for label in part.labels])
+    entry = {"paths": files.paths, "labels": files.labels}
+    return {"kind": "files", "root": source.root, "files": {"train": entry, "val": entry}}
 
 
 def default_split(loaders: Any) -> str:

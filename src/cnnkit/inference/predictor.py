@@ -25,7 +25,7 @@ from PIL import Image
 from torch import nn
 
 from cnnkit.checkpoint import Checkpoint
-from cnnkit.data.folder import ImageLoadError, load_image, to_mode
+from cnnkit.data.folder import ImageLoadError, load_image, to_mode, walk_files
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_pixels, normalize_batch
 from cnnkit.engine.tta import check_tta, suggested_tta, tta_logits, tta_views
@@ -408,10 +408,14 @@ def _source_name(item: Any, position: int) -> str:
 
 
 def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[Skipped]]:
-    """Files, folders (recursive, hidden entries skipped) and glob patterns -> file list.
+    """Files, folders and glob patterns -> file list.
+
+    A folder is listed as training lists it (:func:`cnnkit.data.folder.walk_files`:
+    recursive, sorted, hidden entries skipped, symbolic links followed, loops cut).
 
     Returns:
-        The files in a stable order (folders sorted), and inputs that matched nothing.
+        The files in a stable order (folders sorted), and the inputs that matched nothing
+        with the entries a folder listing skipped (broken links, link loops).
     """
     import glob
 
@@ -419,12 +423,12 @@ def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[Skipped]]:
     missing: list[Skipped] = []
     for item in inputs:
         if os.path.isdir(item):
-            files += _walk(item)
+            files += _walk(item, missing)
         elif os.path.isfile(item):
             files.append(item)
         elif glob.has_magic(item):
             matched = sorted(glob.glob(item, recursive=True))
-            found = [f for path in matched for f in (_walk(path) if os.path.isdir(path) else [path])]
+            found = [f for path in matched for f in (_walk(path, missing) if os.path.isdir(path) else [path])]
             if found:
                 files += found
             else:
@@ -434,9 +438,8 @@ def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[Skipped]]:
     return files, missing
 
 
-def _walk(folder: str) -> list[str]:
-    found = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, name) for name in sorted(names) if not name.startswith(".")]
+def _walk(folder: str, missing: list[Skipped]) -> list[str]:
+    ignored: list[tuple[str, str]] = []
+    found = list(walk_files(folder, ignored))
+    missing += [Skipped(path, reason) for path, reason in ignored]
     return found

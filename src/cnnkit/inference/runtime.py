@@ -24,7 +24,7 @@ import importlib.util
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +36,24 @@ from cnnkit.inference.backends import BACKENDS
 from cnnkit.inference.loading import LoadedCheckpoint, checkpoint_loaders, first_images, load_checkpoint
 from cnnkit.inference.metadata import Metadata, checkpoint_metadata
 from cnnkit.inference.predictor import Predictor
+from cnnkit.log import say
 
 CHECK_IMAGES = 64  # images the one-off ONNX build is checked on
+# Seconds of an ONNX build and its check (build_seconds), fitted to a LeNet (15 modules: 11.9 s) and an
+# EfficientNet-Lite0 (276 modules, 3.4 M params: 62.1 s) built on a loaded 2-core AMD EPYC (docs/benchmarks.md).
+BUILD_COST = {"base": 10, "per_module": 0.17, "per_million_params": 1.0}
 EXPORT_EXTRA = ("onnx", "onnxscript", "onnxruntime")
 
 
 def load_predictor(path: str | Path, *, backend: str = "auto", device: str | torch.device = "cpu", amp: str = "off",
-                   trust_code: Any = None, sample_files: Sequence[str] = ()) -> Predictor:  # fmt: skip
+                   trust_code: Any = None, sample_files: Sequence[str] = (),
+                   announce: Callable[[str], None] | None = None) -> Predictor:  # fmt: skip
     """A :class:`Predictor` for a checkpoint, run folder or ``.onnx`` file (see the module doc).
 
     ``sample_files``: images the caller is about to predict; an ONNX build is checked on
-    them when the run's own validation images cannot be found.
+    them when the run's own validation images cannot be found. ``announce`` receives one
+    line before a first-time ONNX build starts (what it is, about how long it takes, how
+    to skip it); default: cnnkit's log.
 
     Raises:
         UsageError: an unknown backend, or one that cannot run this file with these options.
@@ -67,7 +74,7 @@ def load_predictor(path: str | Path, *, backend: str = "auto", device: str | tor
             raise CnnkitError(f"--backend {backend} cannot run here: {blocked}")
         predictor.note = f"torch ({blocked})"
         return predictor
-    onnx_file, how = cached_onnx(loaded, predictor, sample_files)
+    onnx_file, how = cached_onnx(loaded, predictor, sample_files, announce or say)
     if onnx_file is None:
         if backend != "auto":
             raise CnnkitError(f"--backend {backend}: {how}")
@@ -126,9 +133,12 @@ def onnx_cache_path(metadata: Metadata) -> Path:
     return cache_dir() / "onnx" / f"{metadata.source_sha256[:32]}.onnx"
 
 
-def cached_onnx(loaded: LoadedCheckpoint, predictor: Predictor,
-                sample_files: Sequence[str] = ()) -> tuple[Path | None, str]:  # fmt: skip
+def cached_onnx(loaded: LoadedCheckpoint, predictor: Predictor, sample_files: Sequence[str] = (),
+                announce: Callable[[str], None] | None = None) -> tuple[Path | None, str]:  # fmt: skip
     """The checked fp32 ONNX file of a checkpoint, built now if it is not cached, and how it came.
+
+    ``announce`` gets :func:`build_notice` before a build starts (a build takes seconds to
+    about a minute, and the caller is waiting for its first prediction).
 
     Returns ``(file, how)``, or ``(None, why not)`` when the export or its check failed
     (remembered beside the cache entry, so a failing model is not re-exported every call).
@@ -141,6 +151,8 @@ def cached_onnx(loaded: LoadedCheckpoint, predictor: Predictor,
         return target, f"ONNX file cached from an earlier run: {target}"
     if failed.is_file():
         return None, f"an earlier ONNX build failed: {json.loads(failed.read_text())['reason']} ({failed})"
+    if announce is not None:
+        announce(build_notice(predictor.model))
     start = time.perf_counter()
     try:
         images, what = _check_images(loaded, predictor, sample_files)
@@ -157,6 +169,27 @@ def cached_onnx(loaded: LoadedCheckpoint, predictor: Predictor,
         return None, _remember_failure(failed, f"the ONNX build differs from PyTorch ({parity.summary()})")
     seconds = time.perf_counter() - start
     return target, f"ONNX file built in {seconds:.1f} s, logits match PyTorch on {parity.images} {what}; cached"
+
+
+def build_notice(model: torch.nn.Module | None) -> str:
+    """The line said before a first-time ONNX build: what it is, about how long, how to skip it."""
+    return (f"building a faster ONNX copy of the model for predict (once per checkpoint, about "
+            f"{build_seconds(model)} s on 2 CPU cores; --backend torch skips it) ...")  # fmt: skip
+
+
+def build_seconds(model: torch.nn.Module | None) -> int:
+    """A rough estimate of an ONNX build and its check, in seconds, rounded to 5.
+
+    Exporting traces every layer (its time grows with the number of modules) and the
+    check runs PyTorch and ONNX Runtime on :data:`CHECK_IMAGES` images (it grows with the
+    parameters): :data:`BUILD_COST` was measured on a 2-core CPU.
+    """
+    if model is None:
+        return BUILD_COST["base"]
+    modules = sum(1 for _ in model.modules())
+    params = sum(p.numel() for p in model.parameters())
+    seconds = BUILD_COST["base"] + BUILD_COST["per_module"] * modules + BUILD_COST["per_million_params"] * params / 1e6
+    return max(5, 5 * round(seconds / 5))
 
 
 def _build(predictor: Predictor, images: torch.Tensor, target: Path) -> Any:

@@ -127,6 +127,18 @@ def summarize(
     )
 
 
+def as_trained(model: nn.Module, cfg: Any) -> nn.Module:
+    """``model`` (rebuilt from a run's checkpoint) with its parameters trainable or frozen
+    as the run (config ``cfg``) trained them, so a summary counts the run's trainable and
+    frozen parameters: ``--freeze`` trained the head only (the backbone frozen);
+    ``--fine-tune E1,E2`` ended training every layer. Changes ``model`` in place."""
+    from cnnkit.models.pretrained import BackboneClassifier
+
+    if isinstance(model, BackboneClassifier):
+        model.freeze_backbone(bool(cfg.train.freeze) and not cfg.train.fine_tune)
+    return model
+
+
 def _trace(
     model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor
 ) -> tuple[dict[str, Any], dict[str, int]]:

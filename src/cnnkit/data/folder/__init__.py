@@ -15,7 +15,7 @@ Supported layouts::
 
 Layout (import every name from ``cnnkit.data.folder`` itself):
 :mod:`~cnnkit.data.folder.listing` (:class:`FileList`, :class:`FileDataset`, splitting,
-:func:`fingerprint`), :mod:`~cnnkit.data.folder.tree` (:func:`scan_folder`),
+:func:`fingerprint`), :mod:`~cnnkit.data.folder.tree` (:func:`scan_folder`, :func:`walk_files`),
 :mod:`~cnnkit.data.folder.csv_list` (:func:`read_csv`), :mod:`~cnnkit.data.folder.decode`
 (:func:`load_image`, :func:`to_mode`, :class:`ImageLoadError`),
 :mod:`~cnnkit.data.folder.skipped` (:func:`skipped_files_log`) and
@@ -47,7 +47,7 @@ from cnnkit.data.folder.listing import (
     stratified_split,
 )
 from cnnkit.data.folder.skipped import SKIP_LOG_ENV, read_skipped_files, skipped_files_log
-from cnnkit.data.folder.tree import scan_folder
+from cnnkit.data.folder.tree import scan_folder, walk_files
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -72,4 +72,5 @@ __all__ = [
     "skipped_files_log",
     "stratified_split",
     "to_mode",
+    "walk_files",
 ]

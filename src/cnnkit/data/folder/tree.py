@@ -4,7 +4,9 @@ This module owns how a folder on disk becomes a :class:`~cnnkit.data.folder.File
 finding split folders (``train/``, ``val/`` and its aliases, ``test/``) or treating the
 folder as one tree of class folders, walking each class folder for image files (by
 extension, hidden entries and ``__MACOSX`` skipped silently), recording everything else
-as ignored, and the errors a wrong layout gets. Nothing is decoded.
+as ignored, and the errors a wrong layout gets. Nothing is decoded. :func:`walk_files` is
+the one recursive listing of a folder's files (symbolic links followed, loops cut), which
+``cnnkit predict`` uses too.
 """
 
 from __future__ import annotations
@@ -183,10 +185,38 @@ def _scan_classes(
 
 def _walk_images(folder: Path, ignored: list[tuple[str, str]]) -> Iterator[str]:
     """Image paths under ``folder`` (recursively, sorted); other files go to ``ignored``."""
-    for entry in _visible_entries(folder):
-        if entry.is_dir():
-            yield from _walk_images(Path(entry.path), ignored)
-        elif _is_image(entry.name):
-            yield entry.path
+    for path in walk_files(folder, ignored):
+        if _is_image(path):
+            yield path
         else:
-            ignored.append((entry.path, "not an image file (by its extension)"))
+            ignored.append((path, "not an image file (by its extension)"))
+
+
+def walk_files(folder: str | os.PathLike[str], ignored: list[tuple[str, str]] | None = None) -> Iterator[str]:
+    """Every file under ``folder``, recursively, sorted by name within each folder: the one
+    listing of a folder's files that training, ``eval``, ``check`` and ``predict`` share.
+
+    Hidden entries (``.name``), ``__MACOSX`` and ``_review`` are skipped silently, as the
+    class folders skip them. Symbolic links are followed, to folders and to files alike
+    (a class folder may be a link into another tree). A folder reached a second time
+    (a link loop, or two links to one folder) is not listed again; it and a broken link go to
+    ``ignored`` as ``(path, reason)``, so a loop ends and no file is counted twice.
+    """
+    yield from _walk(Path(folder), [] if ignored is None else ignored, set())
+
+
+def _walk(folder: Path, ignored: list[tuple[str, str]], seen: set[str]) -> Iterator[str]:
+    real = os.path.realpath(folder)
+    if real in seen:
+        ignored.append((str(folder), f"a link to {real}, which is listed already (a link loop or a second link)"))
+        return
+    seen.add(real)
+    for entry in _visible_entries(folder):
+        if entry.is_dir():  # follows a link to a folder
+            yield from _walk(Path(entry.path), ignored, seen)
+        elif entry.is_file():  # follows a link to a file
+            yield entry.path
+        elif entry.is_symlink():
+            ignored.append((entry.path, "a broken symbolic link"))
+        else:
+            ignored.append((entry.path, "not a regular file"))
