@@ -123,6 +123,14 @@ def test_a_model_that_barely_learned_lists_no_suspects(photos):
                                       f"{evidence.accuracy:.0%} of the given labels; below 80%")  # fmt: skip
 
 
+def test_a_second_check_reads_the_features_from_the_cache(photos, tmp_path):
+    # the defect: the key hashed the backbone's unused, randomly initialised head, so no check found it
+    data = link_tree(tmp_path / "clean", photos)
+    check_labels(data)
+    again = check_labels(data, seed=1)
+    assert any(note.startswith("features from the cache") for note in again.notes), again.notes
+
+
 def test_fix_to_copies_and_sets_suspects_aside(photos, tmp_path):
     files, wrong = flipped(photos, 5, seed=3)
     data = link_tree(tmp_path / "noisy", files)
