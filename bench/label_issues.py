@@ -19,6 +19,12 @@ image linked into the wrong class folder. Then:
   default on the same features (Adam, lr 3e-3, 30 epochs, no weight decay): the model a
   user would rank today.
 
+**Clean sets** (``--sets clean20 pair``): nothing flipped, so every image flagged is a false
+alarm: 20 photos of each of imagenette-2k's 10 classes (a seeded draw per seed), and the hard
+pair (``--pair``, default the pair the check's out-of-sample model confuses most on the full
+training set) at 20 photos a class and at all of them. The table gives the share flagged
+and the check's reason line when it lists fewer than cleanlab proposes, or none.
+
 Precision = flipped among flagged, recall = flagged among flipped. Then the accuracy a
 model reaches on the held-out split (clean labels) when trained on the clean labels, on
 the noisy ones, and on the ``--fix-to`` copy (the suspects set aside), with the same model
@@ -28,7 +34,8 @@ as above; "recovered" is the share of the accuracy lost to the noise that the co
     .venv/bin/python bench/label_issues.py --sets imagenette --noise 0.05
 
 ``--data-dir`` holds ``imagenette-2k/`` and ``MNIST/raw`` (default ``$CNNKIT_DATA`` or ../shared/data).
-Goals: precision and recall >= 0.8 on imagenette-2k at 5 %, in under 3 minutes from an empty cache.
+Goals: precision and recall >= 0.85 on imagenette-2k at 5 %, in under 3 minutes from an empty cache;
+at most 5 % flagged on the clean sets.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from cnnkit.evaluation import label_probs as lp  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 180.0
+CACHE: Path | None = None  # --cache: one feature cache for every flip run (else a fresh one each)
 MNIST_PER_CLASS, MNIST_TEST = 400, 2000
 
 
@@ -73,6 +81,15 @@ def noisy_tree(files: list[tuple[str, str]], classes: list[str], fraction: float
         if row in flipped_rows:
             flipped.add(str(link))
     return flipped
+
+
+def clean_tree(files: list[tuple[str, str]], dest: Path) -> Path:
+    """Symlink ``files`` (path, class) into ``dest/train/<class>/`` as they are."""
+    for path, label in files:
+        link = dest / "train" / label / Path(path).name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.realpath(path))
+    return dest
 
 
 def run_check(data: Path, out: Path, fix_to: Path | None, cache: Path) -> tuple[list[str], float, dict]:
@@ -215,9 +232,10 @@ def held_out(root: Path) -> tuple[list[str], np.ndarray]:
 def measure(name: str, files, classes, eval_root: Path, model_cls, fraction: float, seed: int, tmp: Path) -> dict:
     base = tmp / f"{name}-{fraction:g}-{seed}"
     flipped = noisy_tree(files, classes, fraction, seed, base / "noisy")
-    flagged, seconds, report = run_check(base / "noisy", base / "out", base / "fixed", base / "cache-cnnkit")
+    cache = CACHE or base / "cache-cnnkit"
+    flagged, seconds, report = run_check(base / "noisy", base / "out", base / "fixed", cache)
     p, r = precision_recall(flagged, flipped)
-    model = model_cls(base / "cache-cnnkit")  # the check's features: both sides see the same ones
+    model = model_cls(cache)  # the check's features: both sides see the same ones
     paths, noisy_y, _ = listing(base / "noisy")
     x = model.features(paths)
     clean_y = _clean_labels(paths, files, classes)
@@ -252,11 +270,54 @@ def _kept_rows(fixed: Path, paths: list[str]) -> np.ndarray:
     return np.asarray([i for i, p in enumerate(paths) if os.path.relpath(p, noisy_root) in kept_names])
 
 
+def measure_clean(name: str, files: list[tuple[str, str]], seed: int, tmp: Path) -> dict:
+    """``cnnkit check --labels`` on a clean copy (empty cache): every flagged image is a false alarm."""
+    base = tmp / f"{name}-{seed}"
+    flagged, seconds, report = run_check(clean_tree(files, base / "clean"), base / "out", None, base / "cache")
+    evidence = report["evidence"] or {}
+    return {"set": name, "seed": seed, "images": report["images"], "flagged": len(flagged),
+            "accuracy": evidence.get("accuracy", report["agreement"]), "proposed": evidence.get("proposed"),
+            "reason": evidence.get("reason", ""), "seconds": seconds}  # fmt: skip
+
+
+def clean_sets(data_dir: Path, which: list[str], pair: list[str], seeds: list[int]) -> list[tuple[str, list, int]]:
+    """``(name, files, seed)`` of each clean set: 20 a class of the 10 classes, and of the hard pair, per seed;
+    the whole pair once."""
+    files, classes, _ = imagenette_files(data_dir)
+    by_class = {c: [f for f in files if f[1] == c] for c in classes}
+
+    def draw(names: list[str], per: int, seed: int) -> list[tuple[str, str]]:
+        rng = random.Random(seed)
+        return [f for c in names for f in sorted(rng.sample(by_class[c], per))]
+
+    sets = []
+    for seed in seeds:
+        if "clean20" in which:
+            sets.append(("imagenette-2k, 20 a class", draw(classes, 20, seed), seed))
+        if "pair" in which:
+            sets.append((f"{pair[0]} / {pair[1]}, 20 a class", draw(pair, 20, seed), seed))
+    if "pair" in which:
+        sets.append((f"{pair[0]} / {pair[1]}, all", by_class[pair[0]] + by_class[pair[1]], 0))
+    return sets
+
+
+def print_clean_table(results: list[dict]) -> None:
+    print("\n| clean set | seed | images | cross-validated accuracy | cleanlab proposed | flagged | flagged % | "
+          "seconds | reason line |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        share = r["flagged"] / max(r["images"], 1)
+        print(f"| {r['set']} | {r['seed']} | {r['images']} | {r['accuracy']:.1%} | {r['proposed']} | {r['flagged']} | "
+              f"{share:.1%} | {r['seconds']:.1f} | {r['reason'] or '-'} |")  # fmt: skip
+    worst = max((r["flagged"] / max(r["images"], 1) for r in results), default=0.0)
+    print(f"\ngoal (clean sets): at most 5 % flagged; worst {worst:.1%}: {'met' if worst <= 0.05 else 'NOT met'}")
+
+
 def print_tables(results: list[dict]) -> None:
     print("\n| data | noise | flipped / images | method | flagged | precision | recall | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        sides = (("cnnkit", "cnnkit check --labels (empty cache)"),
+        sides = (("cnnkit", f"cnnkit check --labels ({'shared feature cache' if CACHE else 'empty cache'})"),
                  ("baseline", "top losses, top N: same model (fit + rank)"),
                  ("train_head", "top losses, top N: `cnnkit train --freeze` head (fit + rank)"))  # fmt: skip
         for side, label in sides:
@@ -276,25 +337,36 @@ def print_tables(results: list[dict]) -> None:
     for r in results:
         n, p, rc, s = r["cnnkit"]
         if r["set"] == "imagenette-2k" and abs(r["noise"] - 0.05) < 1e-9:
-            ok = p >= 0.8 and rc >= 0.8 and s < GOAL_SECONDS
+            ok = p >= 0.85 and rc >= 0.85 and (s < GOAL_SECONDS or CACHE is not None)  # a shared cache: no time goal
             print(f"\ngoal (imagenette-2k, 5 %, seed {r['seed']}): P {p:.3f} R {rc:.3f} in {s:.0f} s "
-                  f"(P, R >= 0.8, < {GOAL_SECONDS:.0f} s): {'met' if ok else 'NOT met'}")  # fmt: skip
+                  f"(P, R >= 0.85, < {GOAL_SECONDS:.0f} s): {'met' if ok else 'NOT met'}")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CNNKIT_DATA", ROOT.parent / "shared" /
                                                                                "data")))  # fmt: skip
-    parser.add_argument("--sets", nargs="+", default=["imagenette", "mnist"], choices=["imagenette", "mnist"])
+    parser.add_argument("--sets", nargs="+", default=["imagenette", "mnist", "clean20", "pair"],
+                        choices=["imagenette", "mnist", "clean20", "pair"])  # fmt: skip
     parser.add_argument("--noise", nargs="+", type=float, default=[0.05, 0.10])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="flip seeds")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="flip seeds (and clean draws)")
+    # the pair the check's cross-validated model confuses most on imagenette-2k's 1,500 training
+    # photos (5 of their 300 images taken for the other class, 2026-12-07)
+    parser.add_argument("--pair", nargs=2, default=["chain_saw", "parachute"])
+    parser.add_argument("--cache", type=Path, help="a feature cache shared by the flip runs (their seconds then "
+                        "leave out the feature pass, and the time goal does not apply); default: a fresh one each")
     args = parser.parse_args()
+    global CACHE
+    CACHE = args.cache
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     print("\n".join(machine_lines(torch.get_num_threads())))
-    results = []
+    results, clean = [], []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for name in args.sets:
+        for name, files, seed in clean_sets(args.data_dir, args.sets, args.pair, args.seeds):
+            clean.append(measure_clean(name, files, seed, tmp))
+            print(f"{name} seed {seed}: {clean[-1]}", flush=True)
+        for name in [s for s in args.sets if s in ("imagenette", "mnist")]:
             if name == "imagenette":
                 files, classes, eval_root = imagenette_files(args.data_dir)
                 set_name, model_cls = "imagenette-2k", PhotoModel
@@ -307,7 +379,10 @@ def main() -> None:
                     r = results[-1]
                     print(f"{set_name} {fraction:.0%} seed {seed}: cnnkit {r['cnnkit']}, top losses "
                           f"{r['baseline']} {r.get('train_head', '')}, accuracy {r['acc']}", flush=True)  # fmt: skip
-    print_tables(results)
+    if clean:
+        print_clean_table(clean)
+    if results:
+        print_tables(results)
 
 
 if __name__ == "__main__":

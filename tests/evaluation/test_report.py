@@ -189,3 +189,19 @@ def test_label_errors_section_declines_the_train_split_and_notes_a_missing_clean
     hide_package("cleanlab")
     section = label_errors_section(scores, list("abcd"), "val")
     assert section["rows"] == [] and 'pip install "cnnkit[labels]"' in section["note"]
+
+
+def test_label_errors_are_silent_with_the_reason_on_a_tiny_or_a_poorly_learned_split(tmp_path: Path) -> None:
+    """The defect: a 40-image split of a 70 % model listed 8 suspects, 6 of them labelled right."""
+    pytest.importorskip("cleanlab")
+    quiet = {"progress": False, "log": lambda line: None}
+    tiny = cnnkit.train(epochs=1, limit_train=2000, limit_eval=40, output_dir=str(tmp_path / "tiny"), **quiet)
+    text = (tiny.dir / "report" / "report.html").read_text(encoding="utf-8")
+    assert "<b>Not listing suspects: only 40 images (4 a class): too few to tell label errors from model errors" in text
+    assert not (tiny.dir / "report" / "label_errors.png").exists()
+
+    weak = cnnkit.train(epochs=1, limit_train=64, limit_eval=300, output_dir=str(tmp_path / "weak"), **quiet)
+    assert weak.test is not None and weak.test.acc < 0.8  # 64 digits, one epoch: barely learned
+    text = (weak.dir / "report" / "report.html").read_text(encoding="utf-8")
+    assert f"<b>Not listing suspects: the model agrees with only {weak.test.acc:.0%} of the given labels" in text
+    assert "<table><tr><th>image</th><th>given</th>" not in text.split('id="label-errors"')[1]

@@ -3,7 +3,10 @@
 A run's predictions on its val or test split come from a model that never trained on
 those images, so they are out-of-sample: exactly what confident learning needs, at no
 extra cost. :func:`label_errors_section` ranks that split's likely label errors (given
-label, suggested label, score) and picks the images to show; on the train split it
+label, suggested label, score) and picks the images to show, listing only those the
+evidence supports on that split (its size, the model's accuracy there, how strongly the
+model rules out each given label: :func:`cnnkit.data.audit.labels.select_suspects`) and
+saying in one line why it lists fewer or none; on the train split it
 declines (the model memorised those labels; ``cnnkit check DATA --labels`` cross-validates
 instead). Without cleanlab the section is a note saying how to install it.
 """
@@ -22,7 +25,7 @@ SHOWN = 16  # suspects in the section's table and image grid
 
 def label_errors_section(scores: Scores, class_names: list[str], split: str,
                          paths: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
-    """What the section shows: ``{"split", "note", "rows", "total", "positions"}``.
+    """What the section shows: ``{"split", "note", "rows", "total", "positions", "evidence", "reason"}``.
 
     Args:
         scores: the split's logits and given labels, as the report scored them.
@@ -32,13 +35,16 @@ def label_errors_section(scores: Scores, class_names: list[str], split: str,
 
     ``rows`` holds at most :data:`SHOWN` suspects (``{position, path, given, suggested,
     score}``), most likely wrong first; ``positions`` their positions in the scores;
-    ``total`` all of them.
+    ``total`` all of them; ``evidence`` what they rest on (accuracy, counts, thresholds;
+    None when not computed); ``reason`` one line when fewer than cleanlab proposes, or
+    none, are listed ("" otherwise).
     """
-    empty = {"split": split, "rows": [], "total": 0, "positions": torch.zeros(0, dtype=torch.long)}
+    empty = {"split": split, "rows": [], "total": 0, "positions": torch.zeros(0, dtype=torch.long),
+             "evidence": None, "reason": ""}  # fmt: skip
     if split == "train":
         return {**empty, "note": "not computed on the train split: the model trained on these labels, so its "
                 "predictions there are not out-of-sample; `cnnkit check DATA --labels` cross-validates them"}
-    from cnnkit.data.audit.labels import label_issues
+    from cnnkit.data.audit.labels import select_suspects
     from cnnkit.errors import CnnkitError
 
     probs = scores.logits.float().softmax(1).double()
@@ -46,14 +52,16 @@ def label_errors_section(scores: Scores, class_names: list[str], split: str,
     if scores.count < 2 or len(labels.unique()) < 2:
         return {**empty, "note": f"not computed: the {split} split has too few images or classes"}
     try:
-        ranked = label_issues(labels.numpy(), (probs / probs.sum(1, keepdim=True)).numpy())
+        ranked, evidence = select_suspects(labels.numpy(), (probs / probs.sum(1, keepdim=True)).numpy(),
+                                           model="the model")  # fmt: skip
     except CnnkitError as missing:  # cleanlab is an optional extra: the report goes on without it
         return {**empty, "note": f"skipped: {missing}"}
     rows = [_row(position, score, probs, labels, class_names, paths) for position, score in ranked[:SHOWN]]
     note = (f"from the run's own predictions on the {split} split ({scores.count:,} images it did not train on, "
             f"so the predictions are out-of-sample), ranked by cleanlab (confident learning)")  # fmt: skip
     positions = torch.as_tensor([position for position, _ in ranked[:SHOWN]], dtype=torch.long)
-    return {"split": split, "note": note, "rows": rows, "total": len(ranked), "positions": positions}
+    return {"split": split, "note": note, "rows": rows, "total": len(ranked), "positions": positions,
+            "evidence": evidence.to_dict(), "reason": evidence.reason}  # fmt: skip
 
 
 def _row(position: int, score: float, probs: torch.Tensor, labels: torch.Tensor, class_names: list[str],

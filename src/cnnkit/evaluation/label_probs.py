@@ -206,8 +206,9 @@ def feature_cache_path(paths: Sequence[str], name: str, model: nn.Module, pre: P
     """Where the features of these files through this backbone are cached.
 
     The key hashes each file's real path (a symlinked copy of a dataset shares the cache),
-    size and modification time, the model name, a digest of its weights and the
-    preprocessing; labels are not in it: relabelling images reuses the features.
+    size and modification time, the model name, a digest of its backbone's weights (not
+    of the unused classifier head, which is random on every call) and the preprocessing;
+    labels are not in it: relabelling images reuses the features.
     """
     from cnnkit.data.cache import file_stamp
     from cnnkit.engine.features import cache_key, state_digest
@@ -216,7 +217,7 @@ def feature_cache_path(paths: Sequence[str], name: str, model: nn.Module, pre: P
     for path in paths:
         files.update(f"{os.path.realpath(path)}\t{file_stamp(path)}\n".encode())
     key = cache_key(purpose="label-check", version=CACHE_FORMAT, files=files.hexdigest(), model=name,
-                    weights=state_digest(model), preprocess=pre.to_dict())  # fmt: skip
+                    weights=state_digest(getattr(model, "backbone", model)), preprocess=pre.to_dict())  # fmt: skip
     return cache_dir() / "features" / f"labels-{key}.pt"
 
 

@@ -191,6 +191,8 @@ def write_report(
     if label_errors and label_errors.get("images") is not None and len(label_errors["images"]):
         titles = [f"given {r['given']}\nsuggested {r['suggested']}" for r in label_errors["rows"]]
         figures["label_errors"] = plots.image_grid_figure(label_errors["images"], titles, title="likely label errors")
+    else:  # a silent section leaves no earlier report's suspects behind (the studio shows this file)
+        (out / "label_errors.png").unlink(missing_ok=True)
     images = {}
     for name, fig in figures.items():
         path = out / f"{name}.png"

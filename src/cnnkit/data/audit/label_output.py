@@ -41,6 +41,7 @@ def format_labels(report: LabelReport) -> str:
         f"out-of-sample agreement with the given labels: {report.agreement:.1%}",
         f"likely label errors (cleanlab, most likely first): {len(report.issues):,} ({share:.1%})",
     ]
+    lines += evidence_lines(report.evidence)
     lines += [f"  {i:>3}. {e['score']:.3f}  {e['given']} -> {e['suggested']} ({e['suggested_prob']:.0%})  {e['path']}"
               for i, e in enumerate(report.issues[:SHOWN], 1)]  # fmt: skip
     lines += _more(report.issues, "label_issues.csv")
@@ -54,6 +55,17 @@ def format_labels(report: LabelReport) -> str:
     lines += [f"note: {note}" for note in report.notes]
     lines.append(f"labels checked in {report.seconds:.1f}s")
     return "\n".join(lines)
+
+
+def evidence_lines(evidence: Any) -> list[str]:
+    """What the suspects rest on (one line), and why fewer or none are listed (one more, when so)."""
+    if evidence is None:
+        return []
+    lines = [f"  evidence: {evidence.images:,} images, cross-validated accuracy {evidence.accuracy:.1%} (suspects are "
+             f"listed only from {evidence.min_accuracy:.0%} and {evidence.min_images} images, where the given label's "
+             f"probability is under {evidence.max_given_prob:.2f} and another class's over "
+             f"{evidence.min_suggested_prob:.2f})"]  # fmt: skip
+    return lines + ([f"  {evidence.reason}"] if evidence.reason else [])
 
 
 def _more(entries: list[Any], where: str) -> list[str]:

@@ -6,9 +6,12 @@ cross-validation (:mod:`~cnnkit.evaluation.label_probs`), and hands them to **cl
 (confident learning; the optional extra ``cnnkit[labels]``):
 
 * label issues: ``cleanlab.filter.find_label_issues`` (``filter_by="prune_by_class"``)
-  picks the images whose given label the held-out model does not believe, ranked by ``cleanlab.rank`` 's self-confidence
-  (the probability of the given label, low first); each with its given label, the
-  suggested one (the likeliest other class) and that score;
+  proposes the images whose given label the held-out model does not believe, ranked by
+  ``cleanlab.rank`` 's self-confidence (the probability of the given label, low first); each with its given label, the
+  suggested one (the likeliest other class) and that score. A proposal is listed only
+  with evidence strong enough on that data (:func:`select_suspects`): enough images, a
+  model right on enough of them out-of-sample, and a given label the model all but rules
+  out in favour of one other class; otherwise the check lists fewer or none and says why;
 * outliers: cleanlab's ``OutOfDistribution`` score (average cosine distance to the 10
   nearest neighbours in the backbone's features, or the predictions' confidence on the
   network path); the lowest :data:`OUTLIER_FRACTION` are listed, least typical first;
@@ -42,6 +45,15 @@ PAIRS = 10  # most-confused class pairs kept
 # found 1-3 points more of the flipped labels than the default prune_by_noise_rate at the
 # same precision.
 FILTER_BY = "prune_by_class"
+# The evidence a suspect needs (select_suspects). The model's disagreements with the given
+# labels are label errors *and* its own mistakes; below these the mistakes dominate.
+# Calibrated with bench/label_issues.py (docs/benchmarks.md, "Label issues"): clean sets
+# of 20 photos a class (10 classes, a hard pair), imagenette-2k with 5 % and 10 % flips,
+# and the same with the features blurred by noise until the model barely learned them.
+MIN_ACCURACY = 0.80  # out-of-sample share of images whose top class is the given label
+MIN_IMAGES, MIN_PER_CLASS = 50, 5  # images checked, in all and per class on average
+MAX_GIVEN_PROB = 0.10  # a suspect's out-of-sample probability of its given label is below this
+MIN_SUGGESTED_PROB = 0.60  # ... and that of the suggested (likeliest other) class above this
 
 
 def require_cleanlab() -> Any:
@@ -55,6 +67,90 @@ def require_cleanlab() -> Any:
             f"`cnnkit check --labels` needs cleanlab (confident learning) and scikit-learn: {INSTALL_HINT}"
         ) from None
     return cleanlab
+
+
+@dataclass
+class Evidence:
+    """What a list of suspects rests on; ``to_dict()`` is the ``evidence`` part of the JSON.
+
+    Attributes:
+        images: images judged.
+        classes: classes among them.
+        accuracy: share of them whose out-of-sample top class is the given label.
+        proposed: cleanlab's proposals (confident learning), before the thresholds.
+        listed: suspects listed (proposals that passed every threshold).
+        reason: one line when the list is empty or cut ("" when every proposal is listed).
+        min_accuracy, min_images, min_per_class, max_given_prob, min_suggested_prob: the
+            thresholds applied (module constants of the same names, upper case).
+    """
+
+    images: int
+    classes: int
+    accuracy: float
+    proposed: int = 0
+    listed: int = 0
+    reason: str = ""
+    min_accuracy: float = MIN_ACCURACY
+    min_images: int = MIN_IMAGES
+    min_per_class: int = MIN_PER_CLASS
+    max_given_prob: float = MAX_GIVEN_PROB
+    min_suggested_prob: float = MIN_SUGGESTED_PROB
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "accuracy": round(self.accuracy, 4)}
+
+
+def select_suspects(labels: np.ndarray, probs: np.ndarray, *,
+                    model: str = "the cross-validated model") -> tuple[list[tuple[int, float]], Evidence]:  # fmt: skip
+    """The likely label errors that out-of-sample ``probs`` are strong enough evidence for.
+
+    A row is listed when the data passes two gates and the row passes two thresholds:
+
+    * at least :data:`MIN_IMAGES` images and :data:`MIN_PER_CLASS` a class on average
+      (fewer: the model's accuracy, and so what its disagreements mean, is unknown);
+    * the model is right on at least :data:`MIN_ACCURACY` of them (below, most of its
+      disagreements with the labels are its own errors);
+    * cleanlab proposes the row, its given label's probability is below
+      :data:`MAX_GIVEN_PROB` and the suggested class's above :data:`MIN_SUGGESTED_PROB`.
+
+    Args:
+        labels: ``[N]`` given classes.
+        probs: ``[N, K]`` out-of-sample probabilities (rows sum to 1).
+        model: how the reason line names the model ("the cross-validated model").
+
+    Returns:
+        ``(row, label quality)`` of the suspects, most likely wrong first, and the evidence
+        (with a one-line ``reason`` when it lists fewer than cleanlab proposes, or none).
+    """
+    k = probs.shape[1]
+    classes = len(np.unique(labels))
+    evidence = Evidence(images=len(labels), classes=classes,
+                        accuracy=float((probs.argmax(1) == labels).mean()) if len(labels) else 0.0)  # fmt: skip
+    if len(labels) < MIN_IMAGES or len(labels) < MIN_PER_CLASS * k or classes < 2:
+        evidence.reason = (f"not listing suspects: only {len(labels):,} images ({len(labels) / k:.0f} a class): "
+                           f"too few to tell label errors from model errors (at least {MIN_IMAGES} images and "
+                           f"{MIN_PER_CLASS} a class are needed)")  # fmt: skip
+        return [], evidence
+    proposed = label_issues(labels, probs)
+    evidence.proposed = len(proposed)
+    if evidence.accuracy < MIN_ACCURACY:
+        evidence.reason = (f"not listing suspects: {model} agrees with only {evidence.accuracy:.0%} of the given "
+                           f"labels; below {MIN_ACCURACY:.0%} its disagreements are mostly its own errors (or more "
+                           f"than one label in five is wrong, and the labels need a review as a whole)")  # fmt: skip
+        return [], evidence
+    rows = np.arange(len(labels))
+    given = probs[rows, labels]
+    other = probs.copy()
+    other[rows, labels] = -1.0
+    strong = (given < MAX_GIVEN_PROB) & (other.max(1) > MIN_SUGGESTED_PROB)
+    suspects = [(row, quality) for row, quality in proposed if strong[row]]
+    evidence.listed = len(suspects)
+    if len(suspects) < len(proposed):
+        evidence.reason = (f"{'no suspects' if not suspects else f'{len(suspects)} suspect(s)'} listed of cleanlab's "
+                           f"{len(proposed)} proposal(s): the others keep a probability of at least "
+                           f"{MAX_GIVEN_PROB:.2f} for their given label or none above {MIN_SUGGESTED_PROB:.2f} for "
+                           f"another, too weak to tell from {model}'s own errors")  # fmt: skip
+    return suspects, evidence
 
 
 @dataclass
@@ -72,7 +168,10 @@ class LabelReport:
         agreement: share of images whose out-of-sample top class is the given label.
         issues: likely label errors, most likely first: ``{path, given, suggested, score,
             suggested_prob}``; ``score`` is cleanlab's label quality (the out-of-sample
-            probability of the given label: low means likely wrong).
+            probability of the given label: low means likely wrong). Only those the
+            evidence supports (:func:`select_suspects`).
+        evidence: what the issues rest on (:class:`Evidence`; its ``reason`` says why
+            fewer or none are listed).
         outliers: least typical images first: ``{path, given, score}`` (cleanlab's
             out-of-distribution score in [0, 1], low means unusual).
         confused_pairs: ``{a, b, count, a_as_b, b_as_a}``, most confused first.
@@ -89,6 +188,7 @@ class LabelReport:
     unreadable: int = 0
     agreement: float = 0.0
     issues: list[dict[str, Any]] = field(default_factory=list)
+    evidence: Evidence | None = None
     outliers: list[dict[str, Any]] = field(default_factory=list)
     confused_pairs: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -98,6 +198,7 @@ class LabelReport:
         values = asdict(self)
         values["seconds"] = round(self.seconds, 2)
         values["agreement"] = round(self.agreement, 4)
+        values["evidence"] = self.evidence.to_dict() if self.evidence else None
         return values
 
     def absolute(self, path: str) -> str:
@@ -160,7 +261,8 @@ def rank_issues(report: LabelReport, paths: list[str], labels: np.ndarray, probs
     p = p / p.sum(1, keepdims=True)  # cleanlab wants rows summing to 1 exactly
     names = report.class_names
     report.agreement = float((p.argmax(1) == y).mean())
-    for index, score in label_issues(y, p):
+    suspects, report.evidence = select_suspects(y, p)
+    for index, score in suspects:
         other = p[index].copy()
         other[y[index]] = -1.0  # the suggestion is the likeliest *other* class
         suggested = int(other.argmax())
