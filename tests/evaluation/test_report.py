@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -199,6 +200,11 @@ def test_label_errors_are_silent_with_the_reason_on_a_tiny_or_a_poorly_learned_s
     text = (tiny.dir / "report" / "report.html").read_text(encoding="utf-8")
     assert "<b>Not listing suspects: only 40 images (4 a class): too few to tell label errors from model errors" in text
     assert not (tiny.dir / "report" / "label_errors.png").exists()
+    verdict = json.loads((tiny.dir / "report" / "label_errors.json").read_text(encoding="utf-8"))
+    assert verdict["listed"] == 0 and verdict["reason"].startswith("not listing suspects: only 40 images")
+    from cnnkit.studio.views import label_verdict_line  # what the studio's Look tab says instead of a figure
+
+    assert label_verdict_line(verdict).strip().startswith("Likely label errors: none listed: not listing suspects")
 
     weak = cnnkit.train(epochs=1, limit_train=64, limit_eval=300, output_dir=str(tmp_path / "weak"), **quiet)
     assert weak.test is not None and weak.test.acc < 0.8  # 64 digits, one epoch: barely learned

@@ -70,6 +70,8 @@ def test_collect_train_try_and_take_away_by_api(client, project_dir: Path, image
     # the run's report looked for label errors among its held-out (validation) photos
     report = project_dir / results["report"]  # a path in the project: answers never say where it is
     assert "Likely label errors</h2>\n<p>val split: from the run" in report.read_text()
+    verdict = results["label_errors"]  # a dozen validation photos: too few to tell label errors from model errors
+    assert verdict["split"] == "val" and verdict["listed"] == 0 and "too few" in verdict["reason"], verdict
     assert results["command"].startswith("cnnkit train ")
     assert client.predict("", api_name="/command").splitlines()[-1] == results["command"]
 

@@ -193,6 +193,7 @@ def write_report(
         figures["label_errors"] = plots.image_grid_figure(label_errors["images"], titles, title="likely label errors")
     else:  # a silent section leaves no earlier report's suspects behind (the studio shows this file)
         (out / "label_errors.png").unlink(missing_ok=True)
+    _write_label_verdict(out / "label_errors.json", label_errors)
     images = {}
     for name, fig in figures.items():
         path = out / f"{name}.png"
@@ -206,6 +207,16 @@ def write_report(
     target = out / "report.html"
     atomic.write_text(target, page)
     return target
+
+
+def _write_label_verdict(path: Path, section: dict[str, Any] | None) -> None:
+    """What the section concluded, for pages that show it beside the figure (the studio's Look tab):
+    ``{"split", "listed", "reason"}``; no file when the report has no section."""
+    if section is None:
+        path.unlink(missing_ok=True)
+        return
+    atomic.write_json(path, {"split": section.get("split"), "listed": len(section.get("rows") or []),
+                             "reason": section.get("reason") or ""})  # fmt: skip
 
 
 def _figures(data, pred, history, preview, robustness) -> dict[str, Any]:

@@ -224,7 +224,9 @@ class Studio:
     def results(self, run: str | None = None) -> dict[str, Any]:
         """What a run reached: ``run``, ``status``, ``model``, ``val_acc`` (best epoch),
         ``val_images``, ``best_epoch``, ``epochs_run``, ``figures`` (name -> PNG of its report,
-        where made), ``report`` (report.html or None), ``command``; files as paths in the project."""
+        where made), ``report`` (report.html or None), ``command``, ``label_errors`` (the report's
+        verdict on likely label errors: ``{"split", "listed", "reason"}`` or None); files as paths
+        in the project."""
         name = self._run_name(run)
         row = next((r for r in self.runs() if r["name"] == name), None)
         if row is None:
@@ -237,6 +239,7 @@ class Studio:
             "figures": {f: self.relative(report / f"{f}.png") for f in FIGURES if (report / f"{f}.png").is_file()},
             "report": self.relative(report / "report.html") if (report / "report.html").is_file() else None,
             "command": _stored_command(folder),
+            "label_errors": _label_verdict(report),
         }  # fmt: skip
 
     # ------------------------------------------------------------------ try
@@ -324,6 +327,16 @@ def _required(value: Any, what: str) -> str:
 def _stored_command(folder: Path) -> str:
     path = folder / "studio_command.txt"
     return path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+
+
+def _label_verdict(report: Path) -> dict[str, Any] | None:
+    """The report's likely-label-errors verdict (``{"split", "listed", "reason"}``), None if it made none."""
+    import json
+
+    try:
+        return json.loads((report / "label_errors.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _split_size(folder: Path, split: str) -> int | None:

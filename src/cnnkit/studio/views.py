@@ -211,9 +211,21 @@ def look_view(gr: Any, studio: Studio, run: str | None) -> list[Any]:
     summary = (f"### {_esc(found['run'])}\nValidation accuracy: **{percent(found['val_acc'])}**{images} "
                f"(best epoch {found['best_epoch'] or '-'} of {found['epochs_run']}) · model `{found['model']}` · "
                f"{_esc(found['status'])}")  # fmt: skip
+    summary += label_verdict_line(found.get("label_errors"))
     link, root = "", studio.project.root
     if found["report"]:
         href = html.escape(report_href(root / found["report"]))
         link = f'<a href="{href}" target="_blank" rel="noopener">Open the full report</a> (report.html of the run)'
     figures = [served(root / found["figures"][name]) if name in found["figures"] else None for name in FIGURES]
     return [summary, link, *figures, studio.command(found["run"])]
+
+
+def label_verdict_line(verdict: dict[str, Any] | None) -> str:
+    """One Markdown line on the report's likely label errors: how many it lists, or why none."""
+    if not verdict:
+        return ""
+    if verdict["listed"]:
+        split = _esc(verdict["split"])
+        line = f"Likely label errors: {verdict['listed']} listed among the {split} images (figure below)"
+        return f"\n\n{line}" + (f"; {_esc(verdict['reason'])}" if verdict["reason"] else "")
+    return "\n\nLikely label errors: none listed" + (f": {_esc(verdict['reason'])}" if verdict["reason"] else "")
