@@ -335,7 +335,7 @@ def _held(fd: int, owner: dict[str, Any], path: Path, *, keep: bool = False) -> 
             return time.time() - os.fstat(fd).st_mtime < _BEING_WRITTEN_S
         if owner.get("host") != socket.gethostname():
             return True  # another host's process: it cannot be seen from here
-        return owner.get("pid") != os.getpid() and _alive(owner.get("pid"))
+        return owner.get("pid") != os.getpid() and process_alive(owner.get("pid"))
     finally:
         if not keep:
             _unflock(fd)
@@ -421,8 +421,9 @@ def _unflock(fd: int) -> None:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _alive(pid: Any) -> bool:
-    """Whether process ``pid`` runs on this host (Windows: assumed, as os.kill would end it)."""
+def process_alive(pid: Any) -> bool:
+    """Whether process ``pid`` runs on this host (Windows: assumed, as os.kill would end it); a run
+    killed with -9 leaves its pid in ``.lock`` and ``status.json``, and this tells it is gone."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     if os.name == "nt":

@@ -23,6 +23,7 @@ import yaml
 from cnnkit.engine.loop import LOWER_IS_BETTER, METRIC_ALIASES, SELECT_METRICS, metric_column
 from cnnkit.engine.selection import improves
 from cnnkit.errors import UsageError
+from cnnkit.runfolder import process_alive
 
 # --sort keys besides metrics: key -> (largest first?)
 SORT_KEYS = {"date": False, "name": False, "time": False, "epochs": True, "test_acc": True}
@@ -153,25 +154,12 @@ def _status(path: Path, summary: dict[str, Any] | None, epochs_run: int, planned
     if state == "interrupted":
         return "interrupted", recorded.get("reason")
     if state == "running":
-        return ("running" if _alive(recorded.get("pid")) else "killed"), None
+        return ("running" if process_alive(recorded.get("pid")) else "killed"), None
     if summary and summary.get("stopped_early"):
         return "early stop", None
     if summary and epochs_run >= planned:
         return "done", None
     return "incomplete", None
-
-
-def _alive(pid: Any) -> bool:
-    """Whether process ``pid`` still runs on this machine (a run killed with -9 left 'running')."""
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
 
 
 def format_runs(table: RunsTable) -> str:
