@@ -81,8 +81,9 @@ class _Recording:
 
 
 def _named(exc: OSError, path: Path) -> OSError:
-    """``exc`` naming ``path`` (the file being written, not its temporary name)."""
-    if exc.filename is None or str(exc.filename).endswith(".tmp"):
+    """``exc`` naming ``path`` (the file being written, not its temporary name). An error made
+    without an errno (``OSError("message")``) keeps its message: a filename would replace it."""
+    if exc.errno is not None and (exc.filename is None or str(exc.filename).endswith(".tmp")):
         exc.filename = str(path)
     return exc
 
