@@ -170,11 +170,9 @@ def train_one_epoch(
         _show(progress, sums, log_every)
         if checkpoint_every and update and since_checkpoint >= checkpoint_every and sums.step != total:
             since_checkpoint = 0
-            sums.check_finite(epoch)
-            _save_progress(sums, checkpoint)
+            _save_progress(sums, checkpoint, epoch)
         if stop is not None and update and sums.step != total and stop():
-            sums.check_finite(epoch)
-            _save_progress(sums, checkpoint)
+            _save_progress(sums, checkpoint, epoch)
             raise TrainingStopped(epoch, sums.step)
     return sums.summary()
 
@@ -309,9 +307,14 @@ def _optimizer_step(model, optimizer, scheduler, scaler, grad_clip: float | None
         scheduler.step()
 
 
-def _save_progress(sums: _RunningSums, checkpoint: Callable[[EpochProgress], None] | None) -> None:
+def _save_progress(sums: _RunningSums, checkpoint: Callable[[EpochProgress], None] | None, epoch: int) -> None:
     """The mid-epoch checkpoint hook: ``checkpoint(progress)`` with the sums over all ranks. Every
-    rank gets here at the same step (the reduction is collective), with or without a hook."""
+    rank gets here at the same step (the reduction is collective), with or without a hook.
+
+    Raises:
+        NonFiniteLoss: a loss since the last check was nan or inf: no checkpoint records lost weights.
+    """
+    sums.check_finite(epoch)
     done = sums.progress()
     if checkpoint is not None:
         checkpoint(done)
