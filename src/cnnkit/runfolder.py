@@ -19,6 +19,8 @@ Under torchrun only rank 0 writes: the other ranks get a :class:`RunFolder` with
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -58,6 +60,20 @@ class RunFolder:
         self.writer = writer
 
     # ------------------------------------------------------------------ locations
+    # The only place that spells a run's file names: every other module asks for them here.
+
+    CONFIG = "config.yaml"
+    METRICS = "metrics.csv"
+    SPLIT = "split.json"
+    SUMMARY = "summary.json"
+    STATUS = "status.json"
+    CLASSES = "classes.json"
+    ENV = "env.json"
+    LOG = "log.txt"
+    DATA_CHECK = "data_check.json"
+    REPORT = "report"
+    # the files a copy of a run carries (the take-away zip), besides checkpoints/ and report/
+    RECORD_FILES = (CONFIG, METRICS, CLASSES, SPLIT, SUMMARY, ENV, LOG, STATUS, DATA_CHECK)
 
     @property
     def name(self) -> str:
@@ -69,15 +85,47 @@ class RunFolder:
 
     @property
     def last(self) -> Path:
+        """``checkpoints/last.pt``: weights and training state of the newest epoch (resume)."""
         return self.checkpoints / "last.pt"
 
     @property
     def best(self) -> Path:
+        """``checkpoints/best.pt``: the validated weights and metadata (what is deployed)."""
         return self.checkpoints / "best.pt"
 
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        """``checkpoints/epoch_NNN.pt`` (``--save-every``)."""
+        return self.checkpoints / f"epoch_{epoch:03d}.pt"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def split_file(self) -> Path:
+        return self.path / self.SPLIT
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / self.REPORT
+
     def file(self, name: str) -> Path:
-        """The path of a file in the folder (``config.yaml``, ``report/report.html``...)."""
+        """The path of a file in the folder (``report/report.html``...); use the names above."""
         return self.path / name
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunFolder | None:
+        """The run folder a checkpoint sits in (``RUN/checkpoints/X.pt``), or None when it is no run's."""
+        run = cls(Path(checkpoint).absolute().parent.parent, writer=False)
+        return run if run.is_run() else None
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a run (its ``config.yaml``)."""
+        return self.config_file.is_file()
 
     # ------------------------------------------------------------------ creating and opening
 
@@ -109,7 +157,7 @@ class RunFolder:
         folder = cls(path, writer=writer)
         if not folder.path.is_dir():
             raise CnnkitError(f"run folder not found: {path}")
-        if not folder.file("config.yaml").is_file():
+        if not folder.is_run():
             raise CnnkitError(f"{path} is not a run folder (no config.yaml)")
         return folder
 
@@ -203,13 +251,76 @@ class RunFolder:
         """``config.yaml``: the resolved :class:`~cnnkit.config.RunConfig`."""
         from cnnkit.config import to_yaml
 
-        return self.write_text("config.yaml", to_yaml(cfg))
+        return self.write_text(self.CONFIG, to_yaml(cfg))
+
+    def read_config_values(self) -> dict[str, Any]:
+        """``config.yaml`` as the plain nested dict it holds (unvalidated: old runs may lack keys).
+
+        Raises:
+            CnnkitError: no ``config.yaml``, or not readable YAML.
+        """
+        import yaml
+
+        try:
+            values = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise CnnkitError(f"{self.shown} is not a run folder (no {self.CONFIG})") from exc
+        except (OSError, yaml.YAMLError) as exc:
+            raise CnnkitError(f"{shown(self.config_file)} is not readable: {exc}") from exc
+        if not isinstance(values, dict):
+            raise CnnkitError(f"{shown(self.config_file)} holds no config")
+        return values
 
     def read_json(self, name: str, default: Any = None) -> Any:
+        """The JSON file ``name``, or ``default`` when it is absent or unreadable (a run being written)."""
         path = self.file(name)
-        if not path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
+        except (OSError, json.JSONDecodeError):
             return default
-        return json.loads(path.read_text(encoding="utf-8"))
+
+    def write_split(self, split: dict[str, Any]) -> Path:
+        """``split.json``: which images are train/val/test (rebuilds the same split on resume and eval)."""
+        return self.write_json(self.SPLIT, split)
+
+    def read_split(self) -> dict[str, Any] | None:
+        """``split.json``, or None for a run without one."""
+        return self.read_json(self.SPLIT)
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        """``summary.json``: the end-of-run figures (test accuracy, best epoch, early stop)."""
+        return self.write_json(self.SUMMARY, summary)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """``summary.json``, or None for a run that has not finished."""
+        return self.read_json(self.SUMMARY)
+
+    # ------------------------------------------------------------------ metrics.csv
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> Path:
+        """Rewrite ``metrics.csv`` whole and atomically: one row per epoch, never a duplicate."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        return self.write_text(self.METRICS, buffer.getvalue())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows of ``metrics.csv`` ([] when absent): numbers as floats, ``epoch`` as int, an
+        empty cell (or ``None``) as None, any other text kept as it is.
+
+        The one parser of the file: ``cnnkit runs``, the report and the studio's live curves read
+        it here. It is rewritten atomically after every epoch, so a read never sees half a row.
+        """
+        try:
+            with self.metrics_file.open(encoding="utf-8", newline="") as handle:
+                rows = [{key: _cell(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+        except FileNotFoundError:
+            return []
+        for row in rows:
+            if isinstance(row.get("epoch"), float):
+                row["epoch"] = int(row["epoch"])
+        return rows
 
     # ------------------------------------------------------------------ status
 
@@ -217,12 +328,12 @@ class RunFolder:
         """Record the run's state in ``status.json`` (with the time and, if failed, why)."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        self.write_json("status.json", {"status": status, "reason": reason, "pid": os.getpid(),
+        self.write_json(self.STATUS, {"status": status, "reason": reason, "pid": os.getpid(),
                                         "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})  # fmt: skip
 
     def status(self) -> dict[str, Any] | None:
         """What ``status.json`` says (None for runs made before it existed)."""
-        return self.read_json("status.json")
+        return self.read_json(self.STATUS)
 
     # ------------------------------------------------------------------ log
 
@@ -236,7 +347,7 @@ class RunFolder:
         if not self.writer:
             yield
             return
-        handler = _LogFile(self.file("log.txt"))
+        handler = _LogFile(self.file(self.LOG))
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         logger.addHandler(handler)
         try:
@@ -248,6 +359,16 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
+
+
+def _cell(value: str | None) -> Any:
+    """A ``metrics.csv`` cell: a float, None for an empty cell, else the text."""
+    if value in (None, "", "None"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def shown(path: Path) -> str:
