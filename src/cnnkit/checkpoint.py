@@ -383,6 +383,25 @@ def load_tensor_file(path: str | Path, what: str = "checkpoint") -> Any:
         raise CnnkitError(f"{path} {_damage(head, path, exc)}; copy it again or use another {what}") from None
 
 
+def save_tensor_file(value: dict[str, Any], path: str | Path) -> Path:
+    """Write tensors and plain containers (a feature cache, a label-check cache) to ``path``
+    atomically: a reader sees the old file or the new one, never half of it.
+
+    The one writer of tensor files besides :meth:`Checkpoint.save`; read them back with
+    :func:`load_tensor_file` (or :func:`read_tensor_cache` for a cache).
+    """
+    return _write_atomic(value, Path(path))
+
+
+def read_tensor_cache(path: str | Path) -> Any:
+    """A cache file written by :func:`save_tensor_file`, or None when it is missing or unusable
+    (torn, foreign, a pickle of objects): a cache is recomputed, never trusted or fatal."""
+    try:
+        return load_tensor_file(path, "cache")
+    except CnnkitError:
+        return None
+
+
 def _not_torch(head: bytes) -> str | None:
     """What the first bytes say a file is, when they say it is no PyTorch file (None: it may be one)."""
     if not head:

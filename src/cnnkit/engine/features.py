@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cnnkit.checkpoint import read_tensor_cache, save_tensor_file
 from cnnkit.data.tensor_data import EpochBatches
 from cnnkit.engine.device import autocast
 
@@ -126,22 +126,17 @@ def cached_features(
     start = time.perf_counter()
     features, labels = compute()
     seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"format": CACHE_FORMAT, "features": features, "labels": labels}, tmp)
-    os.replace(tmp, path)
+    save_tensor_file({"format": CACHE_FORMAT, "features": features, "labels": labels}, path)
     return features, labels, seconds
 
 
 def read_cached_features(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(features [N, F], labels [N])`` from a valid cache file at ``path``; None when the
     file is missing, torn or of another format (nothing is computed or written)."""
-    if not path.is_file():
-        return None
+    payload = read_tensor_cache(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload.get("format") == CACHE_FORMAT and len(payload["features"]) == len(payload["labels"]):
             return payload["features"], payload["labels"]
-    except Exception:  # noqa: BLE001 (a torn or foreign file: never trusted)
+    except (AttributeError, KeyError, TypeError):  # a foreign file: never trusted
         pass
     return None

@@ -21,7 +21,6 @@ lowers the fold count (said in a note), and one with a single image is an error.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -34,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cnnkit import atomic
+from cnnkit.checkpoint import read_tensor_cache, save_tensor_file
 from cnnkit.data.datasets import cache_dir
 from cnnkit.data.folder import ImageLoadError, load_image
 from cnnkit.data.spec import Preprocess
@@ -223,12 +222,12 @@ def feature_cache_path(paths: Sequence[str], name: str, model: nn.Module, pre: P
 
 def _read_features(path: Path, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(features [N, F], readable [N])`` from a valid cache file, else None (never trusted when torn)."""
+    payload = read_tensor_cache(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
         features, readable = payload["features"], payload["readable"]
         if payload.get("format") == CACHE_FORMAT and len(features) == len(readable) == count:
             return features, readable
-    except Exception:  # noqa: BLE001 (missing, torn or foreign: recomputed)
+    except (KeyError, TypeError):  # missing, torn or foreign: recomputed
         pass
     return None
 
@@ -253,9 +252,7 @@ def image_features(paths: Sequence[str], name: str, *, device: torch.device,
     if found is None:
         start = time.perf_counter()
         found = _compute_features(model, ordered, pre, device, progress)
-        buffer = io.BytesIO()
-        torch.save({"format": CACHE_FORMAT, "features": found[0], "readable": found[1]}, buffer)
-        atomic.write_bytes(path, buffer.getvalue())
+        save_tensor_file({"format": CACHE_FORMAT, "features": found[0], "readable": found[1]}, path)
         seconds = time.perf_counter() - start
         count = int(found[1].sum())
         note = (f"features of {count:,} images through {name} ({source}) computed in {seconds:.1f}s "

