@@ -72,8 +72,16 @@ class RunFolder:
     LOG = "log.txt"
     DATA_CHECK = "data_check.json"
     REPORT = "report"
+    REPORT_HTML = "report.html"  # in report/, beside its figures (``report/curves.png``...)
+    LABEL_VERDICT = "label_errors.json"  # in report/: the likely-label-errors verdict
+    EXPORT = "export"  # ``cnnkit export``'s default folder (``export/model.onnx``)
+    STUDIO_COMMAND = "studio_command.txt"  # the ``cnnkit train`` command of a run the studio started
+    TENSORBOARD = "tensorboard"  # TensorBoard's event files
+    TRACKING = "tracking.json"  # MLflow / W&B run ids, so a resumed run continues the same one
     # the files a copy of a run carries (the take-away zip), besides checkpoints/ and report/
     RECORD_FILES = (CONFIG, METRICS, CLASSES, SPLIT, SUMMARY, ENV, LOG, STATUS, DATA_CHECK)
+    # any one of these beside config.yaml marks a training run (an lr-find folder has none)
+    TRAINING_FILES = (METRICS, ENV, SUMMARY)
 
     @property
     def name(self) -> str:
@@ -113,6 +121,14 @@ class RunFolder:
     def report_dir(self) -> Path:
         return self.path / self.REPORT
 
+    def report_file(self, name: str = REPORT_HTML) -> Path:
+        """A file of ``report/``: ``report.html`` (default), ``curves.png``, ``label_errors.json``..."""
+        return self.report_dir / name
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / self.EXPORT
+
     def file(self, name: str) -> Path:
         """The path of a file in the folder (``report/report.html``...); use the names above."""
         return self.path / name
@@ -126,6 +142,11 @@ class RunFolder:
     def is_run(self) -> bool:
         """Whether the folder holds a run (its ``config.yaml``)."""
         return self.config_file.is_file()
+
+    def is_training_run(self) -> bool:
+        """Whether training wrote here: a run with ``metrics.csv``, ``env.json``, ``summary.json``
+        or ``checkpoints/`` (an lr-find folder has a config and none of these)."""
+        return self.is_run() and (self.checkpoints.exists() or any(self.file(n).exists() for n in self.TRAINING_FILES))
 
     # ------------------------------------------------------------------ creating and opening
 
@@ -270,6 +291,13 @@ class RunFolder:
         if not isinstance(values, dict):
             raise CnnkitError(f"{shown(self.config_file)} holds no config")
         return values
+
+    def read_text(self, name: str) -> str | None:
+        """The text file ``name`` (``config.yaml``, ``studio_command.txt``...), or None when absent or unreadable."""
+        try:
+            return self.file(name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def read_json(self, name: str, default: Any = None) -> Any:
         """The JSON file ``name``, or ``default`` when it is absent or unreadable (a run being written)."""

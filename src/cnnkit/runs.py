@@ -9,8 +9,6 @@ counted and named, never an error.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import time
@@ -18,19 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cnnkit.engine.loop import LOWER_IS_BETTER, METRIC_ALIASES, SELECT_METRICS, metric_column
 from cnnkit.engine.selection import improves
-from cnnkit.errors import UsageError
-from cnnkit.runfolder import process_alive
+from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.runfolder import RunFolder, process_alive
 
 # --sort keys besides metrics: key -> (largest first?)
 SORT_KEYS = {"date": False, "name": False, "time": False, "epochs": True, "test_acc": True}
 # metrics.csv columns --sort accepts (each run's best epoch value of it)
 METRIC_SORT_KEYS = (*SELECT_METRICS, "train_loss", "train_acc")
-# any one of these beside config.yaml marks a training run (lr-find folders have none)
-_RUN_FILES = ("metrics.csv", "env.json", "summary.json", "checkpoints")
 
 
 @dataclass
@@ -101,7 +95,7 @@ def compare_runs(folder: str | Path = "runs", *, sort: str = "date") -> RunsTabl
     folder = Path(folder)
     if not folder.is_dir():  # no runs yet: an empty table that says so, not an error
         return RunsTable(folder, sort, missing=True)
-    candidates = [folder] if (folder / "config.yaml").is_file() else sorted(p for p in folder.iterdir() if p.is_dir())
+    candidates = [folder] if RunFolder(folder).is_run() else sorted(p for p in folder.iterdir() if p.is_dir())
     table = RunsTable(folder, sort)
     for path in candidates:
         row, why = read_run(path, metric=column)
@@ -116,38 +110,43 @@ def compare_runs(folder: str | Path = "runs", *, sort: str = "date") -> RunsTabl
 def read_run(path: Path, *, metric: str | None = None) -> tuple[RunRow | None, str]:
     """One run folder as a :class:`RunRow`, or (None, why it is not a run).
 
-    ``metric`` is the column to compare (None: the run's own select metric).
+    ``metric`` is the column to compare (None: the run's own select metric). Everything is
+    read through :class:`~cnnkit.runfolder.RunFolder`, without locking (a run may be going).
     """
-    config_file = path / "config.yaml"
-    if not config_file.is_file():
-        return None, "no config.yaml"
-    if not any((path / name).exists() for name in _RUN_FILES):
+    run = RunFolder(path, writer=False)
+    if not run.is_run():
+        return None, f"no {RunFolder.CONFIG}"
+    if not run.is_training_run():
         return None, "no training files"
     try:
-        cfg = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        cfg = run.read_config_values()
         data, model, train = cfg["data"], cfg["model"], cfg["train"]
-    except (yaml.YAMLError, OSError, KeyError, TypeError):
-        return None, "unreadable config.yaml"
-    history = _read_metrics(path / "metrics.csv")
-    summary = _read_json(path / "summary.json")
+    except (CnnkitError, KeyError):
+        return None, f"unreadable {RunFolder.CONFIG}"
+    if not all(isinstance(section, dict) for section in (data, model, train)):
+        return None, f"unreadable {RunFolder.CONFIG}"
+    history = run.read_metrics()
+    summary = run.read_summary()
+    summary = summary if isinstance(summary, dict) else None
     column = metric or _select_column(train.get("select_metric"))
     best, best_epoch = _best(history, column)
     planned = sum(train["fine_tune"]) if train.get("fine_tune") else int(train.get("epochs") or 0)
-    status, reason = _status(path, summary, len(history), planned)
+    status, reason = _status(run, summary, len(history), planned)
     return RunRow(
-        name=path.name, path=str(path), recipe=cfg.get("recipe"), model=str(model.get("name")),
+        name=run.name, path=str(path), recipe=cfg.get("recipe"), model=str(model.get("name")),
         data=_data_label(str(data.get("name"))), epochs_run=len(history), epochs_planned=planned,
         status=status, metric=column, best=best, best_epoch=best_epoch,
         test_acc=summary.get("test_acc") if summary else None,
-        seconds=round(sum(row.get("epoch_time_s") or 0.0 for row in history), 1),
-        started=_started(path), reason=reason,
+        seconds=round(sum(_number(row.get("epoch_time_s")) or 0.0 for row in history), 1),
+        started=_started(run), reason=reason,
     ), ""  # fmt: skip
 
 
-def _status(path: Path, summary: dict[str, Any] | None, epochs_run: int, planned: int) -> tuple[str, str | None]:
+def _status(run: RunFolder, summary: dict[str, Any] | None, epochs_run: int, planned: int) -> tuple[str, str | None]:
     """``done``, ``early stop``, ``failed``, ``interrupted``, ``running``, ``killed`` or
     ``incomplete`` (a run from before ``status.json``, without a summary), and why it failed."""
-    recorded = _read_json(path / "status.json")
+    recorded = run.status()
+    recorded = recorded if isinstance(recorded, dict) else None
     state = recorded.get("status") if recorded else None
     if state == "failed":
         return "failed", recorded.get("reason")
@@ -232,14 +231,15 @@ def _best(history: list[dict[str, Any]], column: str) -> tuple[float | None, int
     to the lower validation loss: :func:`cnnkit.engine.selection.improves`); for other
     columns the first epoch with the best value.
     """
+    # a cell that is not a number (a hand-edited file) counts as missing
+    history = [row for row in history if isinstance(row.get("epoch"), int) and _number(row.get(column)) is not None]
     if column in SELECT_METRICS:
         best = None
         for row in history:
             if improves(row, best, column):
                 best = row
-        return (None, None) if best is None else (best[column], int(best["epoch"]))
-    scored = [(row[column], int(row["epoch"])) for row in history
-              if isinstance(row.get(column), float) and not math.isnan(row[column])]  # fmt: skip
+        return (None, None) if best is None else (best[column], best["epoch"])
+    scored = [(row[column], row["epoch"]) for row in history if not math.isnan(row[column])]
     if not scored:
         return None, None
     lower = column in LOWER_IS_BETTER or column.endswith("loss")
@@ -247,33 +247,17 @@ def _best(history: list[dict[str, Any]], column: str) -> tuple[float | None, int
     return value, epoch
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8", newline="") as handle:
-        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+def _number(value: Any) -> float | None:
+    """A :meth:`RunFolder.read_metrics` cell as a float, None when it is not a number."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value not in (None, "", "None") else None
-    except ValueError:
-        return None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (json.JSONDecodeError, OSError):
-        return None
-
-
-def _started(path: Path) -> str:
+def _started(run: RunFolder) -> str:
     """Start time from ``env.json``; for runs made before it recorded one, ``config.yaml``'s mtime."""
-    env = _read_json(path / "env.json") or {}
-    if isinstance(env.get("started"), str):
+    env = run.read_json(RunFolder.ENV)
+    if isinstance(env, dict) and isinstance(env.get("started"), str):
         return env["started"]
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(os.path.getmtime(path / "config.yaml")))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(os.path.getmtime(run.config_file)))
 
 
 def _data_label(name: str) -> str:

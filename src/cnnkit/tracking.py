@@ -23,7 +23,6 @@ warning: logging never costs the training run.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import time
 import warnings
@@ -38,6 +37,7 @@ from torch import nn
 from cnnkit import settings
 from cnnkit.config import TRACKERS, RunConfig, flatten
 from cnnkit.errors import CnnkitError, unknown_name
+from cnnkit.runfolder import RunFolder
 
 # The package each tracker imports, and what to install for it.
 _PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard"),
@@ -48,7 +48,6 @@ IMAGES_SHOWN = 16  # training images in the logged grid
 # first-call costs, about 40 ms a module on 2 CPU cores (EfficientNet-Lite0, 276 modules:
 # 12 s, more than a frozen rerun on cached features trains); LeNet 15, VGG16-BN 55, ResNet-18 71.
 GRAPH_MAX_MODULES = 100
-IDS_FILE = "tracking.json"  # MLflow / W&B run ids, so a resumed run continues the same one
 
 
 def requested(cfg: RunConfig) -> list[str]:
@@ -249,15 +248,13 @@ def _config_params(cfg: RunConfig) -> dict[str, str]:
 
 
 def _read_ids(run_dir: Path) -> dict[str, str]:
-    path = run_dir / IDS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    """``tracking.json``: the MLflow / W&B run ids a resumed run continues ({} when none)."""
+    ids = RunFolder(run_dir, writer=False).read_json(RunFolder.TRACKING, {})
+    return ids if isinstance(ids, dict) else {}
 
 
 def _write_id(run_dir: Path, key: str, value: str) -> None:
-    ids = {**_read_ids(run_dir), key: value}
-    tmp = run_dir / f".{IDS_FILE}.tmp"
-    tmp.write_text(json.dumps(ids, indent=1), encoding="utf-8")
-    tmp.replace(run_dir / IDS_FILE)
+    RunFolder(run_dir).write_json(RunFolder.TRACKING, {**_read_ids(run_dir), key: value})
 
 
 # ----------------------------------------------------------------------------- loggers
@@ -272,7 +269,8 @@ class TensorBoardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step hides whatever an interrupted process logged at or after this epoch
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch if first_epoch > 1 else None)
+        self.writer = SummaryWriter(str(RunFolder(run_dir).file(RunFolder.TENSORBOARD)),
+                                    purge_step=first_epoch if first_epoch > 1 else None)  # fmt: skip
 
     def config(self, cfg: RunConfig) -> None:
         import yaml
@@ -354,9 +352,10 @@ class MlflowLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, step) for key, value in values.items()])
 
     def close(self, status: str) -> None:
-        for name in ("config.yaml", "metrics.csv"):
-            if (self.run_dir / name).is_file():
-                self.client.log_artifact(self.run_id, str(self.run_dir / name))
+        run = RunFolder(self.run_dir, writer=False)
+        for path in (run.config_file, run.metrics_file):
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, status=status)
 
 

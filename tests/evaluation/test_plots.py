@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cnnkit.evaluation import metrics, plots
+from cnnkit.runfolder import RunFolder
 
 HISTORY = [
     {"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.5 + 0.05 * e, "val_loss": 2.2 / e,
@@ -74,14 +74,11 @@ def test_curves_figure(tmp_path: Path) -> None:
 
 
 def test_curves_figure_reads_metrics_csv_rows(tmp_path: Path) -> None:
-    # metrics.csv rows come back as strings, with "" where a value was None.
-    path = tmp_path / "metrics.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*HISTORY[0], "val_top5"])
-        writer.writeheader()
-        writer.writerows({**row, "val_top5": None} for row in HISTORY)
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    # metrics.csv rows as RunFolder reads them back: floats, None where a value was None
+    run = RunFolder(tmp_path)
+    run.write_metrics([{**row, "val_top5": None} for row in HISTORY])
+    rows = run.read_metrics()
+    assert rows[0]["val_top5"] is None
     fig = plots.curves_figure(rows)
     assert list(fig.axes[0].lines[0].get_ydata()) == pytest.approx([row["train_loss"] for row in HISTORY])
     _saved(fig, tmp_path / "curves.png")

@@ -12,9 +12,10 @@ from PIL import Image
 
 import cnnkit
 from cnnkit.data.datasets import load_source
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference import Predictor
-from cnnkit.studio.jobs import TrainJob, job_status, read_metrics, resume_training, start_training
+from cnnkit.runfolder import RunFolder
+from cnnkit.studio.jobs import TrainJob, job_status, resume_training, start_training
 from cnnkit.studio.kinds import Settings, train_command, train_overrides
 from cnnkit.studio.project import Project
 from polling import WAIT_S
@@ -98,7 +99,7 @@ def test_a_second_job_is_refused_and_a_stopped_run_resumes(digit_project: Projec
     recorded = json.loads((job.run_dir / "status.json").read_text())
     assert recorded["status"] == "interrupted" and recorded["reason"].startswith("stopped on request (epoch ")
     assert (job.run_dir / "checkpoints" / "last.pt").is_file()
-    done = len(read_metrics(job.run_dir / "metrics.csv"))
+    done = len(RunFolder(job.run_dir).read_metrics())
     assert 1 <= done < 500
     assert digit_project.runs()[0].status == "interrupted"
 
@@ -149,13 +150,26 @@ def test_the_small_kind_trains_from_scratch(digit_project: Project) -> None:
     assert cnnkit.load_checkpoint(job.run_dir / "checkpoints" / "best.pt").preprocess["input_size"] == [32, 32]
 
 
-def test_a_failing_job_reports_why_and_frees_the_project(digit_project: Project) -> None:
-    job = start_training(digit_project, "advanced", Settings(model="no_such_net", epochs=1))
+def test_a_failing_job_reports_why_frees_the_project_and_leaves_no_folder(digit_project: Project) -> None:
+    before = set(digit_project.runs_dir.iterdir())
+    # a valid config that fails once the model is built: VGG's five poolings need 32 px
+    job = start_training(digit_project, "advanced", Settings(model="vgg11", image_size=8, epochs=1))
 
     status = job.wait(timeout=WAIT_S)
 
-    assert status["state"] == "failed" and "unknown model 'no_such_net'" in status["error"]
+    assert status["state"] == "failed" and "needs inputs of at least 32x32 pixels" in status["error"]
     assert job_status(digit_project)["state"] == "failed"
+    assert set(digit_project.runs_dir.iterdir()) == before  # the folder claimed for it is gone
+
+
+def test_a_mistyped_model_name_is_refused_before_a_run_folder_exists(digit_project: Project) -> None:
+    before = set(digit_project.runs_dir.iterdir())
+
+    with pytest.raises(UsageError, match=r"unknown model 'lenett'; did you mean 'lenet'\?"):
+        start_training(digit_project, "advanced", Settings(model="lenett", epochs=1))
+
+    assert set(digit_project.runs_dir.iterdir()) == before
+    assert job_status(digit_project)["state"] != "running"  # no job was started
 
 
 def test_a_project_that_cannot_train_is_refused_before_a_job_starts(tmp_path: Path) -> None:

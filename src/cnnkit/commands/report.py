@@ -3,7 +3,6 @@ calibration, the images the model saw and, with ``--robustness``, FGSM and corru
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from cnnkit.inference.loading import (
     load_checkpoint,
     split_loader,
 )
+from cnnkit.runfolder import RunFolder
 
 # Images of the split that the (slower) robustness measurements use.
 ROBUSTNESS_IMAGES = 1000
@@ -44,7 +44,8 @@ def report(
         robustness: also measure accuracy under FGSM and simple corruptions.
         data_dir: folder holding torchvision datasets, if not the run's.
         device: where to run the model.
-        out_dir: where to write (None: ``report/`` in the run folder).
+        out_dir: where to write (None: ``report/`` in the run folder; for a checkpoint outside
+            a run, ``report/`` beside it).
         scores: the split's :class:`~cnnkit.engine.scoring.Scores`, already computed with the
             run's TTA and precision (the end of a run passes its test evaluation's, or a
             frozen backbone's val scores from its cached features); the model then only
@@ -59,7 +60,7 @@ def report(
     if split is not None:
         check_split(split)
     loaded = load_checkpoint(path)
-    run_dir = loaded.path.parent.parent
+    run = loaded.run_folder  # None: a checkpoint outside a run (no curves, no config)
     torch_device = resolve_device(device)
     loaders, spec, cfg = checkpoint_loaders(loaded, data_dir=data_dir, device=torch_device)
     split = split or default_split(loaders)
@@ -76,14 +77,14 @@ def report(
         extra["images"] = min(ROBUSTNESS_IMAGES, data.count)
     label_errors = _label_errors(pred, loader, loaded.class_names, split, pre)
     summary = summarize(as_trained(model.cpu(), cfg), (pre["channels"], *pre["input_size"]))  # the run's frozen part
-    config_file = run_dir / "config.yaml"
+    default_out = run.report_dir if run else loaded.path.parent / RunFolder.REPORT
     return rep.write_report(
-        Path(out_dir) if out_dir else run_dir / "report", data, pred,
-        history=read_history(run_dir / "metrics.csv"),
+        Path(out_dir) if out_dir else default_out, data, pred,
+        history=run.read_metrics() if run else [],
         preview=_train_preview(loaded, torch_device, data_dir),
-        config_text=config_file.read_text(encoding="utf-8") if config_file.is_file() else "",
+        config_text=(run.read_text(RunFolder.CONFIG) if run else None) or "",
         summary_text=format_summary(summary),
-        title=f"{run_dir.name}: {loaded.checkpoint.model.name} on {cfg.data.name}",
+        title=f"{run.name if run else loaded.path.stem}: {loaded.checkpoint.model.name} on {cfg.data.name}",
         robustness=extra, label_errors=label_errors,
     )  # fmt: skip
 
@@ -98,21 +99,6 @@ def _label_errors(pred: Any, loader: Any, class_names: list[str], split: str, pr
     if section["rows"]:
         section["images"] = rep.images_at(loader, section["positions"], scores.labels, pre["mean"], pre["std"])
     return section
-
-
-def read_history(metrics_csv: Path) -> list[dict[str, Any]]:
-    """``metrics.csv`` as one dict per epoch (numbers as floats, empty cells as None)."""
-    if not metrics_csv.is_file():
-        return []
-    with metrics_csv.open(encoding="utf-8") as handle:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def _number(value: str) -> Any:
-    try:
-        return float(value) if value not in ("", "None") else None
-    except ValueError:
-        return value
 
 
 def _train_preview(loaded: LoadedCheckpoint, device: torch.device, data_dir: str | None, count: int = 16):

@@ -47,10 +47,11 @@ def save_png(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
 
 
 def _column(history: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
-    """One metric per epoch as floats; NaN where a row lacks it (rows read back from
-    ``metrics.csv`` hold strings, and an empty string for a missing value)."""
+    """One metric per epoch as floats; NaN where a row lacks it or holds no number (rows of
+    ``FitResult.history``, or of ``metrics.csv`` as :meth:`cnnkit.runfolder.RunFolder.read_metrics`
+    reads it: None for an empty cell)."""
     values = [row.get(key) for row in history]
-    return np.array([float(v) if v not in (None, "") else math.nan for v in values], dtype=float)
+    return np.array([float(v) if isinstance(v, (int, float)) else math.nan for v in values], dtype=float)
 
 
 def curves_figure(history: Sequence[Mapping[str, Any]]) -> Figure:

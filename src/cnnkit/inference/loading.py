@@ -8,7 +8,6 @@ own split, :func:`checkpoint_loaders`.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from cnnkit.data import DataSpec, build
 from cnnkit.engine.device import data_device
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.predictor import model_from_checkpoint
+from cnnkit.runfolder import RunFolder
 
 SPLITS = ("train", "val", "test")
 
@@ -54,10 +54,15 @@ class LoadedCheckpoint:
         return self.checkpoint.to_flat_dict()
 
     @property
+    def run_folder(self) -> RunFolder | None:
+        """The run folder the checkpoint sits in (``RUN/checkpoints/X.pt``), read-only; None when it is no run's."""
+        return RunFolder.of_checkpoint(self.path)
+
+    @property
     def run_dir(self) -> Path | None:
-        """The run folder the checkpoint sits in (``RUN/checkpoints/X.pt``), if it does."""
-        run = self.path.parent.parent
-        return run if (run / "config.yaml").is_file() else None
+        """:attr:`run_folder`'s path."""
+        run = self.run_folder
+        return run.path if run else None
 
 
 def load_checkpoint(path: str | Path, trust_code: Any = None) -> LoadedCheckpoint:
@@ -263,11 +268,19 @@ def _is_registered(name: str) -> bool:
 
 
 def saved_split_of(checkpoint: Path) -> dict[str, Any] | None:
-    """The run's ``split.json`` next to ``checkpoints/``, if there is one."""
-    split_file = checkpoint.parent.parent / "split.json"
-    if split_file.is_file():
-        return json.loads(split_file.read_text(encoding="utf-8"))
-    return None
+    """The ``split.json`` of the run the checkpoint sits in, if it has one.
+
+    Raises:
+        CnnkitError: the file is there but unreadable (never a fresh split in its place: one
+            could hold the run's training images).
+    """
+    run = RunFolder.of_checkpoint(checkpoint)
+    if run is None or not run.split_file.is_file():
+        return None
+    split = run.read_split()
+    if not isinstance(split, dict):
+        raise CnnkitError(f"{run.split_file} is not readable; it says which images the run held out")
+    return split
 
 
 # Validation images example_images() looks through for one of each class (a bound on decoding).

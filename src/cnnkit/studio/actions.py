@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.runfolder import RunFolder
 from cnnkit.studio import jobs, kinds
 from cnnkit.studio.project import AddResult, Project
 
@@ -186,7 +187,7 @@ class Studio:
         and error name the project's files relative to the project (:meth:`relative`)."""
         status = jobs.job_status(self.project)
         run = status.get("run")
-        status["command"] = _stored_command(self.project.runs_dir / run) if run else ""
+        status["command"] = _stored_command(RunFolder(self.project.runs_dir / run, writer=False)) if run else ""
         status["log"] = [self.relative(line) for line in status.get("log") or []]
         if status.get("error"):
             status["error"] = self.relative(status["error"])
@@ -217,7 +218,7 @@ class Studio:
     def default_run(self) -> str | None:
         """The newest run with a trained model (``best.pt``), else None."""
         for row in self.runs():
-            if (self.project.runs_dir / row["name"] / "checkpoints" / "best.pt").is_file():
+            if RunFolder(self.project.runs_dir / row["name"]).best.is_file():
                 return row["name"]
         return None
 
@@ -231,15 +232,15 @@ class Studio:
         row = next((r for r in self.runs() if r["name"] == name), None)
         if row is None:
             raise UsageError(f"no run {name!r} in this project")
-        folder = self.project.runs_dir / name
-        report = folder / "report"
+        folder = self.project.run_folder(name)
+        figures = {f: folder.report_file(f"{f}.png") for f in FIGURES}
         return {
             "run": name, **{k: row[k] for k in ("status", "model", "val_acc", "best_epoch", "epochs_run")},
             "val_images": _split_size(folder, "val"),
-            "figures": {f: self.relative(report / f"{f}.png") for f in FIGURES if (report / f"{f}.png").is_file()},
-            "report": self.relative(report / "report.html") if (report / "report.html").is_file() else None,
+            "figures": {f: self.relative(path) for f, path in figures.items() if path.is_file()},
+            "report": self.relative(folder.report_file()) if folder.report_file().is_file() else None,
             "command": _stored_command(folder),
-            "label_errors": _label_verdict(report),
+            "label_errors": _label_verdict(folder),
         }  # fmt: skip
 
     # ------------------------------------------------------------------ try
@@ -260,7 +261,7 @@ class Studio:
         from cnnkit.serve.app import DemoModel
 
         name = self._run_name(run)
-        best = self.project.runs_dir / name / "checkpoints" / "best.pt"
+        best = self.project.run_folder(name).best
         if not best.is_file():
             raise CnnkitError(f"run {name} has no trained model yet; wait for its first epoch")
         key = (name, best.stat().st_mtime_ns)
@@ -284,7 +285,7 @@ class Studio:
         """The ``cnnkit train`` command that reproduces a run (``train_command.txt`` of its zip)."""
         from cnnkit.studio.takeaway import train_command_text
 
-        return train_command_text(self.project, self.project.runs_dir / self._run_name(run))
+        return train_command_text(self.project, self.project.run_folder(self._run_name(run)))
 
     def relative(self, text: str | os.PathLike[str]) -> str:
         """``text`` (a path or a line) with the server's folders taken out: a file in the project
@@ -312,9 +313,7 @@ class Studio:
         name = (run or "").strip() or self.default_run()
         if not name:
             raise UsageError("no trained run yet: train a model first (Train)")
-        if Path(name).name != name or not (self.project.runs_dir / name / "config.yaml").is_file():
-            raise UsageError(f"no run {name!r} in this project")
-        return name
+        return self.project.run_folder(name).name
 
 
 def _required(value: Any, what: str) -> str:
@@ -324,25 +323,18 @@ def _required(value: Any, what: str) -> str:
     return text
 
 
-def _stored_command(folder: Path) -> str:
-    path = folder / "studio_command.txt"
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+def _stored_command(folder: RunFolder) -> str:
+    return (folder.read_text(RunFolder.STUDIO_COMMAND) or "").strip()
 
 
-def _label_verdict(report: Path) -> dict[str, Any] | None:
+def _label_verdict(folder: RunFolder) -> dict[str, Any] | None:
     """The report's likely-label-errors verdict (``{"split", "listed", "reason"}``), None if it made none."""
-    import json
+    verdict = folder.read_json(f"{RunFolder.REPORT}/{RunFolder.LABEL_VERDICT}")
+    return verdict if isinstance(verdict, dict) else None
 
+
+def _split_size(folder: RunFolder, split: str) -> int | None:
     try:
-        return json.loads((report / "label_errors.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _split_size(folder: Path, split: str) -> int | None:
-    import json
-
-    try:
-        return int(json.loads((folder / "split.json").read_text(encoding="utf-8"))["sizes"][split])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(folder.read_split()["sizes"][split])
+    except (ValueError, KeyError, TypeError):
         return None

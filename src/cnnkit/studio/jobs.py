@@ -16,14 +16,13 @@ trainings would share the same CPU cores anyway.)
 from __future__ import annotations
 
 import collections
-import csv
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnkit import atomic
 from cnnkit.errors import CnnkitError
 from cnnkit.runfolder import RunFolder
 from cnnkit.studio.kinds import Settings, train_command, train_overrides
@@ -68,7 +67,12 @@ class TrainJob:
 
     @property
     def run_dir(self) -> Path:
-        return self.project.runs_dir / self.run_name
+        return self.folder.path
+
+    @property
+    def folder(self) -> RunFolder:
+        """The run folder, read-only (the training thread writes it)."""
+        return RunFolder(self.project.runs_dir / self.run_name, writer=False)
 
     @property
     def running(self) -> bool:
@@ -82,7 +86,7 @@ class TrainJob:
         as floats: the live curves), ``best_val_acc``, ``log`` (last lines), ``error``,
         ``stopping`` (a stop was asked and the job still runs), ``seconds`` (so far).
         """
-        history = read_metrics(self.run_dir / "metrics.csv")
+        history = self.folder.read_metrics()
         accuracies = [row["val_acc"] for row in history if isinstance(row.get("val_acc"), float)]
         return {
             "state": self.state, "run": self.run_name, "run_dir": str(self.run_dir), "kind": self.kind,
@@ -113,13 +117,12 @@ class TrainJob:
     def _work(self) -> None:
         """The thread: train, then record how it ended (never raises)."""
         global _running
-        import cnnkit
+        from cnnkit.commands.train import train
         from cnnkit.engine.loop import TrainingStopped
 
         try:
             extra = {"resume": self.resume} if self.resume is not None else {}
-            self.run = cnnkit.train(progress=False, log=self._log, should_stop=self._stop.is_set, **extra,
-                                    **self.overrides)  # fmt: skip
+            self.run = train(progress=False, log=self._log, should_stop=self._stop.is_set, **extra, **self.overrides)
             self.state = "completed"
         except TrainingStopped as stopped:
             self.state = "stopped"
@@ -132,6 +135,8 @@ class TrainJob:
 
             self._log(traceback.format_exc())
         finally:
+            if self.resume is None:
+                _drop_if_unused(self.folder)
             self.finished = time.time()
             with _lock:
                 if _running is self:
@@ -141,10 +146,12 @@ class TrainJob:
 def start_training(project: Project, kind: str, settings: Settings | None = None) -> TrainJob:
     """Start training a model of ``kind`` on ``project`` in a background thread.
 
-    The config is checked and the data checked (:meth:`Project.check_report`'s problems)
-    before the thread starts; the run folder ``runs/<kind>-<date>-<time>`` is made now,
-    with ``studio_command.txt`` (the ``cnnkit train`` command that reproduces the run), and
-    filled by :func:`cnnkit.train`.
+    The config is checked as ``cnnkit train`` checks it (values, model name, options) and
+    the data checked (:meth:`Project.check_report`'s problems) before the thread starts; only
+    then is the run folder ``runs/<kind>-<date>-<time>`` made, with ``studio_command.txt``
+    (the ``cnnkit train`` command that reproduces the run), and filled by :func:`cnnkit.train`.
+    A job that fails before training wrote into its folder (data or model that cannot be
+    built) removes it again: no folder without a run is left under ``runs/``.
 
     Raises:
         CnnkitError: a training job is running already (in this project: "a training job is
@@ -155,13 +162,15 @@ def start_training(project: Project, kind: str, settings: Settings | None = None
     overrides = train_overrides(project, kind, settings)
     with _lock:  # said at once, before the data check reads every file
         _refuse_second_job(project)
+    check_config(overrides)
     problems = project.check_report().problems
     if problems:
         raise CnnkitError("cannot train yet: " + "; ".join(problems))
     with _lock:
         _refuse_second_job(project)
-        name = _run_name(project, kind)
-        atomic.write_text(project.runs_dir / name / "studio_command.txt", train_command(project, kind, settings) + "\n")
+        folder = _new_run_folder(project, kind)
+        folder.write_text(RunFolder.STUDIO_COMMAND, train_command(project, kind, settings) + "\n")
+        name = folder.name
         # the folder claimed above is the run's: exist_ok writes into it (cnnkit.train locks it while it trains)
         job = TrainJob(project, kind, name, overrides["train.epochs"], {**overrides, "name": name, "exist_ok": True})
         _launch(job)
@@ -176,15 +185,11 @@ def resume_training(project: Project, run_name: str, epochs: int | None = None) 
         CnnkitError: a job is running already, or no such run. (A run that cannot resume
             ends the job as ``failed`` with cnnkit's reason.)
     """
-    folder = project.runs_dir / run_name
-    if Path(run_name).name != run_name or not (folder / "config.yaml").is_file():
-        raise CnnkitError(f"no run {run_name!r} in this project")
-    from cnnkit.config import load_yaml
-
-    planned = epochs or int(load_yaml(folder / "config.yaml")["train"]["epochs"])
+    folder = project.run_folder(run_name)
+    planned = epochs or _planned_epochs(folder)
     with _lock:
         _refuse_second_job(project)
-        job = TrainJob(project, "resume", run_name, planned, {"epochs": epochs} if epochs else {}, resume=folder)
+        job = TrainJob(project, "resume", run_name, planned, {"epochs": epochs} if epochs else {}, resume=folder.path)
         _launch(job)
     return job
 
@@ -201,21 +206,32 @@ def job_status(project: Project) -> dict[str, Any]:
     return job.status() if job is not None else {"state": "idle", "history": [], "log": []}
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.csv`` (numbers as floats, ``epoch`` as int); [] when absent.
+def check_config(overrides: dict[str, Any]) -> None:
+    """Check the run's config as :func:`cnnkit.train` does before its run folder exists: every
+    value (:func:`cnnkit.config.validate`), the model name, the transfer options and memory.
 
-    The file is rewritten atomically after every epoch, so a read never sees half a row.
+    Raises:
+        UsageError: one line, e.g. ``unknown model 'resnt18'; did you mean ...``.
     """
-    if not path.is_file():
-        return []
-    rows = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            rows.append({key: _number(value) for key, value in row.items()})
-    for row in rows:
-        if isinstance(row.get("epoch"), float):
-            row["epoch"] = int(row["epoch"])
-    return rows
+    from cnnkit.commands.setup import check_run_config, load_run_code
+    from cnnkit.config import keyword_overrides, resolve_config
+
+    cfg = resolve_config(overrides=keyword_overrides(overrides))
+    load_run_code(cfg)  # a FILE.py:NAME model is importable before its name is checked, as in training
+    check_run_config(cfg, tracked=False)
+
+
+def _planned_epochs(folder: RunFolder) -> int:
+    """The epochs a run's ``config.yaml`` plans (the sum of its ``--fine-tune`` stages when it has them)."""
+    train = folder.read_config_values().get("train") or {}
+    return sum(train["fine_tune"]) if train.get("fine_tune") else int(train.get("epochs") or 0)
+
+
+def _drop_if_unused(folder: RunFolder) -> None:
+    """Remove the folder claimed for a job when training never wrote its run into it (no
+    ``config.yaml``: the data or model failed before): it holds only ``studio_command.txt``."""
+    if folder.path.is_dir() and not folder.is_run():
+        shutil.rmtree(folder.path, ignore_errors=True)
 
 
 def _refuse_second_job(project: Project) -> None:
@@ -223,7 +239,7 @@ def _refuse_second_job(project: Project) -> None:
     job = _running
     if job is None:
         return
-    done = len(read_metrics(job.run_dir / "metrics.csv"))
+    done = len(job.folder.read_metrics())
     where = f"run {job.run_name}, epoch {done}/{job.epochs}"
     if job.project.root == project.root:
         raise CnnkitError(f"a training job is already running in this project ({where}); wait for it or stop it")
@@ -231,10 +247,10 @@ def _refuse_second_job(project: Project) -> None:
                       "one job runs at a time: wait for it or stop it")  # fmt: skip
 
 
-def _run_name(project: Project, kind: str) -> str:
-    """``<kind>-YYYYmmdd-HHMMSS``, with ``-2``, ``-3``... when taken (the caller holds ``_lock``)."""
+def _new_run_folder(project: Project, kind: str) -> RunFolder:
+    """``runs/<kind>-YYYYmmdd-HHMMSS``, with ``-2``, ``-3``... when taken (the caller holds ``_lock``)."""
     # claimed now (mkdir, atomic across processes): a second start in this second gets -2
-    return RunFolder.create(project.runs_dir, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}").name
+    return RunFolder.create(project.runs_dir, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def _launch(job: TrainJob) -> None:
@@ -243,12 +259,3 @@ def _launch(job: TrainJob) -> None:
     _latest[job.project.root] = job
     job._thread = threading.Thread(target=job._work, name=f"cnnkit-studio-{job.run_name}", daemon=True)
     job._thread.start()
-
-
-def _number(value: str | None) -> Any:
-    if value in (None, ""):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return value

@@ -36,6 +36,7 @@ from cnnkit import atomic
 from cnnkit._version import __version__
 from cnnkit.data.folder import SPLIT_ALIASES, to_mode
 from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.runfolder import RunFolder
 from cnnkit.studio import files
 from cnnkit.studio.files import AddResult, Rejected
 
@@ -134,6 +135,17 @@ class Project:
     def runs_dir(self) -> Path:
         """``root/runs``: the run folders trained on this project."""
         return self.root / RUNS
+
+    def run_folder(self, name: str) -> RunFolder:
+        """The run ``name`` of this project (a plain name: no path reaches outside ``runs/``), read-only.
+
+        Raises:
+            UsageError: no such run (a run folder holds ``config.yaml``).
+        """
+        folder = RunFolder(self.runs_dir / name, writer=False)
+        if not name or Path(name).name != name or name.startswith(".") or not folder.is_run():
+            raise UsageError(f"no run {name!r} in this project")
+        return folder
 
     def _lock(self) -> threading.RLock:
         """One lock per project folder in this process: writes that pick names are serialised."""

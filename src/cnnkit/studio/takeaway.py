@@ -24,11 +24,11 @@ from pathlib import Path
 
 from cnnkit import atomic
 from cnnkit.errors import CnnkitError
+from cnnkit.runfolder import RunFolder
 from cnnkit.studio.project import Project
 
 TAKEAWAY = "takeaway"
-RUN_FILES = ("config.yaml", "metrics.csv", "classes.json", "split.json", "summary.json", "env.json", "log.txt",
-             "status.json", "data_check.json")  # fmt: skip
+ONNX_FILE = "model.onnx"
 
 
 def run_zip(project: Project, run_name: str, *, onnx: bool = True) -> Path:
@@ -42,30 +42,30 @@ def run_zip(project: Project, run_name: str, *, onnx: bool = True) -> Path:
     Raises:
         CnnkitError: no such run, or a run without ``best.pt`` (no epoch finished yet).
     """
-    run = _run_folder(project, run_name)
-    best = run / "checkpoints" / "best.pt"
-    if not best.is_file():
-        raise CnnkitError(f"run {run_name} has no trained model yet (checkpoints/best.pt); train at least one epoch")
+    run = project.run_folder(run_name)
+    if not run.best.is_file():
+        raise CnnkitError(f"run {run_name} has no trained model yet ({_inside(run, run.best)}); "
+                          "train at least one epoch")  # fmt: skip
     notes: list[str] = []
     onnx_file = _onnx(run, notes) if onnx else None
     if not onnx:
-        notes.append("model.onnx: left out on request; make it with `cnnkit export RUN`")
+        notes.append(f"{ONNX_FILE}: left out on request; make it with `cnnkit export RUN`")
     report_dir = _report(run, notes)
     command = train_command_text(project, run)
-    target = run / TAKEAWAY / f"{run.name}.zip"
+    target = run.file(TAKEAWAY) / f"{run.name}.zip"
 
     def write(handle) -> None:
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             top = run.name
-            archive.write(best, f"{top}/checkpoints/best.pt")
+            archive.write(run.best, f"{top}/{_inside(run, run.best)}")  # the layout of a run folder
             if onnx_file is not None:
-                archive.write(onnx_file, f"{top}/model.onnx")
-            for name in RUN_FILES:
-                if (run / name).is_file():
-                    archive.write(run / name, f"{top}/{name}")
+                archive.write(onnx_file, f"{top}/{ONNX_FILE}")
+            for name in RunFolder.RECORD_FILES:
+                if run.file(name).is_file():
+                    archive.write(run.file(name), f"{top}/{name}")
             if report_dir is not None:
                 for path in sorted(p for p in report_dir.rglob("*") if p.is_file()):
-                    archive.write(path, f"{top}/report/{path.relative_to(report_dir).as_posix()}")
+                    archive.write(path, f"{top}/{RunFolder.REPORT}/{path.relative_to(report_dir).as_posix()}")
             archive.writestr(f"{top}/train_command.txt", command)
             archive.writestr(f"{top}/README.txt", _readme(run.name, onnx_file is not None, notes))
 
@@ -73,57 +73,54 @@ def run_zip(project: Project, run_name: str, *, onnx: bool = True) -> Path:
     return target
 
 
-def train_command_text(project: Project, run: Path) -> str:
+def train_command_text(project: Project, run: RunFolder) -> str:
     """``train_command.txt``: the command that reproduces ``run`` from the project folder.
 
     The command the studio stored when it started the run (``studio_command.txt`` in the
     run folder); for a run it did not start, one rebuilt from its ``config.yaml`` (every
     key that differs from cnnkit's defaults, as ``--set``).
     """
-    stored = run / "studio_command.txt"
-    command = stored.read_text(encoding="utf-8").strip() if stored.is_file() else _command_from_config(project, run)
+    stored = run.read_text(RunFolder.STUDIO_COMMAND)
+    command = stored.strip() if stored is not None else _command_from_config(project, run)
     return (f"# Reproduces the run {run.name}: run this in the project folder\n"
             f"#   cd {shlex.quote(project.root.name)}   (the folder's name only: the page never tells where it is)\n"
             f"# (it reads the images in data/ and writes a new run folder under runs/)\n{command}\n")  # fmt: skip
 
 
-def _run_folder(project: Project, run_name: str) -> Path:
-    run = project.runs_dir / run_name
-    if Path(run_name).name != run_name or not (run / "config.yaml").is_file():
-        raise CnnkitError(f"no run {run_name!r} in this project")
-    return run
+def _inside(run: RunFolder, path: Path) -> str:
+    """``path`` as a path inside the run folder (``checkpoints/best.pt``)."""
+    return path.relative_to(run.path).as_posix()
 
 
-def _onnx(run: Path, notes: list[str]) -> Path | None:
+def _onnx(run: RunFolder, notes: list[str]) -> Path | None:
     """``RUN/export/model.onnx``, exported (and checked) when missing; None when it cannot be."""
-    target = run / "export" / "model.onnx"
+    target = run.export_dir / ONNX_FILE
     if target.is_file():
         return target
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
-        notes.append("model.onnx: left out: the export extra is not installed here "
+        notes.append(f"{ONNX_FILE}: left out: the export extra is not installed here "
                      "(pip install 'cnnkit[export]', then `cnnkit export RUN`)")  # fmt: skip
         return None
     from cnnkit.commands.export import export_checkpoint
 
     try:
-        result = export_checkpoint(run, "onnx", out=target)
+        result = export_checkpoint(run.path, "onnx", out=target)
     except CnnkitError as exc:
-        notes.append(f"model.onnx: left out: the export failed ({exc})")
+        notes.append(f"{ONNX_FILE}: left out: the export failed ({exc})")
         return None
     return result.path
 
 
-def _report(run: Path, notes: list[str]) -> Path | None:
-    folder = run / "report"
-    if (folder / "report.html").is_file():
-        return folder
+def _report(run: RunFolder, notes: list[str]) -> Path | None:
+    if run.report_file().is_file():
+        return run.report_dir
     from cnnkit.commands.report import report
 
     try:
-        return report(run).parent
+        return report(run.path).parent
     except CnnkitError as exc:
         notes.append(f"report/: left out: it could not be made ({exc})")
         return None
@@ -149,13 +146,13 @@ def _readme(name: str, has_onnx: bool, notes: list[str]) -> str:
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
-def _command_from_config(project: Project, run: Path) -> str:
+def _command_from_config(project: Project, run: RunFolder) -> str:
     """A ``cnnkit train`` command rebuilding ``run``'s config: each key that differs from a
     fresh config's, with the data and output folders relative to the project."""
-    from cnnkit.config import RunConfig, flatten, load_yaml
+    from cnnkit.config import RunConfig, flatten
     from cnnkit.studio.kinds import command_args
 
-    saved, default = (_dotted(flatten(values)) for values in (load_yaml(run / "config.yaml"), RunConfig().to_dict()))
+    saved, default = (_dotted(flatten(values)) for values in (run.read_config_values(), RunConfig().to_dict()))
     changed = {key: value for key, value in saved.items() if value != default.get(key) and key not in ("name",)}
     changed["data.name"] = "data" if Path(str(saved.get("data.name"))) == project.data_dir else saved.get("data.name")
     changed["output_dir"] = "runs"
