@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import one_line_error, run_cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "old_run"
 # what the old run's summary.json says its best.pt scored on its 128 held-out test digits
@@ -106,3 +106,24 @@ def _predicted(capsys: pytest.CaptureFixture[str], model: Path, out: Path, *flag
     rows = json.loads(out.read_text(encoding="utf-8"))["predictions"]
     assert len(rows) == 3
     return rows
+
+
+def test_a_damaged_split_json_is_said_not_replaced_by_a_new_split(old_run: Path, capsys: pytest.CaptureFixture) -> None:
+    (old_run / "split.json").write_text('{"kind": "indices", "indi', encoding="utf-8")  # cut short
+
+    code, _, err = run_cli(capsys, "eval", str(old_run), "--device", "cpu")
+
+    assert code == 1
+    assert "split.json is not readable" in one_line_error(err)
+
+
+def test_report_of_a_checkpoint_outside_a_run_goes_beside_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    alone = tmp_path / "mine" / "model.pt"
+    alone.parent.mkdir()
+    shutil.copy(FIXTURE / "run" / "checkpoints" / "best.pt", alone)
+
+    code, _, err = run_cli(capsys, "report", str(alone), "--device", "cpu")
+
+    assert code == 0, err
+    assert (tmp_path / "mine" / "report" / "report.html").is_file()
+    assert not (tmp_path / "report").exists()  # not in the folder above (the run folder it would sit in)

@@ -308,3 +308,18 @@ def test_ctrl_c_and_failures_release_the_lock(tmp_path: Path, capsys: pytest.Cap
     assert _train(capsys, tmp_path, "stop")[0] == 130
     assert json.loads((tmp_path / "stop" / "status.json").read_text())["status"] == "interrupted"
     assert not (tmp_path / "stop" / ".lock").exists()
+
+
+def test_a_run_folder_tells_a_training_run_from_a_config_alone(tmp_path: Path) -> None:
+    run = RunFolder.create(tmp_path, "r")
+    run.write_text(RunFolder.CONFIG, "data: {name: embedded-mnist}\n")
+    assert run.is_run() and not run.is_training_run()  # what `cnnkit lr-find` leaves
+    assert run.read_text(RunFolder.CONFIG) == "data: {name: embedded-mnist}\n"
+    assert run.read_text(RunFolder.STUDIO_COMMAND) is None
+
+    run.write_metrics([{"epoch": 1, "val_acc": 0.5, "note": "hand-edited"}])
+
+    assert run.is_training_run()
+    assert run.read_metrics() == [{"epoch": 1, "val_acc": 0.5, "note": "hand-edited"}]
+    assert run.report_file() == run.path / "report" / "report.html"
+    assert run.report_file("curves.png").parent == run.report_dir

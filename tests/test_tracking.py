@@ -249,3 +249,16 @@ def test_runs_usage_errors(tmp_path: Path, capsys) -> None:
                                    "(`cnnkit train --output-dir DIR` writes runs there)")  # fmt: skip
     code, out, _ = run_cli(capsys, "runs", str(tmp_path))
     assert code == 0 and out.strip() == f"no runs in {tmp_path}"
+
+
+def test_runs_reads_a_hand_edited_metrics_cell_as_missing(runs_folder: Path, capsys) -> None:
+    metrics = runs_folder / "killed" / "metrics.csv"
+    header, row = metrics.read_text().splitlines()
+    cells = dict(zip(header.split(","), row.split(","), strict=True)) | {"val_acc": "n/a", "epoch_time_s": "?"}
+    metrics.write_text(f"{header}\n{','.join(cells.values())}\n")
+
+    code, out, _ = run_cli(capsys, "runs", str(runs_folder), "--json")
+
+    assert code == 0
+    killed = next(row for row in json.loads(out)["runs"] if row["name"] == "killed")
+    assert (killed["best"], killed["best_epoch"], killed["epochs_run"], killed["seconds"]) == (None, None, 1, 0.0)
