@@ -218,7 +218,7 @@ class Studio:
     def default_run(self) -> str | None:
         """The newest run with a trained model (``best.pt``), else None."""
         for row in self.runs():
-            if RunFolder(self.project.runs_dir / row["name"]).best.is_file():
+            if self.project.run_folder(row["name"]).best.is_file():
                 return row["name"]
         return None
 

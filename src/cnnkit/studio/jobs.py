@@ -229,7 +229,7 @@ def _planned_epochs(folder: RunFolder) -> int:
 
 def _drop_if_unused(folder: RunFolder) -> None:
     """Remove the folder claimed for a job when training never wrote its run into it (no
-    ``config.yaml``: the data or model failed before): it holds only ``studio_command.txt``."""
+    ``config.yaml``: the data or model failed first), so ``runs/`` holds no folder without a run."""
     if folder.path.is_dir() and not folder.is_run():
         shutil.rmtree(folder.path, ignore_errors=True)
 
