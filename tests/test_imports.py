@@ -188,3 +188,30 @@ def test_data_loads_no_model_loop_or_evaluation() -> None:
     loaded, count = done.stdout.splitlines()
     assert loaded == ""
     assert int(count) >= 20  # every data module was imported (builder, cache, audit, folder...)
+
+
+def test_resolving_a_frozen_backbone_config_loads_no_torch() -> None:
+    """The config asks whether a frozen-backbone run's images are augmented (then its head
+    trains on cached features with their own defaults) from the torch-free preset table."""
+    code = (
+        "import sys\n"
+        "from cnnkit.config import resolve_config\n"
+        "plain = resolve_config(overrides={'data.name': 'x', 'train.freeze': True})\n"
+        "flipped = resolve_config(overrides={'data.name': 'x', 'train.freeze': True, 'data.augment': 'flip'})\n"
+        "print(plain.train.epochs, flipped.train.epochs, 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    from cnnkit.config import TrainConfig
+    from cnnkit.config.resolve import CACHED_HEAD_DEFAULTS
+
+    assert done.stdout.split() == [str(CACHED_HEAD_DEFAULTS["train.epochs"]), str(TrainConfig().epochs), "False"]
+
+
+def test_each_augmentation_preset_is_defined_once() -> None:
+    from cnnkit.config import AUGMENT_PRESETS
+    from cnnkit.config.augment import PRESETS
+    from cnnkit.data import transforms
+
+    assert transforms.AUGMENT_PRESETS is PRESETS and AUGMENT_PRESETS == tuple(PRESETS)
+    assert transforms.get_augment("airbench") == PRESETS["airbench"]
