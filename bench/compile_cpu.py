@@ -49,7 +49,7 @@ from torch import nn  # noqa: E402
 from cnnkit.config import TrainConfig  # noqa: E402
 from cnnkit.data import AUGMENT_PRESETS, Preprocess  # noqa: E402
 from cnnkit.data.datasets import load_source  # noqa: E402
-from cnnkit.data.tensor_data import TensorLoader  # noqa: E402
+from cnnkit.data.tensor_data import Batching, TensorLoader  # noqa: E402
 from cnnkit.engine import train_one_epoch  # noqa: E402
 from cnnkit.engine.device import amp_dtype  # noqa: E402
 from cnnkit.engine.optim import build_optimizer  # noqa: E402
@@ -99,8 +99,8 @@ class Side:
         pick = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))[:count]
         pre = Preprocess(self.images.shape[1], tuple(self.images.shape[-2:]), self.case.mean, self.case.std)
         augment = AUGMENT_PRESETS[self.case.augment] if self.case.augment else None
-        loader = TensorLoader(self.images[pick], self.labels[pick], pre, self.case.batch, shuffle=True,
-                              augment=augment, drop_last=True, seed=seed)  # fmt: skip
+        loader = TensorLoader(self.images[pick], self.labels[pick], pre, Batching(self.case.batch, True, True, seed),
+                              augment=augment)  # fmt: skip
         out = train_one_epoch(runner, loader, self.optimizer, None, self.loss_fn, device=torch.device("cpu"),
                               dtype=self.dtype, channels_last=self.channels_last)  # fmt: skip
         return out["images"] / out["seconds"], out["seconds"]

@@ -60,7 +60,7 @@ from torchvision import transforms  # noqa: E402
 from cnnkit.config import TrainConfig  # noqa: E402
 from cnnkit.data import AUGMENT_PRESETS, Preprocess  # noqa: E402
 from cnnkit.data.datasets import load_source  # noqa: E402
-from cnnkit.data.tensor_data import TensorLoader  # noqa: E402
+from cnnkit.data.tensor_data import Batching, TensorLoader  # noqa: E402
 from cnnkit.engine import train_one_epoch  # noqa: E402
 from cnnkit.engine.device import amp_dtype  # noqa: E402
 from cnnkit.engine.optim import build_optimizer  # noqa: E402
@@ -126,8 +126,8 @@ def cnnkit_path(name: str, images: torch.Tensor, labels: torch.Tensor, steps: in
     model = create_model(name, num_classes=10, input_size=32).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9))
     pre = Preprocess(3, (32, 32), MEAN, STD)
-    loader = TensorLoader(images, labels, pre, BATCH, shuffle=True, augment=AUGMENT_PRESETS["crop-flip"],
-                          drop_last=True)  # fmt: skip
+    loader = TensorLoader(images, labels, pre, Batching(BATCH, shuffle=True, drop_last=True),
+                          augment=AUGMENT_PRESETS["crop-flip"])  # fmt: skip
     model.train()
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
@@ -191,8 +191,8 @@ class DefaultPath:
     def _pass(self, runner, steps: int, seed: int) -> tuple[int, float]:
         pick = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))[: steps * BATCH]
         pre = Preprocess(3, (32, 32), MEAN, STD)
-        loader = TensorLoader(self.images[pick], self.labels[pick], pre, BATCH, shuffle=True,
-                              augment=AUGMENT_PRESETS["crop-flip"], drop_last=True, seed=seed)  # fmt: skip
+        loader = TensorLoader(self.images[pick], self.labels[pick], pre, Batching(BATCH, True, True, seed),
+                              augment=AUGMENT_PRESETS["crop-flip"])  # fmt: skip
         out = train_one_epoch(runner, loader, self.optimizer, None, F.cross_entropy, device=self.device,
                               dtype=self.dtype, channels_last=self.channels_last)  # fmt: skip
         return out["images"], out["seconds"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cnnkit.data import AUGMENT_PRESETS, Augment, Preprocess
-from cnnkit.data.tensor_data import TensorLoader
+from cnnkit.data.tensor_data import Batching, TensorLoader
 from cnnkit.data.transforms import (
     augment_batch,
     eval_pixels,
@@ -47,7 +47,7 @@ def photos(shared_data: Path) -> torch.Tensor:
 
 def _loader(images: torch.Tensor, augment: Augment, *, seed: int = 0, shuffle: bool = True) -> TensorLoader:
     labels = torch.arange(len(images))  # the label is the index: rows reveal their image
-    return TensorLoader(images, labels, PLAIN, 32, shuffle=shuffle, augment=augment, seed=seed)
+    return TensorLoader(images, labels, PLAIN, Batching(32, shuffle=shuffle, seed=seed), augment=augment)
 
 
 def _epoch(loader: TensorLoader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,9 +149,9 @@ def test_cutout_zeroes_one_square_per_image() -> None:
 def test_cutout_is_the_mean_colour_after_normalisation() -> None:
     pre = Preprocess(3, (32, 32), CIFAR_MEAN, CIFAR_STD)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    loader = TensorLoader(images, torch.arange(8), pre, 8, augment=Augment(cutout=10))
+    loader = TensorLoader(images, torch.arange(8), pre, Batching(8), augment=Augment(cutout=10))
     x, _ = next(iter(loader))
-    plain, _ = next(iter(TensorLoader(images, torch.arange(8), pre, 8)))
+    plain, _ = next(iter(TensorLoader(images, torch.arange(8), pre, Batching(8))))
 
     blank = (x == 0).all(1)  # [B, H, W]
     assert blank.flatten(1).sum(1).tolist() == [100] * 8
@@ -173,9 +173,9 @@ def test_same_seed_and_epoch_give_the_same_batches(photos: torch.Tensor) -> None
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_batches_equal_cpu_batches(photos: torch.Tensor) -> None:
     augment = Augment(crop_padding=2, pad_mode="reflect", flip_p=0.5, flip="alternate", cutout=8)
-    cpu = TensorLoader(photos, torch.arange(len(photos)), PLAIN, 32, shuffle=True, augment=augment, seed=2)
+    cpu = TensorLoader(photos, torch.arange(len(photos)), PLAIN, Batching(32, shuffle=True, seed=2), augment=augment)
     gpu = TensorLoader(
-        photos, torch.arange(len(photos)), PLAIN, 32, shuffle=True, augment=augment, seed=2, device="cuda"
+        photos, torch.arange(len(photos)), PLAIN, Batching(32, shuffle=True, seed=2), augment=augment, device="cuda"
     )
     for (a, ya), (b, yb) in zip(cpu, gpu, strict=True):
         assert b.is_cuda and torch.equal(ya, yb.cpu())

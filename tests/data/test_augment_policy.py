@@ -8,7 +8,7 @@ from torchvision.transforms import v2
 
 import cnnkit
 from cnnkit.data.spec import Preprocess
-from cnnkit.data.tensor_data import TensorLoader
+from cnnkit.data.tensor_data import Batching, TensorLoader
 from cnnkit.data.transforms import (
     ERASE_AREA,
     apply_erase,
@@ -52,11 +52,11 @@ def test_policy_changes_each_image_with_its_own_draw(policy: str, backend: str) 
 
 def test_policy_presets_run_in_the_in_memory_loader_and_keep_labels() -> None:
     images, labels = _images(40), torch.arange(40) % 10
-    loader = TensorLoader(images, labels, PRE, 8, shuffle=True, augment=get_augment("randaugment"), seed=1)
+    loader = TensorLoader(images, labels, PRE, Batching(8, shuffle=True, seed=1), augment=get_augment("randaugment"))
     batches = list(loader)
     assert sum(len(b[1]) for b in batches) == 40
     assert all(torch.isfinite(b[0]).all() for b in batches)
-    plain = list(TensorLoader(images, labels, PRE, 8, shuffle=True, augment=get_augment("crop-flip"), seed=1))
+    plain = list(TensorLoader(images, labels, PRE, Batching(8, shuffle=True, seed=1), augment=get_augment("crop-flip")))
     differing = sum(not torch.equal(a[0], b[0]) for a, b in zip(batches, plain, strict=True))
     assert differing >= 3  # the policy acted after the same crops and flips...
     assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, plain, strict=True))  # ...in the same order

@@ -16,7 +16,7 @@ import torch
 import cnnkit.data.folder
 from cnnkit.config import DataConfig
 from cnnkit.data import Augment, Preprocess, build
-from cnnkit.data.tensor_data import TensorLoader
+from cnnkit.data.tensor_data import Batching, TensorLoader
 from cnnkit.data.transforms import augment_batch
 from cnnkit.errors import DataError, UsageError
 
@@ -229,19 +229,19 @@ def test_tensor_loader_set_epoch_reproduces_order() -> None:
     def order(loader: TensorLoader) -> list[int]:
         return torch.cat([y for _, y in loader]).tolist()
 
-    first = TensorLoader(images, labels, pre, 16, shuffle=True, seed=7)
+    first = TensorLoader(images, labels, pre, Batching(16, shuffle=True, seed=7))
     epoch0, epoch1 = order(first), order(first)
     assert sorted(epoch0) == list(range(100)) and epoch0 != epoch1
     assert len(first) == 7  # ceil(100 / 16) without drop_last
 
-    resumed = TensorLoader(images, labels, pre, 16, shuffle=True, seed=7)
+    resumed = TensorLoader(images, labels, pre, Batching(16, shuffle=True, seed=7))
     resumed.set_epoch(1)
     assert order(resumed) == epoch1
     resumed.set_epoch(0)
     assert order(resumed) == epoch0
-    plain = TensorLoader(images, labels, pre, 16, shuffle=False)
+    plain = TensorLoader(images, labels, pre, Batching(16))
     assert order(plain) == list(range(100))
-    dropping = TensorLoader(images, labels, pre, 16, shuffle=True, drop_last=True)
+    dropping = TensorLoader(images, labels, pre, Batching(16, shuffle=True, drop_last=True))
     assert len(dropping) == 6 and len(order(dropping)) == 96
 
 

@@ -21,8 +21,9 @@ import pytest
 from cli_helpers import one_line_error, run_cli
 from cnnkit.cli import main
 from cnnkit.data.audit.label_output import REVIEW, fix_to, write_files
-from cnnkit.data.audit.labels import INSTALL_HINT, MIN_ACCURACY, check_labels, select_suspects
+from cnnkit.data.audit.labels import INSTALL_HINT, MIN_ACCURACY, select_suspects
 from cnnkit.errors import CnnkitError, DataError
+from cnnkit.evaluation.label_check import check_labels
 
 pytest.importorskip("cleanlab")
 

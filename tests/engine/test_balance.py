@@ -11,7 +11,7 @@ from cli_helpers import one_line_error, run_cli
 from cnnkit.commands.setup import balanced_class_weights
 from cnnkit.config import TrainConfig
 from cnnkit.data.spec import Preprocess
-from cnnkit.data.tensor_data import TensorLoader, epoch_order
+from cnnkit.data.tensor_data import Batching, TensorLoader, epoch_order
 from cnnkit.engine import evaluate, fit
 from cnnkit.models import create_model
 
@@ -30,12 +30,12 @@ def imbalanced(mnist_digits) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="module")
 def test_loader(mnist_digits) -> TensorLoader:
     images, labels = mnist_digits["test"]
-    return TensorLoader(images[:2000].unsqueeze(1), labels[:2000], PRE, 500)  # 180 fives among them
+    return TensorLoader(images[:2000].unsqueeze(1), labels[:2000], PRE, Batching(500))  # 180 fives among them
 
 
 def _train(imbalanced, test_loader, balance: str):
     images, labels = imbalanced
-    train = TensorLoader(images, labels, PRE, 32, shuffle=True, drop_last=True, seed=0)
+    train = TensorLoader(images, labels, PRE, Batching(32, shuffle=True, drop_last=True, seed=0))
     if balance == "sampler":
         train.balance_classes()
     weights = balanced_class_weights(train, 10) if balance == "weights" else None
@@ -56,14 +56,16 @@ def test_balancing_lifts_minority_recall_and_balanced_accuracy(imbalanced, test_
 
 
 def test_class_weights_follow_the_counts() -> None:
-    loader = TensorLoader(torch.zeros(30, 1, 2, 2, dtype=torch.uint8), torch.tensor([0] * 20 + [1] * 10), PRE, 5)
+    images = torch.zeros(30, 1, 2, 2, dtype=torch.uint8)
+    loader = TensorLoader(images, torch.tensor([0] * 20 + [1] * 10), PRE, Batching(5))
     # N / (K * n_k): 30 / (3 * 20), 30 / (3 * 10), and 1 for the class never seen
     assert torch.allclose(balanced_class_weights(loader, 3), torch.tensor([0.5, 1.0, 1.0]))
 
 
 def test_balanced_sampler_draws_each_class_equally_often_and_reproducibly() -> None:
     labels = torch.tensor([0] * 950 + [1] * 50)
-    loader = TensorLoader(torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), labels, PRE, 100, shuffle=True, seed=1)
+    images = torch.zeros(1000, 1, 2, 2, dtype=torch.uint8)
+    loader = TensorLoader(images, labels, PRE, Batching(100, shuffle=True, seed=1))
     loader.balance_classes()
     drawn = torch.cat([batch.labels for batch in loader])
     assert len(drawn) == 1000

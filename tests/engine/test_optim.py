@@ -151,3 +151,21 @@ def test_lookahead_state_survives_a_checkpoint() -> None:
     assert resumed.lookahead.step == 7
     for mine, theirs in zip(resumed.lookahead.average, optimizer.lookahead.average, strict=True):
         assert torch.equal(mine, theirs)
+
+
+@pytest.mark.parametrize(("train", "klass", "expected"), [
+    ({"optimizer": "sgd", "momentum": 0.9}, torch.optim.SGD, {"momentum": 0.9, "nesterov": False}),
+    ({"optimizer": "sgd", "momentum": 0.9, "nesterov": True}, torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+    ({"optimizer": "sgd", "momentum": 0.0, "nesterov": True}, torch.optim.SGD, {"momentum": 0.0, "nesterov": False}),
+    ({"optimizer": "adam"}, torch.optim.Adam, {"betas": (0.9, 0.999), "eps": 1e-8}),
+    ({"optimizer": "adamw", "weight_decay": 0.05}, torch.optim.AdamW, {"weight_decay": 0.05}),
+])  # fmt: skip
+def test_timms_factory_builds_the_configured_torch_optimizer(train: dict, klass: type, expected: dict) -> None:
+    """timm's factory maps cnnkit's names onto PyTorch's optimizers: SGD is Nesterov's only
+    when asked (timm's own ``sgd`` defaults to it), and nothing else is wrapped around them."""
+    model = create_model("lenet")
+    optimizer = build_optimizer(model, TrainConfig(lr=0.01, **train))
+    assert type(optimizer) is klass
+    assert optimizer.defaults["lr"] == 0.01
+    assert {key: optimizer.defaults[key] for key in expected} == expected
+    assert optimizer.defaults.get("fused") or optimizer.defaults.get("foreach")

@@ -67,7 +67,7 @@ def _check_writable(flag: str, folder: Path) -> None:
 def _labels(args: Any, report: Any) -> tuple[Any, list[str]]:
     """Run the label check and write its files (and the cleaned copy); returns it and the lines saying where."""
     from cnnkit.data.audit.label_output import fix_to, write_files
-    from cnnkit.data.audit.labels import check_labels
+    from cnnkit.evaluation.label_check import check_labels
 
     labels = check_labels(args.data, model=args.model, folds=args.folds or 5, epochs=args.epochs or 3,
                           seed=args.seed, progress=not args.no_progress, device=args.device)  # fmt: skip

@@ -9,16 +9,14 @@ Those modules import the tuples from here (through :mod:`cnnkit.config`), so ``c
 
 from __future__ import annotations
 
+# The augmentation presets' names, policies and backends are defined with the presets themselves.
+from cnnkit.config.augment import AUGMENT_BACKENDS, AUGMENT_POLICIES, AUGMENT_PRESETS  # noqa: F401
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "triangle")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 TTA_MODES = ("none", "flip", "shift", "flip-shift")
 SWITCH_MODES = ("auto", "on", "off")  # --channels-last, --compile, --cache-features, --decode-cache
-# The names of data.transforms.AUGMENT_PRESETS (a test checks that the two agree).
-AUGMENT_PRESETS = ("none", "flip", "crop-flip", "animals", "flowers", "digits", "crop-flip-cutout", "airbench",
-                   "randaugment", "trivialaugment", "autoaugment")  # fmt: skip
-AUGMENT_POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
-AUGMENT_BACKENDS = ("torchvision", "kornia")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 BALANCE_MODES = ("none", "weights", "sampler")
 TRACKERS = ("tensorboard", "mlflow", "wandb")

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from cnnkit.config.augment import config_preset
 from cnnkit.config.checks import validate
 from cnnkit.config.keys import _KWARGS_KEYS, _SECTIONS, RunConfig, _lr_auto, valid_keys
 from cnnkit.errors import UsageError, nearest
@@ -88,9 +89,7 @@ def apply_cached_head_defaults(cfg: RunConfig, given: set[str]) -> None:
     if not train.freeze or train.fine_tune or train.cache_features == "off":
         return
     if train.cache_features == "auto":
-        from cnnkit.data.transforms import config_augment  # torch: only for frozen-backbone runs
-
-        if not config_augment(cfg.data).is_identity:
+        if not config_preset(cfg.data).is_identity:
             return  # augmented images: the backbone runs every epoch, epochs are not cheap
     for dotted, value in CACHED_HEAD_DEFAULTS.items():
         if dotted not in given:

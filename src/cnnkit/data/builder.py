@@ -52,6 +52,7 @@ from cnnkit.data.folder import (
 from cnnkit.data.spec import Batch, DataSpec, Loaders, Preprocess
 from cnnkit.data.tensor_data import (
     WHOLE,
+    Batching,
     Part,
     TensorLoader,
     balanced_sample_weights,
@@ -165,11 +166,12 @@ def _build_tensor(
 
     def loader(name: str, train: bool) -> TensorLoader:
         images, labels = parts[name]
+        batching = Batching(cfg.batch_size if train else eval_bs, shuffle=train and cfg.shuffle, drop_last=train,
+                            seed=seed)  # fmt: skip
         return TensorLoader(
-            images, labels, pre, cfg.batch_size if train else eval_bs,
-            shuffle=train and cfg.shuffle,
+            images, labels, pre, batching,
             augment=augment if (train or cfg.augment_eval) and not augment.is_identity else None,
-            drop_last=train, seed=seed, device=device, output_size=size if upsample else None,
+            device=device, output_size=size if upsample else None,
         )  # fmt: skip
 
     loaders = Loaders(
@@ -343,11 +345,11 @@ def _build_files(
         if why_not and why_not not in notes:
             notes.append(why_not)
         if cached:  # decoded once into a memory-mapped uint8 file; batched augmentation after that
+            batching = Batching(cfg.batch_size if train else eval_bs, shuffle=train and cfg.shuffle,
+                                drop_last=train, seed=seed)  # fmt: skip
             return CachedFileLoader(
-                lists[name].paths, lists[name].labels, pre, mode, cfg.batch_size if train else eval_bs,
-                shuffle=train and cfg.shuffle,
-                augment=augment if augmented and not augment.is_identity else None,
-                drop_last=train, seed=seed, workers=cfg.workers,
+                lists[name].paths, lists[name].labels, pre, mode, batching,
+                augment=augment if augmented and not augment.is_identity else None, workers=cfg.workers,
             )  # fmt: skip
         transform = train_transform(pre, augment) if augmented else eval_transform(pre)
         dataset = ImageFileDataset(lists[name].paths, lists[name].labels, transform, mode)

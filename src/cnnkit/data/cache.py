@@ -41,7 +41,7 @@ from cnnkit.data.datasets import cache_dir
 from cnnkit.data.folder import ImageLoadError, load_image
 from cnnkit.data.folder.skipped import warn_skipped
 from cnnkit.data.spec import Batch, Preprocess
-from cnnkit.data.tensor_data import TensorLoader
+from cnnkit.data.tensor_data import Batching, TensorLoader
 from cnnkit.data.transforms import Augment, flip_base, resize_crop_transform
 from cnnkit.errors import unknown_name
 
@@ -181,11 +181,8 @@ class CachedFileLoader(TensorLoader):
         labels: class index of each file.
         preprocess: size, resize, interpolation and normalisation.
         mode: ``"L"`` or ``"RGB"``.
-        batch_size: images per batch.
-        shuffle: a new order every epoch.
+        batching: batch size, shuffling, dropping the last batch, seed (order and augmentation).
         augment: batched augmentation (None: none).
-        drop_last: drop the last incomplete batch.
-        seed: seeds order and augmentation.
         workers: decoding processes for the first pass.
     """
 
@@ -195,12 +192,9 @@ class CachedFileLoader(TensorLoader):
         labels: Sequence[int],
         preprocess: Preprocess,
         mode: str,
-        batch_size: int,
+        batching: Batching,
         *,
-        shuffle: bool = False,
         augment: Augment | None = None,
-        drop_last: bool = False,
-        seed: int = 0,
         workers: int = 0,
     ) -> None:
         self.paths, self.mode, self.workers = list(paths), mode, workers
@@ -208,8 +202,7 @@ class CachedFileLoader(TensorLoader):
         self.bad_files: dict[str, str] = {}
         self._all_labels = torch.as_tensor(list(labels), dtype=torch.long)
         placeholder = torch.zeros(0, preprocess.channels, *preprocess.input_size, dtype=torch.uint8)
-        super().__init__(placeholder, self._all_labels, preprocess, batch_size, shuffle=shuffle, augment=augment,
-                         drop_last=drop_last, seed=seed)  # fmt: skip
+        super().__init__(placeholder, self._all_labels, preprocess, batching, augment=augment)
         self.cached: DecodedImages | None = None
         self._adopt(open_cache(self.folder, len(self.paths), preprocess))
 

@@ -92,6 +92,24 @@ def batch_count(count: int, batch_size: int, drop_last: bool) -> int:
     return count // batch_size if drop_last else -(-count // batch_size)
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How a loader cuts its epochs into batches.
+
+    Attributes:
+        batch_size: images per batch.
+        shuffle: draw a new permutation every epoch (else the stored order).
+        drop_last: drop the last incomplete batch (keeps BatchNorm happy when training);
+            ignored when there is only one batch.
+        seed: base seed of the order (and of the augmentation draws), see :func:`epoch_order`.
+    """
+
+    batch_size: int
+    shuffle: bool = False
+    drop_last: bool = False
+    seed: int = 0
+
+
 class EpochBatches:
     """What every in-memory loader shares: batch count, epoch bookkeeping, seeded order.
 
@@ -99,10 +117,10 @@ class EpochBatches:
     with :meth:`_next_order`.
     """
 
-    def __init__(self, labels: torch.Tensor, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int) -> None:
+    def __init__(self, labels: torch.Tensor, batching: Batching) -> None:
         self.labels = labels
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.drop_last = drop_last and len(labels) > batch_size
+        self.batch_size, self.shuffle, self.seed = batching.batch_size, batching.shuffle, batching.seed
+        self.drop_last = batching.drop_last and len(labels) > batching.batch_size
         self._next_epoch = 0
         self.sample_weights: torch.Tensor | None = None
         self.part = WHOLE  # this process's share of each epoch (see shard_loaders)
@@ -198,11 +216,9 @@ class TensorLoader(EpochBatches):
         images: uint8 ``[N, C, H, W]`` already at the model's input size.
         labels: int64 ``[N]``.
         preprocess: supplies mean/std for normalisation.
-        batch_size: images per batch.
-        shuffle: draw a new permutation every epoch.
+        batching: batch size, shuffling, dropping the last batch, seed (of the shuffling
+            and the augmentation draws).
         augment: batched train-time augmentation (None: none).
-        drop_last: drop the last incomplete batch (keeps BatchNorm happy when training).
-        seed: base seed of the shuffling/augmentation RNG.
         device: where the images live and batches are produced.
         output_size: (height, width) to enlarge each batch to after augmentation
             (None: the stored size). Small images fed to a large model stay small in memory.
@@ -213,19 +229,15 @@ class TensorLoader(EpochBatches):
         images: torch.Tensor,
         labels: torch.Tensor,
         preprocess: Preprocess,
-        batch_size: int,
+        batching: Batching,
         *,
-        shuffle: bool = False,
         augment: Augment | None = None,
-        drop_last: bool = False,
-        seed: int = 0,
         device: str | torch.device = "cpu",
         output_size: tuple[int, int] | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be a uint8 tensor [N, C, H, W]")
-        super().__init__(labels.to(device=device, dtype=torch.long), batch_size, shuffle=shuffle,
-                         drop_last=drop_last, seed=seed)  # fmt: skip
+        super().__init__(labels.to(device=device, dtype=torch.long), batching)
         self.images = images.to(device)
         self.device = self.images.device  # where batches are produced
         self.preprocess = preprocess
@@ -235,7 +247,7 @@ class TensorLoader(EpochBatches):
         # Alternating flips start from a per-image choice that depends on the seed alone.
         self._flip_base = None
         if augment is not None and augment.flip == "alternate":
-            self._flip_base = flip_base(len(self.labels), seed, augment.flip_p).to(self.images.device)
+            self._flip_base = flip_base(len(self.labels), self.seed, augment.flip_p).to(self.images.device)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, order = self._next_order()

@@ -4,8 +4,12 @@ Schedules are stepped once per optimizer step (not per epoch), so warm-up and co
 decay are smooth even for runs of one or two epochs. Optimizers use PyTorch's fused
 kernels where it has them (CUDA, and the CPU since torch 2.4) and its multi-tensor
 ``foreach`` path elsewhere; parameters are grouped by learning rate and weight decay
-(backbone, norm layers, biases). Lookahead (airbench's) is a step hook on the optimizer, so the loop
-knows nothing of it and its state travels in ``optimizer.state_dict()``.
+(backbone, norm layers, biases). timm's factory builds the optimizer and its rule picks the
+parameters without weight decay; the groups by learning rate are cnnkit's. Lookahead is
+airbench's, not timm's ``Lookahead`` (Zhang et al.: a fixed ``alpha`` every ``k`` steps):
+its averaging weight grows with the cube of training progress, it averages the BatchNorm
+statistics too and the last step takes the average. It is a step hook on the optimizer,
+so the loop knows nothing of it and its state travels in ``optimizer.state_dict()``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def check_train_config(cfg: TrainConfig) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), Adam or AdamW over the trainable parameters.
+    """SGD (momentum, Nesterov), Adam or AdamW over the trainable parameters, built by timm's
+    optimizer factory (``timm.optim.create_optimizer_v2``).
 
     Parameters are grouped (see :func:`param_groups`): a trainable ``backbone`` (a
     pretrained one being fine-tuned) at ``cfg.backbone_lr_scale * lr`` (discriminative
@@ -44,17 +49,25 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     PyTorch has one for the parameters' device, elsewhere the multi-tensor (foreach) one.
     With ``cfg.lookahead`` the optimizer carries airbench's lookahead (:class:`Lookahead`).
     """
+    from timm.optim import create_optimizer_v2, get_optimizer_class
+
     params = param_groups(model, cfg)
     if cfg.optimizer not in OPTIMIZERS:
         raise unknown_name("optimizer", cfg.optimizer, OPTIMIZERS)
-    klass = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    kwargs: dict = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **_implementation(klass, params)}
-    if cfg.optimizer == "sgd":
-        kwargs.update(momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    optimizer = klass(params, **kwargs)
+    name = _timm_name(cfg)
+    how = _implementation(get_optimizer_class(name, bind_defaults=False), params)
+    optimizer = create_optimizer_v2(params, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum, **how)  # fmt: skip
     if cfg.lookahead:
         Lookahead(model).attach(optimizer)
     return optimizer
+
+
+def _timm_name(cfg: TrainConfig) -> str:
+    """timm's name of the optimizer: its ``sgd`` is Nesterov's, ``momentum`` the classical one."""
+    if cfg.optimizer == "sgd":
+        return "sgd" if cfg.nesterov and cfg.momentum > 0 else "momentum"
+    return cfg.optimizer
 
 
 def _implementation(klass: type, groups: list[dict]) -> dict[str, bool]:
@@ -90,8 +103,10 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     Each parameter's lr is ``cfg.lr`` times ``backbone_lr_scale`` (in a trainable
     ``backbone``, when that scale is not 1) and times ``norm_lr_scale`` (in a
     normalisation layer, whose decay is divided by the same factor). With
-    ``no_decay_norm_bias`` normalisation parameters and biases (1-d tensors) get no decay.
-    Groups keep the model's parameter order: backbone first, then the rest.
+    ``no_decay_norm_bias`` the parameters that timm exempts from weight decay
+    (``timm.optim.param_groups_weight_decay``: biases and every 1-d tensor, which covers
+    normalisation layers' scales and shifts) get none. Groups keep the model's parameter
+    order: backbone first, then the rest.
     """
     inner = unwrap(model)
     backbone = getattr(inner, "backbone", None)
@@ -99,19 +114,27 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     if isinstance(backbone, nn.Module) and cfg.backbone_lr_scale != 1.0:
         in_backbone = {id(p) for p in backbone.parameters()}
     in_norm = {id(p) for m in inner.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    no_decay = _no_decay(model) if cfg.no_decay_norm_bias else set()
     groups: dict[tuple[bool, bool, bool], dict] = {}
     for p in model.parameters():
         if not p.requires_grad:
             continue
         backbone_p, norm_p = id(p) in in_backbone, id(p) in in_norm and cfg.norm_lr_scale != 1.0
-        no_decay = cfg.no_decay_norm_bias and (id(p) in in_norm or p.dim() <= 1)
-        key = (not backbone_p, norm_p, no_decay)  # backbone groups sort first
+        key = (not backbone_p, norm_p, id(p) in no_decay)  # backbone groups sort first
         if key not in groups:
             lr = cfg.lr * (cfg.backbone_lr_scale if backbone_p else 1.0) * (cfg.norm_lr_scale if norm_p else 1.0)
-            decay = 0.0 if no_decay else cfg.weight_decay / (cfg.norm_lr_scale if norm_p else 1.0)
+            decay = 0.0 if key[2] else cfg.weight_decay / (cfg.norm_lr_scale if norm_p else 1.0)
             groups[key] = {"params": [], "lr": lr, "weight_decay": decay}
         groups[key]["params"].append(p)
     return [groups[key] for key in sorted(groups)]
+
+
+def _no_decay(model: nn.Module) -> set[int]:
+    """Ids of the parameters timm's rule exempts from weight decay."""
+    from timm.optim import param_groups_weight_decay
+
+    groups = param_groups_weight_decay(model, weight_decay=1.0)  # any non-zero decay: only the split matters
+    return {id(p) for group in groups if group["weight_decay"] == 0 for p in group["params"]}
 
 
 class Lookahead:

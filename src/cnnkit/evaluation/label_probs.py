@@ -358,7 +358,7 @@ def train_network(name: str, images: torch.Tensor, labels: torch.Tensor, pre: Pr
     get enough steps in a few epochs (measured on MNIST subsets of 600 and 4,000 digits:
     batch 128 left the 600-digit folds at 78 % accuracy, batch 32 reached 90 %).
     """
-    from cnnkit.data.tensor_data import TensorLoader
+    from cnnkit.data.tensor_data import Batching, TensorLoader
     from cnnkit.models import create_model
 
     torch.manual_seed(seed)
@@ -366,7 +366,7 @@ def train_network(name: str, images: torch.Tensor, labels: torch.Tensor, pre: Pr
     if hasattr(model, "init_from_data"):  # airbench's whitened stem
         model.init_from_data(pre.normalize(images[:5000]).to(device))
     batch = int(np.clip(2 ** round(np.log2(max(len(labels), 1) / 50)), 32, 128))
-    loader = TensorLoader(images, labels, pre, batch, shuffle=True, drop_last=len(labels) > batch, seed=seed)
+    loader = TensorLoader(images, labels, pre, Batching(batch, shuffle=True, drop_last=len(labels) > batch, seed=seed))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=NETWORK_LR, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=NETWORK_LR, total_steps=max(1, epochs * len(loader)))
     model.train()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnkit.engine.device import autocast
+from cnnkit.device import autocast
 from cnnkit.errors import CnnkitError
 from cnnkit.inference.metadata import METADATA_KEY, Metadata
 

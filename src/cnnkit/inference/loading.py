@@ -19,7 +19,7 @@ from cnnkit import usercode
 from cnnkit.checkpoint import Checkpoint, checkpoint_file
 from cnnkit.config import RunConfig
 from cnnkit.data import DataSpec, build
-from cnnkit.engine.device import data_device
+from cnnkit.device import data_device
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.predictor import model_from_checkpoint
 from cnnkit.runfolder import RunFolder

@@ -14,8 +14,8 @@ from typing import Any
 
 from cnnkit.checkpoint import Checkpoint
 from cnnkit.data.spec import Preprocess
-from cnnkit.engine.tta import check_tta
 from cnnkit.errors import CnnkitError
+from cnnkit.tta import check_tta
 
 METADATA_KEY = "cnnkit"  # ONNX metadata_props key / TorchScript extra file holding the JSON below
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cnnkit.engine.device import cpu_flags
+from cnnkit.device import cpu_flags
 from cnnkit.errors import CnnkitError
 
 CALIBRATION_BATCH = 32  # images per calibration run (a fixed-batch file takes its own size)

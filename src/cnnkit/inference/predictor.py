@@ -28,11 +28,11 @@ from cnnkit.checkpoint import Checkpoint
 from cnnkit.data.folder import ImageLoadError, load_image, to_mode, walk_files
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_pixels, normalize_batch
-from cnnkit.engine.tta import check_tta, suggested_tta, tta_logits, tta_views
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.backends import OnnxBackend, OpenVinoBackend, TorchBackend, onnx_session, openvino_model
 from cnnkit.inference.metadata import Metadata, as_checkpoint, checkpoint_metadata
 from cnnkit.models import create_model, require_model_code
+from cnnkit.tta import check_tta, suggested_tta, tta_logits, tta_views
 
 UNKNOWN = "unknown"
 MAX_PIXELS = 64_000_000  # arrays and tensors bigger than this are refused (like PIL's bomb check)
@@ -256,7 +256,7 @@ class Predictor:
     def from_model(cls, model: nn.Module, metadata: Metadata, device: str | torch.device = "cpu",
                    amp: str = "off") -> Predictor:  # fmt: skip
         """A PyTorch model with its metadata (see :meth:`from_checkpoint` for ``device`` and ``amp``)."""
-        from cnnkit.engine.device import amp_dtype, resolve_device
+        from cnnkit.device import amp_dtype, resolve_device
 
         device = device if isinstance(device, torch.device) else resolve_device(device)
         return cls(TorchBackend(model, device, amp_dtype(amp, device)), metadata, model)
@@ -328,7 +328,7 @@ class Predictor:
     def logits(self, images: torch.Tensor, tta: bool | str | None = None) -> torch.Tensor:
         """Normalised ``[B, C, H, W]`` -> float32 logits ``[B, K]``, the views of
         :meth:`resolve_tta` combined by the one rule of ``cnnkit eval`` (the mean of their
-        logits, :func:`cnnkit.engine.tta.combine_views`)."""
+        logits, :func:`cnnkit.tta.combine_views`)."""
         return tta_logits(self.backend, images, self.resolve_tta(tta))
 
     def tta_views(self, images: torch.Tensor, tta: bool | str | None = None) -> list[torch.Tensor]:

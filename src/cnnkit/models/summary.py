@@ -6,6 +6,13 @@ counts multiply-accumulates with :class:`torch.utils.flop_counter.FlopCounterMod
 Unlike torchsummary it works for any input size, nested and shared modules, and tuple
 outputs, and its totals are exact: every parameter is counted once, by the first module
 that owns it, even when a module or a weight is shared.
+
+Why not torchinfo: it is not a dependency (nor installed beside cnnkit), and its
+mult-adds come from per-module formulas (a layer's weight times its output size), so
+work done in a ``forward`` with functional calls (``F.conv2d`` on a whitening stem,
+attention, a matmul) is not counted; torch's own ``FlopCounterMode`` counts the aten ops
+that actually ran. The shapes and parameter counts here are what torchinfo's table
+shows, and the rows come back as data (``cnnkit summary --json``).
 """
 
 from __future__ import annotations

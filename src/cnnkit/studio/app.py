@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 from cnnkit.errors import CnnkitError
 from cnnkit.serve.app import BRUSH_SIZE, CANVAS, MODEL_GROUP, OutputFiles, _gradio, page_class
@@ -261,13 +261,20 @@ def _cleaned(value: Any, clean: Callable[[str], str]) -> Any:
     return value
 
 
+class _Then(NamedTuple):
+    """What shows an action's result on the page: ``fn(result, *inputs)`` fills ``outputs``."""
+
+    fn: Callable[..., Any]
+    inputs: list[Any]
+    outputs: list[Any]
+
+
 def _action(gr: Any, trigger: Any, fn: Callable[..., Any], inputs: list[Any], ui: SimpleNamespace, name: str,
-            then: Callable[..., Any], then_inputs: list[Any], then_outputs: list[Any],
-            **options: Any) -> Any:  # fmt: skip
+            then: _Then, **options: Any) -> Any:  # fmt: skip
     """``trigger`` runs ``fn`` (the public endpoint ``name``: its dict lands in the hidden
     result), then, when it succeeded, the private ``then`` shows that result on the page."""
     event = trigger(_guarded(gr, fn, ui.clean), inputs, ui.result, api_name=name, **options)
-    return event.success(_guarded(gr, then, ui.clean), [ui.result, *then_inputs], then_outputs,
+    return event.success(_guarded(gr, then.fn, ui.clean), [ui.result, *then.inputs], then.outputs,
                          api_visibility="private")  # fmt: skip
 
 
@@ -296,8 +303,8 @@ def _wire_collect(gr: Any, studio: Studio, ui: SimpleNamespace) -> None:
         (c.import_data.click, studio.import_data, [c.source, c.limit], "import_data"),
     ):
         options = {} if name else {"api_visibility": "private"}
-        events[trigger] = _action(gr, trigger, fn, inputs, ui, name or "add_class_submit", show, [c.chosen], outputs,
-                                  **options)  # fmt: skip
+        events[trigger] = _action(gr, trigger, fn, inputs, ui, name or "add_class_submit",
+                                  _Then(show, [c.chosen], outputs), **options)  # fmt: skip
     # the new class's name and the uploaded files are cleared once stored
     for trigger in (c.add_class.click, c.new_class.submit):
         events[trigger].success(lambda: "", None, c.new_class, api_visibility="private", queue=False)
@@ -327,10 +334,10 @@ def _wire_train(gr: Any, studio: Studio, ui: SimpleNamespace) -> None:
         return views.train_view(gr, status, plotted)
 
     t.kind.change(lambda key: views.kind_help(studio.kinds(), key), t.kind, t.kind_help, api_visibility="private")
-    _action(gr, t.start.click, studio.train, [t.kind, t.epochs, t.image_size, t.model], ui, "train", show,
-            [t.plotted], outputs)  # fmt: skip
-    _action(gr, t.stop.click, studio.stop, [], ui, "stop", show, [t.plotted], outputs, queue=False)
-    _action(gr, t.resume.click, studio.resume, [ui.run, t.epochs], ui, "resume", show, [t.plotted], outputs)
+    then = _Then(show, [t.plotted], outputs)
+    _action(gr, t.start.click, studio.train, [t.kind, t.epochs, t.image_size, t.model], ui, "train", then)
+    _action(gr, t.stop.click, studio.stop, [], ui, "stop", then, queue=False)
+    _action(gr, t.resume.click, studio.resume, [ui.run, t.epochs], ui, "resume", then)
 
     def tick(plotted: Any, current: str | None) -> list[Any]:
         status = studio.train_status()

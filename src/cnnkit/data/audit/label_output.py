@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import io
 import os
 import shutil
@@ -113,7 +114,7 @@ def write_html(report: LabelReport, path: Path) -> Path:
     """One self-contained page: the top suspects and outliers as thumbnails, the confused pairs."""
     suspects = [{**e, "thumb": thumbnail(report.absolute(e["path"]))} for e in report.issues[:HTML_SUSPECTS]]
     unusual = [{**e, "thumb": thumbnail(report.absolute(e["path"]))} for e in report.outliers]
-    page = _TEMPLATE.render(title=f"label check: {report.source}", report=report, suspects=suspects,
+    page = _template().render(title=f"label check: {report.source}", report=report, suspects=suspects,
                             outliers=unusual, pct=lambda v: f"{v:.1%}")  # fmt: skip
     return atomic.write_text(path, page)
 
@@ -135,9 +136,12 @@ def thumbnail(path: str, side: int = THUMB_SIDE) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-_TEMPLATE = jinja2.Environment(
-    loader=jinja2.PackageLoader("cnnkit.evaluation", "templates"), autoescape=True
-).get_template("labels.html.j2")
+@functools.cache
+def _template() -> jinja2.Template:
+    """The page's template, beside the report's (they share ``_style.html.j2``). Read as the
+    package's files, not through ``cnnkit.evaluation``: the data layer imports no evaluation code."""
+    loader = jinja2.PackageLoader("cnnkit", "evaluation/templates")
+    return jinja2.Environment(loader=loader, autoescape=True).get_template("labels.html.j2")
 
 
 # ----------------------------------------------------------------------------- --fix-to

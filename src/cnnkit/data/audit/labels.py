@@ -1,9 +1,10 @@
 """Labels that are likely wrong, images unlike any class, and classes confused with each other.
 
-:func:`check_labels` is ``cnnkit check DATA --labels``: it lists the training images as
-training would, gets out-of-sample class probabilities for every one of them by K-fold
-cross-validation (:mod:`~cnnkit.evaluation.label_probs`), and hands them to **cleanlab**
-(confident learning; the optional extra ``cnnkit[labels]``):
+:func:`label_report` judges the training images of ``cnnkit check DATA --labels`` (listed as
+training lists them, :func:`training_files`) by out-of-sample class probabilities that its
+caller made by K-fold cross-validation (:func:`cnnkit.evaluation.label_check.check_labels`:
+this layer knows no model), with **cleanlab** (confident learning; the optional extra
+``cnnkit[labels]``):
 
 * label issues: ``cleanlab.filter.find_label_issues`` (``filter_by="prune_by_class"``)
   proposes the images whose given label the held-out model does not believe, ranked by
@@ -26,15 +27,13 @@ top losses rank exactly that), so a wrong label looks right to it. Printing and 
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from cnnkit.errors import CnnkitError, DataError
-from cnnkit.evaluation.label_probs import DEFAULT_EPOCHS, Probs, out_of_sample_probs, plan_folds
 
 INSTALL_HINT = 'pip install "cnnkit[labels]"'
 OUTLIER_FRACTION = 0.01  # of the images listed as outliers (at least OUTLIERS_MIN, at most OUTLIERS_MAX)
@@ -206,52 +205,73 @@ class LabelReport:
         return path if os.path.isabs(path) else os.path.join(self.root, path)
 
 
-def check_labels(data: str | os.PathLike[str], *, model: str | None = None, folds: int = 5,
-                 epochs: int = DEFAULT_EPOCHS, seed: int = 0, progress: bool = False,
-                 device: str = "auto") -> LabelReport:  # fmt: skip
-    """Find the likely label errors, outliers and confused pairs of a dataset's training images.
+@dataclass(frozen=True)
+class TrainingFiles:
+    """The training images a label check judges, listed as training lists them.
 
-    Args:
-        data: a class-per-folder tree (its ``train/`` split when it has split folders) or a
-            CSV file (its train rows), as given to ``cnnkit train --data``.
-        model: see :func:`~cnnkit.evaluation.label_probs.out_of_sample_probs` (None: chosen
-            from the images).
-        folds: K of the K-fold cross-validation.
-        epochs: epochs per fold when a network trains from scratch.
-        seed: seeds the folds and any network.
-        progress: progress bars on the feature pass and the folds (on a terminal).
-        device: where the model runs.
-
-    Raises:
-        CnnkitError: cleanlab is missing (the message says how to install it).
-        DataError: the data is missing, has no training image, or a class with fewer than 2.
-        UsageError: an unknown model or a bad option.
+    Attributes:
+        paths: image files.
+        labels: ``[N]`` given classes (int64).
+        class_names: classes, as training numbers them.
+        root: folder the report's paths are relative to.
+        source: the folder or CSV checked.
     """
-    require_cleanlab()
-    start = time.perf_counter()
-    paths, labels, class_names, root, source = training_files(data)
-    plan_folds(labels, class_names, folds)  # a too-small class fails before any slow work
-    probs = out_of_sample_probs(paths, labels, class_names, model=model, folds=folds, epochs=epochs, seed=seed,
-                                progress=progress, device=device)  # fmt: skip
-    report = LabelReport(source, root, class_names, probs.method, probs.folds, notes=list(probs.notes))
-    rel = [_rel(p, root) for p in paths]
-    rank_issues(report, rel, labels, probs)
-    report.seconds = time.perf_counter() - start
+
+    paths: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    root: str
+    source: str
+
+
+class HeldOut(Protocol):
+    """Out-of-sample class probabilities of the training images, from the caller (the data
+    layer knows no model: :func:`cnnkit.evaluation.label_probs.out_of_sample_probs` makes
+    them).
+
+    Attributes:
+        probs: ``[N, K]`` probabilities (rows of unreadable files are NaN).
+        readable: ``[N]`` True where the file decoded.
+        features: ``[N, F]`` image features for the outlier score, or None.
+        method: one line saying how the probabilities were made.
+        folds: folds used.
+        notes: lines for the user.
+    """
+
+    probs: np.ndarray
+    readable: np.ndarray
+    features: np.ndarray | None
+    method: str
+    folds: int
+    notes: list[str]
+
+
+def label_report(files: TrainingFiles, probs: HeldOut) -> LabelReport:
+    """Judge ``files``' given labels by their out-of-sample ``probs``: the report's issues,
+    outliers, confused pairs and agreement (``seconds`` is left to the caller)."""
+    report = LabelReport(files.source, files.root, files.class_names, probs.method, probs.folds,
+                         notes=list(probs.notes))  # fmt: skip
+    rank_issues(report, [_rel(p, files.root) for p in files.paths], files.labels, probs)
     return report
 
 
-def training_files(data: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, list[str], str, str]:
-    """``(paths, labels [N], class names, root, source)`` of the training images of ``data``."""
+def training_files(data: str | os.PathLike[str]) -> TrainingFiles:
+    """The training images of ``data`` (a folder tree or CSV file, as ``cnnkit train --data``).
+
+    Raises:
+        DataError: the data is missing or has no training image.
+    """
     from cnnkit.data.audit.scan import _listing
 
     listing, _, source = _listing(data, strict=True)
     files = listing.splits.get("train")
     if files is None or not len(files):
         raise DataError(f"{source} has no training images to check the labels of")
-    return list(files.paths), np.asarray(files.labels, dtype=np.int64), list(listing.class_names), listing.root, source
+    return TrainingFiles(list(files.paths), np.asarray(files.labels, dtype=np.int64), list(listing.class_names),
+                         listing.root, source)  # fmt: skip
 
 
-def rank_issues(report: LabelReport, paths: list[str], labels: np.ndarray, probs: Probs) -> None:
+def rank_issues(report: LabelReport, paths: list[str], labels: np.ndarray, probs: HeldOut) -> None:
     """Fill ``report``'s issues, outliers, confused pairs and agreement from ``probs``."""
     rows = np.flatnonzero(probs.readable)
     report.images, report.unreadable = len(rows), len(paths) - len(rows)

@@ -91,6 +91,13 @@ def stratified_split(
     at least 1 when ``fraction > 0`` and ``n >= 2``, and always keeps at least one for
     ``train``. Which items go where is a seeded shuffle per class.
 
+    Not scikit-learn's ``train_test_split(stratify=...)``: it spreads one held-out count
+    over the classes by largest remainder (a small class can get none), refuses a class of
+    one item and a held-out count below the number of classes, and carves one split per
+    call. These rules (every class in every held-out split, a lone item kept for training)
+    are cnnkit's. K-fold cross-validation is scikit-learn's ``StratifiedKFold``
+    (:func:`cnnkit.evaluation.label_probs.fold_splits`).
+
     Args:
         labels: label of each item.
         fractions: split name -> fraction of each class, e.g. ``{"val": 0.2}``; each in
