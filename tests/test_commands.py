@@ -107,7 +107,7 @@ def test_runs_lists_a_failed_run_with_its_reason(tmp_path: Path, capsys: pytest.
 def test_a_recipe_below_its_expectation_says_so() -> None:
     from types import SimpleNamespace
 
-    from cnnkit.commands.expectation import expectation_line, parse_bar
+    from cnnkit.commands.train import expectation_line, parse_bar
 
     assert parse_bar(">= 97% on the 2,000 held-out test digits") == (">=", 0.97)
     cfg = cnnkit.resolve_config("default")

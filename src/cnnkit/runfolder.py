@@ -72,6 +72,10 @@ class RunFolder:
     LOG = "log.txt"
     DATA_CHECK = "data_check.json"
     REPORT = "report"
+    SKIPPED = "skipped_files.json"  # every unreadable image of the run, once
+    SKIP_LOG = "skipped_files.jsonl"  # raw while training: one line per skip and process, folded into SKIPPED
+    LR_FIND = "lr_find.json"  # the learning-rate sweep's numbers (and lr_find.png its plot)
+    LR_FIND_PLOT = "lr_find.png"
     # the files a copy of a run carries (the take-away zip), besides checkpoints/ and report/
     RECORD_FILES = (CONFIG, METRICS, CLASSES, SPLIT, SUMMARY, ENV, LOG, STATUS, DATA_CHECK)
 
