@@ -321,6 +321,7 @@ def run_label(cfg: RunConfig) -> str:
     ref = usercode.parse_ref(cfg.model.name, list_sources())
     return ref.label if ref is not None else cfg.model.name.replace(":", "-")
 
+
 # ----------------------------------------------------------------------------- the run folder's files
 
 
@@ -446,7 +447,8 @@ def list_skipped_files(folder: RunFolder, skip_log: Path, report: AuditReport | 
         return
     folder.write_json(RunFolder.SKIPPED, sorted(found.values(), key=lambda e: e["path"]))
     by_training = sum("training" in entry["found_by"] for entry in found.values())
-    say(f"skipped files: {len(found)} unreadable ({by_training} met while training); listed in skipped_files.json")
+    say(f"skipped files: {len(found)} unreadable ({by_training} met while training); listed in {RunFolder.SKIPPED}")
+
 
 # ----------------------------------------------------------------------------- resuming
 
