@@ -107,7 +107,7 @@ def test_runs_lists_a_failed_run_with_its_reason(tmp_path: Path, capsys: pytest.
 def test_a_recipe_below_its_expectation_says_so() -> None:
     from types import SimpleNamespace
 
-    from cnnkit.commands.expectation import expectation_line, parse_bar
+    from cnnkit.commands.train import expectation_line, parse_bar
 
     assert parse_bar(">= 97% on the 2,000 held-out test digits") == (">=", 0.97)
     cfg = cnnkit.resolve_config("default")
@@ -119,6 +119,27 @@ def test_a_recipe_below_its_expectation_says_so() -> None:
     cfg.data.name = "/some/other/folder"
     (note,) = expectation_line(cfg, low)
     assert "for the recipe as shipped" in note and "the data" in note
+
+
+def test_the_checkpoint_description_is_a_typed_checkpoint_that_round_trips(tmp_path: Path) -> None:
+    """What every checkpoint of a run carries is built as a Checkpoint with a ModelDesc (no raw
+    dict), and reads back equal from the file."""
+    from cnnkit.checkpoint import Checkpoint, ModelDesc
+    from cnnkit.commands.train_run import describe_checkpoint
+    from cnnkit.data import build
+
+    cfg = cnnkit.resolve_config("default", None, {"data.limit_train": 100, "data.limit_eval": 50})
+    _, spec = build(cfg.data, seed=cfg.train.seed)
+    described = describe_checkpoint(cfg, spec, weights_source="runs/earlier")
+
+    assert isinstance(described, Checkpoint) and isinstance(described.model, ModelDesc)
+    assert (described.model.name, described.model.num_classes, described.model.in_chans) == ("lenet", 10, 1)
+    assert described.model.input_size == [28, 28] and described.model.source == "runs/earlier"
+    assert described.class_names == list(spec.class_names) and described.preprocess == spec.preprocess.to_dict()
+    assert described.config["train"]["seed"] == cfg.train.seed and described.data_fingerprint == spec.fingerprint
+    assert described.training is None and described.state_dict == {}
+    described.save(tmp_path / "described.pt")
+    assert Checkpoint.load(tmp_path / "described.pt") == described
 
 
 def test_a_backbone_from_scratch_trains_every_layer_at_lr() -> None:

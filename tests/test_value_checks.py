@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cli_helpers import one_line_error, run_cli
-from cnnkit.commands.setup import check_memory
+from cnnkit.commands.train_run import check_memory
 from cnnkit.config import resolve_config
 from cnnkit.engine.epoch import NonFiniteLoss, train_one_epoch
 from cnnkit.engine.memory import estimate
@@ -65,7 +65,7 @@ def test_the_memory_estimate_refuses_only_what_does_not_fit(monkeypatch) -> None
 
     cfg = resolve_config(None, None, {"model.name": "vgg11_bn", "data.image_size": 64, "train.device": "cpu"})
     check_memory(cfg)  # fits any machine that runs these tests
-    monkeypatch.setattr("cnnkit.commands.setup.available_bytes", lambda device: need.total // 2)
+    monkeypatch.setattr("cnnkit.commands.train_run.available_bytes", lambda device: need.total // 2)
     with pytest.raises(UsageError, match="--image-size 64 needs about .* but cpu has"):
         check_memory(cfg)
     cfg.data.image_size = None  # the data's own size is not second-guessed

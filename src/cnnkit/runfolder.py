@@ -78,6 +78,10 @@ class RunFolder:
     STUDIO_COMMAND = "studio_command.txt"  # the ``cnnkit train`` command of a run the studio started
     TENSORBOARD = "tensorboard"  # TensorBoard's event files
     TRACKING = "tracking.json"  # MLflow / W&B run ids, so a resumed run continues the same one
+    SKIPPED = "skipped_files.json"  # every unreadable image of the run, once
+    SKIP_LOG = "skipped_files.jsonl"  # raw while training: one line per skip and process, folded into SKIPPED
+    LR_FIND = "lr_find.json"  # the learning-rate sweep's numbers (and lr_find.png its plot)
+    LR_FIND_PLOT = "lr_find.png"
     # the files a copy of a run carries (the take-away zip), besides checkpoints/ and report/
     RECORD_FILES = (CONFIG, METRICS, CLASSES, SPLIT, SUMMARY, ENV, LOG, STATUS, DATA_CHECK)
     # any one of these beside config.yaml marks a training run (an lr-find folder has none)

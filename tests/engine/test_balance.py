@@ -8,7 +8,7 @@ import torch
 
 import cnnkit
 from cli_helpers import one_line_error, run_cli
-from cnnkit.commands.setup import balanced_class_weights
+from cnnkit.commands.train_run import balanced_class_weights
 from cnnkit.config import TrainConfig
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.tensor_data import Batching, TensorLoader, epoch_order

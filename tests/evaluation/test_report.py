@@ -96,35 +96,62 @@ def test_no_report_switch(tmp_path: Path) -> None:
     assert report(run.dir, split="val").name == "report.html"
 
 
-def test_the_end_of_run_report_reuses_the_test_scores_without_a_model_pass(tmp_path: Path, monkeypatch) -> None:
-    """The report at the end of a run with a test split takes the final evaluation's logits:
-    the model only sees the model summary's one-image probe."""
+def test_the_end_of_run_report_is_written_from_memory(tmp_path: Path, monkeypatch) -> None:
+    """The report at the end of a run takes the model, loaders and final test scores in memory:
+    best.pt is read once (its weights into the model), the data is built once (the session's),
+    and the model only sees the model summary's one-image probe (no second pass over the test digits)."""
     import torch
 
-    import cnnkit.commands.report as report_command
+    import cnnkit.checkpoint
+    import cnnkit.commands.train_run as train_run
+    import cnnkit.evaluation.report as report_module
+    import cnnkit.inference.loading
 
     seen: list[int] = []
-    real_report = report_command.report
+    counts = {"load": 0, "build": 0}
+    real_write, real_load, real_build = report_module.write_report, cnnkit.checkpoint.Checkpoint.load, train_run.build
 
-    def counting_report(*args, **kwargs):
+    def counting_write(*args, **kwargs):
         def count(module, inputs):
             if module.__class__.__name__ == "LeNet":
                 seen.append(int(inputs[0].shape[0]))
 
         handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
         try:
-            return real_report(*args, **kwargs)
+            return real_write(*args, **kwargs)
         finally:
             handle.remove()
 
-    monkeypatch.setattr(report_command, "report", counting_report)
+    def counting_load(path):
+        counts["load"] += 1
+        return real_load(path)
+
+    def counting_build(*args, **kwargs):
+        counts["build"] += 1
+        return real_build(*args, **kwargs)
+
+    def no_reload(*args, **kwargs):
+        raise AssertionError("the end-of-run report rebuilt the run's data from its checkpoint")
+
+    monkeypatch.setattr(report_module, "write_report", counting_write)
+    monkeypatch.setattr(cnnkit.checkpoint.Checkpoint, "load", staticmethod(counting_load))
+    monkeypatch.setattr(train_run, "build", counting_build)
+    monkeypatch.setattr(cnnkit.inference.loading, "checkpoint_loaders", no_reload)
     run = cnnkit.train(epochs=1, limit_train=500, limit_eval=200, output_dir=str(tmp_path), progress=False,
                        log=lambda line: None)  # fmt: skip
 
     assert run.test is not None and run.test.count == 200
     assert seen == [1]  # the summary's probe; no scoring pass over the 200 test digits
+    assert counts == {"load": 1, "build": 1}  # best.pt's weights once; the session's loaders only
     page = (run.dir / "report" / "report.html").read_text(encoding="utf-8")
     assert f"top-1: <b>{run.test.acc:.2%}</b>" in page and "(200 images)" in page
+    monkeypatch.undo()
+    again = report(run.dir, out_dir=tmp_path / "again").read_text(encoding="utf-8")  # the command: loads, scores afresh
+    assert _without_images(page) == _without_images(again)  # the same report, figure for figure
+
+
+def _without_images(page: str) -> str:
+    return re.sub(r"base64,[A-Za-z0-9+/=]+", "base64,...", page)
 
 
 def test_a_flip_tta_run_reports_the_same_top1_as_eval_and_summary(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cnnkit.cli import build_parser
-from cnnkit.commands.setup import absolute_paths
+from cnnkit.commands.train_run import absolute_paths
 from cnnkit.config import RunConfig, keyword_overrides, overrides_from_args, resolve_config
 from cnnkit.errors import UsageError
 from cnnkit.studio.kinds import KINDS, Settings, default_kind, train_command, train_overrides

@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnkit.commands.run_files import new_run_folder
-from cnnkit.commands.setup import check_run_config, load_run_code, prepare
+from cnnkit.commands.train_run import check_run_config, load_run_code, new_run_folder, prepare
 from cnnkit.config import RunConfig, keyword_overrides, resolve_config
 from cnnkit.data import DataSpec
 from cnnkit.engine import distributed
@@ -68,12 +67,12 @@ def sweep(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device
     result = lr_range_test(trained, loader, cfg.train, device=device, progress=progress, **options)
     figure = lr_plot(result, title=f"{cfg.model.name} on {cfg.data.name}: learning-rate range test")
     if folder.writer:
-        save_png(figure, folder.file("lr_find.png"), dpi=120)
-    folder.write_json("lr_find.json", result.as_dict())
+        save_png(figure, folder.file(RunFolder.LR_FIND_PLOT), dpi=120)
+    folder.write_json(RunFolder.LR_FIND, result.as_dict())
     ended = "the loss diverged" if result.diverged else "the sweep ended"
     say(f"lr-find: suggested lr {result.suggestion:.2e} (the lower of the steepest descent, {result.steepest_lr:.2e}, "
         f"and a tenth of the lowest loss's lr, {result.min_loss_lr:.2e}); "
-        f"{len(result.lrs)} steps until {ended}; plot: {folder.file('lr_find.png')}")  # fmt: skip
+        f"{len(result.lrs)} steps until {ended}; plot: {folder.file(RunFolder.LR_FIND_PLOT)}")  # fmt: skip
     if result.doubtful:
         logger.warning(f"warning: the loss fell only {result.fall:.1%} during the sweep, so the suggestion is a guess; "
                        "sweep longer (--steps), check the data and model, or choose the lr by hand")  # fmt: skip

@@ -6,12 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cnnkit.engine import resolve_device
-from cnnkit.engine.device import amp_dtype
 from cnnkit.inference.loading import (
-    LoadedCheckpoint,
     check_split,
     checkpoint_loaders,
     default_split,
@@ -19,9 +15,6 @@ from cnnkit.inference.loading import (
     split_loader,
 )
 from cnnkit.runfolder import RunFolder
-
-# Images of the split that the (slower) robustness measurements use.
-ROBUSTNESS_IMAGES = 1000
 
 
 def report(
@@ -47,88 +40,34 @@ def report(
         out_dir: where to write (None: ``report/`` in the run folder; for a checkpoint outside
             a run, ``report/`` beside it).
         scores: the split's :class:`~cnnkit.engine.scoring.Scores`, already computed with the
-            run's TTA and precision (the end of a run passes its test evaluation's, or a
-            frozen backbone's val scores from its cached features); the model then only
-            runs for the summary's one-image probe. None: scored here.
+            run's TTA and precision; the model then only runs for the summary's one-image
+            probe. None: scored here. (The end of a training run writes its report from
+            memory: :func:`cnnkit.evaluation.report.write_report`.)
 
     Returns:
         The path of ``report.html``.
     """
+    from cnnkit.data.spec import Preprocess
     from cnnkit.evaluation import report as rep
-    from cnnkit.models.summary import as_trained, format_summary, summarize
 
     if split is not None:
         check_split(split)
     loaded = load_checkpoint(path)
     run = loaded.run_folder  # None: a checkpoint outside a run (no curves, no config)
     torch_device = resolve_device(device)
-    loaders, spec, cfg = checkpoint_loaders(loaded, data_dir=data_dir, device=torch_device)
+    loaders, _, cfg = checkpoint_loaders(loaded, data_dir=data_dir, device=torch_device)
+    train_loaders, _, _ = checkpoint_loaders(loaded, data_dir=data_dir, device=torch_device, training=True)
     split = split or default_split(loaders)
-    loader = split_loader(loaders, split)
-    pre = loaded.preprocess
-    model = loaded.model.to(torch_device)
-    dtype = amp_dtype(cfg.train.amp, torch_device)  # the run's precision and TTA, as `cnnkit eval` scores
-    pred = rep.collect_predictions(model, loader, mean=pre["mean"], std=pre["std"], device=torch_device, dtype=dtype,
-                                   tta=cfg.train.tta, scores=scores)  # fmt: skip
-    data = rep.summarise(pred, loaded.class_names, split)
-    extra = None
-    if robustness:
-        extra = _robustness(model, loader, pre, torch_device, loaded.class_names, dtype, cfg.train.tta)
-        extra["images"] = min(ROBUSTNESS_IMAGES, data.count)
-    label_errors = _label_errors(pred, loader, loaded.class_names, split, pre)
-    summary = summarize(as_trained(model.cpu(), cfg), (pre["channels"], *pre["input_size"]))  # the run's frozen part
-    default_out = run.report_dir if run else loaded.path.parent / RunFolder.REPORT
-    return rep.write_report(
-        Path(out_dir) if out_dir else default_out, data, pred,
-        history=run.read_metrics() if run else [],
-        preview=_train_preview(loaded, torch_device, data_dir),
-        config_text=(run.read_text(RunFolder.CONFIG) if run else None) or "",
-        summary_text=format_summary(summary),
+    inputs = rep.ReportInputs(
+        model=loaded.model.to(torch_device), loader=split_loader(loaders, split), split=split,
+        class_names=loaded.class_names, preprocess=Preprocess.from_dict(loaded.preprocess), config=cfg,
+        device=torch_device, history=run.read_metrics() if run else [],
         title=f"{run.name if run else loaded.path.stem}: {loaded.checkpoint.model.name} on {cfg.data.name}",
-        robustness=extra, label_errors=label_errors,
+        config_text=(run.read_text(RunFolder.CONFIG) if run else None) or "",
+        train_loader=train_loaders.train, scores=scores, robustness=robustness,
     )  # fmt: skip
-
-
-def _label_errors(pred: Any, loader: Any, class_names: list[str], split: str, pre: dict[str, Any]) -> dict[str, Any]:
-    """The "likely label errors" section of the split's own (held-out) predictions, with the suspects' pixels."""
-    from cnnkit.evaluation import report as rep
-    from cnnkit.evaluation.label_errors import label_errors_section, loader_paths
-
-    scores = pred.scores
-    section = label_errors_section(scores, class_names, split, loader_paths(loader, scores.count))
-    if section["rows"]:
-        section["images"] = rep.images_at(loader, section["positions"], scores.labels, pre["mean"], pre["std"])
-    return section
-
-
-def _train_preview(loaded: LoadedCheckpoint, device: torch.device, data_dir: str | None, count: int = 16):
-    """The first training batch after augmentation, de-normalised, with class names."""
-    loaders, _, _ = checkpoint_loaders(loaded, data_dir=data_dir, device=device, training=True)
-    images, labels = next(iter(loaders.train))
-    pre = loaded.preprocess
-    mean = torch.tensor(pre["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(pre["std"]).view(1, -1, 1, 1)
-    shown = (images[:count].cpu().float() * std + mean).clamp(0, 1)
-    return shown, [loaded.class_names[int(i)] for i in labels[:count]]
-
-
-def _robustness(model, loader, pre, device, class_names, dtype=None, tta="none") -> dict[str, Any]:
-    from cnnkit.evaluation import plots
-    from cnnkit.evaluation.robustness import Normalisation, robustness_table
-
-    rows, example = robustness_table(model, loader, Normalisation.of(pre["mean"], pre["std"]), device=device,
-                                     max_images=ROBUSTNESS_IMAGES, dtype=dtype, tta=tta)  # fmt: skip
-    figure = None
-    if example is not None:
-        diff = (example["adversarial"] - example["clean"]).abs()
-        diff = diff / max(float(diff.max()), 1e-8)  # amplified to be visible
-        figure = plots.image_grid_figure(
-            torch.stack([example["clean"], example["adversarial"], diff]),
-            [f"original: {class_names[example['clean_pred']]}",
-             f"FGSM {example['eps']}/255: {class_names[example['adv_pred']]}", "perturbation (amplified)"],
-            ncols=3, title=f"true class: {class_names[example['label']]}",
-        )  # fmt: skip
-    return {"rows": rows, "figure": figure}
+    default_out = run.report_dir if run else loaded.path.parent / RunFolder.REPORT
+    return rep.write_report(inputs, Path(out_dir) if out_dir else default_out)
 
 
 def main(args: Any) -> None:

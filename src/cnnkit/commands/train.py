@@ -1,12 +1,17 @@
 """``cnnkit train``: resolve and check the config, build data and model, fit, test, report.
 
 Read :func:`train` top to bottom: everything is validated before the run folder exists,
-then :func:`_run` trains inside it and records how the run ended in ``status.json``.
+then :func:`_run` trains inside it and records how the run ended in ``status.json``. What
+the run is built from (checks, session, run folder files, resuming) is in
+:mod:`cnnkit.commands.train_run`; the loop in :mod:`cnnkit.engine`. The end of the run
+(:func:`_finish`) writes ``summary.json`` and the report from the model, loaders and
+scores in memory, and checks the recipe's stated expectation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,41 +23,45 @@ from torch import nn
 
 from cnnkit.atomic import is_disk_full
 from cnnkit.checkpoint import Checkpoint
-from cnnkit.commands import resume as resuming
-from cnnkit.commands.expectation import expectation_line
-from cnnkit.commands.finish import finish_run
-from cnnkit.commands.run_files import (
-    describe_run,
-    list_skipped_files,
-    log_data_check,
-    new_run_folder,
-    quick_data_check,
-    refuse_folder_in_use,
-)
-from cnnkit.commands.setup import (
+from cnnkit.commands.train_run import (
+    IN_USE_ADVICE,
     Session,
     balanced_class_weights,
     check_run_config,
-    checkpoint_meta,
+    check_same_data,
     code_lines,
+    describe_checkpoint,
+    describe_run,
     fmt_values,
+    list_skipped_files,
     load_run_code,
+    log_data_check,
+    new_run_folder,
+    position,
     prepare,
+    quick_data_check,
+    record_resume,
+    refuse_folder_in_use,
+    resume_state,
+    saved_split,
 )
-from cnnkit.config import RunConfig, keyword_overrides, resolve_config
+from cnnkit.config import RunConfig, keyword_overrides, resolve_config, to_yaml
 from cnnkit.data import DataSpec
 from cnnkit.data.folder import skipped_files_log
+from cnnkit.data.tensor_data import WHOLE
 from cnnkit.engine import EvalResult, distributed
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.epoch import TrainingStopped
 from cnnkit.engine.phases import cached_head_scores, fit_phases, total_epochs
 from cnnkit.engine.scoring import Scores, metrics, score
 from cnnkit.engine.speed import use_channels_last
+from cnnkit.errors import CnnkitError
 from cnnkit.log import console, logger, quiet_unless, say
 from cnnkit.runfolder import RunFolder
 from cnnkit.tracking import open_loggers
 
-SKIP_LOG = "skipped_files.jsonl"  # raw, one line per skip and process; folded into skipped_files.json
+# A recipe's bar, the start of its ``expected`` text: ``>= 97% on the 2,000 held-out test digits``.
+_BAR = re.compile(r"^\s*(>=|>|≥)\s*(\d+(?:\.\d+)?)\s*%")
 
 
 @dataclass
@@ -93,7 +102,7 @@ class Run:
 
     @property
     def checkpoint(self) -> Path | None:
-        return None if self.dir is None else self.dir / "checkpoints" / "best.pt"
+        return None if self.dir is None else RunFolder(self.dir).best
 
     def __repr__(self) -> str:
         return f"Run(dir={str(self.dir)!r}, metrics={self.metrics})"
@@ -123,7 +132,7 @@ def train(
             handlers of your own); lines also go to the run's ``log.txt``.
         resume: a run folder to continue from its ``last.pt`` (killed, crashed or
             finished early), with its own config, split and data order; only
-            :data:`cnnkit.commands.resume.RESUME_OVERRIDES` may change (``epochs`` to train longer).
+            :data:`cnnkit.commands.train_run.RESUME_OVERRIDES` may change (``epochs`` to train longer).
         check: first run the quick dataset check (:mod:`cnnkit.data.audit`) on a folder or
             CSV dataset: unusable data stops here, anything training survives is logged.
         trust_code: with ``resume``, the files/modules of the run's own model or dataset
@@ -146,7 +155,7 @@ def train(
     """
     with console(log):
         if resume is not None:
-            cfg, folder, state = resuming.resume_state(resume, keyword_overrides(overrides), trust_code)
+            cfg, folder, state = resume_state(resume, keyword_overrides(overrides), trust_code)
         else:
             cfg = config if config is not None else resolve_config(recipe, config_file, keyword_overrides(overrides))
             folder, state = None, None
@@ -169,13 +178,13 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
     with ExitStack() as held:
         if folder is not None:  # resuming: its own folder, held before anything loads
             folder.writer = ranks.is_main  # a resumed run under torchrun: only rank 0 writes
-            held.enter_context(folder.lock(advice=resuming.IN_USE_ADVICE))
+            held.enter_context(folder.lock(advice=IN_USE_ADVICE))
         elif ranks.is_main:
             refuse_folder_in_use(cfg)  # --exist-ok on a folder in use: said before the data loads
-        split = resuming.saved_split(folder) if state is not None else None
+        split = saved_split(folder) if state is not None else None
         session = prepare(cfg, resume=state, split=split, ranks=ranks)
         if state is not None:
-            resuming.check_same_data(state, session.spec, folder)
+            check_same_data(state, session.spec, folder)
         if folder is None:  # everything is checked: the new run's folder exists from here on
             folder = new_run_folder(cfg, ranks)
             held.enter_context(folder.lock())
@@ -184,16 +193,13 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
                 describe_run(folder, cfg, session.spec)
             _log_start(cfg, session, folder, state, data_check, ranks)
             if state is not None and folder.writer:
-                resuming.record_resume(folder, cfg)
+                record_resume(folder, cfg)
             result, test, scores = _fit_and_test(cfg, session, folder, state, data_check, progress and ranks.is_main,
                                                  should_stop)  # fmt: skip
             run = Run(folder.path, cfg, session.spec, session.model, result.history, result.best_epoch, test,
                       time.perf_counter() - start, session.spec.notes)  # fmt: skip
             if folder.writer:
-                finish_run(folder, run, result, cfg, scores)
-                say(_final_line(run))
-                for line in expectation_line(cfg, run):
-                    say(line)
+                _finish(folder, run, result, session, scores)
     distributed.barrier()  # the other ranks leave once the run folder is complete
     return run
 
@@ -211,7 +217,7 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
         from cnnkit.commands.lr_find import sweep_and_adopt
 
         sweep_and_adopt(model, loaders, cfg, spec, device, folder, progress)
-    meta = checkpoint_meta(cfg, spec, weights_source=_weights_source(session, state))
+    meta = describe_checkpoint(cfg, spec, weights_source=_weights_source(session, state))
     for line in code_lines(meta):
         say(line)
     class_weights = balanced_class_weights(loaders.train, spec.num_classes) if cfg.data.balance == "weights" else None
@@ -219,14 +225,14 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
         say("note: class-balanced loss weights " + fmt_values([round(float(w), 3) for w in class_weights]))
     tracked = cfg if folder.writer else dataclasses.replace(cfg, tensorboard=False, loggers=None)
     first_epoch = state.training.epoch + 1 if state else 1
-    with (skipped_files_log(folder.file(SKIP_LOG)) as skip_log,  # bad files met by any loader worker
+    with (skipped_files_log(folder.file(RunFolder.SKIP_LOG)) as skip_log,  # bad files met by any loader worker
           open_loggers(folder.path, tracked, first_epoch=first_epoch, say=say) as trackers):
         trackers.start(model, (spec.channels, *spec.input_size), cfg)  # TensorBoard, MLflow, W&B
         result = fit_phases(model, loaders, cfg, spec, device, folder.path if folder.writer else None, meta, say,
                             progress, resume=state, class_weights=class_weights, trackers=trackers,
                             should_stop=should_stop)  # fmt: skip
         result.run_dir = folder.path
-        if folder.writer:
+        if folder.writer:  # the best epoch's weights, read once: the test, the report and Run.model use them
             model.load_state_dict(Checkpoint.load(folder.best).state_dict)
         distributed.broadcast_module(model)  # rank 0's best weights on every rank (no shared disk needed)
         test, scores = None, None
@@ -237,7 +243,7 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
             test = metrics(scores, spec.num_classes, reduce=distributed.all_reduce_sum)
             trackers.log_test(test, step=len(result.history))
             if distributed.current().world > 1:
-                scores = None  # each rank scored its shard: the report scores the whole split itself
+                scores = None  # each rank scored its shard: the report scores the whole split on rank 0
             report_scores = ("test", scores) if scores is not None else None
         else:  # no test split: the report shows val, from a frozen backbone's cached features if any
             report_scores = _val_scores(model, cfg, spec, device) if cfg.report else None
@@ -274,7 +280,7 @@ def _log_start(cfg: RunConfig, session: Session, folder: RunFolder, state: Check
                 f"{ranks.world} x {cfg.data.batch_size // ranks.world}; rank 0 writes this folder")  # fmt: skip
     else:
         say(f"resuming {folder.path} after epoch {state.training.epoch}"
-            + resuming.position(state, len(session.loaders.train))
+            + position(state, len(session.loaders.train))
             + (f" on {ranks.world} processes" if ranks.active else ""))  # fmt: skip
     sizes = " / ".join(f"{name} {count:,}" for name, count in spec.sizes.items())
     say(f"data: {spec.name}  {spec.num_classes} classes  {sizes}  "
@@ -289,6 +295,112 @@ def _log_start(cfg: RunConfig, session: Session, folder: RunFolder, state: Check
     precision = amp_dtype(cfg.train.amp, device, training=True, deterministic=cfg.train.deterministic)
     say(f"model: {cfg.model.name} ({params:,} parameters)  device: {device}  epochs: {total_epochs(cfg.train)}  "
         f"precision: {'float32' if precision is None else str(precision).removeprefix('torch.') + ' autocast'}")
+
+
+# ----------------------------------------------------------------------------- the end of the run
+
+
+def _finish(folder: RunFolder, run: Run, result: Any, session: Session, scores: tuple[str, Scores] | None) -> None:
+    """Write ``summary.json`` and, unless ``--no-report``, ``report/``; log the final line and
+    what the recipe's expectation says of it (rank 0 only).
+
+    ``scores``: ``(split, Scores)`` the run already has (the final test evaluation's, or a
+    frozen backbone's val scores from its cached features), which the report reuses
+    instead of running the model over that split again (None: the report scores its split).
+    """
+    folder.write_summary({**run.metrics, "epochs_run": len(result.history), "stopped_early": result.stopped_early})
+    if run.config.report:
+        _write_report(folder, run, session, scores)
+    say(_final_line(run))
+    for line in expectation_line(run.config, run):
+        say(line)
+
+
+def _write_report(folder: RunFolder, run: Run, session: Session, scores: tuple[str, Scores] | None) -> None:
+    """The report from what is in memory: the best weights (already in ``run.model``), the
+    loaders and the final evaluation's scores; nothing is loaded again. The run itself is
+    already saved, so a problem here only warns."""
+    from cnnkit.evaluation import report as rep
+
+    cfg, loaders = run.config, session.loaders
+    split, split_scores = scores if scores is not None else ("test" if loaders.test is not None else "val", None)
+    loader = loaders.test if split == "test" else loaders.val
+    inputs = rep.ReportInputs(
+        model=run.model, loader=loader, split=split, class_names=list(run.spec.class_names),
+        preprocess=run.spec.preprocess, config=cfg, device=session.device, history=run.history,
+        title=f"{folder.name}: {cfg.model.name} on {cfg.data.name}", config_text=to_yaml(cfg),  # = config.yaml
+        train_loader=loaders.train, scores=split_scores,
+    )  # fmt: skip
+    try:
+        with _whole_split(loader):
+            path = rep.write_report(inputs, folder.report_dir)
+    except CnnkitError as err:
+        logger.warning(f"warning: no report written: {err}")
+        return
+    say(f"report: {path}")
+
+
+@contextmanager
+def _whole_split(loader: Any) -> Iterator[None]:
+    """Under torchrun each rank's loaders give its shard; the report (rank 0) scores the whole split."""
+    part = getattr(loader, "part", WHOLE)
+    loader.part = WHOLE
+    try:
+        yield
+    finally:
+        loader.part = part
+
+
+def parse_bar(expected: str | None) -> tuple[str, float] | None:
+    """A recipe's bar: ``">= 97% ..."`` -> ``(">=", 0.97)``; None when the text states none."""
+    match = _BAR.match(expected or "")
+    if match is None:
+        return None
+    op = ">=" if match.group(1) in (">=", "≥") else ">"
+    return op, float(match.group(2)) / 100
+
+
+def expectation_line(cfg: RunConfig, run: Any) -> list[str]:
+    """The lines to log about the recipe's stated expectation (none when there is nothing to say).
+
+    The bar applies to a run of the recipe as shipped: same data, same epochs, the whole
+    training set. A run that changed any of these is told the expectation does not apply;
+    a run that ends below the bar says so.
+    """
+    bar = parse_bar(cfg.expected)
+    if bar is None or cfg.recipe is None:
+        return []
+    changed = _changed_from_recipe(cfg)
+    if changed:
+        return [f"note: the {cfg.recipe} recipe's expectation ({cfg.expected}) is for the recipe as shipped; "
+                f"this run changed {', '.join(changed)}"]  # fmt: skip
+    reached = run.test.acc if run.test is not None else run.metrics["val_acc"]
+    op, value = bar
+    if reached > value or (op == ">=" and reached >= value):
+        return [f"expected {op} {value:.1%}: reached {reached:.2%}"]
+    return [f"warning: below the {cfg.recipe} recipe's expectation: {reached:.2%} "
+            f"{'test' if run.test is not None else 'validation'} accuracy, expected {op} {value:.1%} "
+            f"({cfg.expected})"]  # fmt: skip
+
+
+def _changed_from_recipe(cfg: RunConfig) -> list[str]:
+    """What this run changed that the recipe's bar depends on."""
+    from cnnkit.recipes import load_recipe
+
+    raw = load_recipe(cfg.recipe)
+    changed = []
+    data_name = raw.get("data", {}).get("name")
+    if data_name is not None and cfg.data.name != data_name:
+        changed.append(f"the data ({cfg.data.name})")
+    epochs = raw.get("train", {}).get("epochs")
+    if epochs is not None and cfg.train.epochs != epochs and not cfg.train.fine_tune:
+        changed.append(f"the epochs ({cfg.train.epochs} instead of {epochs})")
+    if cfg.data.limit_train is not None:
+        changed.append(f"the training set (--limit-train {cfg.data.limit_train})")
+    return changed
+
+
+# ----------------------------------------------------------------------------- how the run ended
 
 
 @contextmanager

@@ -1,14 +1,18 @@
 """The evaluation report: one self-contained ``report.html`` plus the PNGs it shows.
 
+:func:`write_report` makes the whole report from what is in memory, a
+:class:`ReportInputs`: the model with the weights reported, the split's loader (and its
+scores when an evaluation already made them), the training loader, the history and the
+config. The end of a training run hands it its own model, loaders and test scores; ``cnnkit
+report`` (:mod:`cnnkit.commands.report`) loads them from a run folder first. Nothing here
+loads data or checkpoints, so notebooks can pass their own.
+
 :func:`collect_predictions` scores a loader through the one scoring path
 (:func:`cnnkit.engine.scoring.score`, with the run's TTA and precision) or takes the
-:class:`~cnnkit.engine.scoring.Scores` of an evaluation already made (the end of a run
-reuses its test evaluation), then fetches the pixels of only the images the report shows
-(the worst mistakes). :func:`summarise` computes the numbers with
-:func:`cnnkit.engine.scoring.metrics`, so they equal ``cnnkit eval``'s on the same
-scores; :func:`write_report` turns that, the training history and the run's config into
-figures and HTML. Nothing here loads data or checkpoints: the caller
-(``cnnkit.commands.report``) does, so notebooks can pass their own.
+:class:`~cnnkit.engine.scoring.Scores` of an evaluation already made, then fetches the
+pixels of only the images the report shows (the worst mistakes). :func:`summarise`
+computes the numbers with :func:`cnnkit.engine.scoring.metrics`, so they equal ``cnnkit
+eval``'s on the same scores.
 """
 
 from __future__ import annotations
@@ -18,19 +22,68 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import torch
 from torch import nn
 
 from cnnkit import atomic
+from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.scoring import Scores, metrics, score
 from cnnkit.evaluation import metrics as M
 from cnnkit.evaluation import plots
 
+if TYPE_CHECKING:
+    from cnnkit.config import RunConfig
+    from cnnkit.data.spec import Preprocess
+
 # Mistakes shown in the top-losses gallery.
 GALLERY_SIZE = 16
+# Training images the preview shows (the first batch's, as the model sees them).
+PREVIEW_SIZE = 16
+# Images of the split that the (slower) robustness measurements use.
+ROBUSTNESS_IMAGES = 1000
+
+
+@dataclass
+class ReportInputs:
+    """What a report is made from, all in memory (the caller trained or loaded it).
+
+    Attributes:
+        model: the classifier with the weights reported (a run's best), on ``device``.
+        loader: the reported split's loader: unshuffled, the whole split.
+        split: its name (``test``, ``val`` or ``train``).
+        class_names: one per logit.
+        preprocess: the loaders' preprocessing (mean and std are undone for display; channels
+            and input size give the model summary's one-image probe).
+        config: the run's config: the TTA and precision it is scored with (as ``cnnkit eval``
+            scores), the frozen part of the model for the summary, the data's name.
+        device: where the model runs.
+        history: one metrics row per epoch, as in ``metrics.csv`` (the curves).
+        title: the page's title.
+        config_text: the run's ``config.yaml``, shown as it is.
+        train_loader: the training loader with its augmentation: its first batch is the
+            "as the model sees them" preview (None: no preview).
+        scores: the split's :class:`~cnnkit.engine.scoring.Scores`, already computed with
+            the run's TTA and precision (the model then only runs for the summary's probe);
+            None: scored here.
+        robustness: also measure accuracy under FGSM and simple corruptions (slower).
+    """
+
+    model: nn.Module
+    loader: Iterable
+    split: str
+    class_names: list[str]
+    preprocess: Preprocess
+    config: RunConfig
+    device: torch.device
+    history: list[dict[str, Any]]
+    title: str
+    config_text: str = ""
+    train_loader: Iterable | None = None
+    scores: Scores | None = None
+    robustness: bool = False
 
 
 @dataclass
@@ -58,10 +111,10 @@ class Predictions:
 
 def collect_predictions(
     model: nn.Module | None, loader: Iterable, *, mean: Iterable[float], std: Iterable[float],
-    device: torch.device | str = "cpu", keep: int = GALLERY_SIZE, dtype: torch.dtype | None = None,
-    tta: str = "none", scores: Scores | None = None,
+    device: torch.device | str = "cpu", dtype: torch.dtype | None = None, tta: str = "none",
+    scores: Scores | None = None,
 ) -> Predictions:  # fmt: skip
-    """The scores of ``loader`` and the pixels of its ``keep`` highest-loss images.
+    """The scores of ``loader`` and the pixels of its :data:`GALLERY_SIZE` highest-loss images.
 
     Args:
         model: the classifier (unused when ``scores`` is given: pass None).
@@ -77,7 +130,7 @@ def collect_predictions(
             raise ValueError("collect_predictions needs a model or precomputed scores")
         scores = score(model, loader, device=device, dtype=dtype, tta=tta)
     empty = torch.zeros(0, dtype=torch.long)
-    worst = M.top_losses(scores.logits, scores.labels, keep).indices if scores.count else empty
+    worst = M.top_losses(scores.logits, scores.labels, GALLERY_SIZE).indices if scores.count else empty
     images = images_at(loader, worst, scores.labels, mean, std)
     return Predictions(scores.logits, scores.labels, images, worst, scores.tta)
 
@@ -175,19 +228,52 @@ def summarise(pred: Predictions | Scores, class_names: list[str], split: str) ->
     )
 
 
-def write_report(
-    out_dir: str | Path, data: ReportData, pred: Predictions, *, history: list[dict[str, Any]],
-    preview: tuple[torch.Tensor, list[str]] | None, config_text: str, summary_text: str, title: str,
-    robustness: dict[str, Any] | None = None, label_errors: dict[str, Any] | None = None,
-) -> Path:  # fmt: skip
+def write_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
     """Write the PNGs and ``report.html`` (images embedded) into ``out_dir``; return the HTML path.
 
-    ``label_errors``: the section of :func:`cnnkit.evaluation.label_errors.label_errors_section`,
-    with the suspects' de-normalised pixels as ``images`` (None: no section).
+    The split is scored with the run's TTA and precision unless ``inputs.scores`` are given;
+    the "likely label errors" section comes from those same held-out predictions.
     """
-    out = Path(out_dir)
+    cfg, pre = inputs.config, inputs.preprocess
+    model = inputs.model
+    dtype = amp_dtype(cfg.train.amp, inputs.device)  # the run's precision and TTA, as `cnnkit eval` scores
+    pred = collect_predictions(model, inputs.loader, mean=pre.mean, std=pre.std, device=inputs.device, dtype=dtype,
+                               tta=cfg.train.tta, scores=inputs.scores)  # fmt: skip
+    data = summarise(pred, inputs.class_names, inputs.split)
+    robustness = None
+    if inputs.robustness:
+        robustness = _robustness(model, inputs.loader, pre, inputs.device, inputs.class_names, dtype, cfg.train.tta)
+        robustness["images"] = min(ROBUSTNESS_IMAGES, data.count)
+    page = _Page(
+        title=inputs.title, history=inputs.history, config_text=inputs.config_text,
+        summary_text=_summary_text(model, cfg, pre),
+        preview=_train_preview(inputs.train_loader, inputs.class_names, pre) if inputs.train_loader else None,
+        robustness=robustness,
+        label_errors=_label_errors(pred, inputs.loader, inputs.class_names, inputs.split, pre),
+    )  # fmt: skip
+    return _render(Path(out_dir), data, pred, page)
+
+
+@dataclass
+class _Page:
+    """What the page shows besides the split's numbers and worst images."""
+
+    title: str
+    history: list[dict[str, Any]]
+    config_text: str
+    summary_text: str
+    preview: tuple[torch.Tensor, list[str]] | None
+    robustness: dict[str, Any] | None
+    label_errors: dict[str, Any] | None  # see cnnkit.evaluation.label_errors.label_errors_section, + "images"
+
+
+def _render(out: Path, data: ReportData, pred: Predictions, page: _Page) -> Path:
+    """The PNGs and ``report.html``. ``page.label_errors``: the section of
+    :func:`cnnkit.evaluation.label_errors.label_errors_section`, with the suspects'
+    de-normalised pixels as ``images`` (None: no section)."""
     out.mkdir(parents=True, exist_ok=True)
-    figures = _figures(data, pred, history, preview, robustness)
+    label_errors = page.label_errors
+    figures = _figures(data, pred, page.history, page.preview, page.robustness)
     if label_errors and label_errors.get("images") is not None and len(label_errors["images"]):
         titles = [f"given {r['given']}\nsuggested {r['suggested']}" for r in label_errors["rows"]]
         figures["label_errors"] = plots.image_grid_figure(label_errors["images"], titles, title="likely label errors")
@@ -199,14 +285,61 @@ def write_report(
         path = out / f"{name}.png"
         plots.save_png(fig, path)
         images[name] = base64.b64encode(path.read_bytes()).decode("ascii")
-    page = _TEMPLATE.render(
-        title=title, data=data, images=images, rows=_class_rows(data), pairs=_pair_rows(data),
-        config_text=config_text, summary_text=summary_text, robustness=robustness, pct=_pct,
+    html = _TEMPLATE.render(
+        title=page.title, data=data, images=images, rows=_class_rows(data), pairs=_pair_rows(data),
+        config_text=page.config_text, summary_text=page.summary_text, robustness=page.robustness, pct=_pct,
         label_errors=label_errors,
     )  # fmt: skip
     target = out / "report.html"
-    atomic.write_text(target, page)
+    atomic.write_text(target, html)
     return target
+
+
+def _summary_text(model: nn.Module, cfg: RunConfig, pre: Preprocess) -> str:
+    """The model summary table, counting the run's frozen part as frozen (one-image probe on the model's device)."""
+    from cnnkit.models.summary import as_trained, format_summary, summarize
+
+    return format_summary(summarize(as_trained(model, cfg), (pre.channels, *pre.input_size)))
+
+
+def _label_errors(pred: Predictions, loader: Iterable, class_names: list[str], split: str,
+                  pre: Preprocess) -> dict[str, Any]:  # fmt: skip
+    """The "likely label errors" section of the split's own (held-out) predictions, with the suspects' pixels."""
+    from cnnkit.evaluation.label_errors import label_errors_section, loader_paths
+
+    scores = pred.scores
+    section = label_errors_section(scores, class_names, split, loader_paths(loader, scores.count))
+    if section["rows"]:
+        section["images"] = images_at(loader, section["positions"], scores.labels, pre.mean, pre.std)
+    return section
+
+
+def _train_preview(loader: Iterable, class_names: list[str], pre: Preprocess) -> tuple[torch.Tensor, list[str]]:
+    """The first training batch after augmentation, de-normalised, with class names."""
+    images, labels = next(iter(loader))
+    mean = torch.tensor(pre.mean).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std).view(1, -1, 1, 1)
+    shown = (images[:PREVIEW_SIZE].cpu().float() * std + mean).clamp(0, 1)
+    return shown, [class_names[int(i)] for i in labels[:PREVIEW_SIZE]]
+
+
+def _robustness(model, loader, pre: Preprocess, device, class_names, dtype=None, tta="none") -> dict[str, Any]:
+    """Accuracy under FGSM and simple corruptions on the split's first images, and the FGSM example figure."""
+    from cnnkit.evaluation.robustness import Normalisation, robustness_table
+
+    rows, example = robustness_table(model, loader, Normalisation.of(pre.mean, pre.std), device=device,
+                                     max_images=ROBUSTNESS_IMAGES, dtype=dtype, tta=tta)  # fmt: skip
+    figure = None
+    if example is not None:
+        diff = (example["adversarial"] - example["clean"]).abs()
+        diff = diff / max(float(diff.max()), 1e-8)  # amplified to be visible
+        figure = plots.image_grid_figure(
+            torch.stack([example["clean"], example["adversarial"], diff]),
+            [f"original: {class_names[example['clean_pred']]}",
+             f"FGSM {example['eps']}/255: {class_names[example['adv_pred']]}", "perturbation (amplified)"],
+            ncols=3, title=f"true class: {class_names[example['label']]}",
+        )  # fmt: skip
+    return {"rows": rows, "figure": figure}
 
 
 def _write_label_verdict(path: Path, section: dict[str, Any] | None) -> None:
@@ -274,4 +407,5 @@ _TEMPLATE = jinja2.Environment(
     loader=jinja2.PackageLoader("cnnkit.evaluation", "templates"), autoescape=True
 ).get_template("report.html.j2")
 
-__all__ = ["Predictions", "ReportData", "collect_predictions", "images_at", "png_bytes", "summarise", "write_report"]
+__all__ = ["Predictions", "ReportData", "ReportInputs", "collect_predictions", "images_at", "png_bytes", "summarise",
+           "write_report"]

@@ -213,7 +213,7 @@ def check_config(overrides: dict[str, Any]) -> None:
     Raises:
         UsageError: one line, e.g. ``unknown model 'resnt18'; did you mean ...``.
     """
-    from cnnkit.commands.setup import check_run_config, load_run_code
+    from cnnkit.commands.train_run import check_run_config, load_run_code
     from cnnkit.config import keyword_overrides, resolve_config
 
     cfg = resolve_config(overrides=keyword_overrides(overrides))
