@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cnnkit.checkpoint import read_tensor_cache, save_tensor_file
-from cnnkit.data.tensor_data import EpochBatches
+from cnnkit.data.tensor_data import Batching, EpochBatches
 from cnnkit.engine.device import autocast
 
 # Bump when the cache file layout or the extraction changes.
@@ -57,7 +57,7 @@ class FeatureLoader(EpochBatches):
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0) -> None:  # fmt: skip
-        super().__init__(labels.long(), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+        super().__init__(labels.long(), Batching(batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed))
         self.features = features
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
