@@ -45,7 +45,8 @@ from cnnkit.data.folder import skipped_files_log
 from cnnkit.engine import EvalResult, distributed
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.epoch import TrainingStopped
-from cnnkit.engine.phases import cached_head_scores, fit_phases, total_epochs
+from cnnkit.engine.phases import PhaseHooks, cached_head_scores, fit_phases, total_epochs
+from cnnkit.engine.run_state import RunSaver
 from cnnkit.engine.scoring import Scores, metrics, score
 from cnnkit.engine.speed import use_channels_last
 from cnnkit.log import console, logger, quiet_unless, say
@@ -222,9 +223,10 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
     with (skipped_files_log(folder.file(SKIP_LOG)) as skip_log,  # bad files met by any loader worker
           open_loggers(folder.path, tracked, first_epoch=first_epoch, say=say) as trackers):
         trackers.start(model, (spec.channels, *spec.input_size), cfg)  # TensorBoard, MLflow, W&B
-        result = fit_phases(model, loaders, cfg, spec, device, folder.path if folder.writer else None, meta, say,
-                            progress, resume=state, class_weights=class_weights, trackers=trackers,
-                            should_stop=should_stop)  # fmt: skip
+        describe = Checkpoint.from_payload({"format": 2, **meta, "state_dict": {}}, "meta")
+        result = fit_phases(model, loaders, cfg, spec, saver=RunSaver(folder, describe), resume=state,
+                            hooks=PhaseHooks(say, progress, should_stop=should_stop, trackers=trackers),
+                            class_weights=class_weights)  # fmt: skip
         result.run_dir = folder.path
         if folder.writer:
             model.load_state_dict(Checkpoint.load(folder.best).state_dict)
