@@ -217,6 +217,23 @@ def test_each_scheduler_trains(tiny_loaders, scheduler: str) -> None:
         assert first["lr"] < 3e-3 / 10  # one-cycle starts at max_lr / 25
 
 
+def test_the_saver_writes_through_its_run_folder_and_nothing_where_it_is_no_writer(tiny_loaders,
+                                                                                  tmp_path: Path) -> None:  # fmt: skip
+    loaders, spec = tiny_loaders
+    cfg = TrainConfig(epochs=2, device="cpu", save_every=1, checkpoint_every_steps=3)
+    quiet = FitHooks(log=lambda _: None, progress=False)
+    folder, other = RunFolder(tmp_path / "main"), RunFolder(tmp_path / "rank1", writer=False)
+
+    result = fit(create_model("lenet"), loaders, cfg, num_classes=10, saver=RunSaver(folder), hooks=quiet)
+    fit(create_model("lenet"), loaders, cfg, num_classes=10, saver=RunSaver(other), hooks=quiet)
+
+    assert folder.read_metrics() == result.history  # RunFolder.write_metrics wrote it
+    assert [Checkpoint.load(folder.epoch_checkpoint(n)).training.epoch for n in (1, 2)] == [1, 2]
+    assert Checkpoint.load(folder.last).training.stale == result.stale
+    assert folder.best.is_file() and result.run_dir == folder.path
+    assert not other.path.exists()  # a torchrun rank other than 0 writes nothing
+
+
 def _lr_trace(scheduler: str, epochs: int = 4, steps_per_epoch: int = 10, **train) -> list[float]:
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=0.1)
