@@ -50,8 +50,8 @@ from cnnkit.config import TrainConfig  # noqa: E402
 from cnnkit.data import AUGMENT_PRESETS, Preprocess  # noqa: E402
 from cnnkit.data.datasets import load_source  # noqa: E402
 from cnnkit.data.tensor_data import Batching, TensorLoader  # noqa: E402
-from cnnkit.engine import train_one_epoch  # noqa: E402
 from cnnkit.engine.device import amp_dtype  # noqa: E402
+from cnnkit.engine.epoch import EpochOptions, TrainState, train_one_epoch  # noqa: E402
 from cnnkit.engine.optim import build_optimizer  # noqa: E402
 from cnnkit.models import create_model  # noqa: E402
 
@@ -101,8 +101,8 @@ class Side:
         augment = AUGMENT_PRESETS[self.case.augment] if self.case.augment else None
         loader = TensorLoader(self.images[pick], self.labels[pick], pre, Batching(self.case.batch, True, True, seed),
                               augment=augment)  # fmt: skip
-        out = train_one_epoch(runner, loader, self.optimizer, None, self.loss_fn, device=torch.device("cpu"),
-                              dtype=self.dtype, channels_last=self.channels_last)  # fmt: skip
+        options = EpochOptions(torch.device("cpu"), self.dtype, channels_last=self.channels_last)
+        out = train_one_epoch(TrainState(runner, self.optimizer), loader, self.loss_fn, options)
         return out["images"] / out["seconds"], out["seconds"]
 
 

@@ -61,8 +61,8 @@ from cnnkit.config import TrainConfig  # noqa: E402
 from cnnkit.data import AUGMENT_PRESETS, Preprocess  # noqa: E402
 from cnnkit.data.datasets import load_source  # noqa: E402
 from cnnkit.data.tensor_data import Batching, TensorLoader  # noqa: E402
-from cnnkit.engine import train_one_epoch  # noqa: E402
 from cnnkit.engine.device import amp_dtype  # noqa: E402
+from cnnkit.engine.epoch import EpochOptions, TrainState, train_one_epoch  # noqa: E402
 from cnnkit.engine.optim import build_optimizer  # noqa: E402
 from cnnkit.engine.speed import CompilePlan, use_channels_last  # noqa: E402
 from cnnkit.models import create_model, summarize  # noqa: E402
@@ -193,8 +193,8 @@ class DefaultPath:
         pre = Preprocess(3, (32, 32), MEAN, STD)
         loader = TensorLoader(self.images[pick], self.labels[pick], pre, Batching(BATCH, True, True, seed),
                               augment=AUGMENT_PRESETS["crop-flip"])  # fmt: skip
-        out = train_one_epoch(runner, loader, self.optimizer, None, F.cross_entropy, device=self.device,
-                              dtype=self.dtype, channels_last=self.channels_last)  # fmt: skip
+        out = train_one_epoch(TrainState(runner, self.optimizer), loader, F.cross_entropy,
+                              EpochOptions(self.device, self.dtype, channels_last=self.channels_last))  # fmt: skip
         return out["images"], out["seconds"]
 
 

@@ -17,6 +17,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 import cnnkit
+from cnnkit.checkpoint import Checkpoint
+from cnnkit.inference import Predictor
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -80,6 +82,73 @@ def test_fit_writes_a_run_dir_when_asked(mnist_digits, tmp_path: Path) -> None:
     assert result.run_dir == tmp_path
     assert len((tmp_path / "metrics.csv").read_text().strip().splitlines()) == 1 + 2
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+def test_fit_checkpoints_load_in_the_predictor(mnist_digits, tmp_path: Path) -> None:
+    """A create_model model on PIL images: the checkpoint describes itself, so the Predictor
+    rebuilds the network and scores an image as the trained model does."""
+    images, labels = mnist_digits["train"]
+    ds = DigitImages(images[:512], labels[:512])
+    torch.manual_seed(0)
+    model = cnnkit.create_model("lenet", num_classes=10)
+    lines: list[str] = []
+
+    cnnkit.fit(model, ds, ds, epochs=1, run_dir=tmp_path, progress=False, log=lines.append)
+
+    predictor = Predictor.from_checkpoint(tmp_path)
+    assert predictor.metadata.class_names == DIGITS
+    image = Image.fromarray(images[600].numpy(), mode="L")
+    model.load_state_dict(Checkpoint.load(tmp_path).state_dict)  # best.pt's weights (fit keeps the last)
+    expected = model.eval()(transforms.functional.to_tensor(image).unsqueeze(0))
+    assert torch.allclose(predictor.logits(predictor.prepare(image).unsqueeze(0)), expected, atol=1e-4)
+    assert not any(line.startswith("note:") for line in lines)
+
+
+def test_fit_of_tensor_images_needs_their_preprocessing(mnist_digits, tmp_path: Path) -> None:
+    images, labels = mnist_digits["train"]
+    ds = DigitImages(images[:256], labels[:256], SEED_TRANSFORM)
+    lines: list[str] = []
+
+    cnnkit.fit(cnnkit.create_model("lenet"), ds, ds, epochs=1, run_dir=tmp_path / "bare", progress=False,
+               log=lines.append)  # fmt: skip
+    cnnkit.fit(cnnkit.create_model("lenet"), ds, ds, epochs=1, run_dir=tmp_path / "told", progress=False,
+               log=lambda _: None, preprocess=cnnkit.Preprocess(1, (28, 28), (0.5,), (0.5,)))  # fmt: skip
+
+    assert "pass preprocess=cnnkit.Preprocess(...)" in lines[0] and lines[0].startswith("note:")
+    with pytest.raises(cnnkit.CnnkitError, match="holds weights only.*load Checkpoint.load\\(path\\).state_dict"):
+        Predictor.from_checkpoint(tmp_path / "bare")
+    told = Predictor.from_checkpoint(tmp_path / "told")
+    assert told.metadata.preprocess.mean == (0.5,)
+
+
+def test_fit_of_an_arbitrary_module_says_why_its_checkpoint_does_not_load(mnist_digits, tmp_path: Path) -> None:
+    images, labels = mnist_digits["train"]
+    ds = DigitImages(images[:128], labels[:128])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    lines: list[str] = []
+
+    cnnkit.fit(model, ds, ds, epochs=1, run_dir=tmp_path, progress=False, log=lines.append)
+
+    assert "Sequential is not a cnnkit.create_model model" in lines[0]
+    with pytest.raises(cnnkit.CnnkitError) as refused:
+        Predictor.from_checkpoint(tmp_path)
+    assert "\n" not in str(refused.value) and "no model description" in str(refused.value)
+    model.load_state_dict(Checkpoint.load(tmp_path).state_dict)  # the way the message gives
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"lr": -1.0}, "--lr must be > 0, got -1"),
+    ({"epochs": 0}, "--epochs must be >= 1"),
+    ({"batch_size": 0}, "--batch-size must be >= 1"),
+    ({"optimizer": "adm"}, "unknown optimizer 'adm'"),
+    ({"lr": "auto"}, "does not run the learning-rate range test"),
+])
+def test_fit_checks_its_values_as_a_run_config_does(mnist_digits, options, message) -> None:
+    images, labels = mnist_digits["train"]
+    ds = DigitImages(images[:64], labels[:64])
+
+    with pytest.raises(cnnkit.UsageError, match=message):
+        cnnkit.fit(cnnkit.create_model("lenet"), ds, ds, progress=False, **options)
 
 
 def test_fit_needs_to_know_the_classes(mnist_digits) -> None:

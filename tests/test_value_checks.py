@@ -18,7 +18,7 @@ from torch import nn
 from cli_helpers import one_line_error, run_cli
 from cnnkit.commands.train_run import check_memory
 from cnnkit.config import resolve_config
-from cnnkit.engine.epoch import NonFiniteLoss, train_one_epoch
+from cnnkit.engine.epoch import EpochOptions, NonFiniteLoss, TrainState, train_one_epoch
 from cnnkit.engine.memory import estimate
 from cnnkit.errors import UsageError
 from cnnkit.models import create_model
@@ -136,7 +136,7 @@ def test_a_nan_loss_stops_the_epoch_at_that_step() -> None:
     loss_fn = _NanAfter(bad=3)
 
     with pytest.raises(NonFiniteLoss, match="loss became nan at epoch 2 step 3") as stopped:
-        train_one_epoch(model, batches, optimizer, None, loss_fn, device=torch.device("cpu"), epoch=2)
+        train_one_epoch(TrainState(model, optimizer), batches, loss_fn, EpochOptions(torch.device("cpu"), epoch=2))
     assert loss_fn.calls == 3  # stopped after that step, not at the epoch's end
     assert stopped.value.exit_code == 1
 

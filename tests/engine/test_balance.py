@@ -12,7 +12,7 @@ from cnnkit.commands.train_run import balanced_class_weights
 from cnnkit.config import TrainConfig
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.tensor_data import Batching, TensorLoader, epoch_order
-from cnnkit.engine import evaluate, fit
+from cnnkit.engine import FitHooks, evaluate, fit
 from cnnkit.models import create_model
 
 MINORITY, PER_CLASS = 5, 600  # 600 training digits of each class, 30 fives: 20:1
@@ -42,7 +42,7 @@ def _train(imbalanced, test_loader, balance: str):
     torch.manual_seed(0)
     model = create_model("lenet", num_classes=10)
     fit(model, (train, test_loader), TrainConfig(epochs=2, lr=2e-3, device="cpu", seed=0), num_classes=10,
-        class_weights=weights, log=lambda _: None, progress=False)  # fmt: skip
+        class_weights=weights, hooks=FitHooks(log=lambda _: None, progress=False))  # fmt: skip
     return evaluate(model, test_loader, 10)
 
 

@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from cnnkit.checkpoint import FORMAT_VERSION, ModelDesc
 from cnnkit.config import DataConfig, RunConfig, TrainConfig
 from cnnkit.data import build
-from cnnkit.engine import Checkpoint, fit, read_checkpoint, save_checkpoint
+from cnnkit.engine import Checkpoint, FitHooks, FitStart, RunSaver, fit, read_checkpoint, save_checkpoint
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
+from cnnkit.runfolder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def _fit(digits, run_dir: Path, epochs: int, resume=None, **train):
     torch.manual_seed(0)
     model = create_model("lenet", num_classes=spec.num_classes)
     cfg = TrainConfig(**{"epochs": epochs, "device": "cpu", "deterministic": True, "threads": 1, **train})
-    fit(model, loaders, cfg, num_classes=spec.num_classes, run_dir=run_dir, meta=_meta(spec), log=lambda _: None,
-        progress=False, resume=resume)  # fmt: skip
+    fit(model, loaders, cfg, num_classes=spec.num_classes, saver=RunSaver(RunFolder(run_dir), _meta(spec)),
+        hooks=FitHooks(log=lambda _: None, progress=False), start=FitStart(resume=resume))  # fmt: skip
     return model
 
 
@@ -102,7 +103,7 @@ def test_best_pt_holds_weights_and_metadata_only_and_is_small(tmp_path: Path) ->
     meta = Checkpoint(ModelDesc("cifar_cnn", {}, 10, 3, [32, 32]), {}, [str(i) for i in range(10)],
                       {"channels": 3, "input_size": [32, 32]}, RunConfig().to_dict())  # fmt: skip
     fit(model, (loader, loader), TrainConfig(epochs=1, device="cpu", optimizer="adam"), num_classes=10,
-        run_dir=tmp_path, meta=meta, log=lambda _: None, progress=False)  # fmt: skip
+        saver=RunSaver(RunFolder(tmp_path), meta), hooks=FitHooks(log=lambda _: None, progress=False))  # fmt: skip
 
     tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())  # parameters + buffers
     best, last = tmp_path / "checkpoints" / "best.pt", tmp_path / "checkpoints" / "last.pt"

@@ -19,9 +19,10 @@ import yaml
 import cnnkit
 from cnnkit.config import DataConfig, TrainConfig
 from cnnkit.data import build
-from cnnkit.engine import Checkpoint, fit, read_checkpoint, save_checkpoint
+from cnnkit.engine import Checkpoint, FitHooks, RunSaver, fit, read_checkpoint, save_checkpoint
 from cnnkit.engine.optim import SCHEDULERS, build_scheduler
 from cnnkit.models import create_model
+from cnnkit.runfolder import RunFolder
 
 # 10,000 training digits, 2 epochs at batch 32 with cosine decay: 96.7-97.5 % on the 2,000
 # test digits over seeds 0-3. The settings are spelled out so that changing a default does
@@ -153,8 +154,9 @@ def _tiny_fit(tiny_loaders, run_dir=None, on_epoch_end=None, **train) -> cnnkit.
     torch.manual_seed(0)
     model = create_model("lenet", num_classes=10)
     cfg = TrainConfig(**{"epochs": 2, "device": "cpu", **train})
-    return fit(model, loaders, cfg, num_classes=spec.num_classes, run_dir=run_dir, log=lambda _: None,
-               progress=False, on_epoch_end=on_epoch_end)  # fmt: skip
+    saver = RunSaver(RunFolder(run_dir)) if run_dir is not None else None
+    return fit(model, loaders, cfg, num_classes=spec.num_classes, saver=saver,
+               hooks=FitHooks(log=lambda _: None, progress=False, on_epoch_end=on_epoch_end))  # fmt: skip
 
 
 def _load(path: Path) -> Checkpoint:
@@ -213,6 +215,23 @@ def test_each_scheduler_trains(tiny_loaders, scheduler: str) -> None:
         assert second["lr"] == pytest.approx(first["lr"] * 0.5)
     if scheduler == "onecycle":
         assert first["lr"] < 3e-3 / 10  # one-cycle starts at max_lr / 25
+
+
+def test_the_saver_writes_through_its_run_folder_and_nothing_where_it_is_no_writer(tiny_loaders,
+                                                                                  tmp_path: Path) -> None:  # fmt: skip
+    loaders, spec = tiny_loaders
+    cfg = TrainConfig(epochs=2, device="cpu", save_every=1, checkpoint_every_steps=3)
+    quiet = FitHooks(log=lambda _: None, progress=False)
+    folder, other = RunFolder(tmp_path / "main"), RunFolder(tmp_path / "rank1", writer=False)
+
+    result = fit(create_model("lenet"), loaders, cfg, num_classes=10, saver=RunSaver(folder), hooks=quiet)
+    fit(create_model("lenet"), loaders, cfg, num_classes=10, saver=RunSaver(other), hooks=quiet)
+
+    assert folder.read_metrics() == result.history  # RunFolder.write_metrics wrote it
+    assert [Checkpoint.load(folder.epoch_checkpoint(n)).training.epoch for n in (1, 2)] == [1, 2]
+    assert Checkpoint.load(folder.last).training.stale == result.stale
+    assert folder.best.is_file() and result.run_dir == folder.path
+    assert not other.path.exists()  # a torchrun rank other than 0 writes nothing
 
 
 def _lr_trace(scheduler: str, epochs: int = 4, steps_per_epoch: int = 10, **train) -> list[float]:

@@ -12,7 +12,7 @@ import torch
 import cnnkit
 from cnnkit.config import DataConfig, TrainConfig
 from cnnkit.data import build
-from cnnkit.engine import fit, read_checkpoint
+from cnnkit.engine import FitHooks, fit, read_checkpoint
 from cnnkit.engine.regularize import BatchMixer, WeightEma
 from cnnkit.models import create_model
 
@@ -136,7 +136,7 @@ def test_accumulating_two_half_batches_matches_one_full_batch() -> None:
         model = create_model("lenet", num_classes=10)  # no BatchNorm, no dropout: the sums must agree
         cfg = TrainConfig(epochs=1, optimizer="sgd", lr=0.05, momentum=0.0, device="cpu", accumulate=accumulate,
                           amp="off")  # fmt: skip
-        fit(model, loaders, cfg, num_classes=spec.num_classes, log=lambda _: None, progress=False)
+        fit(model, loaders, cfg, num_classes=spec.num_classes, hooks=FitHooks(log=lambda _: None, progress=False))
         weights.append(model.state_dict())
     for key in weights[0]:
         assert torch.allclose(weights[0][key], weights[1][key], atol=1e-5), key

@@ -18,11 +18,12 @@ import cnnkit
 from cnnkit import evaluate_checkpoint
 from cnnkit.config import DataConfig, TrainConfig
 from cnnkit.data import build
-from cnnkit.engine import Scores, evaluate, fit, score, validation_loss
+from cnnkit.engine import FitHooks, RunSaver, Scores, evaluate, fit, score, validation_loss
 from cnnkit.engine.loop import improves
 from cnnkit.evaluation import report as rep
 from cnnkit.inference import Predictor
 from cnnkit.models import create_model
+from cnnkit.runfolder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_validation_loss_is_plain_cross_entropy_whatever_the_training_loss() -> 
     model = create_model("lenet", num_classes=10)
     cfg = TrainConfig(epochs=2, device="cpu", optimizer="adam", lr=3e-3, label_smoothing=0.2)
     weights = torch.linspace(0.5, 2.0, 10)
-    result = fit(model, loaders, cfg, num_classes=spec.num_classes, log=lambda _: None, progress=False,
+    result = fit(model, loaders, cfg, num_classes=spec.num_classes, hooks=FitHooks(log=lambda _: None, progress=False),
                  class_weights=weights)  # fmt: skip
     scores = score(model, loaders.val, device="cpu")  # fit leaves the last epoch's weights
 
@@ -198,7 +199,7 @@ def test_fit_breaks_a_tie_on_validation_loss(tmp_path: Path, monkeypatch: pytest
     loaders, spec = build(DataConfig(limit_train=256, limit_eval=128, batch_size=64), seed=0)
     cfg = TrainConfig(epochs=4, device="cpu")
     result = fit(create_model("lenet", num_classes=10), loaders, cfg, num_classes=spec.num_classes,
-                 run_dir=tmp_path, log=lambda _: None, progress=False)  # fmt: skip
+                 saver=RunSaver(RunFolder(tmp_path)), hooks=FitHooks(log=lambda _: None, progress=False))  # fmt: skip
 
     assert [row["val_acc"] for row in result.history] == [0.5] * 4
     assert result.best_epoch == 2  # the lowest loss; epoch 4 only ties it, so the earlier stays

@@ -13,7 +13,7 @@ from torch import nn
 import cnnkit
 from cnnkit.config import DataConfig, TrainConfig
 from cnnkit.data import build
-from cnnkit.engine import fit, speed
+from cnnkit.engine import FitHooks, fit, speed
 from cnnkit.engine.speed import CompileEstimate, CompilePlan, EagerOnFailure, compile_pays
 from cnnkit.models import create_model
 
@@ -145,7 +145,7 @@ def _fit(tiny_loaders, logs: list[str], epochs: int = 3, **train) -> cnnkit.FitR
     model = create_model("lenet", num_classes=10)
     # float32 everywhere: on a CPU with AMX, --amp auto trains in bf16, where auto never compiles
     cfg = TrainConfig(**{"epochs": epochs, "device": "cpu", "lr": 2e-3, "amp": "off", **train})
-    return fit(model, loaders, cfg, num_classes=spec.num_classes, log=logs.append, progress=False)
+    return fit(model, loaders, cfg, num_classes=spec.num_classes, hooks=FitHooks(log=logs.append, progress=False))
 
 
 @pytest.fixture

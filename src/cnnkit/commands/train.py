@@ -52,7 +52,8 @@ from cnnkit.data.tensor_data import WHOLE
 from cnnkit.engine import EvalResult, distributed
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.epoch import TrainingStopped
-from cnnkit.engine.phases import cached_head_scores, fit_phases, total_epochs
+from cnnkit.engine.phases import PhaseHooks, cached_head_scores, fit_phases, total_epochs
+from cnnkit.engine.run_state import RunSaver
 from cnnkit.engine.scoring import Scores, metrics, score
 from cnnkit.engine.speed import use_channels_last
 from cnnkit.errors import CnnkitError
@@ -217,8 +218,8 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
         from cnnkit.commands.lr_find import sweep_and_adopt
 
         sweep_and_adopt(model, loaders, cfg, spec, device, folder, progress)
-    meta = describe_checkpoint(cfg, spec, weights_source=_weights_source(session, state))
-    for line in code_lines(meta):
+    describe = describe_checkpoint(cfg, spec, weights_source=_weights_source(session, state))
+    for line in code_lines(describe):
         say(line)
     class_weights = balanced_class_weights(loaders.train, spec.num_classes) if cfg.data.balance == "weights" else None
     if class_weights is not None:
@@ -228,9 +229,9 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
     with (skipped_files_log(folder.file(RunFolder.SKIP_LOG)) as skip_log,  # bad files met by any loader worker
           open_loggers(folder.path, tracked, first_epoch=first_epoch, say=say) as trackers):
         trackers.start(model, (spec.channels, *spec.input_size), cfg)  # TensorBoard, MLflow, W&B
-        result = fit_phases(model, loaders, cfg, spec, device, folder.path if folder.writer else None, meta, say,
-                            progress, resume=state, class_weights=class_weights, trackers=trackers,
-                            should_stop=should_stop)  # fmt: skip
+        result = fit_phases(model, loaders, cfg, spec, saver=RunSaver(folder, describe), resume=state,
+                            hooks=PhaseHooks(say, progress, should_stop=should_stop, trackers=trackers),
+                            class_weights=class_weights)  # fmt: skip
         result.run_dir = folder.path
         if folder.writer:  # the best epoch's weights, read once: the test, the report and Run.model use them
             model.load_state_dict(Checkpoint.load(folder.best).state_dict)

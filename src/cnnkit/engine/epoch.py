@@ -2,10 +2,12 @@
 
 A step is: fetch the batch, forward (mixed precision, mixup/cutmix) and backward (fp16
 scaling, gradient accumulation), then on every ``accumulate``-th batch the optimizer step
-and the EMA update. :class:`EpochProgress` is how far an epoch got: what a mid-epoch
-checkpoint records and what an interrupted epoch continues from. A ``stop`` callable ends
-an epoch early between two optimizer steps, after a mid-epoch checkpoint
-(:class:`TrainingStopped`), so the run resumes where it stopped.
+and the EMA update. :func:`train_one_epoch` takes the run's :class:`TrainState`, the loss,
+the epoch's :class:`EpochOptions` (fixed for the epoch) and :class:`EpochHooks` (what it
+calls back). :class:`EpochProgress` is how far an epoch got: what a mid-epoch checkpoint
+records and what an interrupted epoch continues from. A ``stop`` hook ends an epoch early
+between two optimizer steps, after a mid-epoch checkpoint (:class:`TrainingStopped`), so the
+run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,8 @@ from tqdm.auto import tqdm
 from cnnkit.checkpoint import rng_state, set_rng_state
 from cnnkit.engine.device import autocast
 from cnnkit.engine.distributed import all_reduce_sum, current
-from cnnkit.engine.regularize import BatchMixer, WeightEma
+from cnnkit.engine.regularize import BatchMixer
+from cnnkit.engine.run_state import EpochProgress, TrainState
 from cnnkit.engine.scoring import to_device
 from cnnkit.engine.speed import NoTimer, StepTimer
 from cnnkit.errors import CnnkitError
@@ -64,116 +66,117 @@ class NonFiniteLoss(CnnkitError):
         super().__init__(f"loss became {value} at epoch {epoch} step {step}" + (f"; {advice}" if advice else ""))
 
 
+__all__ = ["EpochHooks", "EpochOptions", "EpochProgress", "NonFiniteLoss", "TrainingStopped", "train_one_epoch"]
+
+
 @dataclass
-class EpochProgress:
-    """How far one training epoch has got: what a mid-epoch checkpoint records.
+class EpochOptions:
+    """How one epoch's steps run; fixed for the whole epoch.
 
     Attributes:
-        batches: optimizer steps done in this epoch (the loader's first ``batches``
-            batches are consumed).
-        loss_sum: sum over those steps of batch loss x batch size.
-        correct: training images classified correctly so far.
-        seen: training images seen so far.
-        seconds: training time spent so far in this epoch.
-        rng: the RNG states right after step ``batches`` (None: not recorded).
+        device: the training device (batches are moved there).
+        dtype: the autocast dtype (None: full precision).
+        grad_clip: clip the gradients' norm to this (None or 0: no clipping).
+        accumulate: add up the gradients of this many batches per optimizer step (a
+            larger effective batch); mid-epoch checkpoints fall on optimizer steps.
+        channels_last: hand the model its batches in channels-last memory format.
+        mixer: mixup/cutmix of each batch into soft targets (accuracy still counts against the true labels).
+        log_every: steps between progress-bar updates (and, off the CPU, loss checks).
+        checkpoint_every: call the ``checkpoint`` hook after every N-th step of the epoch
+            (not after the last one: the epoch-end checkpoint covers it); None: never.
+        epoch: the epoch's number (1-based), for :class:`TrainingStopped` and :class:`NonFiniteLoss`.
     """
 
-    batches: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    seconds: float = 0.0
-    rng: dict[str, Any] | None = None
+    device: torch.device
+    dtype: torch.dtype | None = None
+    grad_clip: float | None = None
+    accumulate: int = 1
+    channels_last: bool = False
+    mixer: BatchMixer | None = None
+    log_every: int = 20
+    checkpoint_every: int | None = None
+    epoch: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
-                "seconds": self.seconds, "rng": self.rng}  # fmt: skip
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> EpochProgress:
-        return cls(**values)
+@dataclass
+class EpochHooks:
+    """What an epoch calls back; every one optional.
+
+    Attributes:
+        progress: a tqdm bar advanced per step.
+        checkpoint: ``checkpoint(progress)`` writes a mid-epoch checkpoint (see
+            ``EpochOptions.checkpoint_every`` and ``stop``).
+        stop: asked after every optimizer step but the epoch's last; True ends the epoch there:
+            ``checkpoint(progress)`` records it, then :class:`TrainingStopped` is raised. One
+            process only (not under torchrun: the ranks would disagree on where to stop).
+        timer: adds up the time of each phase of the steps (``--profile``).
+    """
+
+    progress: tqdm | None = None
+    checkpoint: Callable[[EpochProgress], None] | None = None
+    stop: Callable[[], bool] | None = None
+    timer: StepTimer | None = None
 
 
 def train_one_epoch(
-    model: nn.Module,
+    state: TrainState,
     loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    loss_fn: nn.Module,
-    *,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    grad_clip: float | None = None,
-    progress: tqdm | None = None,
-    log_every: int = 20,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    options: EpochOptions,
+    hooks: EpochHooks | None = None,
     start: EpochProgress | None = None,
-    checkpoint_every: int | None = None,
-    checkpoint: Callable[[EpochProgress], None] | None = None,
-    channels_last: bool = False,
-    timer: StepTimer | None = None,
-    accumulate: int = 1,
-    mixer: BatchMixer | None = None,
-    ema: WeightEma | None = None,
-    stop: Callable[[], bool] | None = None,
-    epoch: int = 0,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean ``loss``, ``acc``, ``images`` and ``seconds``.
+    """One pass over ``loader`` training ``state`` (its model, optimizer, per-step schedule,
+    fp16 scaler and EMA); returns mean ``loss``, ``acc``, ``images`` and ``seconds``.
 
     Args:
+        state: what the steps change; ``state.model`` is what runs (compiled or wrapped as
+            the caller chose).
+        loss_fn: ``loss_fn(logits, targets)``, the batch's mean training loss.
+        options: how the steps run (device, precision, accumulation...).
+        hooks: the progress bar, mid-epoch checkpoint, stop request and step timer.
         start: continue an interrupted epoch: its first ``start.batches`` batches are drawn from the loader and
             dropped (its random state advances as it did), the RNG states restored, the sums carry on from ``start``.
-        checkpoint_every: call ``checkpoint(progress)`` after every N-th step of the
-            epoch (not after the last one: the epoch-end checkpoint covers it).
-        channels_last: hand the model its batches in channels-last memory format.
-        timer: adds up the time of each phase of the steps (``--profile``).
-        accumulate: add up the gradients of this many batches per optimizer step (a
-            larger effective batch); mid-epoch checkpoints fall on optimizer steps.
-        mixer: mixup/cutmix of each batch into soft targets (accuracy still counts against the true labels).
-        ema: an average of the weights, updated after every optimizer step.
-        stop: asked after every optimizer step but the epoch's last; True ends the epoch there:
-            ``checkpoint(progress)`` records it (as a mid-epoch checkpoint does), then
-            :class:`TrainingStopped` is raised. One process only (not under torchrun: the
-            ranks would disagree on where to stop).
-        epoch: the epoch's number, for :class:`TrainingStopped` and :class:`NonFiniteLoss`.
 
     Raises:
         NonFiniteLoss: a step's loss was nan or inf (checked every step on the CPU, every
             ``log_every`` steps, before a checkpoint and at the end elsewhere).
-        TrainingStopped: ``stop()`` said so.
+        TrainingStopped: the ``stop`` hook said so.
     """
-    model.train()
-    sums = _RunningSums(start or EpochProgress(), device)
+    hooks = hooks or EpochHooks()
+    state.model.train()
+    sums = _RunningSums(start or EpochProgress(), options.device)
     batches = _continue(loader, start)
     total = len(loader) if hasattr(loader, "__len__") else None
-    if progress is not None and sums.step:
-        progress.update(sums.step)
-    timer = timer or NoTimer()
+    if hooks.progress is not None and sums.step:
+        hooks.progress.update(sums.step)
+    timer = hooks.timer or NoTimer()
     since_checkpoint = 0
     # On the CPU reading the loss costs nothing; on a GPU it waits for the queued work, and under
     # torchrun the ranks must agree (a collective), so there the loss is read only as often as the
     # progress bar reads it, before a checkpoint and at the epoch's end: the first bad step is
     # remembered on the device meanwhile.
-    finite_every = 1 if device.type == "cpu" and current().world == 1 else log_every
-    optimizer.zero_grad(set_to_none=True)
-    while (batch := _next_batch(batches, device, channels_last, timer)) is not None:
+    finite_every = 1 if options.device.type == "cpu" and current().world == 1 else options.log_every
+    state.optimizer.zero_grad(set_to_none=True)
+    while (batch := _next_batch(batches, options.device, options.channels_last, timer)) is not None:
         images, labels = batch
-        update = (sums.step + 1) % accumulate == 0 or sums.step + 1 == total  # an optimizer step after this batch
-        logits, loss = _forward_backward(model, images, labels, loss_fn, device=device, dtype=dtype, scaler=scaler,
-                                         accumulate=accumulate, mixer=mixer, timer=timer)  # fmt: skip
+        # an optimizer step after this batch
+        update = (sums.step + 1) % options.accumulate == 0 or sums.step + 1 == total
+        logits, loss = _forward_backward(state, batch, loss_fn, options, timer)
         if update:
-            _update(model, optimizer, scheduler, scaler, grad_clip, ema, timer)
+            _update(state, options.grad_clip, timer)
         sums.add(loss, logits, labels)
         if sums.step % finite_every == 0 or sums.step == total:
-            sums.check_finite(epoch)  # before a checkpoint could record the lost weights
+            sums.check_finite(options.epoch)  # before a checkpoint could record the lost weights
         since_checkpoint += 1
-        _show(progress, sums, log_every)
-        if checkpoint_every and update and since_checkpoint >= checkpoint_every and sums.step != total:
+        _show(hooks.progress, sums, options.log_every)
+        every = options.checkpoint_every
+        if every and update and since_checkpoint >= every and sums.step != total:
             since_checkpoint = 0
-            _save_progress(sums, checkpoint, epoch)
-        if stop is not None and update and sums.step != total and stop():
-            _save_progress(sums, checkpoint, epoch)
-            raise TrainingStopped(epoch, sums.step)
+            _save_progress(sums, hooks.checkpoint, options.epoch)
+        if hooks.stop is not None and update and sums.step != total and hooks.stop():
+            _save_progress(sums, hooks.checkpoint, options.epoch)
+            raise TrainingStopped(options.epoch, sums.step)
     return sums.summary()
 
 
@@ -256,39 +259,29 @@ def _next_batch(batches: Iterator, device: torch.device, channels_last: bool,
         return to_device(pair[0], device, channels_last), pair[1].to(device, non_blocking=True)
 
 
-def _forward_backward(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    loss_fn: nn.Module,
-    *,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    scaler: torch.amp.GradScaler | None,
-    accumulate: int,
-    mixer: BatchMixer | None,
-    timer: StepTimer | NoTimer,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward (autocast to ``dtype``, the batch mixed by ``mixer``) and backward of one
-    batch; returns its ``logits`` ``[B, K]`` and mean ``loss``. The gradient added is that of
-    ``loss / accumulate`` (scaled by the fp16 ``scaler`` when there is one)."""
-    with timer("forward"), autocast(device, dtype):
+def _forward_backward(state: TrainState, batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable,
+                      options: EpochOptions, timer: StepTimer | NoTimer) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """Forward (autocast to ``options.dtype``, the batch mixed by ``options.mixer``) and backward
+    of one ``(images, labels)`` batch; returns its ``logits`` ``[B, K]`` and mean ``loss``. The
+    gradient added is that of ``loss / accumulate`` (scaled by the fp16 scaler when there is one)."""
+    images, labels = batch
+    mixer = options.mixer
+    with timer("forward"), autocast(options.device, options.dtype):
         inputs, targets = mixer(images, labels) if mixer is not None else (images, labels)
-        logits = model(inputs)  # [B, num_classes]
+        logits = state.model(inputs)  # [B, num_classes]
         loss = loss_fn(logits, targets)
     with timer("backward"):
-        share = loss / accumulate if accumulate > 1 else loss
-        (scaler.scale(share) if scaler is not None else share).backward()
+        share = loss / options.accumulate if options.accumulate > 1 else loss
+        (state.scaler.scale(share) if state.scaler is not None else share).backward()
     return logits, loss
 
 
-def _update(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler, grad_clip: float | None,
-            ema: WeightEma | None, timer: StepTimer | NoTimer) -> None:  # fmt: skip
+def _update(state: TrainState, grad_clip: float | None, timer: StepTimer | NoTimer) -> None:
     """The optimizer step after the accumulated batches, then the EMA of the new weights."""
     with timer("optimizer"):
-        _optimizer_step(model, optimizer, scheduler, scaler, grad_clip)
-        if ema is not None:
-            ema.update(model)
+        _optimizer_step(state.model, state.optimizer, state.scheduler, state.scaler, grad_clip)
+        if state.ema is not None:
+            state.ema.update(state.model)
 
 
 def _optimizer_step(model, optimizer, scheduler, scaler, grad_clip: float | None) -> None:

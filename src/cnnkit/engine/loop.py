@@ -2,9 +2,10 @@
 
 ``train_one_epoch`` (:mod:`cnnkit.engine.epoch`) runs the optimizer over one pass of the
 train loader, ``evaluate`` measures loss/top-1/top-5 and the confusion matrix, and ``fit``
-alternates them, logs one summary line per epoch, writes ``metrics.csv`` and saves
-``last.pt``/``best.pt``. The only callback is ``on_epoch_end(row)``, called once per epoch
-after the checkpoints are written; ``should_stop()`` is the one question it asks, between
+alternates them and logs one summary line per epoch; its :class:`~cnnkit.engine.run_state.RunSaver`
+writes the run's files (the metrics, ``last.pt``, ``best.pt``) into the run folder, which
+names them. What the caller hears is :class:`FitHooks`: ``on_epoch_end(row)``, called once per
+epoch after the files are written, and ``should_stop()``, the one question it asks, between
 steps and epochs, to end a run early but resumable (:class:`TrainingStopped`).
 
 ``best.pt`` holds the weights that were validated (the EMA with ``--ema``) and the
@@ -12,34 +13,31 @@ metadata only; ``last.pt`` (and ``epoch_NNN.pt``) also hold the
 :class:`~cnnkit.checkpoint.TrainingState`. Resuming is exact: ``last.pt`` holds the
 weights, optimizer, scheduler, scaler, the history, the RNG states and, for a checkpoint
 written mid-epoch (``checkpoint_every_steps``), how far into the epoch it was. Loaders draw each epoch's
-order and augmentation from ``(seed, epoch)``, so ``fit(resume=payload)`` replays the
+order and augmentation from ``(seed, epoch)``, so ``fit(start=FitStart(resume=ckpt))`` replays the
 rest of the interrupted epoch as the uninterrupted run would have seen it
 (:mod:`cnnkit.engine.run_state`). Which epoch is best is :mod:`cnnkit.engine.selection`'s rule.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cnnkit import atomic
 from cnnkit.checkpoint import Checkpoint
 from cnnkit.config import METRIC_ALIASES, SELECT_METRICS, TrainConfig
 from cnnkit.engine.device import amp_dtype, resolve_device, seed_everything
 from cnnkit.engine.distributed import all_reduce_sum, current
-from cnnkit.engine.epoch import EpochProgress, NonFiniteLoss, TrainingStopped, train_one_epoch
+from cnnkit.engine.epoch import EpochHooks, EpochOptions, EpochProgress, NonFiniteLoss, TrainingStopped, train_one_epoch
 from cnnkit.engine.optim import build_optimizer, build_scheduler
-from cnnkit.engine.regularize import BatchMixer, WeightEma, build_mixer
-from cnnkit.engine.run_state import FitResult, TrainState, restore, run_checkpoint, run_description
+from cnnkit.engine.regularize import WeightEma, build_mixer
+from cnnkit.engine.run_state import FitResult, RunSaver, TrainState, restore
 from cnnkit.engine.scoring import EvalResult, metrics, score
 from cnnkit.engine.selection import LOWER_IS_BETTER, best_row, improves, metric_column
 from cnnkit.engine.speed import CompilePlan, StepTimer, to_layout, use_channels_last
@@ -51,7 +49,10 @@ __all__ = [  # other modules and tests import these from here
     "SELECT_METRICS",
     "EpochProgress",
     "EvalResult",
+    "FitHooks",
     "FitResult",
+    "FitStart",
+    "RunSaver",
     "TrainState",
     "TrainingStopped",
     "evaluate",
@@ -84,22 +85,52 @@ def evaluate(
     return metrics(scores, num_classes, reduce=all_reduce_sum)
 
 
+@dataclass
+class FitHooks:
+    """How :func:`fit` talks to its caller; every one optional.
+
+    Attributes:
+        log: receives one summary line per epoch (and notes).
+        progress: show a progress bar with ETA (only on a terminal).
+        on_epoch_end: called with each epoch's metrics row, after its files are written.
+        should_stop: asked after every optimizer step and epoch; True raises :class:`TrainingStopped` there, after
+            ``last.pt`` recorded the position (mid-epoch, as ``checkpoint_every_steps``); one process only.
+    """
+
+    log: Callable[[str], None] = print
+    progress: bool = True
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+@dataclass
+class FitStart:
+    """Where a :func:`fit` begins in its run (the default: a run's first and only phase, from scratch).
+
+    Attributes:
+        previous: the result of an earlier phase of the same run (head-only epochs before fine-tuning): epochs
+            are numbered on from it, its history is kept in ``metrics.csv`` and its best metric must be beaten.
+        total_epochs: epochs of the whole run, for progress lines (None: this fit's ``cfg.epochs`` and those before).
+        resume: the ``last.pt`` :class:`~cnnkit.checkpoint.Checkpoint` of this same run and phase: weights,
+            optimizer, schedule, scaler, history, RNG and epoch position are restored; training ends as it would
+            have uninterrupted.
+    """
+
+    previous: FitResult | None = None
+    total_epochs: int | None = None
+    resume: Checkpoint | None = None
+
+
 def fit(
     model: nn.Module,
     loaders: Sequence,
     cfg: TrainConfig,
     *,
     num_classes: int,
-    run_dir: str | Path | None = None,
-    meta: Checkpoint | dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-    progress: bool = True,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-    previous: FitResult | None = None,
-    total_epochs: int | None = None,
-    resume: Checkpoint | dict[str, Any] | None = None,
     class_weights: torch.Tensor | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    saver: RunSaver | None = None,
+    hooks: FitHooks | None = None,
+    start: FitStart | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs, validating after each.
 
@@ -109,72 +140,63 @@ def fit(
         cfg: optimizer, schedule, precision, device, checkpointing and stopping settings. ``best.pt`` is the
             epoch with the best ``cfg.select_metric``; a tie goes to the lower validation loss (:func:`improves`).
         num_classes: number of classes (for the confusion matrix).
-        run_dir: where ``metrics.csv`` and ``checkpoints/`` go (None: nothing is written).
-        meta: what makes the checkpoints self-describing (model description, class names, preprocessing, config):
-            a :class:`~cnnkit.checkpoint.Checkpoint` (its weights and training state ignored) or its payload.
-        log: receives one summary line per epoch.
-        progress: show a progress bar with ETA (only on a terminal).
-        on_epoch_end: called with each epoch's metrics row, after checkpoints are saved.
-        previous: the result of an earlier phase of the same run (head-only epochs before fine-tuning): epochs
-            are numbered on from it, its history is kept in ``metrics.csv`` and its best metric must be beaten.
-        total_epochs: epochs of the whole run, for progress lines (None: ``cfg.epochs``).
-        resume: the ``last.pt`` checkpoint (or its payload) of this same run and phase: weights, optimizer, schedule,
-            scaler, history, RNG and epoch position are restored; training ends as it would have uninterrupted.
         class_weights: ``[num_classes]`` weights of the training loss (``--balance weights``); like label smoothing
             they shape the training loss only (validation: :func:`~cnnkit.engine.scoring.validation_loss`).
-        should_stop: asked after every optimizer step and epoch; True raises :class:`TrainingStopped` there, after
-            ``last.pt`` recorded the position (mid-epoch, as ``checkpoint_every_steps``); one process only.
+        saver: writes the run's files into its run folder (``RunSaver(RunFolder(path), describe)``); None:
+            nothing is written. Its ``save_every`` defaults to ``cfg.save_every``.
+        hooks: the log, the progress bar, the per-epoch callback and the stop request (:class:`FitHooks`).
+        start: an earlier phase to continue, or a ``last.pt`` to resume (:class:`FitStart`).
 
     Returns:
         The per-epoch history and the best validation metric; the model keeps the last epoch's weights, on
         ``cfg.device``.
     """
+    hooks, start = hooks or FitHooks(), start or FitStart()
+    if saver is not None and saver.save_every is None:
+        saver = dataclasses.replace(saver, save_every=cfg.save_every)
     select = metric_column(cfg.select_metric)
     train_loader, val_loader = loaders[0], loaders[1]
-    run = _set_up(model, train_loader, num_classes, cfg, class_weights, log)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    result = previous if previous is not None else FitResult(run_dir=run_dir)
+    run = _set_up(model, train_loader, num_classes, cfg, class_weights, hooks)
+    result = start.previous or FitResult(run_dir=saver.folder.path if saver is not None else None)
+    result.stale = 0  # a phase starts counting afresh (a resumed one takes the checkpoint's count)
+    run.saver, run.result = saver, result
     first, last = len(result.history) + 1, len(result.history) + cfg.epochs
-    stale, partial, describe = 0, None, run_description(meta)
-    if resume is not None:
-        resume = resume if isinstance(resume, Checkpoint) else Checkpoint.from_payload(resume)
-        first, stale, partial = _resume(resume, run.state, result, cfg)
-    total = total_epochs or last
+    partial = None
+    if start.resume is not None:
+        first, partial = _resume(start.resume, run.state, result, cfg)
+    run.total = start.total_epochs or last
     for epoch in range(first, last + 1):
-        lr = resume.training.in_epoch_lr if partial is not None else run.state.optimizer.param_groups[0]["lr"]
-        saver = _mid_epoch_saver(run_dir, run.state, epoch, lr, result, describe, stale)
+        lr = start.resume.training.in_epoch_lr if partial is not None else run.state.optimizer.param_groups[0]["lr"]
         timer = StepTimer(run.device) if epoch - first < cfg.profile else None
         runner = run.plan.module(run.state.model)  # eager or compiled, for this whole epoch
-        train = _train(run, runner, (train_loader, val_loader), cfg, epoch, total, progress, partial, saver, timer,
-                       should_stop)  # fmt: skip
+        train = _train(run, runner, (train_loader, val_loader), epoch, lr, partial, timer)
         partial = None
         result.steps += len(train_loader)
         run.plan.observe(train["seconds"], last - epoch)
         val = _validate(run, runner, val_loader, num_classes, cfg.tta)
         if timer is not None:
-            log(timer.table(epoch, train["images"], val.seconds))
+            hooks.log(timer.table(epoch, train["images"], val.seconds))
         row = _metrics_row(epoch, lr, train, val)
-        improved, stale = _record(result, row, select, stale)
-        log(_summary_line(row, total, improved and epoch > 1))
-        if run_dir is not None:
-            _save_epoch(run_dir, run.state, row, result, describe, stale, improved, cfg.save_every)
-        if on_epoch_end is not None:
-            on_epoch_end(row)
-        if _stops_after(epoch, last, stale, cfg, should_stop, result, log):
+        improved = _record(result, row, select)
+        hooks.log(_summary_line(row, run.total, improved and epoch > 1))
+        if saver is not None:
+            saver.save_epoch(run.state, result, improved)
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end(row)
+        if _stops_after(epoch, last, cfg, hooks, result):
             break
     return result
 
 
-def _stops_after(epoch: int, last: int, stale: int, cfg: TrainConfig, should_stop: Callable[[], bool] | None,
-                 result: FitResult, log: Callable[[str], None]) -> bool:  # fmt: skip
+def _stops_after(epoch: int, last: int, cfg: TrainConfig, hooks: FitHooks, result: FitResult) -> bool:
     """True when training ends early after ``epoch`` (``cfg.patience`` epochs without improvement:
     ``result.stopped_early``). Raises :class:`TrainingStopped` when ``should_stop()`` says so
     before the last epoch (its checkpoints are written)."""
-    if cfg.patience is not None and stale >= cfg.patience:
-        log(f"early stop: {cfg.select_metric} did not improve for {cfg.patience} epochs")
+    if cfg.patience is not None and result.stale >= cfg.patience:
+        hooks.log(f"early stop: {cfg.select_metric} did not improve for {cfg.patience} epochs")
         result.stopped_early = True
         return True
-    if should_stop is not None and epoch < last and should_stop():
+    if hooks.should_stop is not None and epoch < last and hooks.should_stop():
         raise TrainingStopped(epoch)
     return False
 
@@ -185,27 +207,35 @@ class _Run:
 
     Attributes:
         state: what the steps change (the model wrapped for DDP under torchrun).
-        device: the training device.
-        dtype: the autocast dtype of training (None: full precision).
+        cfg: the training settings.
+        options: how each epoch's steps run (device, precision, mixer...); its ``epoch`` is set per epoch.
         eval_dtype: the autocast dtype of validation.
-        channels_last: whether batches go to the model in channels-last memory format.
         plan: which module (eager or compiled) each epoch runs.
-        mixer: mixup/cutmix of the training batches, or None.
         loss_fn: the training loss (label smoothing, class weights).
+        hooks: the caller's log, progress flag and stop request.
+        saver: what writes the run's files (None: nothing).
+        result: the record of the epochs so far.
+        total: epochs of the whole run, for progress lines.
     """
 
     state: TrainState
-    device: torch.device
-    dtype: torch.dtype | None
+    cfg: TrainConfig
+    options: EpochOptions
     eval_dtype: torch.dtype | None
-    channels_last: bool
     plan: CompilePlan
-    mixer: BatchMixer | None
     loss_fn: nn.Module
+    hooks: FitHooks
+    saver: RunSaver | None = None
+    result: FitResult = field(default_factory=FitResult)
+    total: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.options.device
 
 
 def _set_up(model: nn.Module, train_loader, num_classes: int, cfg: TrainConfig, class_weights: torch.Tensor | None,
-            log: Callable[[str], None]) -> _Run:  # fmt: skip
+            hooks: FitHooks) -> _Run:  # fmt: skip
     """Seed, put ``model`` on its device (in DDP under torchrun), build the optimizer, schedule,
     fp16 scaler, EMA, mixer and training loss.
 
@@ -222,16 +252,18 @@ def _set_up(model: nn.Module, train_loader, num_classes: int, cfg: TrainConfig, 
     eval_dtype = amp_dtype(cfg.amp, device, deterministic=cfg.deterministic)
     channels_last = use_channels_last(cfg.channels_last, device)
     to_layout(model, device, channels_last)
-    model = _data_parallel(model, device, cfg.sync_bn, log)
-    plan = CompilePlan(cfg.compile, device, cfg.deterministic, log, dtype=dtype)
+    model = _data_parallel(model, device, cfg.sync_bn, hooks.log)
+    plan = CompilePlan(cfg.compile, device, cfg.deterministic, hooks.log, dtype=dtype)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, math.ceil(len(train_loader) / cfg.accumulate))  # per optimizer step
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     state = TrainState(model, optimizer, scheduler, scaler, WeightEma(model, cfg.ema) if cfg.ema else None)
-    mixer = build_mixer(num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob)
+    options = EpochOptions(device, dtype, cfg.grad_clip, cfg.accumulate, channels_last,
+                           build_mixer(num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob), cfg.log_every,
+                           cfg.checkpoint_every_steps)  # fmt: skip
     weights = class_weights.to(device=device, dtype=torch.float32) if class_weights is not None else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    return _Run(state, device, dtype, eval_dtype, channels_last, plan, mixer, loss_fn)
+    return _Run(state, cfg, options, eval_dtype, plan, loss_fn, hooks)
 
 
 def _data_parallel(model: nn.Module, device: torch.device, sync_bn: bool, log: Callable[[str], None]) -> nn.Module:
@@ -250,21 +282,19 @@ def _data_parallel(model: nn.Module, device: torch.device, sync_bn: bool, log: C
 
 
 def _resume(ckpt: Checkpoint, state: TrainState, result: FitResult,
-            cfg: TrainConfig) -> tuple[int, int, EpochProgress | None]:  # fmt: skip
-    """:func:`~cnnkit.engine.run_state.restore` ``ckpt``; returns (first epoch, epochs without
-    improvement, progress into that epoch or None)."""
-    first, stale, partial = restore(ckpt, state, result)
+            cfg: TrainConfig) -> tuple[int, EpochProgress | None]:  # fmt: skip
+    """:func:`~cnnkit.engine.run_state.restore` ``ckpt``; returns (first epoch, progress into that epoch or None)."""
+    first, partial = restore(ckpt, state, result)
     ranks = current()
     if not ranks.is_main:  # the checkpoint holds rank 0's random state: the others draw their own
         seed_everything(cfg.seed + ranks.rank + 1_000_003 * first, cfg.deterministic)
-    return first, stale, partial
+    return first, partial
 
 
-def _train(run: _Run, runner: nn.Module, loaders: Sequence, cfg: TrainConfig, epoch: int, total: int, show: bool,
-           partial: EpochProgress | None, saver: Callable[[EpochProgress], None] | None,
-           timer: StepTimer | None, should_stop: Callable[[], bool] | None = None) -> dict[str, float]:  # fmt: skip
-    """Train epoch ``epoch`` (1-based) with ``runner``: the loaders are told the epoch (each
-    epoch's order and augmentation come from it), a progress bar shows it, ``partial``
+def _train(run: _Run, runner: nn.Module, loaders: Sequence, epoch: int, lr: float, partial: EpochProgress | None,
+           timer: StepTimer | None) -> dict[str, float]:  # fmt: skip
+    """Train epoch ``epoch`` (1-based, starting at ``lr``) with ``runner``: the loaders are told the
+    epoch (each epoch's order and augmentation come from it), a progress bar shows it, ``partial``
     continues an interrupted one; returns :func:`train_one_epoch`'s figures.
 
     Raises:
@@ -274,18 +304,14 @@ def _train(run: _Run, runner: nn.Module, loaders: Sequence, cfg: TrainConfig, ep
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch - 1)
     train_loader = loaders[0]
-    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{total}", unit="batch",
-               leave=False, dynamic_ncols=True, disable=None if show else True)  # fmt: skip
-    state = run.state
+    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{run.total}", unit="batch",
+               leave=False, dynamic_ncols=True, disable=None if run.hooks.progress else True)  # fmt: skip
+    hooks = EpochHooks(bar, _mid_epoch_saver(run, lr), run.hooks.should_stop, timer)
     try:
-        train = train_one_epoch(runner, train_loader, state.optimizer, state.scheduler, run.loss_fn, device=run.device,
-                                dtype=run.dtype, scaler=state.scaler, grad_clip=cfg.grad_clip, progress=bar,
-                                log_every=cfg.log_every, start=partial, checkpoint_every=cfg.checkpoint_every_steps,
-                                checkpoint=saver, channels_last=run.channels_last, timer=timer,
-                                accumulate=cfg.accumulate, mixer=run.mixer, ema=state.ema, stop=should_stop,
-                                epoch=epoch)  # fmt: skip
+        train = train_one_epoch(dataclasses.replace(run.state, model=runner), train_loader, run.loss_fn,
+                                dataclasses.replace(run.options, epoch=epoch), hooks, partial)  # fmt: skip
     except NonFiniteLoss as bad:  # the epoch knows where; the run's settings say what to try
-        raise NonFiniteLoss(bad.epoch, bad.step, bad.value, _non_finite_advice(cfg, run.dtype)) from None
+        raise NonFiniteLoss(bad.epoch, bad.step, bad.value, _non_finite_advice(run.cfg, run.options.dtype)) from None
     finally:
         bar.close()
     if timer is not None:
@@ -308,46 +334,32 @@ def _validate(run: _Run, runner: nn.Module, val_loader: Iterable, num_classes: i
     (or the eager model where the plan validates eager: :meth:`CompilePlan.eval_module`)."""
     model = run.plan.eval_module(run.state.model, runner) if run.state.ema is None else run.state.ema.module
     return evaluate(model, val_loader, num_classes, device=run.device, dtype=run.eval_dtype, tta=tta,
-                    channels_last=run.channels_last)  # fmt: skip
+                    channels_last=run.options.channels_last)  # fmt: skip
 
 
-def _mid_epoch_saver(run_dir: Path | None, state: TrainState, epoch: int, lr: float, result: FitResult,
-                     describe: Checkpoint, stale: int) -> Callable[[EpochProgress], None] | None:  # fmt: skip
-    """What writes ``last.pt`` in the middle of epoch ``epoch`` (``checkpoint_every_steps``),
+def _mid_epoch_saver(run: _Run, lr: float) -> Callable[[EpochProgress], None] | None:
+    """What writes ``last.pt`` in the middle of the epoch after ``result``'s (``checkpoint_every_steps``),
     recording how far it got and its starting ``lr``; None when the run writes nothing."""
-    if run_dir is None:
+    saver = run.saver
+    if saver is None:
         return None
+    result = run.result
 
     def save(done: EpochProgress) -> None:
-        ckpt = run_checkpoint(state, epoch - 1, result.steps + done.batches, None, result, describe, stale,
-                              in_epoch=done, lr=lr)  # fmt: skip
-        ckpt.save(run_dir / "checkpoints" / "last.pt")
+        saver.save_progress(run.state, result, done, lr)
 
     return save
 
 
-def _record(result: FitResult, row: dict[str, Any], select: str, stale: int) -> tuple[bool, int]:
+def _record(result: FitResult, row: dict[str, Any], select: str) -> bool:
     """Add the epoch's ``row`` to the history and make it the best epoch when it improves on
-    ``select``; returns (improved, epochs without improvement now)."""
+    ``select`` (``result.stale`` counts the epochs without improvement); returns whether it improved."""
     result.history.append(row)
     if not improves(row, best_row(result.history, result.best_epoch, result.best_metric, select), select):
-        return False, stale + 1
-    result.best_metric, result.best_epoch = row[select], row["epoch"]
-    return True, 0
-
-
-def _save_epoch(run_dir: Path, state: TrainState, row: dict[str, Any], result: FitResult, describe: Checkpoint,
-                stale: int, improved: bool, save_every: int | None) -> None:  # fmt: skip
-    """The files of the epoch ``row`` ends: ``metrics.csv``, ``last.pt``, ``best.pt`` when it
-    ``improved``, and every ``save_every`` epochs an ``epoch_NNN.pt``."""
-    epoch = row["epoch"]
-    _write_metrics(run_dir / "metrics.csv", result.history)
-    ckpt = run_checkpoint(state, epoch, result.steps, row, result, describe, stale)
-    ckpt.save(run_dir / "checkpoints" / "last.pt")
-    if improved:  # what is deployed: the validated weights and metadata, no optimizer state
-        ckpt.weights_only().save(run_dir / "checkpoints" / "best.pt")
-    if save_every and epoch % save_every == 0:  # snapshots to resume from, like last.pt
-        ckpt.save(run_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
+        result.stale += 1
+        return False
+    result.best_metric, result.best_epoch, result.stale = row[select], row["epoch"], 0
+    return True
 
 
 def _metrics_row(epoch: int, lr: float, train: dict[str, float], val: EvalResult) -> dict[str, Any]:
@@ -375,14 +387,3 @@ def _summary_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
         f"lr {row['lr']:.2e}  {row['epoch_time_s']:.1f}s  {row['train_images_per_s']:,.0f} img/s"
         + ("  *" if improved else "")
     )
-
-
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite the whole CSV atomically: one row per epoch, never a duplicate."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    atomic.write_text(path, buffer.getvalue())
-
-

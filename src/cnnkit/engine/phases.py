@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from cnnkit.data.datasets import cache_dir
 from cnnkit.data.tensor_data import Part
 from cnnkit.data.transforms import config_augment
 from cnnkit.engine import distributed
-from cnnkit.engine.device import amp_dtype, data_device
+from cnnkit.engine.device import amp_dtype, data_device, resolve_device
 from cnnkit.engine.features import (
     FeatureLoader,
     HeadOnly,
@@ -35,7 +36,8 @@ from cnnkit.engine.features import (
     read_cached_features,
     state_digest,
 )
-from cnnkit.engine.loop import FitResult, fit
+from cnnkit.engine.loop import FitHooks, FitResult, FitStart, fit
+from cnnkit.engine.run_state import RunSaver
 from cnnkit.engine.scoring import Scores, score
 from cnnkit.models import BackboneClassifier
 
@@ -55,17 +57,35 @@ def total_epochs(train: TrainConfig) -> int:
     return sum(epochs for epochs, _ in phases(train))
 
 
-def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,
-               run_dir: Path | None, meta: dict[str, Any], log: Callable[[str], None], progress: bool, *,
-               resume: Checkpoint | None = None, class_weights: torch.Tensor | None = None,
-               trackers: Any = None, should_stop: Callable[[], bool] | None = None) -> FitResult:  # fmt: skip
-    """Train ``model`` through each phase of ``cfg.train``; returns the last phase's result.
+@dataclass
+class PhaseHooks(FitHooks):
+    """:class:`~cnnkit.engine.loop.FitHooks` of a whole run, and its trackers.
+
+    Attributes:
+        trackers: a :class:`cnnkit.tracking.RunLoggers` (TensorBoard, MLflow, W&B): each phase's
+            training loader hands it a copy of its first images and each epoch's metrics row goes to
+            its ``log_epoch`` (then ``on_epoch_end`` is unused); None: no trackers.
+    """
+
+    trackers: Any = None
+
+
+def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, *, saver: RunSaver | None = None,
+               resume: Checkpoint | None = None, hooks: PhaseHooks | None = None,
+               class_weights: torch.Tensor | None = None) -> FitResult:  # fmt: skip
+    """Train ``model`` through each phase of ``cfg.train`` on ``cfg.train.device``; returns the last
+    phase's result.
 
     A resumed run skips the phases its checkpoint has finished and resumes inside the one
-    it was in. ``trackers`` (a :class:`cnnkit.tracking.RunLoggers`) receives each epoch's
-    metrics row and a copy of the first training images. ``should_stop`` goes to each
-    :func:`~cnnkit.engine.fit` (see there).
+    it was in. ``saver``, ``hooks`` and ``class_weights`` go to each :func:`~cnnkit.engine.fit`
+    (see there).
     """
+    hooks = hooks or PhaseHooks()
+    trackers = hooks.trackers
+    fit_hooks = FitHooks(hooks.log, hooks.progress, trackers.log_epoch if trackers is not None else hooks.on_epoch_end,
+                         hooks.should_stop)  # fmt: skip
+    device = resolve_device(cfg.train.device)  # where fit trains
+    run_dir = saver.folder.path if saver is not None else None
     planned = phases(cfg.train)
     total = sum(epochs for epochs, _ in planned)
     result, begun = None, 0
@@ -75,16 +95,15 @@ def fit_phases(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, d
             continue  # finished before the interruption; its history comes back with the checkpoint
         result, resume = _resumed_result(result, resume, phase_start, run_dir)
         phase_cfg = phase_train_config(cfg, model, epochs)
-        phase_model, phase_loaders = _phase_inputs(model, loaders, cfg, phase_cfg, spec, device, frozen,
-                                                   len(planned) > 1, log, progress)  # fmt: skip
+        if isinstance(model, BackboneClassifier):
+            _enter_phase(model, phase_cfg, frozen, len(planned) > 1, hooks.log)
+        phase_model, phase_loaders = trained_inputs(model, loaders, cfg, spec, device, frozen, hooks.log,
+                                                    hooks.progress)  # fmt: skip
         if trackers is not None:
             phase_loaders = trackers.watch(phase_loaders, spec.preprocess.mean, spec.preprocess.std)
-        log(optimizer_line(phase_model, phase_cfg))
-        result = fit(phase_model, phase_loaders, phase_cfg,
-                     num_classes=spec.num_classes, run_dir=run_dir, meta=meta, log=log, progress=progress,
-                     previous=result, total_epochs=total, resume=resume, class_weights=class_weights,
-                     on_epoch_end=trackers.log_epoch if trackers is not None else None,
-                     should_stop=should_stop)  # fmt: skip
+        hooks.log(optimizer_line(phase_model, phase_cfg))
+        result = fit(phase_model, phase_loaders, phase_cfg, num_classes=spec.num_classes, class_weights=class_weights,
+                     saver=saver, hooks=fit_hooks, start=FitStart(result, total, resume))  # fmt: skip
         resume = None
         if result.stopped_early:
             break
@@ -129,18 +148,14 @@ def _resumed_result(result: FitResult | None, resume: Checkpoint | None, phase_s
     return FitResult(history=[dict(r) for r in state.history[:phase_start]], run_dir=run_dir), resume
 
 
-def _phase_inputs(model: nn.Module, loaders: Any, cfg: RunConfig, phase_cfg: TrainConfig, spec: DataSpec,
-                  device: torch.device, frozen: bool, several: bool, log: Callable[[str], None],
-                  progress: bool) -> tuple[nn.Module, Any]:  # fmt: skip
-    """What a phase trains (the model, or its head on cached features) and on which loaders."""
-    if not isinstance(model, BackboneClassifier):
-        return model, loaders
+def _enter_phase(model: BackboneClassifier, phase_cfg: TrainConfig, frozen: bool, several: bool,
+                 log: Callable[[str], None]) -> None:  # fmt: skip
+    """Freeze (or unfreeze) the backbone for a phase, and name the phase when the run has several."""
     model.freeze_backbone(frozen)
     if several:
         backbone_lr = phase_cfg.lr * phase_cfg.backbone_lr_scale
         lr = f"lr {phase_cfg.lr:g}" + ("" if frozen else f", backbone lr {backbone_lr:g}")
         log(f"phase: {'head only (backbone frozen)' if frozen else 'all layers'}, {phase_cfg.epochs} epochs, {lr}")
-    return trained_inputs(model, loaders, cfg, spec, device, frozen, log, progress)
 
 
 def trained_inputs(model: nn.Module, loaders: Any, cfg: RunConfig, spec: DataSpec, device: torch.device,

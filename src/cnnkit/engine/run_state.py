@@ -1,10 +1,13 @@
 """What a training run has built up, and how it goes into a checkpoint and comes back.
 
 :class:`TrainState` is what the steps change (model, optimizer, schedule, scaler, EMA),
-:class:`FitResult` the record of the epochs (history, best epoch, steps).
-:func:`run_checkpoint` writes both into a :class:`~cnnkit.checkpoint.Checkpoint`
-and :func:`restore` loads a ``last.pt`` back into them, so a resumed run continues
-exactly where the interrupted one stopped.
+:class:`FitResult` the record of the epochs (history, best epoch, steps) and
+:class:`EpochProgress` how far an interrupted epoch got. :func:`run_checkpoint` writes
+them into a :class:`~cnnkit.checkpoint.Checkpoint`, :class:`RunSaver` puts its files into
+the run's :class:`~cnnkit.runfolder.RunFolder` (timm's ``CheckpointSaver``), and
+:func:`restore` loads a ``last.pt`` back, so a resumed run continues exactly where the
+interrupted one stopped. The progress becomes plain values only here, at the checkpoint's
+boundary (``TrainingState.in_epoch``).
 """
 
 from __future__ import annotations
@@ -25,14 +28,54 @@ from cnnkit.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from cnnkit.engine.epoch import EpochProgress
 from cnnkit.engine.regularize import WeightEma
 from cnnkit.errors import CnnkitError
+from cnnkit.runfolder import RunFolder
+
+
+@dataclass
+class EpochProgress:
+    """How far one training epoch has got: what a mid-epoch checkpoint records.
+
+    Attributes:
+        batches: optimizer steps done in this epoch (the loader's first ``batches``
+            batches are consumed).
+        loss_sum: sum over those steps of batch loss x batch size.
+        correct: training images classified correctly so far.
+        seen: training images seen so far.
+        seconds: training time spent so far in this epoch.
+        rng: the RNG states right after step ``batches`` (None: not recorded).
+    """
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    rng: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain values ``TrainingState.in_epoch`` stores."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # (asdict would copy the tensors)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EpochProgress:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
 
 
 @dataclass
 class FitResult:
-    """What :func:`~cnnkit.engine.loop.fit` returns: one metrics row per epoch and where the best one was."""
+    """What :func:`~cnnkit.engine.loop.fit` returns: one metrics row per epoch and where the best one was.
+
+    Attributes:
+        history: one metrics row per epoch.
+        best_metric, best_epoch: the selection metric's best value and its epoch.
+        stopped_early: ``patience`` ended the run.
+        run_dir: the run folder written (None: nothing written).
+        steps: optimizer steps done by the epochs completed.
+        stale: epochs since the best one (what ``patience`` counts).
+    """
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_metric: float | None = None
@@ -40,6 +83,7 @@ class FitResult:
     stopped_early: bool = False
     run_dir: Path | None = None
     steps: int = 0
+    stale: int = 0
 
     @property
     def last(self) -> dict[str, Any]:
@@ -71,23 +115,20 @@ class TrainState:
         return self.ema.module if self.ema is not None else self.model
 
 
-def run_description(meta: Checkpoint | dict[str, Any] | None) -> Checkpoint:
-    """The self-describing part of every checkpoint of this run (its weights are filled in per save)."""
-    if isinstance(meta, Checkpoint):
-        return dataclasses.replace(meta, state_dict={}, training=None)
-    return Checkpoint.from_payload({"format": 2, **(meta or {}), "state_dict": {}}, "meta")
-
-
-def run_checkpoint(state: TrainState, epoch, step, row, result: FitResult, describe: Checkpoint, stale,
+def run_checkpoint(state: TrainState, result: FitResult, describe: Checkpoint, epoch: int,
                    in_epoch: EpochProgress | None = None, lr: float | None = None) -> Checkpoint:  # fmt: skip
-    """The run's checkpoint now. ``epoch`` counts completed epochs; ``in_epoch`` says how far
-    the next one got when written mid-epoch (None at an epoch's end). With an EMA,
+    """The run's checkpoint now: ``describe`` (model description, class names, preprocessing,
+    config) with the weights and the training state filled in.
+
+    ``epoch`` counts completed epochs; ``in_epoch`` says how far the next one got when written
+    mid-epoch (None at an epoch's end) and ``lr`` what that epoch started with. With an EMA,
     ``state_dict`` holds the averaged weights (what predict/export use) and
-    ``training.raw_state_dict`` the trained ones (what resume continues from)."""
+    ``training.raw_state_dict`` the trained ones (what resume continues from).
+    """
     ema = state.ema
     training = TrainingState(
         epoch=epoch,
-        step=step,
+        step=result.steps + (in_epoch.batches if in_epoch is not None else 0),
         optimizer=state.optimizer.state_dict(),
         scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
         scaler=state.scaler.state_dict() if state.scaler is not None else None,
@@ -97,18 +138,59 @@ def run_checkpoint(state: TrainState, epoch, step, row, result: FitResult, descr
         history=[dict(r) for r in result.history],
         best_metric=result.best_metric,
         best_epoch=result.best_epoch,
-        stale=stale,
+        stale=result.stale,
         in_epoch=in_epoch.to_dict() if in_epoch is not None else None,
-        in_epoch_lr=lr,
+        in_epoch_lr=lr if in_epoch is not None else None,
     )
     return dataclasses.replace(describe, state_dict=clean_state_dict(unwrap(state.evaluated).state_dict()),
-                               metrics=row if row is not None else (result.history[-1] if result.history else None),
-                               training=training)  # fmt: skip
+                               metrics=result.history[-1] if result.history else None, training=training)  # fmt: skip
 
 
-def restore(ckpt: Checkpoint, state: TrainState, result: FitResult) -> tuple[int, int, EpochProgress | None]:
-    """Load a ``last.pt`` checkpoint into the training state and the record; returns (first
-    epoch to run, epochs without improvement, progress into that epoch or None).
+@dataclass
+class RunSaver:
+    """Writes a run's files as training goes, into its :class:`~cnnkit.runfolder.RunFolder`
+    (which names them): after every epoch ``metrics.csv`` and ``last.pt``, ``best.pt`` when the
+    epoch improved, every ``save_every`` epochs a numbered snapshot, and mid-epoch ``last.pt``
+    again. Nothing is written through a folder that is not its writer (torchrun ranks but 0).
+
+    Attributes:
+        folder: the run folder.
+        describe: what makes every checkpoint self-describing (model description, class names,
+            preprocessing, config; its weights and training state are ignored); the default
+            describes nothing: such checkpoints resume but do not load on their own.
+        save_every: write ``epoch_NNN.pt`` every this many epochs (None: never).
+    """
+
+    folder: RunFolder
+    describe: Checkpoint = field(default_factory=lambda: Checkpoint(model=None, state_dict={}))
+    save_every: int | None = None
+
+    def __post_init__(self) -> None:
+        self.describe = dataclasses.replace(self.describe, state_dict={}, training=None)
+
+    def save_epoch(self, state: TrainState, result: FitResult, improved: bool) -> None:
+        """The files of the epoch that ends ``result.history``."""
+        if not self.folder.writer:
+            return
+        epoch = result.history[-1]["epoch"]
+        self.folder.write_metrics(result.history)
+        ckpt = run_checkpoint(state, result, self.describe, epoch)
+        ckpt.save(self.folder.last)
+        if improved:  # what is deployed: the validated weights and metadata, no optimizer state
+            ckpt.weights_only().save(self.folder.best)
+        if self.save_every and epoch % self.save_every == 0:  # snapshots to resume from, like last.pt
+            ckpt.save(self.folder.epoch_checkpoint(epoch))
+
+    def save_progress(self, state: TrainState, result: FitResult, done: EpochProgress, lr: float) -> None:
+        """``last.pt`` in the middle of the epoch after ``result.history``: ``done`` says how far
+        it got, ``lr`` what it started with."""
+        if self.folder.writer:
+            run_checkpoint(state, result, self.describe, len(result.history), done, lr).save(self.folder.last)
+
+
+def restore(ckpt: Checkpoint, state: TrainState, result: FitResult) -> tuple[int, EpochProgress | None]:
+    """Load a ``last.pt`` checkpoint into the training state and the record (its history, best
+    epoch, steps and ``stale``); returns (first epoch to run, progress into that epoch or None).
 
     Raises:
         CnnkitError: a checkpoint without the training state (``best.pt``).
@@ -129,9 +211,9 @@ def restore(ckpt: Checkpoint, state: TrainState, result: FitResult) -> tuple[int
     if state.scaler is not None and saved.scaler is not None:
         state.scaler.load_state_dict(saved.scaler)
     result.history = [dict(row) for row in saved.history]
-    result.best_metric, result.best_epoch = saved.best_metric, saved.best_epoch
-    result.steps = saved.step - (saved.in_epoch["batches"] if saved.in_epoch else 0)
-    if saved.in_epoch:
-        return saved.epoch + 1, saved.stale, EpochProgress.from_dict(saved.in_epoch)
-    set_rng_state(saved.rng)  # the state the next epoch started with in the uninterrupted run
-    return saved.epoch + 1, saved.stale, None
+    result.best_metric, result.best_epoch, result.stale = saved.best_metric, saved.best_epoch, saved.stale
+    progress = EpochProgress.from_dict(saved.in_epoch) if saved.in_epoch else None
+    result.steps = saved.step - (progress.batches if progress is not None else 0)
+    if progress is None:
+        set_rng_state(saved.rng)  # the state the next epoch started with in the uninterrupted run
+    return saved.epoch + 1, progress

@@ -91,8 +91,10 @@ def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], trust_code: Any = N
     ckpt = as_checkpoint(ckpt)
     desc = ckpt.model
     if desc is None:
-        raise CnnkitError(f"{ckpt.path or 'the checkpoint'} has no model description (written by engine.fit "
-                          "without meta); it cannot be rebuilt on its own")  # fmt: skip
+        raise CnnkitError(f"{ckpt.path or 'the checkpoint'} holds weights only, no model description to rebuild "
+                          "the network from (cnnkit.fit records one only for a cnnkit.create_model model with default "
+                          "options on images of known preprocessing); build your model and load "
+                          "Checkpoint.load(path).state_dict into it")  # fmt: skip
     require_model_code(desc.to_dict(), trust_code)
     model = create_model(desc.name, num_classes=desc.num_classes, in_chans=desc.in_chans,
                          input_size=tuple(desc.input_size) if desc.input_size else None, **desc.kwargs)  # fmt: skip
