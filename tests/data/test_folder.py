@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageFile
 from torchvision.transforms import v2
 
+from cnnkit.data.builder import FileLoader
 from cnnkit.data.folder import (
     IMAGE_EXTENSIONS,
     FileDataset,
@@ -28,10 +29,9 @@ from cnnkit.data.folder import (
     load_image,
     read_csv,
     scan_folder,
-    stratified_split,
     skipped_files_log,
+    stratified_split,
 )
-from cnnkit.data.builder import FileLoader
 from cnnkit.errors import DataError
 
 CLASSES = ["cassette_player", "church", "tench"]

@@ -3,8 +3,8 @@
 Scanning (:func:`scan_folder`, :func:`read_csv`) only lists files and labels; nothing is
 decoded until :class:`ImageFileDataset` asks :func:`load_image` for one image. A file that
 cannot be decoded is skipped (a ``RuntimeWarning``, or an entry in the dataset's own
-:class:`~cnnkit.data.folder.skipped.SkipLog` in a training run, which counts and lists it) and dropped by :func:`collate_skip_bad`, so one bad
-photo never stops a run.
+:class:`~cnnkit.data.folder.skipped.SkipLog` in a training run, which counts and lists it)
+and dropped by :func:`collate_skip_bad`, so one bad photo never stops a run.
 
 Supported layouts::
 
