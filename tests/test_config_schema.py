@@ -177,15 +177,37 @@ def test_old_check_functions_are_the_schema_rules() -> None:
 
 
 def test_choice_lists_agree_with_the_modules_that_use_them() -> None:
-    from cnnkit.config import AUGMENT_PRESETS, INTERPOLATIONS
+    from cnnkit.config import (
+        AUGMENT_PRESETS,
+        BACKBONE_SOURCES,
+        BACKENDS,
+        EXPORT_FORMATS,
+        EXPORT_PRECISIONS,
+        INTERPOLATIONS,
+    )
     from cnnkit.data import transforms
     from cnnkit.engine.loop import metric_column
+    from cnnkit.inference import backends, export, metadata
+    from cnnkit.models import list_sources
 
     assert set(AUGMENT_PRESETS) == set(transforms.AUGMENT_PRESETS)
     assert set(INTERPOLATIONS) == set(transforms._INTERPOLATION)
+    assert BACKENDS == backends.BACKENDS and set(BACKBONE_SOURCES) == set(list_sources())
+    assert EXPORT_FORMATS == export.FORMATS and EXPORT_PRECISIONS == metadata.PRECISIONS
     select = next(spec for dotted, _, spec in schema() if dotted == "train.select_metric")
     for name in select.choices:
         metric_column(name)  # every accepted name means a metrics.csv column
+
+
+@pytest.mark.parametrize("preset", ["none", "flip", "digits", "randaugment"])
+@pytest.mark.parametrize(("policy", "erasing"), [(None, None), ("none", 0.0), ("trivialaugment", None), (None, 0.25)])
+def test_the_config_knows_without_torch_which_data_is_augmented(preset: str, policy: str | None,
+                                                                 erasing: float | None) -> None:  # fmt: skip
+    from cnnkit.config.resolve import augments_images
+    from cnnkit.data.transforms import config_augment
+
+    data = DataConfig(augment=preset, augment_policy=policy, random_erasing=erasing)
+    assert augments_images(data) == (not config_augment(data).is_identity)
 
 
 # ----------------------------------------------------------------------------- parser

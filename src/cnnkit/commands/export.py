@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from cnnkit.config import ExportOptions, option_values, options_from_args, validate
+from cnnkit.config import EXPORT_SUFFIXES, ExportOptions, option_values, options_from_args, validate
 from cnnkit.config.options import DEFAULT_ALLOW_DROP
-from cnnkit.errors import CnnkitError, DataError, UsageError
+from cnnkit.errors import CnnkitError, DataError
 from cnnkit.inference import export
 from cnnkit.inference.loading import LoadedCheckpoint, checkpoint_loaders, first_images, load_checkpoint
 from cnnkit.inference.metadata import checkpoint_metadata
@@ -105,7 +105,6 @@ def export_checkpoint(path: str | Path, fmt: str | None = None, *, options: Expo
     opts = option_values(options or ExportOptions(), {**values, "checkpoint": str(path)}
                          | ({"fmt": fmt} if fmt is not None else {}))  # fmt: skip
     validate(opts)
-    _check_suffix(opts.out, opts.fmt)
     loaded = load_checkpoint(path, trust_code=opts.trust_code)
     run_data = _RunData(loaded, opts.data_dir, shuffle_train=opts.precision == "int8")
     checks = _check_set(loaded, opts.check_images, run_data, opts.check_count)
@@ -137,18 +136,7 @@ def _loss_points(accuracy: export.AccuracyCheck) -> float:
     return 100 * (1 - accuracy.agreement) if drop is None else drop
 
 
-# The file name endings each format's readers expect (onnxruntime, Netron, torch.jit.load by habit).
-SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth")}
-
-
-def _check_suffix(out: str | Path | None, fmt: str) -> None:
-    """``--out`` must end as a ``fmt`` file does: an ONNX file named ``model.txt`` misleads every reader."""
-    if out is None or fmt not in SUFFIXES or Path(out).suffix.lower() in SUFFIXES[fmt]:
-        return
-    wanted = SUFFIXES[fmt][0]
-    kind = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[fmt]
-    raise UsageError(f"--out {out}: {kind} file must end in {' or '.join(SUFFIXES[fmt])}, "
-                     f"e.g. --out {Path(out).with_suffix(wanted)}")  # fmt: skip
+SUFFIXES = EXPORT_SUFFIXES  # the file name endings of each format (checked by validate)
 
 
 def _export_path(given: Path, checkpoint: Path, fmt: str, precision: str) -> Path:

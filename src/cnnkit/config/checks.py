@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnkit.config.choices import BACKBONE_SOURCES, TRACKERS
+from cnnkit.config.choices import BACKBONE_SOURCES, EXPORT_SUFFIXES, TRACKERS
 from cnnkit.config.keys import DataConfig, Key, RunConfig, flag_of, schema
 from cnnkit.errors import UsageError, unknown_name
 
@@ -231,12 +231,23 @@ def _serve_rules(options: Any) -> None:
 
 
 def _export_rules(options: Any) -> None:
+    _check_suffix(options.out, options.fmt)
     if options.fmt != "onnx" and options.precision != "fp32":
         raise UsageError(f"--precision {options.precision} applies to --format onnx (TorchScript files are float32)")
     if options.fmt != "onnx" and (options.dynamic_batch or options.opset is not None):
         raise UsageError(
             "--dynamic-batch and --opset apply to --format onnx (a traced TorchScript file takes any batch)"
         )
+
+
+def _check_suffix(out: str | None, fmt: str) -> None:
+    """``--out`` must end as a ``fmt`` file does: an ONNX file named ``model.txt`` misleads every reader."""
+    if out is None or fmt not in EXPORT_SUFFIXES or Path(out).suffix.lower() in EXPORT_SUFFIXES[fmt]:
+        return
+    wanted = EXPORT_SUFFIXES[fmt][0]
+    kind = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[fmt]
+    raise UsageError(f"--out {out}: {kind} file must end in {' or '.join(EXPORT_SUFFIXES[fmt])}, "
+                     f"e.g. --out {Path(out).with_suffix(wanted)}")  # fmt: skip
 
 
 def _check_rules(options: Any) -> None:

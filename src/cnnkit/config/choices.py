@@ -19,6 +19,8 @@ BACKEND_CHOICES = ("auto", *BACKENDS)
 # What cnnkit export writes: cnnkit.inference.export.FORMATS and cnnkit.inference.metadata.PRECISIONS.
 EXPORT_FORMATS = ("onnx", "torchscript")
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+# The file name endings each format's readers expect (onnxruntime, Netron, torch.jit.load by habit).
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth")}
 SWITCH_MODES = ("auto", "on", "off")  # --channels-last, --compile, --cache-features, --decode-cache
 # The names of data.transforms.AUGMENT_PRESETS (a test checks that the two agree).
 AUGMENT_PRESETS = ("none", "flip", "crop-flip", "animals", "flowers", "digits", "crop-flip-cutout", "airbench",

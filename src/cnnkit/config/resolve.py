@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from cnnkit.config.checks import validate
-from cnnkit.config.keys import _KWARGS_KEYS, _SECTIONS, RunConfig, _lr_auto, valid_keys
+from cnnkit.config.keys import _KWARGS_KEYS, _SECTIONS, DataConfig, RunConfig, _lr_auto, valid_keys
 from cnnkit.errors import UsageError, nearest
 
 # Short keyword names accepted by train(); every other config field is reachable by its own name.
@@ -87,14 +87,19 @@ def apply_cached_head_defaults(cfg: RunConfig, given: set[str]) -> None:
     train = cfg.train
     if not train.freeze or train.fine_tune or train.cache_features == "off":
         return
-    if train.cache_features == "auto":
-        from cnnkit.data.transforms import config_augment  # torch: only for frozen-backbone runs
-
-        if not config_augment(cfg.data).is_identity:
-            return  # augmented images: the backbone runs every epoch, epochs are not cheap
+    if train.cache_features == "auto" and augments_images(cfg.data):
+        return  # augmented images: the backbone runs every epoch, epochs are not cheap
     for dotted, value in CACHED_HEAD_DEFAULTS.items():
         if dotted not in given:
             setattr(train, dotted.partition(".")[2], value)
+
+
+def augments_images(data: DataConfig) -> bool:
+    """Whether ``data`` asks for any training augmentation: a preset other than ``none``, a
+    policy or random erasing (what :func:`cnnkit.data.transforms.config_augment` then builds
+    is not the identity; a test holds the two together). Read here without torch, so the
+    config layer needs nothing from the data layer."""
+    return data.augment != "none" or data.augment_policy not in (None, "none") or bool(data.random_erasing)
 
 
 def keyword_overrides(values: dict[str, Any]) -> dict[str, Any]:
