@@ -210,6 +210,72 @@ def test_the_config_knows_without_torch_which_data_is_augmented(preset: str, pol
     assert augments_images(data) == (not config_augment(data).is_identity)
 
 
+# ----------------------------------------------------------------------------- every command's options
+
+
+def _options(name: str, **values):
+    from cnnkit.config import options
+
+    return getattr(options, name)(**values)
+
+
+# (options class, bad values, the message, good values): one validate() for every command
+OPTION_RULES = [
+    ("PredictOptions", {"topk": 0}, "--topk must be >= 1, got 0", {"topk": 1}),
+    ("PredictOptions", {"threshold": 1.5}, "--threshold must be in [0, 1], got 1.5", {"threshold": 0.5}),
+    ("PredictOptions", {"threshold": float("nan")}, "--threshold must be a finite number, got nan", {}),
+    ("PredictOptions", {"batch_size": "8"}, "--batch-size expects int, got '8'", {"batch_size": 8}),
+    ("PredictOptions", {"tta": "flp"}, "unknown test-time augmentation mode 'flp'; did you mean 'flip'",
+     {"tta": True}),
+    ("PredictOptions", {"backend": "onnx"}, "unknown backend 'onnx'", {"backend": "onnxruntime"}),
+    ("PredictOptions", {"model": "m.onnx", "amp": "bf16"}, "--amp applies to the torch backend",
+     {"model": "m.onnx", "amp": "off"}),
+    ("PredictOptions", {"model": "m.ONNX", "backend": "torch"}, "m.ONNX is an ONNX file", {"model": "m.pt"}),
+    ("ServeOptions", {"queue_size": 0}, "--queue-size must be >= 1, got 0", {"queue_size": 1}),
+    ("ServeOptions", {"checkpoint": "m.onnx", "backend": "torch"}, "m.onnx is an ONNX file", {"checkpoint": "m.onnx"}),
+    ("EvalOptions", {"split": "tset"}, "unknown split 'tset'; did you mean 'test'", {"split": "val"}),
+    ("ExportOptions", {"precision": "int4"}, "unknown precision 'int4'", {"precision": "int8"}),
+    ("ExportOptions", {"out": "model.txt"}, "--out model.txt: an ONNX file must end in .onnx", {"out": "m.onnx"}),
+    ("ExportOptions", {"fmt": "torchscript", "out": "m.onnx"},
+     "--out m.onnx: a TorchScript file must end in .pt or .pth", {"fmt": "torchscript", "out": "m.pth"}),
+    ("ExportOptions", {"fmt": "torchscript", "dynamic_batch": True}, "--dynamic-batch and --opset apply to",
+     {"dynamic_batch": True}),
+    ("CheckOptions", {"epochs": 2}, "--epochs only apply to the label check: add --labels",
+     {"epochs": 2, "labels": True}),
+    ("CheckOptions", {"near_distance": 65}, "--near-distance must be in [0, 64], got 65", {"near_distance": 4}),
+    ("SummaryOptions", {"input_size": [3, 0, 28]}, "--input-size must be >= 1, got 0", {"input_size": [3, 28, 28]}),
+    ("LrFindOptions", {"end_lr": float("inf")}, "--end-lr must be a finite number, got inf", {"end_lr": 1.0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("klass", "bad", "message", "good"), OPTION_RULES,
+                         ids=[f"{r[0]}-{next(iter(r[1]))}" for r in OPTION_RULES])  # fmt: skip
+def test_each_command_option_rule_rejects_a_bad_value_and_accepts_a_good_one(klass, bad, message, good) -> None:
+    with pytest.raises(UsageError) as info:
+        validate(_options(klass, **bad))
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+    validate(_options(klass, **good))  # no error
+
+
+def test_every_command_s_defaults_validate() -> None:
+    import dataclasses
+
+    from cnnkit.config import options
+
+    classes = [k for k in vars(options).values() if dataclasses.is_dataclass(k)]
+    assert len(classes) == 13
+    for klass in classes:
+        validate(klass())
+
+
+def test_the_python_predict_checks_its_options_before_reading_anything(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="^--topk must be >= 1, got 0$"):
+        cnnkit.predict(tmp_path / "no-such-run", [str(tmp_path)], topk=0)
+    with pytest.raises(UsageError, match="unknown option 'top_k'; did you mean 'topk'"):
+        cnnkit.predict(tmp_path / "no-such-run", [str(tmp_path)], top_k=3)
+
+
 # ----------------------------------------------------------------------------- parser
 
 
