@@ -379,3 +379,18 @@ def test_every_command_s_values_are_checked_by_validate_before_any_file_is_read(
     assert code == 2
     assert words in one_line_error(err)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_readme_command_reference_lists_every_argument() -> None:
+    from cnnkit.config import config_flags
+
+    readme = (Path(cli.__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines() if line.startswith("| `")}
+    config_keys = {*config_flags().values(), "recipe", "config", "set", "model_kwargs", "data_kwargs"}
+    for name, command in _commands().items():
+        row = rows[name]
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction) or action.dest in config_keys:  # those: `train --help`
+                continue
+            shown = action.option_strings[0] if action.option_strings else action.metavar or action.dest.upper()
+            assert shown.strip("[]") in row, (name, shown)

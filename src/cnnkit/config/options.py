@@ -15,6 +15,7 @@ Field names are the argparse destinations the command handlers read (``args.batc
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,7 +269,7 @@ class NoOptions:
 
 
 def option_values(options: Any, values: dict[str, Any]) -> Any:
-    """``options`` (a dataclass above) with ``values`` set by field name.
+    """``options`` (a dataclass above) with ``values`` set by field name (paths as text).
 
     Raises:
         UsageError: a name that is no field, with the nearest one suggested.
@@ -281,4 +282,13 @@ def option_values(options: Any, values: dict[str, Any]) -> Any:
             guess = nearest(name, names)
             hint = f"; did you mean {guess!r}?" if guess else ";"
             raise UsageError(f"unknown option {name!r}{hint} valid: {', '.join(names)}")
-    return dataclasses.replace(options, **values)
+    return dataclasses.replace(options, **{name: _text_paths(value) for name, value in values.items()})
+
+
+def _text_paths(value: Any) -> Any:
+    """A path (or a list of them) as text, as the command line gives it: ``Path("m.onnx")`` -> ``"m.onnx"``."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [os.fspath(item) if isinstance(item, os.PathLike) else item for item in value]
+    return value
