@@ -124,7 +124,10 @@ def shared(name: str, default: Any = None, help: str = "", *, factory: Callable[
     """
     if set(shown) - {"doc", "metavar", "group"}:
         raise TypeError(f"shared({name!r}): only help, doc, metavar and group may differ, got {sorted(shown)}")
-    spec = dataclasses.replace(SHARED[name], help=help or SHARED[name].help, **shown)
+    base = SHARED[name].help
+    if not help and default is not None and not isinstance(default, bool) and "default" not in base:
+        help = f"{base} (default: {default})"  # the one thing a command changes, shown in its --help
+    spec = dataclasses.replace(SHARED[name], help=help or base, **shown)
     meta = {"cnnkit": spec}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
