@@ -119,11 +119,6 @@ def _weights_channels(cfg: RunConfig, weights: Weights | None) -> int | None:
     return 3 if cfg.model.pretrained else None
 
 
-def is_backbone_name(name: str) -> bool:
-    """``timm:NAME`` / ``tv:NAME``: an outside backbone with a new head."""
-    return ":" in name and name.partition(":")[0] in list_sources()
-
-
 def check_run_config(cfg: RunConfig, *, tracked: bool = True) -> RunConfig:
     """Every check a run (``tracked``: one that logs to trackers) or a learning-rate sweep needs
     before anything is written; returns ``cfg`` with absolute data paths."""
