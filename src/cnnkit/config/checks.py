@@ -1,10 +1,13 @@
-"""Validation of a whole config against the ranges, choices and rules its keys declare.
+"""Validation of a whole config, or of a command's options, against what their keys declare.
 
-This module owns :func:`validate` (each key's type, choices and bounds from its
-:class:`~cnnkit.config.keys.Key`, then the rules that tie keys together: held-out
-fractions, mean/std lengths, ``--fine-tune``, ``--log`` trackers) and
-:func:`check_choice` for modules that take a declared choice outside a config. Every
-failure is a one-line :class:`~cnnkit.errors.UsageError` naming the flag and what is valid.
+This module owns :func:`validate`, the one check of every value a user gives: each key's
+type, choices and bounds from its :class:`~cnnkit.config.keys.Key`, then the rules that tie
+keys together (a run: held-out fractions, mean/std lengths, ``--fine-tune``, transfer
+options on a backbone, ``--log`` trackers; a command: export's format, precision and
+``--out`` suffix, a backend that can run the model file, label-check options without
+``--labels``). Also :func:`check_choice` and :func:`check_backend` for modules that take
+such a value outside a config. Every failure is a one-line
+:class:`~cnnkit.errors.UsageError` naming the flag and what is valid.
 """
 
 from __future__ import annotations
