@@ -242,7 +242,7 @@ OPTION_RULES = [
      {"dynamic_batch": True}),
     ("CheckOptions", {"epochs": 2}, "--epochs only apply to the label check: add --labels",
      {"epochs": 2, "labels": True}),
-    ("CheckOptions", {"near_distance": 65}, "--near-distance must be in [0, 64], got 65", {"near_distance": 4}),
+    ("CheckOptions", {"near_distance": 17}, "--near-distance must be in [0, 16], got 17", {"near_distance": 16}),
     ("SummaryOptions", {"input_size": [3, 0, 28]}, "--input-size must be >= 1, got 0", {"input_size": [3, 28, 28]}),
     ("LrFindOptions", {"end_lr": float("inf")}, "--end-lr must be a finite number, got inf", {"end_lr": 1.0}),
 ]  # fmt: skip

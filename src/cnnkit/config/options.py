@@ -221,9 +221,9 @@ class CheckOptions:
     quick: bool = key(False, "headers and byte hashes only, no decoding (what `cnnkit train` runs first)",
                       flag="--quick")  # fmt: skip
     workers: int | None = shared("workers", None, "checking processes (default: one per core, at most 8; 0: none)")
-    near_distance: int | None = key(None, "perceptual-hash bits (of 64) within which two images are near "
-                                    "duplicates (default 2)", flag="--near-distance", metavar="BITS", ge=0,
-                                    le=64)  # fmt: skip
+    near_distance: int | None = key(None, "perceptual-hash bits (of 64, at most 16) within which two images are "
+                                    "near duplicates (default 2)", flag="--near-distance", metavar="BITS", ge=0,
+                                    le=16)  # fmt: skip
     min_side: int | None = key(None, "images with a shorter side under PX (or 1/8 of the median) are tiny "
                                "(default 16)", flag="--min-side", metavar="PX", ge=1)  # fmt: skip
     no_progress: bool = shared("no_progress", False)
