@@ -6,6 +6,8 @@ subprocess run checks the real ``python -m cnnkit`` entry point end to end.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import re
@@ -19,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import one_line_error, run_cli
-from cnnkit.cli import main
+from cnnkit import cli
+from cnnkit.cli import build_parser, main
 from cnnkit.data import list_datasets
 from cnnkit.models import list_models
 from cnnkit.recipes import list_recipes
@@ -275,3 +278,119 @@ def test_eval_json(capsys, cli_run) -> None:
     per_class = report["per_class_accuracy"]
     assert list(per_class) == [str(d) for d in range(10)]
     assert all(0.0 <= acc <= 1.0 for acc in per_class.values())
+
+
+# ----------------------------------------------------------------------------- the parser, generated
+
+
+# Every command's arguments before the schema generated them (config keys aside: see
+# tests/test_config_schema.py): each still parses, to the same destination.
+ARGUMENTS_BEFORE_THE_SCHEMA = {
+    "train": {"--no-progress": "no_progress", "--no-check": "no_check", "--resume": "resume",
+        "--trust-code": "trust_code"},
+    "lr-find": {"--start-lr": "start_lr", "--end-lr": "end_lr", "--steps": "steps"},
+    "eval": {"checkpoint": "checkpoint", "--data": "data", "--data-dir": "data_dir", "--split": "split",
+        "--device": "device", "--batch-size": "batch_size", "--tta": "tta", "--json": "json",
+        "--trust-code": "trust_code"},
+    "predict": {"model": "model", "inputs": "inputs", "--topk": "topk", "--batch-size": "batch_size",
+        "--workers": "workers", "--tta": "tta", "--threshold": "threshold", "--out": "out", "--backend": "backend",
+        "--device": "device", "--amp": "amp", "--no-progress": "no_progress", "--trust-code": "trust_code"},
+    "report": {"run": "run", "--split": "split", "--robustness": "robustness", "--data-dir": "data_dir",
+        "--device": "device", "--out": "out", "--trust-code": "trust_code"},
+    "summary": {"model": "model", "--input-size": "input_size", "--num-classes": "num_classes", "--depth": "depth",
+        "--json": "json", "--trust-code": "trust_code"},
+    "explain": {"checkpoint": "checkpoint", "images": "images", "--layer": "layer", "--class": "target_class",
+        "--out": "out", "--trust-code": "trust_code"},
+    "export": {"checkpoint": "checkpoint", "--format": "fmt", "--out": "out", "--precision": "precision",
+        "--calibration": "calibration", "--allow-drop": "allow_drop", "--dynamic-batch": "dynamic_batch",
+        "--opset": "opset", "--check-images": "check_images", "--check-count": "check_count",
+        "--tolerance": "tolerance", "--data-dir": "data_dir", "--trust-code": "trust_code"},
+    "serve": {"checkpoint": "checkpoint", "--host": "host", "--port": "port", "--topk": "topk",
+        "--examples": "examples", "--no-gradcam": "no_gradcam", "--data-dir": "data_dir", "--device": "device",
+        "--backend": "backend", "--concurrency": "concurrency", "--queue-size": "queue_size",
+        "--trust-code": "trust_code"},
+    "studio": {"project": "project", "--host": "host", "--port": "port", "--allow-import": "allow_import"},
+    "check": {"data": "data", "--json": "json", "--out": "out", "--quick": "quick", "--workers": "workers",
+        "--near-distance": "near_distance", "--min-side": "min_side", "--no-progress": "no_progress",
+        "--labels": "labels", "--model": "model", "--folds": "folds", "--epochs": "epochs",
+        "--labels-out": "labels_out", "--fix-to": "fix_to", "--seed": "seed", "--device": "device"},
+    "runs": {"dir": "dir", "--sort": "sort", "--json": "json"},
+}  # fmt: skip
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_argument_of_every_command_still_parses_to_its_destination() -> None:
+    commands = _commands()
+    for name, arguments in ARGUMENTS_BEFORE_THE_SCHEMA.items():
+        actions = {a.dest: a for a in commands[name]._actions}
+        for flag, dest in arguments.items():
+            assert dest in actions, (name, flag)
+            assert flag == dest or flag in actions[dest].option_strings, (name, flag)
+            assert actions[dest].help, (name, flag)  # --help stays informative
+
+
+def test_cli_writes_no_flag_by_hand() -> None:
+    source = Path(cli.__file__).read_text()
+    assert source.count("add_argument(") == 1 and '"--version"' in source  # the rest is generated
+
+
+def test_shared_options_are_declared_once_with_each_command_s_default() -> None:
+    from cnnkit.config import SHARED, schema
+    from cnnkit.config import options as options_module
+
+    by_flag = {spec.flag: spec for spec in SHARED.values()}
+    declared = [spec for _, _, spec in schema()]
+    for _, klass in vars(options_module).items():
+        if dataclasses.is_dataclass(klass):
+            declared += [item.metadata["cnnkit"] for item in dataclasses.fields(klass)]
+    shown = {"help": "", "doc": "", "metavar": None, "group": ""}
+    for spec in declared:
+        if spec.flag in by_flag and spec.flag != "--tta":  # predict's --tta also takes no value: its own
+            assert dataclasses.replace(spec, **shown) == dataclasses.replace(by_flag[spec.flag], **shown), spec.flag
+    seen = {flag: [name for name, command in _commands().items() if flag in command._option_string_actions]
+            for flag in by_flag}  # fmt: skip
+    assert len(seen["--device"]) == 7 and len(seen["--batch-size"]) == 4 and len(seen["--trust-code"]) == 8
+    defaults = {name: command._option_string_actions["--device"].default for name, command in _commands().items()
+                if name in ("eval", "predict", "report", "serve", "check")}  # fmt: skip
+    assert defaults == {"eval": "auto", "predict": "cpu", "report": "auto", "serve": "auto", "check": "auto"}
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["eval", "RUN", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["predict", "RUN", "x.png", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["check", "DATA", "--workers", "-2"], "--workers must be >= 0, got -2"),
+    (["serve", "RUN", "--port", "70000"], "--port must be in [0, 65535], got 70000"),
+    (["predict", "RUN.onnx", "x.png", "--backend", "torch"], "RUN.onnx is an ONNX file"),
+    (["export", "RUN", "--format", "torchscript", "--opset", "17"], "--dynamic-batch and --opset apply to"),
+    (["export", "RUN", "--opset", "6"], "--opset must be >= 7, got 6"),
+    (["check", "DATA", "--folds", "3"], "--folds only apply to the label check: add --labels"),
+    (["check", "DATA", "--labels", "--quick"], "--labels decodes every image; it cannot run with --quick"),
+    (["lr-find", "--start-lr", "0"], "--start-lr must be > 0, got 0"),
+])  # fmt: skip
+def test_every_command_s_values_are_checked_by_validate_before_any_file_is_read(capsys, tmp_path, monkeypatch,
+                                                                             argv, words) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # RUN, DATA, x.png do not exist: the values are refused first
+    code, _, err = run_cli(capsys, *argv)
+
+    assert code == 2
+    assert words in one_line_error(err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_readme_command_reference_lists_every_argument() -> None:
+    from cnnkit.config import config_flags
+
+    readme = (Path(cli.__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines() if line.startswith("| `")}
+    config_keys = {*config_flags().values(), "recipe", "config", "set", "model_kwargs", "data_kwargs"}
+    for name, command in _commands().items():
+        row = rows[name]
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction) or action.dest in config_keys:  # those: `train --help`
+                continue
+            shown = action.option_strings[0] if action.option_strings else action.metavar or action.dest.upper()
+            assert shown.strip("[]") in row, (name, shown)

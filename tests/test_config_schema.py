@@ -97,8 +97,12 @@ RULES = [
     ({"data.mean": "0.5,0.5"}, "--mean takes 1 or 3 comma-separated values, got 2", {"data.mean": "0.5,0.5,0.5"}),
     ({"data.std": "0.2,0,0.2"}, "--std must be > 0, got 0", {"data.std": "0.2,0.1,0.2"}),
     ({"train.fine_tune": "3"}, "--fine-tune expects E1,E2 (head-only epochs, then all-layer epochs; non-negative, "
-     "at least one epoch in all), got 3", {"train.fine_tune": "0,3"}),
-    ({"train.fine_tune": "-1,3"}, "--fine-tune expects E1,E2", {"train.fine_tune": "1,3"}),
+     "at least one epoch in all), got 3", {"train.fine_tune": "0,3", "model.name": "timm:resnet18"}),
+    ({"train.fine_tune": "-1,3"}, "--fine-tune expects E1,E2", {"train.fine_tune": "1,3", "model.name": "tv:resnet18"}),
+    ({"train.freeze": True}, "--freeze needs a pretrained backbone model (timm:NAME or tv:NAME",
+     {"train.freeze": True, "model.name": "tv:resnet18"}),
+    ({"model.pretrained": True, "model.name": "vgg11_bn"}, "--pretrained needs a pretrained backbone model",
+     {"model.pretrained": True, "model.name": "tv:vgg11_bn"}),
     ({"train.backbone_lr_scale": 0}, "--backbone-lr-scale must be in (0, 10], got 0", {"train.backbone_lr_scale": 1}),
     ({"train.lr_end_factor": 1.5}, "train.lr_end_factor must be in [0, 1], got 1.5", {"train.lr_end_factor": 0.1}),
     ({"train.checkpoint_every_steps": 0}, "--checkpoint-every-steps must be >= 1, got 0",
@@ -173,15 +177,103 @@ def test_old_check_functions_are_the_schema_rules() -> None:
 
 
 def test_choice_lists_agree_with_the_modules_that_use_them() -> None:
-    from cnnkit.config import AUGMENT_PRESETS, INTERPOLATIONS
+    from cnnkit.config import (
+        AUGMENT_PRESETS,
+        BACKBONE_SOURCES,
+        BACKENDS,
+        EXPORT_FORMATS,
+        EXPORT_PRECISIONS,
+        INTERPOLATIONS,
+    )
     from cnnkit.data import transforms
     from cnnkit.engine.loop import metric_column
+    from cnnkit.inference import backends, export, metadata
+    from cnnkit.models import list_sources
 
     assert set(AUGMENT_PRESETS) == set(transforms.AUGMENT_PRESETS)
     assert set(INTERPOLATIONS) == set(transforms._INTERPOLATION)
+    assert BACKENDS == backends.BACKENDS and set(BACKBONE_SOURCES) == set(list_sources())
+    assert EXPORT_FORMATS == export.FORMATS and EXPORT_PRECISIONS == metadata.PRECISIONS
     select = next(spec for dotted, _, spec in schema() if dotted == "train.select_metric")
     for name in select.choices:
         metric_column(name)  # every accepted name means a metrics.csv column
+
+
+@pytest.mark.parametrize("preset", ["none", "flip", "digits", "randaugment"])
+@pytest.mark.parametrize(("policy", "erasing"), [(None, None), ("none", 0.0), ("trivialaugment", None), (None, 0.25)])
+def test_the_config_knows_without_torch_which_data_is_augmented(preset: str, policy: str | None,
+                                                                 erasing: float | None) -> None:  # fmt: skip
+    from cnnkit.config.augment import config_preset
+    from cnnkit.data.transforms import config_augment
+
+    data = DataConfig(augment=preset, augment_policy=policy, random_erasing=erasing)
+    assert config_preset(data) == config_augment(data)  # one definition: the data layer adds no augmentation
+
+
+# ----------------------------------------------------------------------------- every command's options
+
+
+def _options(name: str, **values):
+    from cnnkit.config import options
+
+    return getattr(options, name)(**values)
+
+
+# (options class, bad values, the message, good values): one validate() for every command
+OPTION_RULES = [
+    ("PredictOptions", {"topk": 0}, "--topk must be >= 1, got 0", {"topk": 1}),
+    ("PredictOptions", {"threshold": 1.5}, "--threshold must be in [0, 1], got 1.5", {"threshold": 0.5}),
+    ("PredictOptions", {"threshold": float("nan")}, "--threshold must be a finite number, got nan", {}),
+    ("PredictOptions", {"batch_size": "8"}, "--batch-size expects int, got '8'", {"batch_size": 8}),
+    ("PredictOptions", {"tta": "flp"}, "unknown test-time augmentation mode 'flp'; did you mean 'flip'",
+     {"tta": True}),
+    ("PredictOptions", {"backend": "onnx"}, "unknown backend 'onnx'", {"backend": "onnxruntime"}),
+    ("PredictOptions", {"model": "m.onnx", "amp": "bf16"}, "--amp applies to the torch backend",
+     {"model": "m.onnx", "amp": "off"}),
+    ("PredictOptions", {"model": "m.ONNX", "backend": "torch"}, "m.ONNX is an ONNX file", {"model": "m.pt"}),
+    ("ServeOptions", {"queue_size": 0}, "--queue-size must be >= 1, got 0", {"queue_size": 1}),
+    ("ServeOptions", {"checkpoint": "m.onnx", "backend": "torch"}, "m.onnx is an ONNX file", {"checkpoint": "m.onnx"}),
+    ("EvalOptions", {"split": "tset"}, "unknown split 'tset'; did you mean 'test'", {"split": "val"}),
+    ("ExportOptions", {"precision": "int4"}, "unknown precision 'int4'", {"precision": "int8"}),
+    ("ExportOptions", {"out": "model.txt"}, "--out model.txt: an ONNX file must end in .onnx", {"out": "m.onnx"}),
+    ("ExportOptions", {"fmt": "torchscript", "out": "m.onnx"},
+     "--out m.onnx: a TorchScript file must end in .pt or .pth", {"fmt": "torchscript", "out": "m.pth"}),
+    ("ExportOptions", {"fmt": "torchscript", "dynamic_batch": True}, "--dynamic-batch and --opset apply to",
+     {"dynamic_batch": True}),
+    ("CheckOptions", {"epochs": 2}, "--epochs only apply to the label check: add --labels",
+     {"epochs": 2, "labels": True}),
+    ("CheckOptions", {"near_distance": 17}, "--near-distance must be in [0, 16], got 17", {"near_distance": 16}),
+    ("SummaryOptions", {"input_size": [3, 0, 28]}, "--input-size must be >= 1, got 0", {"input_size": [3, 28, 28]}),
+    ("LrFindOptions", {"end_lr": float("inf")}, "--end-lr must be a finite number, got inf", {"end_lr": 1.0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("klass", "bad", "message", "good"), OPTION_RULES,
+                         ids=[f"{r[0]}-{next(iter(r[1]))}" for r in OPTION_RULES])  # fmt: skip
+def test_each_command_option_rule_rejects_a_bad_value_and_accepts_a_good_one(klass, bad, message, good) -> None:
+    with pytest.raises(UsageError) as info:
+        validate(_options(klass, **bad))
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+    validate(_options(klass, **good))  # no error
+
+
+def test_every_command_s_defaults_validate() -> None:
+    import dataclasses
+
+    from cnnkit.config import options
+
+    classes = [k for k in vars(options).values() if dataclasses.is_dataclass(k)]
+    assert len(classes) == 13
+    for klass in classes:
+        validate(klass())
+
+
+def test_the_python_predict_checks_its_options_before_reading_anything(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="^--topk must be >= 1, got 0$"):
+        cnnkit.predict(tmp_path / "no-such-run", [str(tmp_path)], topk=0)
+    with pytest.raises(UsageError, match="unknown option 'top_k'; did you mean 'topk'"):
+        cnnkit.predict(tmp_path / "no-such-run", [str(tmp_path)], top_k=3)
 
 
 # ----------------------------------------------------------------------------- parser

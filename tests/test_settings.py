@@ -49,6 +49,26 @@ def test_only_the_settings_module_reads_cnnkit_variables() -> None:
     src = Path(settings.__file__).parent
     readers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
                      if "environ" in (text := p.read_text()) and '"CNNKIT_' in text)  # fmt: skip
-    # data/folder/skipped.py sets an internal variable for DataLoader workers (not a user setting; the
-    # explicit hand-off that replaces it is issue 29's); every variable a user sets is read in settings.py.
-    assert readers == ["data/folder/skipped.py", "settings.py"], readers
+    assert readers == ["settings.py"], readers
+
+
+@pytest.mark.parametrize(("name", "words"), [("tv:resnet18", "torch hub cache"),
+                                             ("timm:resnet18", "Hugging Face cache")])  # fmt: skip
+def test_offline_refuses_weight_downloads_before_any_is_attempted(monkeypatch, tmp_path: Path, name: str,
+                                                                  words: str) -> None:  # fmt: skip
+    monkeypatch.setenv("CNNKIT_OFFLINE", "true")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache: the file would be downloaded
+    monkeypatch.setattr(pretrained, "_hf_cached_file", lambda repo: None)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(pretrained, "_reachable", no_network)
+    monkeypatch.setattr("socket.create_connection", no_network)
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", no_network)
+    monkeypatch.setattr("timm.create_model", no_network)
+
+    with pytest.raises(pretrained.CnnkitError, match=f"no pretrained weights for {name}") as refused:
+        pretrained.find_weights(name)
+    assert words in str(refused.value) and "CNNKIT_OFFLINE=true" in str(refused.value)

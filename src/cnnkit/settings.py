@@ -36,6 +36,12 @@ def offline() -> bool:
     return os.environ.get(OFFLINE, "").strip().lower() in _TRUE
 
 
+def offline_setting() -> str:
+    """``CNNKIT_OFFLINE=<value>`` as the user set it when :func:`offline` holds, else ''
+    (for messages that say why nothing was downloaded)."""
+    return f"{OFFLINE}={os.environ[OFFLINE].strip()}" if offline() else ""
+
+
 def cache_dir() -> Path:
     """cnnkit's cache folder: ``$CNNKIT_CACHE_DIR`` or ``$XDG_CACHE_HOME/cnnkit`` (~/.cache)."""
     if os.environ.get(CACHE_DIR):

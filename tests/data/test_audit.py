@@ -288,8 +288,8 @@ def test_fewer_than_two_classes_and_nothing_readable_exit_1(tmp_path: Path, caps
     [
         (["mnist"], "'mnist' is a registered dataset"),
         (["{tmp}/labels.txt"], "not a .csv"),
-        (["{tmp}", "--near-distance", "40"], "--near-distance must be 0 to 16"),
-        (["{tmp}", "--workers", "-1"], "--workers must be 0"),
+        (["{tmp}", "--near-distance", "40"], "--near-distance must be in [0, 16], got 40"),
+        (["{tmp}", "--workers", "-1"], "--workers must be >= 0, got -1"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, capsys, args: list[str], message: str) -> None:

@@ -17,16 +17,19 @@ import torch
 from PIL import Image, ImageFile
 from torchvision.transforms import v2
 
+from cnnkit.data.builder import FileLoader
 from cnnkit.data.folder import (
     IMAGE_EXTENSIONS,
     FileDataset,
     ImageFileDataset,
     ImageLoadError,
+    SkipLog,
     collate_skip_bad,
     fingerprint,
     load_image,
     read_csv,
     scan_folder,
+    skipped_files_log,
     stratified_split,
 )
 from cnnkit.errors import DataError
@@ -356,3 +359,47 @@ def test_dataset_skips_bad_files_in_batches(tree: Path) -> None:
     assert batches[0][1].dtype == torch.long
     assert images.bad_files == {str(bad): images.bad_files[str(bad)]}
     assert collate_skip_bad([None, None]) is None
+
+
+# ----------------------------------------------------------------------------- each dataset its own skip log
+
+
+def _broken_copies(tree: Path, dest: Path, names: list[str]) -> list[str]:
+    """Good photos of ``tree`` plus one unreadable file per name, in ``dest``."""
+    dest.mkdir()
+    for name in names:
+        (dest / name).write_bytes(b"not an image")
+    return [str(p) for p in sorted((tree / "church").glob("*.JPEG"))[:3]] + [str(dest / n) for n in names]
+
+
+@pytest.mark.filterwarnings("error:skipping:RuntimeWarning")  # a dataset with a log records, never warns
+def test_skip_logs_of_two_datasets_in_one_process_stay_separate(tree: Path, tmp_path: Path) -> None:
+    transform = v2.Compose([v2.ToImage(), v2.Resize((16, 16)), v2.ToDtype(torch.float32, scale=True)])
+    first_files = _broken_copies(tree, tmp_path / "a", ["first.jpg"])
+    second_files = _broken_copies(tree, tmp_path / "b", ["second.jpg", "third.png"])
+    first, second = SkipLog(tmp_path / "first.jsonl"), SkipLog(tmp_path / "second.jsonl")
+    one = ImageFileDataset(first_files, [0] * len(first_files), transform, skip_log=first)
+    two = ImageFileDataset(second_files, [0] * len(second_files), transform, skip_log=second)
+    # one decodes in a worker process (the log travels with the dataset), the other in this one
+    batches = list(torch.utils.data.DataLoader(one, batch_size=2, num_workers=1, collate_fn=collate_skip_bad))
+    list(torch.utils.data.DataLoader(two, batch_size=2, collate_fn=collate_skip_bad))
+    # a file decoded outside both datasets (a studio upload) lands in neither list
+    with pytest.raises(ImageLoadError):
+        load_image(_broken_copies(tree, tmp_path / "upload", ["upload.jpg"])[-1], "RGB")
+
+    assert sum(len(labels) for _, labels in batches) == 3
+    assert set(first.read()) == {first_files[-1]} and first.read()[first_files[-1]]["kind"] == "not-an-image"
+    assert set(second.read()) == set(second_files[-2:])
+
+
+def test_skipped_files_log_hands_its_log_to_the_loaders_and_takes_it_back(tree: Path, tmp_path: Path) -> None:
+    transform = v2.Compose([v2.ToImage(), v2.Resize((16, 16)), v2.ToDtype(torch.float32, scale=True)])
+    files = _broken_copies(tree, tmp_path / "a", ["bad.jpg"])
+    loader = FileLoader(ImageFileDataset(files, [0] * len(files), transform), 2, shuffle=False, workers=1, seed=0,
+                        drop_last=False)  # fmt: skip
+    list(loader)  # its persistent worker starts without a log (and warns, in its own process)
+    with skipped_files_log(tmp_path / "run.jsonl", [loader, None]) as path:
+        assert loader.skip_log is not None and loader.skip_log.path == path
+        list(loader)  # a fresh worker, with the log
+    assert loader.skip_log is None
+    assert set(SkipLog(path).read()) == {files[-1]}

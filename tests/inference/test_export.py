@@ -26,6 +26,7 @@ from PIL import Image
 from cli_helpers import one_line_error, run_cli
 from cnnkit import export_checkpoint
 from cnnkit.cli import main
+from cnnkit.config import ExportOptions
 from cnnkit.data.datasets import load_source
 from cnnkit.data.spec import Preprocess
 from cnnkit.errors import CnnkitError
@@ -137,7 +138,7 @@ def test_exported_model_matches_pytorch_on_real_images(name, fmt, subjects, tmp_
     metadata = Metadata([f"class{i}" for i in range(10)], pre, {"name": name})
     target = tmp_path / f"model.{fmt}"
 
-    made = export_model(model, images[:1], target, metadata, fmt, dynamic_batch=fmt == "onnx")
+    made = export_model(model, images[:1], target, metadata, ExportOptions(fmt=fmt, dynamic_batch=fmt == "onnx"))
     parity = check_parity(reference, exported_logits(target, fmt, images), STRICT)
 
     assert len(images) >= 32 and parity.images == len(images)
@@ -309,7 +310,7 @@ def test_missing_onnx_packages_say_how_to_install_them(monkeypatch, tmp_path) ->
     model = create_model("lenet")
     metadata = Metadata([str(d) for d in range(10)], Preprocess(1, (28, 28), (0.5,), (0.5,)))
     with pytest.raises(CnnkitError, match=re.escape("pip install 'cnnkit[export]'")):
-        export_model(model, torch.zeros(1, 1, 28, 28), tmp_path / "m.onnx", metadata, "onnx")
+        export_model(model, torch.zeros(1, 1, 28, 28), tmp_path / "m.onnx", metadata)  # ONNX by default
     assert not list(tmp_path.iterdir())
 
 
@@ -337,3 +338,17 @@ def test_missing_run_data_asks_for_check_images(run_dir, tmp_path, capsys) -> No
     line = one_line_error(err)
     assert "--check-images" in line and "--data-dir" in line
     assert not (tmp_path / "moved.onnx").exists()
+
+
+def test_the_python_call_checks_its_options_as_the_command_line_does(run_dir, tmp_path) -> None:
+    from cnnkit.errors import UsageError
+
+    with pytest.raises(UsageError, match="--precision int8 applies to --format onnx"):
+        export_checkpoint(run_dir, "torchscript", precision="int8")
+    with pytest.raises(UsageError, match="--check-count must be >= 1, got 0"):
+        export_checkpoint(run_dir, count=0)  # the keyword of earlier versions still works
+    with pytest.raises(UsageError, match="unknown option 'tolerence'; did you mean 'tolerance'"):
+        export_checkpoint(run_dir, tolerence=1e-3)
+    options = ExportOptions(dynamic_batch=True, tolerance=1e-4, out=str(tmp_path / "m.onnx"))
+    result = export_checkpoint(run_dir, options=options)
+    assert result.parity.ok and result.path == tmp_path / "m.onnx" and not any(tmp_path.glob("*.partial"))

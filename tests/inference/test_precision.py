@@ -236,9 +236,9 @@ def test_a_refused_export_without_labels_counts_changed_labels(own_run, digit_pn
 @pytest.mark.parametrize(("options", "named"), [
     (["--precision", "int8", "--format", "torchscript"], "--precision int8 applies to --format onnx"),
     (["--precision", "fp16", "--format", "torchscript"], "--precision fp16 applies to --format onnx"),
-    (["--precision", "int8", "--calibration", "0"], "--calibration must be at least 1"),
-    (["--precision", "int8", "--allow-drop", "-1"], "--allow-drop is in accuracy points"),
-    (["--precision", "fp16", "--allow-drop", "101"], "--allow-drop is in accuracy points"),
+    (["--precision", "int8", "--calibration", "0"], "--calibration must be >= 1, got 0"),
+    (["--precision", "int8", "--allow-drop", "-1"], "--allow-drop must be in [0, 100], got -1"),
+    (["--precision", "fp16", "--allow-drop", "101"], "--allow-drop must be in [0, 100], got 101"),
 ])  # fmt: skip
 def test_bad_precision_options_are_usage_errors(own_run, options, named, capsys) -> None:
     code, out, err = run_cli(capsys, "export", str(own_run), *options)

@@ -250,8 +250,8 @@ def test_expand_inputs_takes_files_folders_and_globs(test_pngs, tmp_path) -> Non
 @pytest.mark.parametrize(
     ("extra", "code", "message"),
     [
-        (["--topk", "0"], 2, "--topk must be at least 1"),
-        (["--threshold", "1.5"], 2, "--threshold is a probability"),
+        (["--topk", "0"], 2, "--topk must be >= 1, got 0"),
+        (["--threshold", "1.5"], 2, "--threshold must be in [0, 1], got 1.5"),
         (["--out", "preds.txt"], 2, "unknown format '.txt'"),
     ],
 )

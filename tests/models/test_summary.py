@@ -211,7 +211,7 @@ def test_cli_reads_a_checkpoint_and_its_input_size(capsys, tmp_path: Path):
         (["summary", "lenett"], "unknown model 'lenett'"),
         (["summary", "timm:no_such_net"], "unknown timm architecture"),
         (["summary", "vgg16", "--input-size", "3", "8", "8"], "needs inputs of at least 32x32"),
-        (["summary", "lenet", "--depth", "-1"], "depth must be 0 or more"),
+        (["summary", "lenet", "--depth", "-1"], "--depth must be >= 0, got -1"),
     ],
 )
 def test_cli_usage_errors_exit_2_on_one_line(capsys, argv, message):

@@ -100,7 +100,7 @@ def test_queue_settings_must_be_positive(predictor: Predictor, digits_run: Path,
         launch(build_demo(predictor), concurrency=0)
 
     code, _, err = run_cli(capsys, "serve", str(digits_run), "--queue-size", "0")
-    assert code == 2 and "--queue-size must be at least 1" in err
+    assert code == 2 and "--queue-size must be >= 1, got 0" in err
 
 
 def test_the_command_line_defaults_are_the_demos() -> None:

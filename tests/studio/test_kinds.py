@@ -72,7 +72,7 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path: Path) -> None:
         train_overrides(project, "advanced")
     with pytest.raises(UsageError, match="the digits kind chooses its own model"):
         train_overrides(project, "digits", Settings(model="lenet"))
-    with pytest.raises(UsageError, match="epochs must be at least 1"):
+    with pytest.raises(UsageError, match="--epochs must be >= 1, got 0"):
         train_overrides(project, "small", Settings(epochs=0))
 
 

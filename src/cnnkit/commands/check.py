@@ -8,16 +8,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cnnkit.errors import CnnkitError, DataError, UsageError
-
-LABEL_ONLY_FLAGS = ("model", "folds", "epochs", "labels_out", "fix_to")
+from cnnkit.errors import CnnkitError, DataError
 
 
 def main(args: Any) -> None:
-    """Print the report (or JSON); exit 1 when training could not use the data."""
+    """Print the report (or JSON); exit 1 when training could not use the data (the values, and
+    label-check options without ``--labels``, were refused by :func:`cnnkit.config.validate`)."""
     from cnnkit.data.audit import audit, format_report, write_json
 
-    _check_label_flags(args)
     if args.out:
         _check_writable("--out", Path(args.out).parent)
     if args.labels and args.labels_out:
@@ -77,14 +75,3 @@ def _labels(args: Any, report: Any) -> tuple[Any, list[str]]:
     if args.fix_to:
         written.append(fix_to(labels, args.data, args.fix_to).line())
     return labels, written
-
-
-def _check_label_flags(args: Any) -> None:
-    if args.labels:
-        if args.quick:
-            raise UsageError("--labels decodes every image; it cannot run with --quick")
-        return
-    used = [f"--{name.replace('_', '-')}" for name in LABEL_ONLY_FLAGS if getattr(args, name, None) is not None]
-    if used:
-        raise UsageError(f"{', '.join(used)} only apply to the label check: add --labels")
-

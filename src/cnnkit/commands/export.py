@@ -10,14 +10,12 @@ from typing import Any
 
 import torch
 
-from cnnkit.errors import CnnkitError, DataError, UsageError, unknown_name
+from cnnkit.config import EXPORT_SUFFIXES, ExportOptions, option_values, options_from_args, validate
+from cnnkit.config.options import DEFAULT_ALLOW_DROP
+from cnnkit.errors import CnnkitError, DataError
 from cnnkit.inference import export
 from cnnkit.inference.loading import LoadedCheckpoint, checkpoint_loaders, first_images, load_checkpoint
-from cnnkit.inference.metadata import PRECISIONS, checkpoint_metadata
-
-DEFAULT_CALIBRATION = 256  # training images int8 is calibrated on ("a few hundred")
-DEFAULT_CHECK_COUNT = 1000  # validation images the exported file is scored on
-DEFAULT_ALLOW_DROP = 1.0  # accuracy points a reduced-precision file may lose before it is refused
+from cnnkit.inference.metadata import checkpoint_metadata
 
 
 @dataclass
@@ -71,57 +69,57 @@ class _CheckSet:
     notes: list[str] = field(default_factory=list)
 
 
-def export_checkpoint(
-    path: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, dynamic_batch: bool = False,
-    opset: int | None = None, check_images: list[str] | None = None, tolerance: float = export.DEFAULT_TOLERANCE,
-    data_dir: str | None = None, count: int = DEFAULT_CHECK_COUNT, precision: str = "fp32",
-    calibration: int = DEFAULT_CALIBRATION, allow_drop: float = DEFAULT_ALLOW_DROP, trust_code: Any = None,
-) -> ExportResult:  # fmt: skip
+def export_checkpoint(path: str | Path, fmt: str | None = None, *, options: ExportOptions | None = None,
+                      **values: Any) -> ExportResult:
     """Export a checkpoint (or run folder) and check the file against PyTorch on real images.
 
     Args:
         path: run folder (its ``best.pt``) or ``.pt`` checkpoint.
-        fmt: ``onnx`` or ``torchscript``.
-        out: the file to write (default: ``RUN/export/model.onnx`` (``model.fp16.onnx``,
-            ``model.int8.onnx``) or ``model.torchscript.pt`` for a run folder, else beside the ``.pt``).
-        dynamic_batch: ONNX only: any batch size (default: a fixed batch of 1).
-        opset: ONNX only: opset version (default: the exporter's).
-        check_images: image files/folders to check on (default: up to ``count`` images of
-            the run's validation split, or its test split when it has no validation split).
-        tolerance: fp32: largest absolute logit difference that passes.
-        data_dir: folder holding the run's dataset, if not where it was trained.
-        count: images of the run's own split to check on.
-        precision: ``fp32``, ``fp16`` or ``int8`` (ONNX only).
-        calibration: int8: training images (the run's preprocessing, seeded random order)
-            that set the activation ranges.
-        allow_drop: fp16/int8: accuracy points the file may lose against PyTorch on the
-            check images (without labels: top-1 agreement may fall that far below 100 %).
-            A file that loses more is refused: not written, and :class:`CnnkitError` says so.
-        trust_code: your own model code that may be imported (see :mod:`cnnkit.usercode`).
+        fmt: ``onnx`` or ``torchscript`` (None: the options' own, onnx by default).
+        options: :class:`~cnnkit.config.ExportOptions` (default: its defaults), whose fields
+            may also be given as keywords:
+
+            * ``out``: the file to write (default: ``RUN/export/model.onnx`` (``model.fp16.onnx``,
+              ``model.int8.onnx``) or ``model.torchscript.pt`` for a run folder, else beside the ``.pt``);
+            * ``dynamic_batch``, ``opset``: ONNX only: any batch size (default: a fixed batch
+              of 1); the opset version (default: the exporter's);
+            * ``check_images``: image files/folders to check on (default: up to ``check_count``
+              (also accepted as ``count``) images of the run's validation split, or its test
+              split when it has none); ``data_dir``: where the run's dataset is, if it moved;
+            * ``tolerance``: fp32: largest absolute logit difference that passes;
+            * ``precision``: ``fp32``, ``fp16`` or ``int8`` (ONNX only); ``calibration``: int8:
+              training images (the run's preprocessing, seeded random order) that set the
+              activation ranges; ``allow_drop``: fp16/int8: accuracy points the file may lose
+              against PyTorch on the check images (without labels: top-1 agreement may fall
+              that far below 100 %). A file that loses more is refused: not written, and
+              :class:`CnnkitError` says so;
+            * ``trust_code``: your own model code that may be imported (see :mod:`cnnkit.usercode`).
 
     Raises:
-        UsageError: an unknown format or precision, an ONNX-only option with TorchScript, bad values,
-            an ``out`` whose suffix is not the format's (:data:`SUFFIXES`).
+        UsageError: an unknown format or precision, an ONNX-only option with TorchScript, bad values
+            (:func:`cnnkit.config.validate`), an ``out`` whose suffix is not the format's (:data:`SUFFIXES`).
         CnnkitError: no checkpoint, no check or calibration images, an export failure, a refused file.
     """
-    _check_options(fmt, dynamic_batch, opset, tolerance, count, precision, calibration, allow_drop)
-    _check_suffix(out, fmt)
-    loaded = load_checkpoint(path, trust_code=trust_code)
-    run_data = _RunData(loaded, data_dir, shuffle_train=precision == "int8")
-    checks = _check_set(loaded, check_images, run_data, count)
-    cal = _calibration_images(run_data, calibration) if precision == "int8" else None
-    target = Path(out) if out else _export_path(Path(path), loaded.path, fmt, precision)
-    staging = target.with_name(f".{target.name}.partial") if precision != "fp32" else target
+    if "count" in values:  # the keyword of earlier versions
+        values["check_count"] = values.pop("count")
+    opts = option_values(options or ExportOptions(), {**values, "checkpoint": str(path)}
+                         | ({"fmt": fmt} if fmt is not None else {}))  # fmt: skip
+    validate(opts)
+    loaded = load_checkpoint(path, trust_code=opts.trust_code)
+    run_data = _RunData(loaded, opts.data_dir, shuffle_train=opts.precision == "int8")
+    checks = _check_set(loaded, opts.check_images, run_data, opts.check_count)
+    cal = _calibration_images(run_data, opts.calibration) if opts.precision == "int8" else None
+    target = Path(opts.out) if opts.out else _export_path(Path(path), loaded.path, opts.fmt, opts.precision)
+    staging = target.with_name(f".{target.name}.partial") if opts.precision != "fp32" else target
     # the example fixes the file's batch size (1) unless dynamic_batch; any image traces the same graph
     try:
         made = export.export_model(loaded.model, checks.images[:1], staging, checkpoint_metadata(loaded.checkpoint),
-                                   fmt, dynamic_batch=dynamic_batch, opset=opset, precision=precision,
-                                   calibration=cal)  # fmt: skip
+                                   opts, calibration=cal)  # fmt: skip
         reference = export.reference_logits(loaded.model, checks.images)
-        logits = export.exported_logits(made.path, fmt, checks.images)
-        result = ExportResult(target, fmt, precision, export.check_parity(reference, logits, tolerance),
+        logits = export.exported_logits(made.path, opts.fmt, checks.images)
+        result = ExportResult(target, opts.fmt, opts.precision, export.check_parity(reference, logits, opts.tolerance),
                               export.compare_accuracy(reference, logits, checks.labels), checks.what, made,
-                              0 if cal is None else len(cal), made.notes + checks.notes, allow_drop)  # fmt: skip
+                              0 if cal is None else len(cal), made.notes + checks.notes, opts.allow_drop)  # fmt: skip
         if staging != target and result.within_drop:
             staging.replace(target)
     finally:
@@ -138,42 +136,7 @@ def _loss_points(accuracy: export.AccuracyCheck) -> float:
     return 100 * (1 - accuracy.agreement) if drop is None else drop
 
 
-def _check_options(fmt: str, dynamic_batch: bool, opset: int | None, tolerance: float, count: int,
-                   precision: str, calibration: int, allow_drop: float) -> None:  # fmt: skip
-    if fmt not in export.FORMATS:
-        raise unknown_name("format", fmt, export.FORMATS)
-    if precision not in PRECISIONS:
-        raise unknown_name("precision", precision, PRECISIONS)
-    if fmt != "onnx" and precision != "fp32":
-        raise UsageError(f"--precision {precision} applies to --format onnx (TorchScript files are float32)")
-    if calibration < 1:
-        raise UsageError(f"--calibration must be at least 1 image, got {calibration}")
-    if not 0 <= allow_drop <= 100:
-        raise UsageError(f"--allow-drop is in accuracy points, 0 to 100; got {allow_drop}")
-    if fmt != "onnx" and (dynamic_batch or opset is not None):
-        raise UsageError(
-            "--dynamic-batch and --opset apply to --format onnx (a traced TorchScript file takes any batch)"
-        )
-    if opset is not None and opset < 7:
-        raise UsageError(f"--opset must be 7 or more, got {opset}")
-    if not tolerance >= 0:  # also refuses NaN
-        raise UsageError(f"--tolerance must be 0 or more, got {tolerance}")
-    if count < 1:
-        raise UsageError(f"the parity check needs at least 1 image, got count={count}")
-
-
-# The file name endings each format's readers expect (onnxruntime, Netron, torch.jit.load by habit).
-SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth")}
-
-
-def _check_suffix(out: str | Path | None, fmt: str) -> None:
-    """``--out`` must end as a ``fmt`` file does: an ONNX file named ``model.txt`` misleads every reader."""
-    if out is None or fmt not in SUFFIXES or Path(out).suffix.lower() in SUFFIXES[fmt]:
-        return
-    wanted = SUFFIXES[fmt][0]
-    kind = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[fmt]
-    raise UsageError(f"--out {out}: {kind} file must end in {' or '.join(SUFFIXES[fmt])}, "
-                     f"e.g. --out {Path(out).with_suffix(wanted)}")  # fmt: skip
+SUFFIXES = EXPORT_SUFFIXES  # the file name endings of each format (checked by validate)
 
 
 def _export_path(given: Path, checkpoint: Path, fmt: str, precision: str) -> Path:
@@ -236,10 +199,7 @@ class _RunData:
 
 def main(args: Any) -> None:
     """``cnnkit export``."""
-    result = export_checkpoint(args.checkpoint, args.fmt, out=args.out, dynamic_batch=args.dynamic_batch,
-                               opset=args.opset, check_images=args.check_images, tolerance=args.tolerance,
-                               data_dir=args.data_dir, count=args.check_count, precision=args.precision,
-                               calibration=args.calibration, allow_drop=args.allow_drop)  # fmt: skip
+    result = export_checkpoint(args.checkpoint, options=options_from_args(ExportOptions, args))
     made = result.exported
     how = ", ".join([made.format, result.precision] + ([f"opset {made.opset}"] if made.opset else []) + [made.exporter])
     if result.passed or result.precision == "fp32":  # a failed fp32 file stays, for inspection

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnkit.errors import CnnkitError, UsageError
+from cnnkit.config import PredictOptions
+from cnnkit.errors import CnnkitError
 
 SKIPPED_SHOWN = 20  # skipped files listed on the terminal; --out files list all of them
 
@@ -31,63 +32,59 @@ class PredictSummary:
                 "seconds": round(self.seconds, 3), "images_per_second": round(rate, 1), "backend": self.backend}
 
 
-def predict(
-    model: str | Path,
-    inputs: list[str],
-    *,
-    out: str | Path | None = None,
-    backend: str = "auto",
-    device: str = "cpu",
-    topk: int = 5,
-    batch_size: int = 64,
-    workers: int | None = None,
-    tta: bool | str | None = None,
-    threshold: float | None = None,
-    progress: bool = True,
-    amp: str = "off",
-) -> PredictSummary:
+def predict(model: str | Path, inputs: list[str], options: PredictOptions | None = None,
+            **values: Any) -> PredictSummary:
     """Predict every image among ``inputs`` (files, folders, globs), streaming results to ``out``.
 
-    ``backend``: ``auto`` (ONNX Runtime when the export extra is installed, see
-    :mod:`cnnkit.inference.runtime`), ``torch``, ``onnxruntime`` or ``openvino``.
-    ``amp`` (torch backend): ``off`` (float32), ``bf16``, ``fp16`` or ``auto`` (bf16 on CUDA).
-    ``tta``: None uses the run's own test-time augmentation (as ``cnnkit eval`` does),
-    ``False``/``"none"`` none, ``True`` the run's or, for a run without, the views that suit
-    its training augmentation, a mode name (``flip``, ``shift``...) that mode.
+    Args:
+        model: a run folder, ``.pt`` checkpoint or ``.onnx`` file.
+        inputs: image files, folders (recursive) or glob patterns.
+        options: :class:`~cnnkit.config.PredictOptions` (default: its defaults), whose fields
+            may also be given as keywords: ``out``, ``backend`` (``auto``: ONNX Runtime when
+            the export extra is installed, see :mod:`cnnkit.inference.runtime`; ``torch``,
+            ``onnxruntime``, ``openvino``), ``device``, ``topk``, ``batch_size``, ``workers``,
+            ``tta``, ``threshold``, ``amp`` (torch backend: ``off``, ``bf16``, ``fp16``,
+            ``auto``); ``progress=False`` is ``no_progress=True``.
 
     Unreadable files and inputs that match nothing are skipped and listed (in ``out`` and
     the returned summary); they never end the run. ``out`` is a .csv, .json or .jsonl file
     written atomically, or None for one line per image on stdout.
 
     Raises:
-        UsageError: bad option values. CnnkitError: an unusable model file, or no file at all.
+        UsageError: bad option values (:func:`cnnkit.config.validate`). CnnkitError: an
+            unusable model file, or no file at all.
     """
     from tqdm import tqdm
 
+    from cnnkit.config import option_values, validate
     from cnnkit.inference import expand_inputs
     from cnnkit.inference.output import check_out_path, open_writer
-    from cnnkit.inference.runtime import check_options, load_predictor
+    from cnnkit.inference.runtime import load_predictor
 
-    _check_options(topk, batch_size, workers, threshold)
-    check_options(model, backend, amp)
-    out_path = check_out_path(out) if out is not None else None
+    if "progress" in values:
+        values["no_progress"] = not values.pop("progress")
+    opts = option_values(options or PredictOptions(), {**values, "model": str(model), "inputs": list(inputs)})
+    validate(opts)
+    out_path = check_out_path(opts.out) if opts.out is not None else None
     if not Path(model).exists():  # before the inputs are listed: a wrong model path is the first thing to say
         raise CnnkitError(f"model not found: {model}; give a run folder, a .pt checkpoint or an .onnx file")
-    files, missing = expand_inputs(inputs)
+    files, missing = expand_inputs(opts.inputs)
     if not files:
         raise CnnkitError("no files to predict: " + "; ".join(f"{m.source}: {m.reason}" for m in missing))
-    predictor = load_predictor(model, backend=backend, device=device, amp=amp, sample_files=files,
+    predictor = load_predictor(model, backend=opts.backend, device=opts.device, amp=opts.amp, sample_files=files,
+                               trust_code=opts.trust_code,
                                announce=lambda line: print(line, file=sys.stderr, flush=True))  # stdout: results
+    progress = not opts.no_progress
     if progress:
         print(f"backend: {predictor.note}", file=sys.stderr)
-    writer, target = open_writer(out_path, topk)
+    writer, target = open_writer(out_path, opts.topk)
     start = time.perf_counter()
     try:
         for item in missing:
             writer.write(item)
         bar = tqdm(total=len(files), unit="img", disable=not progress or None, file=sys.stderr, leave=False)
-        for item in predictor.predict_files(files, topk=topk, batch_size=batch_size, workers=workers,
-                                            tta=tta, threshold=threshold):  # fmt: skip
+        for item in predictor.predict_files(files, topk=opts.topk, batch_size=opts.batch_size, workers=opts.workers,
+                                            tta=opts.tta, threshold=opts.threshold):  # fmt: skip
             writer.write(item)
             bar.update()
         bar.close()
@@ -103,23 +100,12 @@ def predict(
     return summary
 
 
-def _check_options(topk: int, batch_size: int, workers: int | None, threshold: float | None) -> None:
-    if topk < 1:
-        raise UsageError(f"--topk must be at least 1, got {topk}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if workers is not None and workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {workers}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"--threshold is a probability in [0, 1], got {threshold}")
-
-
 def main(args: Any) -> None:
     """``cnnkit predict``: results on stdout (or --out), the summary on stderr; exit 1 when no
     file at all could be read (after listing them)."""
-    summary = predict(args.model, args.inputs, out=args.out, backend=args.backend, device=args.device,
-                      topk=args.topk, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
-                      threshold=args.threshold, progress=not args.no_progress, amp=args.amp)  # fmt: skip
+    from cnnkit.config import options_from_args
+
+    summary = predict(args.model, args.inputs, options_from_args(PredictOptions, args))
     rate = summary.predicted / max(summary.seconds, 1e-9)
     line = f"predicted {summary.predicted:,} images in {summary.seconds:.1f} s ({rate:,.0f} img/s, {summary.backend})"
     if summary.unknown:

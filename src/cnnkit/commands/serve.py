@@ -5,21 +5,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cnnkit.errors import UsageError
-
 
 def main(args: Any) -> None:
-    """Serve until Ctrl-C."""
+    """Serve until Ctrl-C (the values were checked by :func:`cnnkit.config.validate` of
+    :class:`~cnnkit.config.ServeOptions`)."""
     from cnnkit.inference import Predictor
     from cnnkit.inference.loading import example_images
     from cnnkit.serve import build_demo, launch, wait
     from cnnkit.serve.app import check_address
 
-    check_address(args.host, args.port)  # before the model loads: a bad --port is one line at once
-    if args.topk < 1 or args.examples < 0:
-        raise UsageError("--topk must be at least 1 and --examples at least 0")
-    if args.concurrency < 1 or args.queue_size < 1:
-        raise UsageError("--concurrency and --queue-size must be at least 1")
+    check_address(args.host, args.port)  # before the model loads: a port in use is one line at once
     predictor = Predictor.load(args.checkpoint, backend=args.backend, device=args.device)
     print(f"backend: {predictor.note}", flush=True)
     onnx = predictor.model is None

@@ -226,7 +226,7 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
         say("note: class-balanced loss weights " + fmt_values([round(float(w), 3) for w in class_weights]))
     tracked = cfg if folder.writer else dataclasses.replace(cfg, tensorboard=False, loggers=None)
     first_epoch = state.training.epoch + 1 if state else 1
-    with (skipped_files_log(folder.file(RunFolder.SKIP_LOG)) as skip_log,  # bad files met by any loader worker
+    with (skipped_files_log(folder.file(RunFolder.SKIP_LOG), loaders) as skip_log,  # bad files met by its loaders
           open_loggers(folder.path, tracked, first_epoch=first_epoch, say=say) as trackers):
         trackers.start(model, (spec.channels, *spec.input_size), cfg)  # TensorBoard, MLflow, W&B
         result = fit_phases(model, loaders, cfg, spec, saver=RunSaver(folder, describe), resume=state,

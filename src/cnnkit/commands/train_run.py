@@ -141,17 +141,11 @@ def _weights_channels(cfg: RunConfig, weights: Weights | None) -> int | None:
     return 3 if cfg.model.pretrained else None
 
 
-def is_backbone_name(name: str) -> bool:
-    """``timm:NAME`` / ``tv:NAME``: an outside backbone with a new head."""
-    return ":" in name and name.partition(":")[0] in list_sources()
-
-
 def check_run_config(cfg: RunConfig, *, tracked: bool = True) -> RunConfig:
     """Every check a run (``tracked``: one that logs to trackers) or a learning-rate sweep needs
     before anything is written; returns ``cfg`` with absolute data paths."""
     validate(cfg)
     model_info(cfg.model.name)  # unknown names fail here, before any slow work
-    check_transfer_options(cfg)
     check_memory(cfg)
     if tracked:
         from cnnkit.tracking import check_loggers
@@ -192,24 +186,6 @@ def check_memory(cfg: RunConfig) -> None:
             f"and optimizer state), but {device.type} has {human(free)} {where}; try a smaller --image-size "
             f"(e.g. {min(side // 4, 224) or 1}) or --batch-size"
         )
-
-
-def check_transfer_options(cfg: RunConfig) -> None:
-    """--pretrained/--freeze/--fine-tune only make sense for timm:/tv: backbones.
-
-    ``--weights`` works for every architecture (a cnnkit checkpoint or run folder).
-    """
-    if is_backbone_name(cfg.model.name):
-        return
-    for used, flag in ((cfg.model.pretrained, "--pretrained"), (cfg.train.freeze, "--freeze"),
-                       (cfg.train.fine_tune, "--fine-tune")):  # fmt: skip
-        if used:
-            raise UsageError(
-                f"{flag} needs a pretrained backbone model (timm:NAME or tv:NAME, e.g. timm:efficientnet_lite0 "
-                f"or tv:{cfg.model.name if cfg.model.name.startswith('vgg') else 'resnet18'}); "
-                f"{cfg.model.name!r} is one of cnnkit's own architectures and trains from scratch "
-                "(--weights RUN starts it from an earlier run)"
-            )
 
 
 def start_weights(cfg: RunConfig) -> Weights | None:

@@ -1,46 +1,68 @@
-"""Validation of a whole config against the ranges, choices and rules its keys declare.
+"""Validation of a whole config, or of a command's options, against what their keys declare.
 
-This module owns :func:`validate` (each key's type, choices and bounds from its
-:class:`~cnnkit.config.keys.Key`, then the rules that tie keys together: held-out
-fractions, mean/std lengths, ``--fine-tune``, ``--log`` trackers) and
-:func:`check_choice` for modules that take a declared choice outside a config. Every
-failure is a one-line :class:`~cnnkit.errors.UsageError` naming the flag and what is valid.
+This module owns :func:`validate`, the one check of every value a user gives: each key's
+type, choices and bounds from its :class:`~cnnkit.config.keys.Key`, then the rules that tie
+keys together (a run: held-out fractions, mean/std lengths, ``--fine-tune``, transfer
+options on a backbone, ``--log`` trackers; a command: export's format, precision and
+``--out`` suffix, a backend that can run the model file, label-check options without
+``--labels``). Also :func:`check_choice` and :func:`check_backend` for modules that take
+such a value outside a config. Every failure is a one-line
+:class:`~cnnkit.errors.UsageError` naming the flag and what is valid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from cnnkit.config.choices import TRACKERS
+from cnnkit.config.choices import BACKBONE_SOURCES, EXPORT_SUFFIXES, TRACKERS
 from cnnkit.config.keys import DataConfig, Key, RunConfig, flag_of, schema
 from cnnkit.errors import UsageError, unknown_name
 
 
-def validate(cfg: RunConfig) -> None:
-    """Check every value of ``cfg`` against its declared type, range and choices, and the
-    rules that tie keys together; call it before anything is written.
+def validate(cfg: Any) -> None:
+    """Check every value of ``cfg`` (a :class:`RunConfig` or a command's options, see
+    :mod:`cnnkit.config.options`) against its declared type, range and choices, and the rules
+    that tie values together; call it before anything is read or written.
 
     Raises:
         UsageError: one line naming the flag (or key) and what is valid, e.g.
             ``--lr must be > 0, got -1`` or ``unknown optimizer 'adm'; did you mean 'adam'? ...``.
     """
+    if not isinstance(cfg, RunConfig):
+        _check_options(cfg)
+        return
     for dotted, item, spec in schema():
         section, _, name = dotted.rpartition(".")
         owner = getattr(cfg, section) if section else cfg
         if spec.unless and getattr(owner, spec.unless):
             continue
-        _check_value(dotted, getattr(owner, name), str(item.type), spec)
+        _check_value(flag_of(dotted), getattr(owner, name), str(item.type), spec)
     _check_fractions(cfg.data)
     _check_stats(cfg.data)
     _check_model_kwargs(cfg.model.kwargs)
     _check_fine_tune(cfg.train.fine_tune)
+    _check_transfer(cfg)
     _check_loggers(cfg.loggers)
 
 
-def _check_value(dotted: str, value: Any, type_name: str, spec: Key) -> None:
-    """One key's value: its type, then its choices or bounds."""
-    where = flag_of(dotted)
+def _check_options(options: Any) -> None:
+    """A command's options: each field as declared, then the rules of its command."""
+    for item in dataclasses.fields(options):
+        spec = item.metadata.get("cnnkit")
+        if spec is not None:
+            where = spec.flag or (spec.metavar if isinstance(spec.metavar, str) else item.name.upper())
+            _check_value(where, getattr(options, item.name), str(item.type), spec)
+    rule = _RULES.get(type(options).__name__)
+    if rule is not None:
+        rule(options)
+
+
+def _check_value(where: str, value: Any, type_name: str, spec: Key) -> None:
+    """One value, named ``where`` in errors: its type, then its choices or bounds."""
     if value is None:
         if "None" not in type_name:
             raise UsageError(f"{where} cannot be empty")
@@ -54,14 +76,21 @@ def _check_value(dotted: str, value: Any, type_name: str, spec: Key) -> None:
         _check_bounds(where, number, spec)
 
 
+_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+                                       "list": (list, tuple), "dict": (dict,)}  # fmt: skip
+
+
 def _check_type(where: str, value: Any, type_name: str) -> None:
-    """A value set in Python (not parsed from text) must already have the field's type."""
-    base = type_name.split("|")[0].split("[")[0].strip()
-    kinds: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
-                                          "list": (list, tuple), "dict": (dict,)}  # fmt: skip
-    wanted = kinds.get(base)
-    if wanted and (not isinstance(value, wanted) or (isinstance(value, bool) and base in ("int", "float"))):
-        raise UsageError(f"{where} expects {type_name}, got {value!r}")
+    """A value set in Python (not parsed from text) must already have the field's type (one
+    of a union's; a bool is no number)."""
+    bases = [part.split("[")[0].strip() for part in type_name.split("|")]
+    bases = [base for base in bases if base != "None"]
+    if any(base not in _KINDS for base in bases):
+        return  # a type this check does not know: the code that uses the value decides
+    for base in bases:
+        if isinstance(value, _KINDS[base]) and not (isinstance(value, bool) and base in ("int", "float")):
+            return
+    raise UsageError(f"{where} expects {type_name}, got {value!r}")
 
 
 def _check_bounds(where: str, value: Any, spec: Key) -> None:
@@ -135,6 +164,22 @@ def _check_model_kwargs(kwargs: dict[str, Any]) -> None:
                              f"got {value!r}")
 
 
+def _check_transfer(cfg: RunConfig) -> None:
+    """--pretrained/--freeze/--fine-tune only make sense for timm:/tv: backbones (``--weights``
+    works for every architecture: a cnnkit checkpoint or run folder)."""
+    if cfg.model.name.partition(":")[0] in BACKBONE_SOURCES and ":" in cfg.model.name:
+        return
+    for used, flag in ((cfg.model.pretrained, "--pretrained"), (cfg.train.freeze, "--freeze"),
+                       (cfg.train.fine_tune, "--fine-tune")):  # fmt: skip
+        if used:
+            raise UsageError(
+                f"{flag} needs a pretrained backbone model (timm:NAME or tv:NAME, e.g. timm:efficientnet_lite0 "
+                f"or tv:{cfg.model.name if cfg.model.name.startswith('vgg') else 'resnet18'}); "
+                f"{cfg.model.name!r} is one of cnnkit's own architectures and trains from scratch "
+                "(--weights RUN starts it from an earlier run)"
+            )
+
+
 def _check_loggers(loggers: str | None) -> None:
     for name in (loggers or "").split(","):
         if name.strip() and name.strip().lower() not in TRACKERS:
@@ -148,3 +193,80 @@ def check_choice(dotted: str, value: Any) -> Any:
     if value not in spec.choices:
         raise unknown_name(spec.kind, value, spec.choices)
     return value
+
+
+# ----------------------------------------------------------------------------- the commands' own rules
+
+
+def _is_onnx(path: str | None) -> bool:
+    return str(path or "").lower().endswith(".onnx")
+
+
+def check_backend(model: str | Path, backend: str, amp: str = "off") -> None:
+    """A backend that exists and can run ``model`` (a checkpoint, run folder or ``.onnx`` file) with ``amp``.
+
+    Raises:
+        UsageError: saying which option to change.
+    """
+    check_choice_of("--backend", backend)
+    if _is_onnx(str(model)) and backend == "torch":
+        raise UsageError(f"{model} is an ONNX file: it runs in onnxruntime or openvino; "
+                         "give the run folder or .pt checkpoint for --backend torch")  # fmt: skip
+    if _is_onnx(str(model)) and amp != "off":
+        raise UsageError("--amp applies to the torch backend; an ONNX file runs in its own precision")
+
+
+def check_choice_of(flag: str, value: Any) -> None:
+    """``value`` is one of the choices of the shared option ``flag`` (e.g. ``--backend``)."""
+    from cnnkit.config.keys import SHARED
+
+    spec = next(spec for spec in SHARED.values() if spec.flag == flag)
+    if value not in spec.choices:
+        raise unknown_name(spec.kind, value, spec.choices)
+
+
+def _predict_rules(options: Any) -> None:
+    check_backend(options.model, options.backend, options.amp)
+
+
+def _serve_rules(options: Any) -> None:
+    check_backend(options.checkpoint, options.backend)
+
+
+def _export_rules(options: Any) -> None:
+    _check_suffix(options.out, options.fmt)
+    if options.fmt != "onnx" and options.precision != "fp32":
+        raise UsageError(f"--precision {options.precision} applies to --format onnx (TorchScript files are float32)")
+    if options.fmt != "onnx" and (options.dynamic_batch or options.opset is not None):
+        raise UsageError(
+            "--dynamic-batch and --opset apply to --format onnx (a traced TorchScript file takes any batch)"
+        )
+
+
+def _check_suffix(out: str | None, fmt: str) -> None:
+    """``--out`` must end as a ``fmt`` file does: an ONNX file named ``model.txt`` misleads every reader."""
+    if out is None or fmt not in EXPORT_SUFFIXES or Path(out).suffix.lower() in EXPORT_SUFFIXES[fmt]:
+        return
+    wanted = EXPORT_SUFFIXES[fmt][0]
+    kind = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[fmt]
+    raise UsageError(f"--out {out}: {kind} file must end in {' or '.join(EXPORT_SUFFIXES[fmt])}, "
+                     f"e.g. --out {Path(out).with_suffix(wanted)}")  # fmt: skip
+
+
+def _check_rules(options: Any) -> None:
+    from cnnkit.config.options import LABEL_ONLY_OPTIONS
+
+    if options.labels:
+        if options.quick:
+            raise UsageError("--labels decodes every image; it cannot run with --quick")
+        return
+    used = [f"--{name.replace('_', '-')}" for name in LABEL_ONLY_OPTIONS if getattr(options, name) is not None]
+    if used:
+        raise UsageError(f"{', '.join(used)} only apply to the label check: add --labels")
+
+
+# The rules of each command's options (by class name: the classes live in cnnkit.config.options).
+_RULES: dict[str, Callable[[Any], None]] = {
+    "PredictOptions": _predict_rules, "ServeOptions": _serve_rules, "ExportOptions": _export_rules,
+    "CheckOptions": _check_rules,
+}  # fmt: skip

@@ -16,10 +16,21 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "triangle")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 TTA_MODES = ("none", "flip", "shift", "flip-shift")
+# The runtimes of cnnkit.inference.backends.BACKENDS (a test checks that the two agree), and auto.
+BACKENDS = ("torch", "onnxruntime", "openvino")
+BACKEND_CHOICES = ("auto", *BACKENDS)
+# What cnnkit export writes: cnnkit.inference.export.FORMATS and cnnkit.inference.metadata.PRECISIONS.
+EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+# The file name endings each format's readers expect (onnxruntime, Netron, torch.jit.load by habit).
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth")}
 SWITCH_MODES = ("auto", "on", "off")  # --channels-last, --compile, --cache-features, --decode-cache
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 BALANCE_MODES = ("none", "weights", "sampler")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
+# Model-name prefixes of outside backbones with a new head (timm:NAME, tv:NAME): the sources of
+# cnnkit.models.registry.list_sources (a test checks that the two agree).
+BACKBONE_SOURCES = ("timm", "tv")
 # metrics.csv columns that can pick best.pt, and the plain names accepted for them.
 SELECT_METRICS = ("val_acc", "val_balanced_acc", "val_macro_f1", "val_top5", "val_loss")
 METRIC_ALIASES = {"accuracy": "val_acc", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1",

@@ -4,12 +4,15 @@ This module owns :func:`add_config_flags` (``--recipe``, ``--config``, one flag 
 per key that declares one, ``--set``, ``--model-kwargs``/``--data-kwargs`` and the
 :data:`MODEL_KWARG_FLAGS` that set one entry of ``model.kwargs``), :func:`config_flags`
 (flag -> dotted key) and :func:`overrides_from_args`, which turns a parsed namespace into
-the dotted-key overrides :func:`cnnkit.config.apply_overrides` takes.
+the dotted-key overrides :func:`cnnkit.config.apply_overrides` takes; and for every other
+command :func:`add_option_flags` (its arguments from its options dataclass) and
+:func:`options_from_args` (the dataclass back from the namespace).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +70,44 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                  f"e.g. --{what}-kwargs {example}")  # fmt: skip
 
 
+def add_option_flags(parser: argparse.ArgumentParser, options: type) -> None:
+    """Add the arguments a command's options dataclass declares (see :mod:`cnnkit.config.options`).
+
+    Each field becomes a positional argument (``positional=True``) or its flag, with the
+    field's name as ``dest`` and its default as default, so the namespace holds every field
+    (read it back with :func:`options_from_args`). Choices go to argparse too (``--help``
+    lists them; a typo is refused with the nearest choice); ranges are :func:`validate`'s.
+    """
+    groups: dict[str, Any] = {}
+    for item in dataclasses.fields(options):
+        spec = item.metadata["cnnkit"]
+        target = parser
+        if spec.group:
+            target = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        text = spec.help.replace("%", "%%")
+        shown = {name: value for name, value in (("nargs", spec.nargs), ("metavar", spec.metavar),
+                                                 ("choices", spec.choices or None)) if value is not None}  # fmt: skip
+        if spec.positional:
+            if spec.nargs in ("?", "*"):
+                shown["default"] = default
+            target.add_argument(item.name, help=text, **shown)
+        elif spec.action or str(item.type) == "bool":
+            action = spec.action or "store_true"
+            shown.pop("choices", None)
+            target.add_argument(spec.flag, dest=item.name, action=action, default=default, help=text, **shown)
+        else:
+            kind = spec.parse or _arg_type(str(item.type))
+            if spec.const is not None:  # the bare flag gives it (argparse converts and checks only text)
+                shown["const"] = spec.const
+            target.add_argument(spec.flag, dest=item.name, type=kind, default=default, help=text, **shown)
+
+
+def options_from_args(options: type, args: argparse.Namespace) -> Any:
+    """The ``options`` dataclass of the fields a parser made by :func:`add_option_flags` filled."""
+    return options(**{item.name: getattr(args, item.name) for item in dataclasses.fields(options)})
+
+
 def config_flags() -> dict[str, str]:
     """Every flag :func:`add_config_flags` adds for a config key -> that key (dotted)."""
     flags = {spec.flag: dotted for dotted, _, spec in schema() if spec.flag}
@@ -81,6 +122,8 @@ def _switches() -> dict[str, tuple[str, Any, str]]:
 
 
 def _arg_type(type_name: str) -> Callable[[str], Any]:
+    """The argparse ``type`` of a field annotated ``type_name`` (a list's: of each item)."""
+    type_name = type_name.removeprefix("list[")
     for prefix, kind in (("int", int), ("float", float)):
         if type_name.startswith(prefix):
             return kind

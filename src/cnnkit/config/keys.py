@@ -21,6 +21,7 @@ from cnnkit.config.choices import (
     AUGMENT_BACKENDS,
     AUGMENT_POLICIES,
     AUGMENT_PRESETS,
+    BACKEND_CHOICES,
     BALANCE_MODES,
     INTERPOLATIONS,
     METRIC_ALIASES,
@@ -46,6 +47,10 @@ class Key:
         gt, ge, lt, le: bounds of a number (or of each item of a list of numbers).
         unless: a boolean field of the same section that switches the bounds check off.
         parse: the argparse ``type`` of ``flag`` (None: from the annotation).
+        positional: a command's argument without a flag (``MODEL``, ``PATH...``); command options only.
+        nargs, const, metavar, action: passed to argparse as they are (``action="append"``:
+            repeatable); command options only (a bool option with a flag is ``store_true``).
+        group: the ``--help`` section the option is listed under (empty: the command's own).
     """
 
     help: str
@@ -60,11 +65,70 @@ class Key:
     le: float | None = None
     unless: str | None = None
     parse: Callable[[str], Any] | None = None
+    positional: bool = False
+    nargs: int | str | None = None
+    const: Any = None
+    metavar: str | tuple[str, ...] | None = None
+    action: str | None = None
+    group: str = ""
 
 
 def key(default: Any = None, help: str = "", *, factory: Callable[[], Any] | None = None, **spec: Any) -> Any:
     """A dataclass field carrying its :class:`Key` (``help``, ``flag``, bounds...) as metadata."""
     meta = {"cnnkit": Key(help=help, **spec)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# The options several commands share, each declared once: its flag, type, range, choices and
+# help. A command (or config section) takes one with :func:`shared`, giving only its default and,
+# where the option means something narrower there, its own help sentence.
+SHARED: dict[str, Key] = {
+    "device": Key("where the model runs: auto (CUDA when present, else MPS or CPU), cpu, cuda, cuda:N or mps",
+                  flag="--device"),
+    "batch_size": Key("images per forward pass", flag="--batch-size", ge=1),
+    "workers": Key("decoding worker processes (0: in the main process)", flag="--workers", ge=0),
+    "data_dir": Key("folder holding torchvision datasets (e.g. ../shared/data)", flag="--data-dir"),
+    "tta": Key("test-time augmentation: none, flip, shift, flip-shift", flag="--tta", choices=TTA_MODES,
+               kind="test-time augmentation mode"),
+    "amp": Key("mixed precision: auto (bf16 on CUDA), off, bf16, fp16", flag="--amp", choices=AMP_MODES,
+               kind="amp mode"),
+    "threads": Key("CPU threads for torch (default: one per core)", flag="--threads", ge=1),
+    "seed": Key("random seed", flag="--seed"),
+    "split": Key("which split: test, val or train (default: test when the run has one, else val)", flag="--split",
+                 choices=("test", "val", "train"), kind="split"),
+    "out": Key("where the output goes", flag="--out"),
+    "json": Key("print JSON instead of a table", flag="--json"),
+    "no_progress": Key("no progress bar", flag="--no-progress"),
+    "host": Key("interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 lets everyone on the network use "
+                "the page, with no login: see the README's threat model)", flag="--host"),
+    "port": Key("TCP port of the page", flag="--port", ge=0, le=65535),
+    "topk": Key("classes listed per image", flag="--topk", ge=1),
+    "backend": Key("auto: ONNX Runtime when the export extra is installed (a checkpoint runs through an ONNX file "
+                   "built once, checked and cached), else torch; or torch, onnxruntime, openvino", flag="--backend",
+                   choices=BACKEND_CHOICES, kind="backend"),
+    "trust_code": Key("import this file or module if the checkpoint's model or dataset is your own code "
+                      "(checkpoints only record it; repeatable)", flag="--trust-code", action="append",
+                      metavar="FILE_OR_MODULE"),
+}  # fmt: skip
+
+
+def shared(name: str, default: Any = None, help: str = "", *, factory: Callable[[], Any] | None = None,
+           **shown: Any) -> Any:
+    """A field for the shared option ``name`` (:data:`SHARED`), with this command's default.
+
+    ``help`` replaces the shared sentence where the option means something narrower here
+    (``images per training step``); ``shown`` may set only how it is shown (``doc``,
+    ``metavar``, ``group``). Flag, type, range and choices are the shared declaration's.
+    """
+    if set(shown) - {"doc", "metavar", "group"}:
+        raise TypeError(f"shared({name!r}): only help, doc, metavar and group may differ, got {sorted(shown)}")
+    base = SHARED[name].help
+    if not help and default is not None and not isinstance(default, bool) and "default" not in base:
+        help = f"{base} (default: {default})"  # the one thing a command changes, shown in its --help
+    spec = dataclasses.replace(SHARED[name], help=help or base, **shown)
+    meta = {"cnnkit": spec}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -110,9 +174,8 @@ class DataConfig:
         "(see :mod:`cnnkit.data.custom`)."))  # fmt: skip
     kwargs: dict[str, Any] = key(factory=dict,
                                  help="keyword arguments for your own dataset's constructor (``root``...)")
-    data_dir: str | None = key(None, "folder holding torchvision datasets (e.g. ../shared/data)", flag="--data-dir",
-                               doc="folder holding torchvision datasets (None: ``$CNNKIT_DATA_DIR`` or the user cache "
-                                   "folder).")  # fmt: skip
+    data_dir: str | None = shared("data_dir", None, doc="folder holding torchvision datasets (None: "
+                                  "``$CNNKIT_DATA_DIR`` or the user cache folder).")  # fmt: skip
     download: bool = key(True, "allow downloading torchvision datasets that are not in ``data_dir``",
                          switches=(("--no-download", False, "never download datasets"),))  # fmt: skip
     val_fraction: float | None = key(
@@ -155,9 +218,9 @@ class DataConfig:
     std: list[float] | None = key(None, "normalisation std, comma-separated (default: the dataset's)", flag="--std",
                                   parse=str, gt=0)  # fmt: skip
     channels: int | None = key(None, "force 1 (grey) or 3 (RGB) input channels", flag="--channels", choices=(1, 3))
-    batch_size: int = key(64, "images per training step", flag="--batch-size", ge=1)
+    batch_size: int = shared("batch_size", 64, "images per training step")
     eval_batch_size: int | None = key(None, "images per evaluation step (None: 2 x batch_size, at least 256)", ge=1)
-    workers: int = key(2, "decoding worker processes for folder datasets", flag="--workers", ge=0)
+    workers: int = shared("workers", 2, "decoding worker processes for folder datasets")
     shuffle: bool = key(True, "shuffle the training set every epoch",
                         switches=(("--no-shuffle", False, "do not shuffle the training set"),))  # fmt: skip
     limit_train: int | None = key(None, "use a random subset of N training images", flag="--limit-train", ge=1)
@@ -213,12 +276,11 @@ class TrainConfig:
     label_smoothing: float = key(0.0, "cross-entropy label smoothing", flag="--label-smoothing", ge=0, lt=1)
     grad_clip: float | None = key(None, "clip the gradient norm to this value", flag="--grad-clip", gt=0,
                                   doc="clip the global gradient norm to this value (None: no clipping).")  # fmt: skip
-    amp: str = key("auto", "mixed precision: auto, off, bf16, fp16", flag="--amp", choices=AMP_MODES, kind="amp mode",
-                   doc="mixed precision: ``auto`` (bf16 on CUDA, off elsewhere), ``off``, ``bf16``, "
-                       "``fp16``.")  # fmt: skip
-    device: str = key("auto", "auto, cpu, cuda, cuda:N or mps", flag="--device")
-    seed: int = key(0, "random seed (split, init, order)", flag="--seed",
-                    doc="seed for Python, NumPy and torch RNGs and the data split.")  # fmt: skip
+    amp: str = shared("amp", "auto", doc="mixed precision: ``auto`` (bf16 on CUDA, off elsewhere), ``off``, "
+                      "``bf16``, ``fp16``.")  # fmt: skip
+    device: str = shared("device", "auto")
+    seed: int = shared("seed", 0, "random seed (split, init, order)",
+                       doc="seed for Python, NumPy and torch RNGs and the data split.")  # fmt: skip
     deterministic: bool = key(False, "ask torch for deterministic kernels (slower, reproducible)",
                               switches=(("--deterministic", True,
                                          "deterministic kernels (reproducible, slower)"),))  # fmt: skip
@@ -233,7 +295,7 @@ class TrainConfig:
             "per-class recall), ``macro_f1``, ``top5`` or ``loss`` (lower is better; every other metric is "
             "maximised)."))  # fmt: skip
     log_every: int = key(20, "steps between progress-bar refreshes of the running loss", ge=1)
-    threads: int | None = key(None, "CPU threads for torch (default: one per core)", flag="--threads", ge=1)
+    threads: int | None = shared("threads", None)
     freeze: bool = key(False, "train only the head of a backbone model (backbone weights and BatchNorm statistics "
                        "frozen)", switches=(("--freeze", True, "train only the new head; the backbone stays "
                                              "frozen"),))  # fmt: skip
@@ -248,8 +310,8 @@ class TrainConfig:
         choices=SWITCH_MODES, kind="--cache-features mode",
         switches=(("--cache-features", "on", "cache frozen-backbone features even with augmentation"),
                   ("--no-cache-features", "off", "never cache backbone features")))  # fmt: skip
-    tta: str = key("none", "test-time augmentation when validating/testing: none, flip, shift, flip-shift",
-                   flag="--tta", choices=TTA_MODES, kind="test-time augmentation mode")  # fmt: skip
+    tta: str = shared("tta", "none", "test-time augmentation when validating/testing: none, flip, shift, "
+                      "flip-shift")  # fmt: skip
     channels_last: str = key("auto", "channels-last memory format: auto (CUDA), on, off", flag="--channels-last",
                              choices=SWITCH_MODES, kind="--channels-last mode")  # fmt: skip
     compile: str = key("auto", "torch.compile: auto (when it pays off; CPU: float32 training, a C++ compiler), on, off",

@@ -42,6 +42,7 @@ from cnnkit.data.folder import (
     FileDataset,
     FileList,
     ImageFileDataset,
+    SkipLog,
     collate_skip_bad,
     fingerprint,
     load_image,
@@ -484,6 +485,19 @@ class FileLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.next_epoch = epoch
+
+    @property
+    def skip_log(self) -> SkipLog | None:
+        """Where the dataset records the files it skips (see :class:`~cnnkit.data.folder.SkipLog`)."""
+        return getattr(self.loader.dataset, "skip_log", None)
+
+    @skip_log.setter
+    def skip_log(self, log: SkipLog | None) -> None:
+        if not hasattr(self.loader.dataset, "skip_log"):
+            return  # a dataset of the user's own: it decodes (and skips) as it likes
+        self.loader.dataset.skip_log = log
+        # Persistent workers hold a copy of the dataset made when they started: start fresh ones.
+        self.loader._iterator = None
 
     @property
     def labels(self) -> torch.Tensor:

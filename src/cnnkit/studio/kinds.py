@@ -129,7 +129,8 @@ def train_overrides(project: Project, kind_key: str, settings: Settings | None =
         keys in a fixed order. Pass them as ``cnnkit.train(**overrides)``.
 
     Raises:
-        UsageError: an unknown kind, ``advanced`` without a model, a setting out of range.
+        UsageError: an unknown kind, ``advanced`` without a model, a value :func:`cnnkit.config.validate`
+            refuses (epochs, image size, lr, batch size out of range).
     """
     chosen, settings = kind(kind_key), settings or Settings()
     _check_settings(chosen, settings)
@@ -139,13 +140,14 @@ def train_overrides(project: Project, kind_key: str, settings: Settings | None =
         values["model.name"] = settings.model.strip()
         if settings.pretrained:
             values["model.pretrained"] = True
-    values["train.epochs"] = settings.epochs or chosen.epochs
+    values["train.epochs"] = chosen.epochs if settings.epochs is None else settings.epochs
     for dotted, value in (("data.image_size", settings.image_size), ("train.lr", settings.lr),
                           ("data.batch_size", settings.batch_size)):  # fmt: skip
         if value is not None:
             values[dotted] = value
     if settings.seed:
         values["train.seed"] = settings.seed
+    _check_values(values)
     return values
 
 
@@ -154,12 +156,14 @@ def _check_settings(chosen: Kind, settings: Settings) -> None:
         raise UsageError("the advanced kind needs a model name (see `cnnkit models`, or timm:NAME / tv:NAME)")
     if chosen.key != "advanced" and (settings.model or settings.pretrained):
         raise UsageError(f"the {chosen.key} kind chooses its own model; pick 'advanced' to name one")
-    for name, value, low in (("epochs", settings.epochs, 1), ("image size", settings.image_size, 8),
-                             ("batch size", settings.batch_size, 1)):  # fmt: skip
-        if value is not None and value < low:
-            raise UsageError(f"{name} must be at least {low}, got {value}")
-    if settings.lr is not None and not settings.lr > 0:
-        raise UsageError(f"the learning rate must be above 0, got {settings.lr}")
+
+
+def _check_values(overrides: dict[str, Any]) -> None:
+    """Every value the run would train with, checked as ``cnnkit train`` checks them (one
+    :func:`cnnkit.config.validate`), before the job starts."""
+    from cnnkit.config import RunConfig, apply_overrides, validate
+
+    validate(apply_overrides(RunConfig(), overrides))
 
 
 def command_args(overrides: dict[str, Any]) -> list[str]:

@@ -2,9 +2,9 @@
 
 Scanning (:func:`scan_folder`, :func:`read_csv`) only lists files and labels; nothing is
 decoded until :class:`ImageFileDataset` asks :func:`load_image` for one image. A file that
-cannot be decoded is skipped (a ``RuntimeWarning`` outside a training run, which counts and
-lists it instead: :func:`~cnnkit.data.folder.skipped.warn_skipped`) and dropped by :func:`collate_skip_bad`, so one bad
-photo never stops a run.
+cannot be decoded is skipped (a ``RuntimeWarning``, or an entry in the dataset's own
+:class:`~cnnkit.data.folder.skipped.SkipLog` in a training run, which counts and lists it)
+and dropped by :func:`collate_skip_bad`, so one bad photo never stops a run.
 
 Supported layouts::
 
@@ -18,7 +18,7 @@ Layout (import every name from ``cnnkit.data.folder`` itself):
 :func:`fingerprint`), :mod:`~cnnkit.data.folder.tree` (:func:`scan_folder`, :func:`walk_files`),
 :mod:`~cnnkit.data.folder.csv_list` (:func:`read_csv`), :mod:`~cnnkit.data.folder.decode`
 (:func:`load_image`, :func:`to_mode`, :class:`ImageLoadError`),
-:mod:`~cnnkit.data.folder.skipped` (:func:`skipped_files_log`) and
+:mod:`~cnnkit.data.folder.skipped` (:class:`SkipLog`, :func:`skipped_files_log`) and
 :mod:`~cnnkit.data.folder.dataset` (:class:`ImageFileDataset`, :func:`collate_skip_bad`).
 """
 
@@ -46,7 +46,7 @@ from cnnkit.data.folder.listing import (
     fingerprint,
     stratified_split,
 )
-from cnnkit.data.folder.skipped import SKIP_LOG_ENV, read_skipped_files, skipped_files_log
+from cnnkit.data.folder.skipped import SkipLog, read_skipped_files, skipped_files_log
 from cnnkit.data.folder.tree import scan_folder, walk_files
 
 __all__ = [
@@ -54,13 +54,13 @@ __all__ = [
     "LABEL_COLUMNS",
     "LOAD_ERROR_KINDS",
     "PATH_COLUMNS",
-    "SKIP_LOG_ENV",
     "SPLITS",
     "SPLIT_ALIASES",
     "FileDataset",
     "FileList",
     "ImageFileDataset",
     "ImageLoadError",
+    "SkipLog",
     "collate_skip_bad",
     "decode_error",
     "fingerprint",

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from cnnkit.data.folder.decode import ImageLoadError, load_image
-from cnnkit.data.folder.skipped import warn_skipped
+from cnnkit.data.folder.skipped import SkipLog, report_skip
 from cnnkit.errors import unknown_name
 
 
@@ -23,16 +23,18 @@ class ImageFileDataset(torch.utils.data.Dataset):
     """Images decoded on demand from a list of files.
 
     ``dataset[i]`` is ``(transform(image), label)``, or None when the file cannot be
-    decoded: a warning names the file and reason once per file (per process), and
-    :func:`collate_skip_bad` drops the None. ``bad_files`` collects ``path -> reason`` for
-    files found bad in this process (with ``num_workers=0``, all of them); inside
-    :func:`skipped_files_log` every process also records them in one file.
+    decoded: once per file (per process) it is recorded in ``skip_log`` when the dataset
+    has one (a training run's, see :func:`skipped_files_log`; workers get it with the
+    dataset), else a warning names the file and reason; :func:`collate_skip_bad` drops the
+    None. ``bad_files`` collects ``path -> reason`` for files found bad in this process
+    (with ``num_workers=0``, all of them).
 
     Args:
         paths: image files.
         labels: class index of each file.
         transform: PIL image -> tensor (None: return the PIL image).
         mode: ``"L"`` or ``"RGB"``, see :func:`load_image`.
+        skip_log: where this dataset's skipped files are recorded (None: warn instead).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class ImageFileDataset(torch.utils.data.Dataset):
         labels: Sequence[int],
         transform: Callable[[Image.Image], Any] | None = None,
         mode: str = "RGB",
+        skip_log: SkipLog | None = None,
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
@@ -51,6 +54,7 @@ class ImageFileDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.mode = mode
         self.bad_files: dict[str, str] = {}
+        self.skip_log = skip_log
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -62,7 +66,7 @@ class ImageFileDataset(torch.utils.data.Dataset):
         except ImageLoadError as error:
             if path not in self.bad_files:
                 self.bad_files[path] = error.reason
-                warn_skipped(path, error.reason, stacklevel=2)
+                report_skip(self.skip_log, path, error.reason, error.kind, stacklevel=2)
             return None
         sample = self.transform(image) if self.transform is not None else image
         return sample, self.labels[index]

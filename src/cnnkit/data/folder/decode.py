@@ -17,7 +17,6 @@ from contextlib import contextmanager
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from cnnkit.data.folder.skipped import _log_failure
 from cnnkit.errors import DataError, unknown_name
 
 LOAD_ERROR_KINDS: tuple[str, ...] = (
@@ -85,8 +84,8 @@ def load_image(path: str | os.PathLike[str], mode: str) -> Image.Image:
 
     Raises:
         ImageLoadError: the file is missing, empty, not an image, truncated or corrupt, or
-            a decompression bomb (more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` allows);
-            inside :func:`skipped_files_log` the failure is also recorded there.
+            a decompression bomb (more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` allows).
+            Recording it is the caller's (a dataset's own :class:`~cnnkit.data.folder.skipped.SkipLog`).
         UsageError: ``mode`` is not ``L`` or ``RGB``.
     """
     if mode not in ("L", "RGB"):
@@ -99,13 +98,10 @@ def load_image(path: str | os.PathLike[str], mode: str) -> Image.Image:
             refuse_bomb(path, image)
             image.load()
             return to_mode(_upright(image), mode)
-    except ImageLoadError as error:
-        _log_failure(error)
+    except ImageLoadError:
         raise
     except Exception as error:
-        bad = decode_error(path, error)
-        _log_failure(bad)
-        raise bad from error
+        raise decode_error(path, error) from error
 
 
 def refuse_bomb(path: str, image: Image.Image) -> None:

@@ -1,10 +1,15 @@
-"""The skipped-files log: which images failed to load during a run, across processes.
+"""The skipped-files log: which images a run's loaders failed to load, across processes.
 
-This module owns :func:`skipped_files_log` (a context in which every failure of
-:func:`~cnnkit.data.folder.load_image`, in this process or a DataLoader worker, appends a
-JSON line to one file, named through :data:`SKIP_LOG_ENV`), :func:`read_skipped_files`,
-:func:`warn_skipped` (the loaders' warning, silent inside such a log) and ``_log_failure``,
-the append that :func:`~cnnkit.data.folder.load_image` calls.
+This module owns :class:`SkipLog` (one dataset's list: a JSON-lines file that every process
+decoding for that dataset appends to), :func:`skipped_files_log` (a context that hands one
+log to a run's loaders and takes it back), :func:`read_skipped_files` and
+:func:`report_skip`, what a loader does with a file it cannot decode: record it in its own
+log when it has one, else warn.
+
+The log travels *with the dataset* (an attribute that DataLoader workers receive when the
+dataset is pickled to them, forked or spawned), never through process-wide state: two
+datasets in one process (a studio training job and an upload being checked, two runs in
+one Python session) keep separate lists.
 """
 
 from __future__ import annotations
@@ -12,43 +17,67 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:  # only for the annotation: decode imports this module
-    from cnnkit.data.folder.decode import ImageLoadError
 
-SKIP_LOG_ENV = "CNNKIT_SKIP_LOG"
-"""Environment variable naming the JSON-lines file :func:`skipped_files_log` appends to."""
+@dataclass(frozen=True)
+class SkipLog:
+    """One dataset's list of skipped files: a JSON-lines file, appended to by any process.
+
+    Picklable (it is only a path), so it reaches DataLoader workers inside the dataset
+    that carries it. Each :meth:`record` appends one line ``{"path", "reason", "kind"}``;
+    lines may repeat across processes (:meth:`read` keeps the first of each file).
+    """
+
+    path: Path
+
+    def record(self, path: str, reason: str, kind: str) -> None:
+        """Append one skipped file; a failure to write is ignored (the list is a convenience,
+        training must not stop for it)."""
+        line = json.dumps({"path": path, "reason": reason, "kind": kind}) + "\n"
+        try:
+            # One short write in append mode: lines from several processes do not interleave.
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+        except OSError:
+            pass
+
+    def read(self) -> dict[str, dict[str, str]]:
+        """``path -> {"reason", "kind"}`` of every file recorded (empty if none)."""
+        return read_skipped_files(self.path)
+
+
+def attach_skip_log(loaders: Iterable[Any], log: SkipLog | None) -> None:
+    """Give each loader that decodes files (it has a ``skip_log`` attribute) ``log``; None takes it back."""
+    for loader in loaders:
+        if loader is not None and hasattr(loader, "skip_log"):
+            loader.skip_log = log
 
 
 @contextmanager
-def skipped_files_log(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Record every image that :func:`load_image` fails to load while inside, in any process.
+def skipped_files_log(path: str | os.PathLike[str], loaders: Iterable[Any]) -> Iterator[Path]:
+    """Record every image that ``loaders`` fail to load while inside, in any of their processes.
 
-    Inside a training run that is exactly the files the loaders skip, whichever loader
-    decodes them (:class:`ImageFileDataset`, a decode cache, statistics). Each failure
-    appends one JSON line ``{"path": ..., "reason": ..., "kind": ...}`` to ``path`` (lines
-    may repeat; see :func:`read_skipped_files`). DataLoader workers decode in other
-    processes, which may be spawned rather than forked, so the file name travels in an
-    environment variable they inherit; the caller's value is restored on exit.
+    Inside a training run that is exactly the files its loaders skip, whichever decodes
+    them (:class:`ImageFileDataset` in worker processes, a decode cache). Other loads of the
+    same process (an upload checked by the studio, another run's loaders) are not recorded
+    here. The loaders get the log on entry and lose it on exit; yields the log's file.
     """
-    path = Path(os.path.abspath(os.fspath(path)))
-    previous = os.environ.get(SKIP_LOG_ENV)
-    os.environ[SKIP_LOG_ENV] = str(path)
+    log = SkipLog(Path(os.path.abspath(os.fspath(path))))
+    loaders = [loader for loader in loaders if loader is not None]
+    attach_skip_log(loaders, log)
     try:
-        yield path
+        yield log.path
     finally:
-        if previous is None:
-            os.environ.pop(SKIP_LOG_ENV, None)
-        else:
-            os.environ[SKIP_LOG_ENV] = previous
+        attach_skip_log(loaders, None)
 
 
 def read_skipped_files(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
-    """``path -> {"reason", "kind"}`` from a :func:`skipped_files_log` file (empty if none)."""
+    """``path -> {"reason", "kind"}`` from a :class:`SkipLog` file (empty if none)."""
     found: dict[str, dict[str, str]] = {}
     if not os.path.isfile(path):
         return found
@@ -62,23 +91,10 @@ def read_skipped_files(path: str | os.PathLike[str]) -> dict[str, dict[str, str]
     return found
 
 
-def warn_skipped(path: str, reason: str, stacklevel: int = 2) -> None:
-    """A loader skips ``path``: a ``RuntimeWarning`` for library users, nothing inside a
-    :func:`skipped_files_log` (a training run), whose summary counts and lists the file
-    instead of raw warning lines (in any process: the log's name is in the environment)."""
-    if os.environ.get(SKIP_LOG_ENV):
+def report_skip(log: SkipLog | None, path: str, reason: str, kind: str, stacklevel: int = 2) -> None:
+    """A loader skips ``path``: recorded in its ``log`` (a training run, whose summary counts
+    and lists the file instead of raw warning lines), else a ``RuntimeWarning`` for library users."""
+    if log is not None:
+        log.record(path, reason, kind)
         return
     warnings.warn(f"skipping {path}: {reason}", RuntimeWarning, stacklevel=stacklevel + 1)
-
-
-def _log_failure(error: ImageLoadError) -> None:
-    log = os.environ.get(SKIP_LOG_ENV)
-    if not log:
-        return
-    line = json.dumps({"path": error.path, "reason": error.reason, "kind": error.kind}) + "\n"
-    try:
-        # One short write in append mode: lines from several processes do not interleave.
-        with open(log, "a", encoding="utf-8") as handle:
-            handle.write(line)
-    except OSError:  # the list is a convenience; failing to write it must not stop training
-        pass
