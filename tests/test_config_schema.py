@@ -23,6 +23,7 @@ from cnnkit.config import (
     TrainConfig,
     add_config_flags,
     config_flags,
+    config_from_dict,
     keyword_overrides,
     overrides_from_args,
     resolve_config,
@@ -388,7 +389,7 @@ def test_every_recipe_resolves_and_validates(name: str) -> None:
     cfg = resolve_config(name)
 
     validate(cfg)
-    assert RunConfig.from_dict(yaml.safe_load(to_yaml(cfg))) == cfg
+    assert config_from_dict(yaml.safe_load(to_yaml(cfg))) == cfg
 
 
 def test_docstrings_document_every_key() -> None:
@@ -460,6 +461,6 @@ def test_a_legacy_config_keeps_what_its_val_fraction_meant() -> None:
     stored = RunConfig().to_dict()  # as format-1 checkpoints stored it: 0.0 meant "the default"
     stored["data"]["val_fraction"] = 0.0
 
-    assert RunConfig.from_dict(upgrade_legacy(stored)).data.val_fraction is None
+    assert config_from_dict(upgrade_legacy(stored)).data.val_fraction is None
     assert stored["data"]["val_fraction"] == 0.0  # the caller's dict is left alone
     assert upgrade_legacy({"data": {"val_fraction": 0.1}})["data"]["val_fraction"] == 0.1

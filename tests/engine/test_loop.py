@@ -69,7 +69,7 @@ def test_run_folder_holds_every_file(mnist_run: cnnkit.Run) -> None:
         assert (folder / "checkpoints" / name).is_file(), name
     assert json.loads((folder / "classes.json").read_text()) == [str(d) for d in range(10)]
     saved = yaml.safe_load((folder / "config.yaml").read_text())
-    assert cnnkit.RunConfig.from_dict(saved) == mnist_run.config
+    assert cnnkit.config.config_from_dict(saved) == mnist_run.config
     split = json.loads((folder / "split.json").read_text())
     assert split["fingerprint"] and split["sizes"] == mnist_run.spec.sizes
     assert {name: len(ref["indices"]) for name, ref in split["indices"].items()} == mnist_run.spec.sizes

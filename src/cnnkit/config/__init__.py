@@ -90,6 +90,7 @@ from cnnkit.config.options import (
 )
 from cnnkit.config.resolve import (
     apply_overrides,
+    config_from_dict,
     flatten,
     keyword_overrides,
     load_yaml,
@@ -144,6 +145,7 @@ __all__ = [
     "add_config_flags",
     "add_option_flags",
     "apply_overrides",
+    "config_from_dict",
     "check_backend",
     "check_choice",
     "config_flags",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnkit.config.choices import BACKBONE_SOURCES, EXPORT_SUFFIXES, TRACKERS
-from cnnkit.config.keys import DataConfig, Key, RunConfig, flag_of, schema
+from cnnkit.config.keys import SHARED, DataConfig, Key, RunConfig, flag_of, schema
 from cnnkit.errors import UsageError, unknown_name
 
 
@@ -218,8 +218,6 @@ def check_backend(model: str | Path, backend: str, amp: str = "off") -> None:
 
 def check_choice_of(flag: str, value: Any) -> None:
     """``value`` is one of the choices of the shared option ``flag`` (e.g. ``--backend``)."""
-    from cnnkit.config.keys import SHARED
-
     spec = next(spec for spec in SHARED.values() if spec.flag == flag)
     if value not in spec.choices:
         raise unknown_name(spec.kind, value, spec.choices)

@@ -370,15 +370,6 @@ class RunConfig:
         """Plain nested dict (YAML/JSON/checkpoint safe)."""
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        from cnnkit.config.resolve import apply_overrides, flatten  # resolve imports this module
-
-        """Build from a nested dict, rejecting unknown keys with the nearest valid one named."""
-        cfg = cls()
-        apply_overrides(cfg, flatten(values))
-        return cfg
-
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 _KWARGS_KEYS = ("model.kwargs", "data.kwargs")  # free-form dicts of a builder's own arguments

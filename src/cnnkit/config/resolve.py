@@ -130,6 +130,12 @@ def _did_you_mean(name: str, valid: list[str]) -> str:
     return f"; did you mean {match!r}?" if match else ";"
 
 
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from a nested dict (``config.yaml``, a checkpoint's config), rejecting
+    unknown keys with the nearest valid one named; values are type-checked, not yet validated."""
+    return apply_overrides(RunConfig(), flatten(values))
+
+
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Turn ``{"train": {"lr": 1}}`` into ``{"train.lr": 1}``; ``model.kwargs`` and ``data.kwargs`` stay dicts."""
     flat: dict[str, Any] = {}

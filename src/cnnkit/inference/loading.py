@@ -17,7 +17,7 @@ from torch import nn
 
 from cnnkit import usercode
 from cnnkit.checkpoint import Checkpoint, checkpoint_file
-from cnnkit.config import RunConfig
+from cnnkit.config import RunConfig, config_from_dict
 from cnnkit.data import DataSpec, build
 from cnnkit.device import data_device
 from cnnkit.errors import CnnkitError, UsageError
@@ -82,7 +82,7 @@ def load_checkpoint(path: str | Path, trust_code: Any = None) -> LoadedCheckpoin
 def stored_config(ckpt: Checkpoint) -> RunConfig:
     """The run config a checkpoint stores (in today's meaning: :meth:`Checkpoint.from_payload`
     upgrades a format-1 file's config, see :func:`cnnkit.config.upgrade_legacy`)."""
-    return RunConfig.from_dict(ckpt.config or {})
+    return config_from_dict(ckpt.config or {})
 
 
 def check_split(split: str) -> None:
