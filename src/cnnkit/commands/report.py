@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from cnnkit.engine import resolve_device
-from cnnkit.engine.device import amp_dtype
+from cnnkit.engine.scoring import ScoringSettings
 from cnnkit.inference.loading import (
     LoadedCheckpoint,
     check_split,
@@ -65,14 +65,13 @@ def report(
     split = split or default_split(loaders)
     loader = split_loader(loaders, split)
     pre = loaded.preprocess
-    model = loaded.model.to(torch_device)
-    dtype = amp_dtype(cfg.train.amp, torch_device)  # the run's precision and TTA, as `cnnkit eval` scores
-    pred = rep.collect_predictions(model, loader, mean=pre["mean"], std=pre["std"], device=torch_device, dtype=dtype,
-                                   tta=cfg.train.tta, scores=scores)  # fmt: skip
+    settings = ScoringSettings.for_run(cfg, torch_device)  # precision, TTA and layout, as `cnnkit eval` scores
+    model = settings.place(loaded.model)
+    pred = rep.collect_predictions(model, loader, mean=pre["mean"], std=pre["std"], settings=settings, scores=scores)
     data = rep.summarise(pred, loaded.class_names, split)
     extra = None
     if robustness:
-        extra = _robustness(model, loader, pre, torch_device, loaded.class_names, dtype, cfg.train.tta)
+        extra = _robustness(model, loader, pre, loaded.class_names, settings)
         extra["images"] = min(ROBUSTNESS_IMAGES, data.count)
     label_errors = _label_errors(pred, loader, loaded.class_names, split, pre)
     summary = summarize(as_trained(model.cpu(), cfg), (pre["channels"], *pre["input_size"]))  # the run's frozen part
@@ -126,12 +125,12 @@ def _train_preview(loaded: LoadedCheckpoint, device: torch.device, data_dir: str
     return shown, [loaded.class_names[int(i)] for i in labels[:count]]
 
 
-def _robustness(model, loader, pre, device, class_names, dtype=None, tta="none") -> dict[str, Any]:
+def _robustness(model, loader, pre, class_names: list[str], settings: ScoringSettings) -> dict[str, Any]:
     from cnnkit.evaluation import plots
     from cnnkit.evaluation.robustness import Normalisation, robustness_table
 
-    rows, example = robustness_table(model, loader, Normalisation.of(pre["mean"], pre["std"]), device=device,
-                                     max_images=ROBUSTNESS_IMAGES, dtype=dtype, tta=tta)  # fmt: skip
+    rows, example = robustness_table(model, loader, Normalisation.of(pre["mean"], pre["std"]), settings,
+                                     max_images=ROBUSTNESS_IMAGES)  # fmt: skip
     figure = None
     if example is not None:
         diff = (example["adversarial"] - example["clean"]).abs()

@@ -46,8 +46,7 @@ from cnnkit.engine import EvalResult, distributed
 from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.epoch import TrainingStopped
 from cnnkit.engine.phases import cached_head_scores, fit_phases, total_epochs
-from cnnkit.engine.scoring import Scores, metrics, score
-from cnnkit.engine.speed import use_channels_last
+from cnnkit.engine.scoring import Scores, ScoringSettings, metrics, score
 from cnnkit.log import console, logger, quiet_unless, say
 from cnnkit.runfolder import RunFolder
 from cnnkit.tracking import open_loggers
@@ -231,9 +230,7 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
         distributed.broadcast_module(model)  # rank 0's best weights on every rank (no shared disk needed)
         test, scores = None, None
         if loaders.test is not None:  # the run's TTA and precision, as `cnnkit eval` scores
-            dtype = amp_dtype(cfg.train.amp, device)
-            scores = score(model, loaders.test, device=device, dtype=dtype, tta=cfg.train.tta,
-                           channels_last=use_channels_last(cfg.train.channels_last, device))  # as validated
+            scores = score(model, loaders.test, ScoringSettings.for_run(cfg, device))  # as validated
             test = metrics(scores, spec.num_classes, reduce=distributed.all_reduce_sum)
             trackers.log_test(test, step=len(result.history))
             if distributed.current().world > 1:

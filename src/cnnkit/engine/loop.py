@@ -40,9 +40,9 @@ from cnnkit.engine.epoch import EpochProgress, NonFiniteLoss, TrainingStopped, t
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.regularize import BatchMixer, WeightEma, build_mixer
 from cnnkit.engine.run_state import FitResult, TrainState, restore, run_checkpoint, run_description
-from cnnkit.engine.scoring import EvalResult, metrics, score
+from cnnkit.engine.scoring import EvalResult, ScoringSettings, metrics, score
 from cnnkit.engine.selection import LOWER_IS_BETTER, best_row, improves, metric_column
-from cnnkit.engine.speed import CompilePlan, StepTimer, to_layout, use_channels_last
+from cnnkit.engine.speed import CompilePlan, StepTimer
 from cnnkit.errors import UsageError
 
 __all__ = [  # other modules and tests import these from here
@@ -62,26 +62,16 @@ __all__ = [  # other modules and tests import these from here
 ]
 
 
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    num_classes: int,
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
-    tta: str = "none",
-    channels_last: bool = False,
-) -> EvalResult:
+def evaluate(model: nn.Module, loader: Iterable, num_classes: int,
+             settings: ScoringSettings | None = None) -> EvalResult:  # fmt: skip
     """Loss, top-1, top-5 (when there are more than 5 classes) and the confusion matrix:
-    :func:`~cnnkit.engine.scoring.metrics` of :func:`~cnnkit.engine.scoring.score`.
+    :func:`~cnnkit.engine.scoring.metrics` of :func:`~cnnkit.engine.scoring.score` with
+    ``settings`` (the run's device, precision, TTA and layout; None: float32 on the CPU).
 
-    The loss is the validation loss (plain cross-entropy of the TTA-combined logits);
-    ``tta`` names the test-time views (:mod:`cnnkit.engine.tta`), ``channels_last`` hands
-    the model its batches in that memory format. Under torchrun each rank scores its shard
-    and the sums are added up over the ranks.
+    The loss is the validation loss (plain cross-entropy of the TTA-combined logits). Under
+    torchrun each rank scores its shard and the sums are added up over the ranks.
     """
-    scores = score(model, loader, device=device, dtype=dtype, tta=tta, channels_last=channels_last)
-    return metrics(scores, num_classes, reduce=all_reduce_sum)
+    return metrics(score(model, loader, settings), num_classes, reduce=all_reduce_sum)
 
 
 def fit(
@@ -187,7 +177,7 @@ class _Run:
         state: what the steps change (the model wrapped for DDP under torchrun).
         device: the training device.
         dtype: the autocast dtype of training (None: full precision).
-        eval_dtype: the autocast dtype of validation.
+        scoring: how validation scores (:meth:`ScoringSettings.for_training`).
         channels_last: whether batches go to the model in channels-last memory format.
         plan: which module (eager or compiled) each epoch runs.
         mixer: mixup/cutmix of the training batches, or None.
@@ -197,7 +187,7 @@ class _Run:
     state: TrainState
     device: torch.device
     dtype: torch.dtype | None
-    eval_dtype: torch.dtype | None
+    scoring: ScoringSettings
     channels_last: bool
     plan: CompilePlan
     mixer: BatchMixer | None
@@ -219,9 +209,9 @@ def _set_up(model: nn.Module, train_loader, num_classes: int, cfg: TrainConfig, 
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     dtype = amp_dtype(cfg.amp, device, training=True, deterministic=cfg.deterministic)
-    eval_dtype = amp_dtype(cfg.amp, device, deterministic=cfg.deterministic)
-    channels_last = use_channels_last(cfg.channels_last, device)
-    to_layout(model, device, channels_last)
+    scoring = ScoringSettings.for_training(cfg, device)
+    channels_last = scoring.channels_last  # training batches in the layout validation scores in
+    scoring.place(model)
     model = _data_parallel(model, device, cfg.sync_bn, log)
     plan = CompilePlan(cfg.compile, device, cfg.deterministic, log, dtype=dtype)
     optimizer = build_optimizer(model, cfg)
@@ -231,7 +221,7 @@ def _set_up(model: nn.Module, train_loader, num_classes: int, cfg: TrainConfig, 
     mixer = build_mixer(num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob)
     weights = class_weights.to(device=device, dtype=torch.float32) if class_weights is not None else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    return _Run(state, device, dtype, eval_dtype, channels_last, plan, mixer, loss_fn)
+    return _Run(state, device, dtype, scoring, channels_last, plan, mixer, loss_fn)
 
 
 def _data_parallel(model: nn.Module, device: torch.device, sync_bn: bool, log: Callable[[str], None]) -> nn.Module:
@@ -307,8 +297,7 @@ def _validate(run: _Run, runner: nn.Module, val_loader: Iterable, num_classes: i
     """:func:`evaluate` of the weights being kept: the EMA when there is one, else ``runner``
     (or the eager model where the plan validates eager: :meth:`CompilePlan.eval_module`)."""
     model = run.plan.eval_module(run.state.model, runner) if run.state.ema is None else run.state.ema.module
-    return evaluate(model, val_loader, num_classes, device=run.device, dtype=run.eval_dtype, tta=tta,
-                    channels_last=run.channels_last)  # fmt: skip
+    return evaluate(model, val_loader, num_classes, run.scoring.with_tta(tta))
 
 
 def _mid_epoch_saver(run_dir: Path | None, state: TrainState, epoch: int, lr: float, result: FitResult,

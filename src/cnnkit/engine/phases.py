@@ -36,7 +36,7 @@ from cnnkit.engine.features import (
     state_digest,
 )
 from cnnkit.engine.loop import FitResult, fit
-from cnnkit.engine.scoring import Scores, score
+from cnnkit.engine.scoring import Scores, ScoringSettings, score
 from cnnkit.models import BackboneClassifier
 
 EVAL_FEATURE_BATCH = 1024  # feature vectors per evaluation batch (memory, not results, depends on it)
@@ -239,9 +239,9 @@ def cached_head_scores(model: nn.Module, cfg: RunConfig, spec: DataSpec, device:
         return None
     if distributed.current().world > 1 or split not in (spec.split.get("indices") or spec.split.get("files") or {}):
         return None
-    dtype = amp_dtype(cfg.train.amp, device)
-    found = read_cached_features(feature_cache_path(cfg, spec, split, state_digest(model.backbone), dtype))
+    settings = ScoringSettings.for_run(cfg, device)
+    found = read_cached_features(feature_cache_path(cfg, spec, split, state_digest(model.backbone), settings.dtype))
     if found is None:
         return None
     feats, labels = found
-    return score(HeadOnly(model), FeatureLoader(feats, labels, EVAL_FEATURE_BATCH), device=device, dtype=dtype)
+    return score(HeadOnly(model), FeatureLoader(feats, labels, EVAL_FEATURE_BATCH), settings)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from cnnkit import atomic
-from cnnkit.engine.scoring import Scores, metrics, score
+from cnnkit.engine.scoring import Scores, ScoringSettings, metrics, score
 from cnnkit.evaluation import metrics as M
 from cnnkit.evaluation import plots
 
@@ -58,8 +58,7 @@ class Predictions:
 
 def collect_predictions(
     model: nn.Module | None, loader: Iterable, *, mean: Iterable[float], std: Iterable[float],
-    device: torch.device | str = "cpu", keep: int = GALLERY_SIZE, dtype: torch.dtype | None = None,
-    tta: str = "none", scores: Scores | None = None,
+    settings: ScoringSettings | None = None, keep: int = GALLERY_SIZE, scores: Scores | None = None,
 ) -> Predictions:  # fmt: skip
     """The scores of ``loader`` and the pixels of its ``keep`` highest-loss images.
 
@@ -67,15 +66,15 @@ def collect_predictions(
         model: the classifier (unused when ``scores`` is given: pass None).
         loader: the evaluation loader (unshuffled), scored or to be scored.
         mean: the loader's normalisation, undone for display (with ``std``).
-        dtype: autocast precision of the scoring pass (the run's ``train.amp``).
-        tta: the test-time augmentation (the run's ``train.tta``).
+        settings: how to score (the run's :meth:`ScoringSettings.for_run`: device, precision,
+            TTA, layout; the model already placed by :meth:`ScoringSettings.place`).
         scores: logits of this same loader already computed by
             :func:`~cnnkit.engine.scoring.score` (no model pass is run).
     """
     if scores is None:
         if model is None:
             raise ValueError("collect_predictions needs a model or precomputed scores")
-        scores = score(model, loader, device=device, dtype=dtype, tta=tta)
+        scores = score(model, loader, settings)
     empty = torch.zeros(0, dtype=torch.long)
     worst = M.top_losses(scores.logits, scores.labels, keep).indices if scores.count else empty
     images = images_at(loader, worst, scores.labels, mean, std)

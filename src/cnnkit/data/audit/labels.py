@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import CnnkitError, DataError
-from cnnkit.evaluation.label_probs import DEFAULT_EPOCHS, Probs, out_of_sample_probs, plan_folds
+from cnnkit.evaluation.label_probs import DEFAULT_EPOCHS, FoldOptions, Probs, out_of_sample_probs, plan_folds
 
 INSTALL_HINT = 'pip install "cnnkit[labels]"'
 OUTLIER_FRACTION = 0.01  # of the images listed as outliers (at least OUTLIERS_MIN, at most OUTLIERS_MAX)
@@ -231,8 +231,7 @@ def check_labels(data: str | os.PathLike[str], *, model: str | None = None, fold
     start = time.perf_counter()
     paths, labels, class_names, root, source = training_files(data)
     plan_folds(labels, class_names, folds)  # a too-small class fails before any slow work
-    probs = out_of_sample_probs(paths, labels, class_names, model=model, folds=folds, epochs=epochs, seed=seed,
-                                progress=progress, device=device)  # fmt: skip
+    probs = out_of_sample_probs(paths, labels, class_names, FoldOptions(model, folds, epochs, seed, progress, device))
     report = LabelReport(source, root, class_names, probs.method, probs.folds, notes=list(probs.notes))
     rel = [_rel(p, root) for p in paths]
     rank_issues(report, rel, labels, probs)
