@@ -19,6 +19,7 @@ from cnnkit.inference.loading import (
     load_checkpoint,
     split_loader,
 )
+from cnnkit.preprocess import Preprocess
 
 # Images of the split that the (slower) robustness measurements use.
 ROBUSTNESS_IMAGES = 1000
@@ -67,14 +68,14 @@ def report(
     pre = loaded.preprocess
     settings = ScoringSettings.for_run(cfg, torch_device)  # precision, TTA and layout, as `cnnkit eval` scores
     model = settings.place(loaded.model)
-    pred = rep.collect_predictions(model, loader, mean=pre["mean"], std=pre["std"], settings=settings, scores=scores)
+    pred = rep.collect_predictions(model, loader, mean=pre.mean, std=pre.std, settings=settings, scores=scores)
     data = rep.summarise(pred, loaded.class_names, split)
     extra = None
     if robustness:
         extra = _robustness(model, loader, pre, loaded.class_names, settings)
         extra["images"] = min(ROBUSTNESS_IMAGES, data.count)
     label_errors = _label_errors(pred, loader, loaded.class_names, split, pre)
-    summary = summarize(as_trained(model.cpu(), cfg), (pre["channels"], *pre["input_size"]))  # the run's frozen part
+    summary = summarize(as_trained(model.cpu(), cfg), (pre.channels, *pre.input_size))  # the run's frozen part
     config_file = run_dir / "config.yaml"
     return rep.write_report(
         Path(out_dir) if out_dir else run_dir / "report", data, pred,
@@ -87,7 +88,7 @@ def report(
     )  # fmt: skip
 
 
-def _label_errors(pred: Any, loader: Any, class_names: list[str], split: str, pre: dict[str, Any]) -> dict[str, Any]:
+def _label_errors(pred: Any, loader: Any, class_names: list[str], split: str, pre: Preprocess) -> dict[str, Any]:
     """The "likely label errors" section of the split's own (held-out) predictions, with the suspects' pixels."""
     from cnnkit.evaluation import report as rep
     from cnnkit.evaluation.label_errors import label_errors_section, loader_paths
@@ -95,7 +96,7 @@ def _label_errors(pred: Any, loader: Any, class_names: list[str], split: str, pr
     scores = pred.scores
     section = label_errors_section(scores, class_names, split, loader_paths(loader, scores.count))
     if section["rows"]:
-        section["images"] = rep.images_at(loader, section["positions"], scores.labels, pre["mean"], pre["std"])
+        section["images"] = rep.images_at(loader, section["positions"], scores.labels, pre.mean, pre.std)
     return section
 
 
@@ -119,8 +120,8 @@ def _train_preview(loaded: LoadedCheckpoint, device: torch.device, data_dir: str
     loaders, _, _ = checkpoint_loaders(loaded, data_dir=data_dir, device=device, training=True)
     images, labels = next(iter(loaders.train))
     pre = loaded.preprocess
-    mean = torch.tensor(pre["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(pre["std"]).view(1, -1, 1, 1)
+    mean = torch.tensor(pre.mean).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std).view(1, -1, 1, 1)
     shown = (images[:count].cpu().float() * std + mean).clamp(0, 1)
     return shown, [loaded.class_names[int(i)] for i in labels[:count]]
 
@@ -129,7 +130,7 @@ def _robustness(model, loader, pre, class_names: list[str], settings: ScoringSet
     from cnnkit.evaluation import plots
     from cnnkit.evaluation.robustness import Normalisation, robustness_table
 
-    rows, example = robustness_table(model, loader, Normalisation.of(pre["mean"], pre["std"]), settings,
+    rows, example = robustness_table(model, loader, Normalisation.of(pre.mean, pre.std), settings,
                                      max_images=ROBUSTNESS_IMAGES)  # fmt: skip
     figure = None
     if example is not None:

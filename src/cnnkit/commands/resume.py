@@ -78,7 +78,7 @@ def _run_folder(given: Path) -> RunFolder:
 
 def _check_length(cfg: RunConfig, ckpt: Checkpoint, overrides: dict[str, Any], folder: RunFolder) -> None:
     total, done = total_epochs(cfg.train), ckpt.training.epoch
-    before = ckpt.config["train"]["epochs"]
+    before = ckpt.config.train.epochs
     if "train.epochs" in overrides and total != before and cfg.train.scheduler == "onecycle":
         raise UsageError("--epochs cannot change when resuming a onecycle schedule (its length is fixed); "
                          f"start a new run, e.g. with --weights {folder.path}")  # fmt: skip
@@ -110,7 +110,7 @@ def position(ckpt: Checkpoint, steps_per_epoch: int) -> str:
     in_epoch = ckpt.training.in_epoch
     if not in_epoch:
         return ""
-    return f" and {in_epoch['batches']}/{steps_per_epoch} steps of epoch {ckpt.training.epoch + 1}"
+    return f" and {in_epoch.batches}/{steps_per_epoch} steps of epoch {ckpt.training.epoch + 1}"
 
 
 def record_resume(folder: RunFolder, cfg: RunConfig) -> None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cnnkit.checkpoint import EpochProgress as EpochProgress  # the checkpoint's type of it
 from cnnkit.checkpoint import rng_state, set_rng_state
 from cnnkit.engine.device import autocast
 from cnnkit.engine.distributed import all_reduce_sum, current
@@ -62,36 +61,6 @@ class NonFiniteLoss(CnnkitError):
     def __init__(self, epoch: int, step: int, value: str, advice: str = "") -> None:
         self.epoch, self.step, self.value = epoch, step, value
         super().__init__(f"loss became {value} at epoch {epoch} step {step}" + (f"; {advice}" if advice else ""))
-
-
-@dataclass
-class EpochProgress:
-    """How far one training epoch has got: what a mid-epoch checkpoint records.
-
-    Attributes:
-        batches: optimizer steps done in this epoch (the loader's first ``batches``
-            batches are consumed).
-        loss_sum: sum over those steps of batch loss x batch size.
-        correct: training images classified correctly so far.
-        seen: training images seen so far.
-        seconds: training time spent so far in this epoch.
-        rng: the RNG states right after step ``batches`` (None: not recorded).
-    """
-
-    batches: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    seconds: float = 0.0
-    rng: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
-                "seconds": self.seconds, "rng": self.rng}  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> EpochProgress:
-        return cls(**values)
 
 
 def train_one_epoch(

@@ -98,7 +98,7 @@ def run_checkpoint(state: TrainState, epoch, step, row, result: FitResult, descr
         best_metric=result.best_metric,
         best_epoch=result.best_epoch,
         stale=stale,
-        in_epoch=in_epoch.to_dict() if in_epoch is not None else None,
+        in_epoch=in_epoch,
         in_epoch_lr=lr,
     )
     return dataclasses.replace(describe, state_dict=clean_state_dict(unwrap(state.evaluated).state_dict()),
@@ -130,8 +130,8 @@ def restore(ckpt: Checkpoint, state: TrainState, result: FitResult) -> tuple[int
         state.scaler.load_state_dict(saved.scaler)
     result.history = [dict(row) for row in saved.history]
     result.best_metric, result.best_epoch = saved.best_metric, saved.best_epoch
-    result.steps = saved.step - (saved.in_epoch["batches"] if saved.in_epoch else 0)
+    result.steps = saved.step - (saved.in_epoch.batches if saved.in_epoch else 0)
     if saved.in_epoch:
-        return saved.epoch + 1, saved.stale, EpochProgress.from_dict(saved.in_epoch)
+        return saved.epoch + 1, saved.stale, dataclasses.replace(saved.in_epoch)  # a copy the epoch advances
     set_rng_state(saved.rng)  # the state the next epoch started with in the uninterrupted run
     return saved.epoch + 1, saved.stale, None

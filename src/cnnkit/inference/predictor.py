@@ -32,7 +32,7 @@ from cnnkit.engine.scoring import ScoringSettings, score
 from cnnkit.engine.tta import check_tta, suggested_tta, tta_views
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.backends import OnnxBackend, OpenVinoBackend, TorchBackend, onnx_session, openvino_model
-from cnnkit.inference.metadata import Metadata, as_checkpoint, checkpoint_metadata
+from cnnkit.inference.metadata import Metadata, checkpoint_metadata
 from cnnkit.models import create_model, require_model_code
 
 UNKNOWN = "unknown"
@@ -76,10 +76,9 @@ class Skipped:
     reason: str
 
 
-def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], trust_code: Any = None) -> nn.Module:
+def model_from_checkpoint(ckpt: Checkpoint, trust_code: Any = None) -> nn.Module:
     """The model a checkpoint describes, with its weights, in eval mode on the CPU.
 
-    ``ckpt`` is a :class:`~cnnkit.checkpoint.Checkpoint` (or a payload dict of one).
     A model from your own code (``FILE.py:NAME``, ``module:NAME``, or registered by your
     module) is built only if that code is already imported in this process or trusted:
     ``trust_code`` (files/modules, or ``True``), ``cnnkit.trust_code(...)`` blocks or
@@ -89,7 +88,6 @@ def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], trust_code: Any = N
         UsageError: untrusted user code (the message says what to pass).
         CnnkitError: a checkpoint without a model description.
     """
-    ckpt = as_checkpoint(ckpt)
     desc = ckpt.model
     if desc is None:
         raise CnnkitError(f"{ckpt.path or 'the checkpoint'} has no model description (written by engine.fit "
