@@ -25,7 +25,7 @@ from cnnkit.data.datasets import cache_dir
 from cnnkit.data.tensor_data import Part
 from cnnkit.data.transforms import config_augment
 from cnnkit.engine import distributed
-from cnnkit.engine.device import amp_dtype, data_device
+from cnnkit.engine.device import data_device
 from cnnkit.engine.features import (
     FeatureLoader,
     HeadOnly,
@@ -185,7 +185,7 @@ def feature_loaders(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: to
     image loader and runs no backbone.
     """
     model.to(device)
-    dtype = amp_dtype(cfg.train.amp, device)
+    dtype = ScoringSettings.for_run(cfg, device).dtype  # the run's scoring precision: cached_head_scores' key
     backbone = state_digest(model.backbone)
     eval_loaders: list[Any] = []  # built on first need: a warm cache needs no image at all
 
