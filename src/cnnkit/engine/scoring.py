@@ -70,12 +70,12 @@ class ScoringSettings:
     def for_training(cls, cfg: TrainConfig, device: torch.device | str, tta: str | None = None) -> ScoringSettings:
         """:meth:`for_run` from the ``train`` part of a config (what the training loop holds)."""
         device = torch.device(device)
-        return cls(device, amp_dtype(cfg.amp, device), check_tta(cfg.tta if tta is None else tta),
+        return cls(device, amp_dtype(cfg.amp, device), cfg.tta if tta is None else tta,
                    use_channels_last(cfg.channels_last, device))  # fmt: skip
 
     def with_tta(self, tta: str) -> ScoringSettings:
         """The same settings with other test-time views (``Predictor.predict(tta=...)``)."""
-        return self if tta == self.tta else replace(self, tta=check_tta(tta))
+        return self if tta == self.tta else replace(self, tta=tta)  # checked by __post_init__
 
     def place(self, model: nn.Module) -> nn.Module:
         """``model`` moved in place to the device, in the memory layout batches arrive in."""
