@@ -50,7 +50,7 @@ from cnnkit.config import TrainConfig  # noqa: E402
 from cnnkit.data import AUGMENT_PRESETS, Preprocess  # noqa: E402
 from cnnkit.data.datasets import load_source  # noqa: E402
 from cnnkit.data.tensor_data import Batching, TensorLoader  # noqa: E402
-from cnnkit.engine.device import amp_dtype  # noqa: E402
+from cnnkit.device import amp_dtype  # noqa: E402
 from cnnkit.engine.epoch import EpochOptions, TrainState, train_one_epoch  # noqa: E402
 from cnnkit.engine.optim import build_optimizer  # noqa: E402
 from cnnkit.models import create_model  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 import cnnkit
-from cnnkit.engine.device import cpu_features, cpu_flags
+from cnnkit.device import cpu_features, cpu_flags
 from cnnkit.engine.speed import cpp_compiler
 
 

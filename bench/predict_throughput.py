@@ -63,7 +63,7 @@ from torchvision import transforms as T  # noqa: E402
 
 import cnnkit  # noqa: E402
 from cnnkit import predict  # noqa: E402
-from cnnkit.checkpoint import checkpoint_file, read_checkpoint  # noqa: E402
+from cnnkit.checkpoint import Checkpoint, checkpoint_file  # noqa: E402
 from cnnkit.inference import Predictor  # noqa: E402
 from cnnkit.inference.metadata import checkpoint_metadata  # noqa: E402
 from cnnkit.inference.predictor import model_from_checkpoint  # noqa: E402
@@ -178,13 +178,13 @@ def export_files(checkpoint: Path, folder: Path) -> dict[str, Path]:
 
 
 def throughput_table(checkpoint: Path, data: Path, repeats: int, exported: dict[str, Path]) -> None:
-    payload = read_checkpoint(checkpoint)
-    model = model_from_checkpoint(payload)
-    meta = checkpoint_metadata(payload)
+    ckpt = Checkpoint.load(checkpoint)
+    model = model_from_checkpoint(ckpt)
+    meta = checkpoint_metadata(ckpt)
     files = sorted(str(p) for p in data.rglob("*") if p.is_file() and not p.name.startswith("."))
     truth = [Path(f).parent.name for f in files]
     names = meta.class_names
-    print(f"\n{len(files):,} images from {data}; model {payload['model']['name']} "
+    print(f"\n{len(files):,} images from {data}; model {ckpt.model.name} "
           f"at {meta.preprocess.input_size[0]} px, {len(names)} classes")  # fmt: skip
 
     seconds, top1 = naive_loop(model, files, meta.preprocess)

@@ -15,7 +15,7 @@ batch request to the end of the last step, after a few untimed warm-up steps:
   CPU's AMX/AVX-512 bf16 units where it has them.
 * **default**: what ``cnnkit train --recipe cifar10-cnn`` picks on this machine, through
   cnnkit's own functions and its training loop (:func:`cnnkit.engine.train_one_epoch`):
-  ``--amp auto`` (:func:`~cnnkit.engine.device.amp_dtype`), the recipe's channels-last
+  ``--amp auto`` (:func:`~cnnkit.device.amp_dtype`), the recipe's channels-last
   (``on``) and ``--compile auto`` (:class:`~cnnkit.engine.speed.CompilePlan`, told that the first eager
   epoch of the recipe's 20 would take 50,000 images at the eager rate measured here). When
   ``auto`` compiles, the compile pass is untimed (20 epochs amortise it; its seconds are
@@ -61,7 +61,7 @@ from cnnkit.config import TrainConfig  # noqa: E402
 from cnnkit.data import AUGMENT_PRESETS, Preprocess  # noqa: E402
 from cnnkit.data.datasets import load_source  # noqa: E402
 from cnnkit.data.tensor_data import Batching, TensorLoader  # noqa: E402
-from cnnkit.engine.device import amp_dtype  # noqa: E402
+from cnnkit.device import amp_dtype  # noqa: E402
 from cnnkit.engine.epoch import EpochOptions, TrainState, train_one_epoch  # noqa: E402
 from cnnkit.engine.optim import build_optimizer  # noqa: E402
 from cnnkit.engine.speed import CompilePlan, use_channels_last  # noqa: E402

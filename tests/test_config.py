@@ -13,7 +13,7 @@ import yaml
 import cnnkit
 from cnnkit.config import RunConfig, apply_overrides, config_from_dict, load_yaml, save_yaml, valid_keys
 from cnnkit.data.transforms import AUGMENT_PRESETS
-from cnnkit.engine.device import AMP_MODES
+from cnnkit.device import AMP_MODES
 from cnnkit.engine.loop import SELECT_METRICS
 from cnnkit.engine.optim import OPTIMIZERS, SCHEDULERS
 from cnnkit.recipes import load_recipe

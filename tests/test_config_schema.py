@@ -167,7 +167,7 @@ def test_python_values_of_the_wrong_type_are_usage_errors() -> None:
 
 def test_old_check_functions_are_the_schema_rules() -> None:
     from cnnkit.engine.optim import check_train_config
-    from cnnkit.engine.tta import check_tta
+    from cnnkit.tta import check_tta
 
     with pytest.raises(UsageError, match="^--lr must be > 0, got -1$"):
         check_train_config(TrainConfig(lr=-1.0))

@@ -107,9 +107,9 @@ def test_the_checkpoint_describes_the_weights_and_preprocessing(imagenette_run, 
     assert model["name"] == LITE0 and model["num_classes"] == 10 and model["in_chans"] == 3
     assert LITE0_PACKAGE in model["source"]
     pre = loaded.preprocess
-    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["std"] == [0.5, 0.5, 0.5]
-    assert pre["interpolation"] == "bicubic"
-    assert pre["input_size"] == [224, 224] and pre["resize"] == 256
+    assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.5, 0.5, 0.5)
+    assert pre.interpolation == "bicubic"
+    assert pre.input_size == (224, 224) and pre.resize == 256
     assert loaded.class_names == class_folders(imagenette)
     assert isinstance(loaded.model, BackboneClassifier)
     for key, value in run.model.state_dict().items():
@@ -167,7 +167,7 @@ def test_cached_head_scores_are_the_runs_val_scores_and_only_for_the_cached_back
     import dataclasses
 
     from cnnkit.engine.phases import cached_head_scores
-    from cnnkit.engine.scoring import metrics
+    from cnnkit.scoring import metrics
 
     run, _ = imagenette_run
     cpu = torch.device("cpu")
@@ -345,7 +345,7 @@ def test_grey_digits_on_an_rgb_backbone(tmp_path) -> None:
     assert run.spec.preprocess.channels == 1
     assert run.spec.preprocess.mean == (0.5,) and run.spec.preprocess.std == (0.5,)
     loaded = cnnkit.load_checkpoint(run.checkpoint)
-    assert loaded.payload["model"]["in_chans"] == 1 and loaded.preprocess["mean"] == [0.5]
+    assert loaded.payload["model"]["in_chans"] == 1 and loaded.preprocess.mean == (0.5,)
     assert changed_tensors(run.model.backbone.state_dict(), pretrained_backbone(in_chans=1)) == []
     assert run.metrics["val_acc"] > 0.4  # ImageNet features tell digits apart (chance: 0.1)
 
@@ -376,7 +376,7 @@ def test_flowers_transfer_recipe_on_a_class_per_folder_dataset(capsys, imagenett
     assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Dropout", "Linear"]
     assert (head[0].in_features, head[0].out_features, head[2].p, head[3].out_features) == (25088, 512, 0.5, 3)
     assert loaded.class_names == ["church", "parachute", "tench"]
-    assert loaded.preprocess["input_size"] == [64, 64] and loaded.preprocess["resize"] == 72
+    assert loaded.preprocess.input_size == (64, 64) and loaded.preprocess.resize == 72
     assert "features:" not in out  # the recipe augments: no feature cache
 
 

@@ -11,15 +11,20 @@ no pickled code ever runs, with every unusable file reported in one line.
 Payload layout, format 2 (``to_payload``)::
 
     {"format": 2, "model": {"name", "kwargs", "num_classes", "in_chans", "input_size",
-     "source", "code"}, "state_dict": {...}, "class_names": [...], "preprocess": {...},
-     "config": {...}, "metrics": {...} | None, "data_fingerprint": str | None,
+     "source", "code"}, "state_dict": {...}, "class_names": [...],
+     "preprocess": Preprocess.to_dict() | {}, "config": RunConfig.to_dict(),
+     "metrics": {...} | None, "data_fingerprint": str | None,
      "data_code": {...} | None, "cnnkit_version": str | None,
      "training": {"epoch", "step", "optimizer", "scheduler", "scaler", "raw_state_dict",
                   "ema_updates", "rng", "history", "best_metric", "best_epoch", "stale",
-                  "in_epoch", "in_epoch_lr"} | None}
+                  "in_epoch": EpochProgress.to_dict() | None, "in_epoch_lr"} | None}
 
-Format 1 (cnnkit before the type) kept the training keys at the top level and wrote them
-into every file; :meth:`Checkpoint.from_payload` reads both.
+In memory the parts are typed: the preprocessing a :class:`~cnnkit.preprocess.Preprocess`,
+the config a :class:`~cnnkit.config.RunConfig`, the mid-epoch progress an
+:class:`EpochProgress`; the file holds their plain dicts (``weights_only`` loading allows
+nothing else). Format 1 (cnnkit before the type) kept the training keys at the top level
+and wrote them into every file; :meth:`Checkpoint.from_payload` reads both and converts
+everything to the types, so no reader sees a dict of either format.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ import torch
 from torch import nn
 
 from cnnkit.atomic import atomic_write, remove_strays
-from cnnkit.config import upgrade_legacy
+from cnnkit.config import RunConfig, upgrade_legacy
 from cnnkit.errors import CnnkitError
+from cnnkit.preprocess import Preprocess
 
 FORMAT_VERSION = 2
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
@@ -148,6 +154,36 @@ class ModelDesc:
 
 
 @dataclass
+class EpochProgress:
+    """How far one training epoch has got: what a mid-epoch checkpoint records.
+
+    Attributes:
+        batches: optimizer steps done in this epoch (the loader's first ``batches``
+            batches are consumed).
+        loss_sum: sum over those steps of batch loss x batch size.
+        correct: training images classified correctly so far.
+        seen: training images seen so far.
+        seconds: training time spent so far in this epoch.
+        rng: the RNG states right after step ``batches`` (None: not recorded).
+    """
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    rng: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EpochProgress:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
 class TrainingState:
     """What resuming needs besides the weights; only ``last.pt`` (and ``epoch_NNN.pt``) carry it.
 
@@ -162,8 +198,7 @@ class TrainingState:
         history: one metrics row per epoch completed.
         best_metric, best_epoch: the selection metric's best value so far and its epoch.
         stale: epochs since it last improved (early stopping).
-        in_epoch: for a mid-epoch checkpoint, how far the next epoch got
-            (``cnnkit.engine.loop.EpochProgress.to_dict()``); None at an epoch's end.
+        in_epoch: for a mid-epoch checkpoint, how far the next epoch got; None at an epoch's end.
         in_epoch_lr: the learning rate that interrupted epoch started with.
     """
 
@@ -179,16 +214,24 @@ class TrainingState:
     best_metric: float | None = None
     best_epoch: int | None = None
     stale: int = 0
-    in_epoch: dict[str, Any] | None = None
+    in_epoch: EpochProgress | None = None
     in_epoch_lr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Plain types and tensors (the payload's ``training``)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["in_epoch"] = self.in_epoch.to_dict() if self.in_epoch is not None else None
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainingState:
+        """Read what :meth:`to_dict` wrote (or format 1's top-level keys)."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k in known and v is not None}
+        if values.get("in_epoch"):  # format 1 and 2 files hold it as a dict
+            values["in_epoch"] = EpochProgress.from_dict(values["in_epoch"])
+        else:
+            values.pop("in_epoch", None)
         return cls(**values)
 
     @property
@@ -206,8 +249,9 @@ class Checkpoint:
         state_dict: weights of the unwrapped module, no ``_orig_mod.``/``module.`` prefixes; with
             an EMA, the average (what is evaluated and deployed).
         class_names: one name per logit.
-        preprocess: a :class:`~cnnkit.data.spec.Preprocess` dict.
-        config: the resolved run config (``RunConfig.to_dict()``).
+        preprocess: how an image becomes the model's input (None: written by ``engine.fit``
+            without ``meta``).
+        config: the resolved run config (the defaults when none was recorded).
         metrics: the metrics row of the epoch these weights are from.
         data_fingerprint: the training data's fingerprint (resume refuses changed data).
         data_code: where a user dataset's code came from, or None.
@@ -219,8 +263,8 @@ class Checkpoint:
     model: ModelDesc | None
     state_dict: dict[str, torch.Tensor]
     class_names: list[str] = field(default_factory=list)
-    preprocess: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
+    preprocess: Preprocess | None = None
+    config: RunConfig = field(default_factory=RunConfig)
     metrics: dict[str, Any] | None = None
     data_fingerprint: str | None = None
     data_code: dict[str, Any] | None = None
@@ -244,8 +288,8 @@ class Checkpoint:
             "model": self.model.to_dict() if self.model is not None else None,
             "state_dict": self.state_dict,
             "class_names": list(self.class_names),
-            "preprocess": self.preprocess,
-            "config": self.config,
+            "preprocess": self.preprocess.to_dict() if self.preprocess is not None else {},
+            "config": self.config.to_dict(),
             "metrics": self.metrics,
             "data_fingerprint": self.data_fingerprint,
             "data_code": self.data_code,
@@ -267,8 +311,12 @@ class Checkpoint:
     def from_payload(cls, payload: Any, where: str | Path = "checkpoint") -> Checkpoint:
         """Read a format-1 or format-2 payload (what ``torch.load`` returned).
 
+        The preprocessing becomes a :class:`Preprocess`, the config a :class:`RunConfig` (a
+        format-1 config upgraded first) and the mid-epoch progress an :class:`EpochProgress`.
+
         Raises:
-            CnnkitError: not a cnnkit checkpoint, or written by a newer cnnkit.
+            CnnkitError: not a cnnkit checkpoint, written by a newer cnnkit, or parts that
+                cannot be read (preprocessing or config).
         """
         if not isinstance(payload, dict):
             kind = type(payload).__name__
@@ -299,8 +347,8 @@ class Checkpoint:
             model=ModelDesc.from_dict(model) if isinstance(model, dict) and "name" in model else None,
             state_dict=clean_state_dict(state),
             class_names=list(payload.get("class_names") or []),
-            preprocess=dict(payload.get("preprocess") or {}),
-            config=config,
+            preprocess=_preprocess(payload.get("preprocess"), where),
+            config=_run_config(config, where),
             metrics=payload.get("metrics"),
             data_fingerprint=payload.get("data_fingerprint"),
             data_code=payload.get("data_code"),
@@ -328,6 +376,25 @@ class Checkpoint:
         """
         path = checkpoint_file(path)
         return cls.from_payload(load_tensor_file(path), path)
+
+
+def _preprocess(values: Any, where: str | Path) -> Preprocess | None:
+    """A payload's ``preprocess`` dict as a :class:`Preprocess` (None: the file has none)."""
+    if not values:
+        return None
+    try:
+        return Preprocess.from_dict(values)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CnnkitError(f"{where} is not a usable checkpoint: its preprocessing is unreadable ({exc!r})") from None
+
+
+def _run_config(values: dict[str, Any], where: str | Path) -> RunConfig:
+    """A payload's ``config`` dict as a :class:`RunConfig` (the defaults for an empty one)."""
+    try:
+        return RunConfig.from_dict(values)
+    except CnnkitError as exc:  # a key or value this cnnkit does not know
+        raise CnnkitError(f"{where} holds a run config this cnnkit cannot read ({exc}); "
+                          "upgrade cnnkit") from None  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- files
@@ -461,10 +528,10 @@ def _write_atomic(payload: dict[str, Any], path: Path) -> Path:
 # ----------------------------------------------------------------------------- compatibility
 
 
-def save_checkpoint(payload: dict[str, Any] | Checkpoint, path: str | Path) -> Path:
-    """Compatibility writer: ``Checkpoint.from_payload(payload).save(path)`` (a dict in either layout)."""
-    ckpt = payload if isinstance(payload, Checkpoint) else Checkpoint.from_payload(payload, Path(path))
-    return ckpt.save(path)
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Compatibility writer of a payload dict in either layout: ``Checkpoint.from_payload(payload).save(path)``
+    (a :class:`Checkpoint` is written with its own :meth:`Checkpoint.save`)."""
+    return Checkpoint.from_payload(payload, Path(path)).save(path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

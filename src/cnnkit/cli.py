@@ -131,12 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _model_numerics() -> contextlib.AbstractContextManager:
-    """Denormals as zero (:func:`cnnkit.engine.device.denormals_as_zero`) for the commands
+    """Denormals as zero (:func:`cnnkit.device.denormals_as_zero`) for the commands
     that run models, i.e. those whose module imported torch; nothing for the others, which
     then need not import it."""
     if "torch" not in sys.modules:
         return contextlib.nullcontext()
-    from cnnkit.engine.device import denormals_as_zero
+    from cnnkit.device import denormals_as_zero
 
     return denormals_as_zero()
 

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
-from cnnkit.config import AMP_MODES
-from cnnkit.errors import UsageError
+from cnnkit.config import AMP_MODES, SWITCH_MODES
+from cnnkit.errors import UsageError, unknown_name
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -139,3 +140,25 @@ def denormals_as_zero() -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(was_on)
+
+
+# ----------------------------------------------------------------------------- memory layout
+
+
+def check_switch(name: str, mode: str) -> str:
+    """``mode`` itself when it is auto/on/off; else a UsageError naming the flag."""
+    if mode not in SWITCH_MODES:
+        raise unknown_name(f"--{name} mode", mode, SWITCH_MODES)
+    return mode
+
+
+def use_channels_last(mode: str, device: torch.device) -> bool:
+    """Whether to train in channels-last: ``on``, ``off``, or ``auto`` (CUDA only)."""
+    check_switch("channels-last", mode)
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
+def to_layout(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """``model`` moved (in place) to ``device``, its 4-D weights in channels-last memory format
+    when ``channels_last``; training, validation and ``cnnkit eval`` all place it this way."""
+    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)

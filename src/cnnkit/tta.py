@@ -1,6 +1,6 @@
 """Test-time augmentation: combine a model's logits over a few views of each image.
 
-Training's validation (:mod:`cnnkit.engine.scoring`) and serving (:mod:`cnnkit.inference`)
+Training's validation (:mod:`cnnkit.scoring`) and serving (:mod:`cnnkit.inference`)
 both use it, so it sits beside the engine, not in it: serving never reaches the engine.
 One place defines the views and the rule that combines them, so validation during
 training (``--tta``), ``cnnkit eval``, the report and ``Predictor`` agree. Modes:

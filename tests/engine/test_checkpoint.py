@@ -15,12 +15,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from cnnkit.checkpoint import FORMAT_VERSION, ModelDesc
+from cnnkit.checkpoint import FORMAT_VERSION, EpochProgress, ModelDesc, TrainingState
 from cnnkit.config import DataConfig, RunConfig, TrainConfig
 from cnnkit.data import build
 from cnnkit.engine import Checkpoint, FitHooks, FitStart, RunSaver, fit, read_checkpoint, save_checkpoint
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
+from cnnkit.preprocess import Preprocess
 from cnnkit.runfolder import RunFolder
 
 
@@ -32,7 +33,7 @@ def digits():
 
 def _meta(spec) -> Checkpoint:
     model = ModelDesc("lenet", {}, spec.num_classes, spec.channels, list(spec.input_size))
-    return Checkpoint(model, {}, list(spec.class_names), spec.preprocess.to_dict(), RunConfig().to_dict(),
+    return Checkpoint(model, {}, list(spec.class_names), spec.preprocess, RunConfig(),
                       data_fingerprint=spec.fingerprint, cnnkit_version="test")  # fmt: skip
 
 
@@ -95,13 +96,48 @@ def test_a_format_1_checkpoint_loads_and_resumes_bit_identical(digits, tmp_path:
     assert _same(resumed.state_dict(), straight.state_dict())
 
 
+def test_preprocessing_config_and_progress_are_typed_whatever_the_format(digits, tmp_path: Path) -> None:
+    """In memory a Preprocess, a RunConfig and an EpochProgress; in the file their plain dicts."""
+    _, spec = digits
+    cfg = RunConfig.from_dict({"train": {"tta": "flip", "epochs": 3}, "data": {"augment": "flip"}})
+    progress = EpochProgress(batches=2, loss_sum=3.5, correct=70, seen=128, seconds=0.25)
+    ckpt = dataclasses.replace(_meta(spec), state_dict={"w": torch.ones(2)}, config=cfg,
+                               training=TrainingState(epoch=1, step=10, in_epoch=progress))  # fmt: skip
+    for layout, payload in (("format 2", ckpt.to_payload()), ("format 1", _format_1(ckpt))):
+        path = tmp_path / f"{layout}.pt"
+        torch.save(payload, path)
+
+        back = Checkpoint.load(path)
+
+        assert back.preprocess == spec.preprocess and back.preprocess.mean == tuple(spec.preprocess.mean), layout
+        assert isinstance(back.config, RunConfig) and back.config.train.tta == "flip" and back.config.train.epochs == 3
+        assert back.training.in_epoch == progress and back.training.step == 10
+        written = torch.load(back.save(tmp_path / "again.pt"), weights_only=True)  # plain types only
+        assert written["preprocess"] == spec.preprocess.to_dict() and written["config"] == cfg.to_dict()
+        assert written["training"]["in_epoch"] == progress.to_dict()
+
+
+def test_a_checkpoint_without_metadata_has_no_preprocessing_and_the_default_config(tmp_path: Path) -> None:
+    save_checkpoint({"format": 2, "model": None, "state_dict": {"w": torch.ones(1)}}, tmp_path / "bare.pt")
+    bare = Checkpoint.load(tmp_path / "bare.pt")
+    assert bare.preprocess is None and bare.config == RunConfig()
+
+
+def test_unreadable_preprocessing_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "odd.pt"
+    torch.save({"format": 2, "model": {"name": "lenet"}, "state_dict": {}, "preprocess": {"mean": [0.5]}}, path)
+    with pytest.raises(CnnkitError, match="its preprocessing is unreadable") as caught:
+        Checkpoint.load(path)
+    assert "\n" not in str(caught.value)
+
+
 def test_best_pt_holds_weights_and_metadata_only_and_is_small(tmp_path: Path) -> None:
     torch.manual_seed(0)
     images, labels = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
     loader = DataLoader(TensorDataset(images, labels), batch_size=64)
     model = create_model("cifar_cnn", num_classes=10)
     meta = Checkpoint(ModelDesc("cifar_cnn", {}, 10, 3, [32, 32]), {}, [str(i) for i in range(10)],
-                      {"channels": 3, "input_size": [32, 32]}, RunConfig().to_dict())  # fmt: skip
+                      Preprocess(3, (32, 32), (0.5,) * 3, (0.5,) * 3), RunConfig())  # fmt: skip
     fit(model, (loader, loader), TrainConfig(epochs=1, device="cpu", optimizer="adam"), num_classes=10,
         saver=RunSaver(RunFolder(tmp_path), meta), hooks=FitHooks(log=lambda _: None, progress=False))  # fmt: skip
 

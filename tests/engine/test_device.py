@@ -1,4 +1,4 @@
-"""Runtime switches of :mod:`cnnkit.engine.device` that change numerics."""
+"""Runtime switches of :mod:`cnnkit.device` that change numerics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import torch
 from torch import nn
 
-from cnnkit.engine.device import denormals_as_zero
+from cnnkit.device import denormals_as_zero
 
 DENORMAL = 1e-39  # below float32's smallest normal number, 1.18e-38
 

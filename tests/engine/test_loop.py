@@ -115,7 +115,7 @@ def test_checkpoint_round_trip_gives_identical_logits(mnist_run: cnnkit.Run) -> 
     assert torch.equal(actual, expected)
     assert loaded.class_names == mnist_run.spec.class_names
     assert loaded.config == mnist_run.config
-    assert loaded.preprocess == mnist_run.spec.preprocess.to_dict()
+    assert loaded.preprocess == mnist_run.spec.preprocess
 
 
 @pytest.mark.parametrize("name", ["best.pt", "last.pt"])

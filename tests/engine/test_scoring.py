@@ -24,6 +24,9 @@ from cnnkit.evaluation import report as rep
 from cnnkit.inference import Predictor
 from cnnkit.models import create_model
 from cnnkit.runfolder import RunFolder
+from cnnkit.scoring import ScoringSettings
+
+FLIP = ScoringSettings(tta="flip")  # float32 on the CPU, flip views
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +50,9 @@ def predictor(flip_run: cnnkit.Run) -> Predictor:
 
 def test_eval_report_and_predictor_agree_under_the_runs_flip_tta(flip_run, val_loader, predictor) -> None:
     model = predictor.model
-    ev = evaluate(model, val_loader, 10, tta="flip")
+    ev = evaluate(model, val_loader, 10, FLIP)
     pre = predictor.preprocess
-    data = rep.summarise(rep.collect_predictions(model, val_loader, mean=pre.mean, std=pre.std, tta="flip"),
+    data = rep.summarise(rep.collect_predictions(model, val_loader, mean=pre.mean, std=pre.std, settings=FLIP),
                          predictor.class_names, "val")  # fmt: skip
     images = val_loader.images.cpu()  # uint8 [500, 1, 28, 28], the loader's order
     predicted = [p.index for p in predictor.predict(images, batch_size=128)]  # default: the run's own TTA
@@ -72,7 +75,7 @@ def test_flip_tta_combines_the_views_by_the_mean_of_probabilities(val_loader, pr
     mean_probs = (plain.softmax(1) + mirrored.softmax(1)) / 2  # the rule
 
     batches = [(images, torch.zeros(len(images), dtype=torch.long))]
-    scored = score(model, batches, device="cpu", tta="flip")
+    scored = score(model, batches, FLIP)
 
     torch.testing.assert_close(scored.logits.softmax(1), mean_probs, rtol=0, atol=1e-6)
     torch.testing.assert_close(scored.logits.exp().sum(1), torch.ones(len(images)), rtol=0, atol=1e-5)  # log-probs
@@ -80,11 +83,11 @@ def test_flip_tta_combines_the_views_by_the_mean_of_probabilities(val_loader, pr
     assert not torch.allclose(scored.logits.softmax(1), plain.softmax(1), atol=1e-3)  # the mirror did change them
     assert scored.tta == "flip" and scored.logits.dtype == torch.float32 and scored.logits.device.type == "cpu"
     # no TTA: the model's own logits, untouched
-    torch.testing.assert_close(score(model, batches, device="cpu").logits, plain, rtol=0, atol=0)
+    torch.testing.assert_close(score(model, batches).logits, plain, rtol=0, atol=0)
 
 
 def test_one_confidently_wrong_view_cannot_outvote_the_others() -> None:
-    from cnnkit.engine.tta import combine_views
+    from cnnkit.tta import combine_views
 
     wrong, right = torch.tensor([[0.0, 10.0]]), torch.tensor([[3.0, 0.0]])
     combined = combine_views([wrong, right, right])
@@ -97,8 +100,8 @@ def test_one_confidently_wrong_view_cannot_outvote_the_others() -> None:
 
 def test_report_reuses_precomputed_scores_and_decodes_only_its_images(val_loader, predictor) -> None:
     model, pre = predictor.model, predictor.preprocess
-    scores = score(model, val_loader, device="cpu", tta="flip")
-    fresh = rep.collect_predictions(model, val_loader, mean=pre.mean, std=pre.std, tta="flip")
+    scores = score(model, val_loader, FLIP)
+    fresh = rep.collect_predictions(model, val_loader, mean=pre.mean, std=pre.std, settings=FLIP)
     reused = rep.collect_predictions(None, val_loader, mean=pre.mean, std=pre.std, scores=scores)
 
     assert torch.equal(reused.logits, fresh.logits) and torch.equal(reused.worst_index, fresh.worst_index)
@@ -135,7 +138,7 @@ def test_validation_loss_is_plain_cross_entropy_whatever_the_training_loss() -> 
     weights = torch.linspace(0.5, 2.0, 10)
     result = fit(model, loaders, cfg, num_classes=spec.num_classes, hooks=FitHooks(log=lambda _: None, progress=False),
                  class_weights=weights)  # fmt: skip
-    scores = score(model, loaders.val, device="cpu")  # fit leaves the last epoch's weights
+    scores = score(model, loaders.val)  # fit leaves the last epoch's weights
 
     plain = float(F.cross_entropy(scores.logits, scores.labels))
     smoothed = float(F.cross_entropy(scores.logits, scores.labels, label_smoothing=0.2))
@@ -146,9 +149,71 @@ def test_validation_loss_is_plain_cross_entropy_whatever_the_training_loss() -> 
 
 
 def test_scores_of_an_empty_loader() -> None:
-    scores = score(create_model("lenet", num_classes=10), [], device="cpu")
+    scores = score(create_model("lenet", num_classes=10), [])
     assert scores.count == 0 and math.isnan(scores.loss)
     assert isinstance(scores, Scores)
+
+
+def test_scoring_settings_come_from_the_run_once() -> None:
+    from cnnkit.config import RunConfig
+
+    cfg = RunConfig.from_dict({"train": {"tta": "flip", "channels_last": "on", "amp": "auto"}})
+    settings = ScoringSettings.for_run(cfg, "cpu")
+    assert settings == ScoringSettings(torch.device("cpu"), None, "flip", True)  # auto: float32 evaluation on CPUs
+    assert ScoringSettings.for_run(cfg, "cpu", tta="none").tta == "none"  # `cnnkit eval --tta none`
+    assert ScoringSettings.for_run(RunConfig(), "cpu").channels_last is False  # auto: channels-last on CUDA only
+    with pytest.raises(cnnkit.UsageError, match="test-time augmentation mode .sideways"):
+        ScoringSettings(tta="sideways")
+
+
+@pytest.fixture(scope="module")
+def channels_last_run(tmp_path_factory: pytest.TempPathFactory) -> cnnkit.Run:
+    """LeNet, 1 epoch on 2,000 embedded digits, trained and validated in channels-last layout."""
+    out = tmp_path_factory.mktemp("runs")
+    return cnnkit.train(epochs=1, limit_train=2000, limit_eval=300, channels_last="on", output_dir=str(out),
+                        report=False, progress=False, log=lambda line: None)  # fmt: skip
+
+
+def test_eval_and_report_score_a_split_with_the_same_settings_and_logits(channels_last_run, monkeypatch,
+                                                                         tmp_path: Path) -> None:  # fmt: skip
+    """The report used to score without the run's channels-last layout that eval used."""
+    import cnnkit.engine.loop as loop
+    from cnnkit.commands.report import report
+
+    seen: dict[str, tuple[ScoringSettings, Scores]] = {}
+
+    def spy(name, real):
+        def scored(model, loader, settings=None):
+            seen[name] = (settings, real(model, loader, settings))
+            return seen[name][1]
+        return scored
+
+    monkeypatch.setattr(loop, "score", spy("eval", loop.score))
+    monkeypatch.setattr(rep, "score", spy("report", rep.score))
+    result = evaluate_checkpoint(channels_last_run.dir, split="test").result
+    report(channels_last_run.dir, split="test", out_dir=tmp_path / "report")
+
+    (eval_settings, eval_scores), (report_settings, report_scores) = seen["eval"], seen["report"]
+    assert eval_settings == report_settings and eval_settings.channels_last  # the layout the run validated in
+    assert torch.equal(eval_scores.logits, report_scores.logits) and eval_scores.count == 300
+    assert result.acc == rep.summarise(rep.Predictions(report_scores.logits, report_scores.labels, torch.zeros(0),
+                                                       torch.zeros(0, dtype=torch.long)), ["x"] * 10, "test").top1
+    assert result.acc > 0.3  # a real model (chance: 0.1)
+
+
+def test_robustness_clean_row_is_the_scoring_paths_accuracy(val_loader, predictor) -> None:
+    from cnnkit.evaluation.robustness import Normalisation, robustness_table
+
+    model, pre = predictor.model, predictor.preprocess
+    rows, _ = robustness_table(model, val_loader, Normalisation.of(pre.mean, pre.std), FLIP, max_images=200)
+    first = [batch for batch in val_loader][:4]  # the first 200 images (batches of 64 or more)
+    images = torch.cat([x for x, _ in first])[:200]
+    labels = torch.cat([y for _, y in first])[:200]
+    expected = int((score(model, [(images, labels)], FLIP).logits.argmax(1) == labels).sum()) / 200
+
+    table = dict(rows)
+    assert table["clean"] == pytest.approx(expected, abs=1e-9)
+    assert table["FGSM eps 8/255"] < table["clean"]  # the attack goes through the same (TTA) forward
 
 
 # ----------------------------------------------------------------------------- best-epoch selection

@@ -76,7 +76,7 @@ def test_grad_cam_on_a_trained_lenet_highlights_the_digit(
     lenet_run: Path, test_digits: torch.Tensor
 ) -> None:
     loaded = load_checkpoint(lenet_run)
-    pre = Preprocess.from_dict(loaded.preprocess)
+    pre = loaded.preprocess
     # Measured on 20 digits (the digit pixels cover 28% of the image) for this run, two
     # other seeds of it and the 15-epoch default recipe (98%):
     #   features.0 (first conv, 24x24):         heat on digit 0.60-0.98, 2.1-3.5x the area

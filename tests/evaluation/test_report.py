@@ -185,7 +185,7 @@ def _scores_with_flips(flips: list[int]):
     """Confident, correct logits for 200 images of 4 classes, with the labels at ``flips`` changed."""
     import torch
 
-    from cnnkit.engine.scoring import Scores
+    from cnnkit.scoring import Scores
 
     true = torch.arange(200) % 4
     logits = torch.nn.functional.one_hot(true, 4).float() * 6 + torch.randn(200, 4, generator=torch.Generator()

@@ -294,3 +294,22 @@ def test_bf16_autocast_predicts_like_float32(run_dir, digits, capsys) -> None:
 
     code, _, err = run_cli(capsys, "predict", str(run_dir.parent / "nope.onnx"), "x.png", "--amp", "bf16")
     assert code == 2 and "--amp applies to the torch backend" in one_line_error(err)
+
+
+def test_a_format_1_checkpoint_predicts_as_its_format_2_twin(run_dir, predictor, digits, tmp_path) -> None:
+    """A best.pt as cnnkit wrote it before the checkpoint type (training keys at the top level,
+    preprocessing and config as plain dicts) loads into a Predictor with the same logits."""
+    from cnnkit.checkpoint import Checkpoint
+
+    payload = Checkpoint.load(run_dir).to_flat_dict()
+    payload.pop("flat_of")  # a real format-1 file: its config goes through upgrade_legacy
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    images = digits[0][:64]
+
+    again = Predictor.from_checkpoint(old)
+
+    assert again.preprocess == predictor.preprocess and again.class_names == predictor.class_names
+    assert again.metadata.tta == predictor.metadata.tta
+    torch.testing.assert_close(again.logits(again.preprocess.normalize(images)),
+                               predictor.logits(predictor.preprocess.normalize(images)), rtol=0, atol=0)

@@ -147,7 +147,7 @@ def test_the_small_kind_trains_from_scratch(digit_project: Project) -> None:
 
     assert status["state"] == "completed", status["error"]
     assert [row["epoch"] for row in status["history"]] == [1, 2]
-    assert cnnkit.load_checkpoint(job.run_dir / "checkpoints" / "best.pt").preprocess["input_size"] == [32, 32]
+    assert cnnkit.load_checkpoint(job.run_dir / "checkpoints" / "best.pt").preprocess.input_size == (32, 32)
 
 
 def test_a_failing_job_reports_why_frees_the_project_and_leaves_no_folder(digit_project: Project) -> None:

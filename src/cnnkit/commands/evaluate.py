@@ -8,9 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from cnnkit.engine import EvalResult, evaluate, resolve_device
-from cnnkit.engine.device import amp_dtype
-from cnnkit.engine.speed import to_layout, use_channels_last
-from cnnkit.engine.tta import check_tta
 from cnnkit.inference.loading import (
     check_split,
     checkpoint_loaders,
@@ -21,6 +18,8 @@ from cnnkit.inference.loading import (
     run_data_path,
     split_loader,
 )
+from cnnkit.scoring import ScoringSettings
+from cnnkit.tta import check_tta
 
 
 @dataclass
@@ -89,11 +88,9 @@ def evaluate_checkpoint(
         loaders, spec, cfg = checkpoint_loaders(loaded, data=data, data_dir=data_dir, device=torch_device,
                                                 batch_size=batch_size)  # fmt: skip
     scored = "val" if held_out is not None else split or default_split(loaders)
-    views = cfg.train.tta if tta is None else tta
-    channels_last = use_channels_last(cfg.train.channels_last, torch_device)  # the layout the run validated in
-    model = to_layout(loaded.model, torch_device, channels_last)
-    result = evaluate(model, split_loader(loaders, scored), spec.num_classes, device=torch_device,
-                      dtype=amp_dtype(cfg.train.amp, torch_device), tta=views, channels_last=channels_last)  # fmt: skip
+    settings = ScoringSettings.for_run(cfg, torch_device, tta)  # the run's precision, TTA and layout
+    result = evaluate(settings.place(loaded.model), split_loader(loaders, scored), spec.num_classes, settings)
+    views = settings.tta
     if held_out is None:
         return EvalReport(scored, result, loaded.class_names, loaded.path, views)
     return EvalReport(split or "all", result, loaded.class_names, loaded.path, views,

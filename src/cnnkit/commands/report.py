@@ -39,7 +39,7 @@ def report(
         device: where to run the model.
         out_dir: where to write (None: ``report/`` in the run folder; for a checkpoint outside
             a run, ``report/`` beside it).
-        scores: the split's :class:`~cnnkit.engine.scoring.Scores`, already computed with the
+        scores: the split's :class:`~cnnkit.scoring.Scores`, already computed with the
             run's TTA and precision; the model then only runs for the summary's one-image
             probe. None: scored here. (The end of a training run writes its report from
             memory: :func:`cnnkit.evaluation.report.write_report`.)
@@ -47,7 +47,6 @@ def report(
     Returns:
         The path of ``report.html``.
     """
-    from cnnkit.data.spec import Preprocess
     from cnnkit.evaluation import report as rep
 
     if split is not None:
@@ -60,7 +59,7 @@ def report(
     split = split or default_split(loaders)
     inputs = rep.ReportInputs(
         model=loaded.model.to(torch_device), loader=split_loader(loaders, split), split=split,
-        class_names=loaded.class_names, preprocess=Preprocess.from_dict(loaded.preprocess), config=cfg,
+        class_names=loaded.class_names, preprocess=loaded.preprocess, config=cfg,
         device=torch_device, history=run.read_metrics() if run else [],
         title=f"{run.name if run else loaded.path.stem}: {loaded.checkpoint.model.name} on {cfg.data.name}",
         config_text=(run.read_text(RunFolder.CONFIG) if run else None) or "",

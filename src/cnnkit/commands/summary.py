@@ -27,8 +27,8 @@ def _target(args: Any) -> tuple[Any, tuple[int, int, int]]:
         if args.num_classes is not None:
             raise UsageError("--num-classes applies to model names; a checkpoint keeps its own")
         loaded = load_checkpoint(path)
-        desc, pre = loaded.checkpoint.model, loaded.preprocess
-        size = (pre.get("channels", desc.in_chans), *pre.get("input_size", desc.input_size))
+        pre = loaded.preprocess
+        size = (pre.channels, *pre.input_size)
         return as_trained(loaded.model, loaded.config), tuple(args.input_size or size)
     from cnnkit.models import create_model, load_model_code, model_info
 

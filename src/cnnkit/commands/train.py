@@ -49,16 +49,15 @@ from cnnkit.config import RunConfig, keyword_overrides, resolve_config, to_yaml
 from cnnkit.data import DataSpec
 from cnnkit.data.folder import skipped_files_log
 from cnnkit.data.tensor_data import WHOLE
+from cnnkit.device import amp_dtype
 from cnnkit.engine import EvalResult, distributed
-from cnnkit.engine.device import amp_dtype
 from cnnkit.engine.epoch import TrainingStopped
 from cnnkit.engine.phases import PhaseHooks, cached_head_scores, fit_phases, total_epochs
 from cnnkit.engine.run_state import RunSaver
-from cnnkit.engine.scoring import Scores, metrics, score
-from cnnkit.engine.speed import use_channels_last
 from cnnkit.errors import CnnkitError
 from cnnkit.log import console, logger, quiet_unless, say
 from cnnkit.runfolder import RunFolder
+from cnnkit.scoring import Scores, ScoringSettings, metrics, score
 from cnnkit.tracking import open_loggers
 
 # A recipe's bar, the start of its ``expected`` text: ``>= 97% on the 2,000 held-out test digits``.
@@ -238,9 +237,7 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
         distributed.broadcast_module(model)  # rank 0's best weights on every rank (no shared disk needed)
         test, scores = None, None
         if loaders.test is not None:  # the run's TTA and precision, as `cnnkit eval` scores
-            dtype = amp_dtype(cfg.train.amp, device)
-            scores = score(model, loaders.test, device=device, dtype=dtype, tta=cfg.train.tta,
-                           channels_last=use_channels_last(cfg.train.channels_last, device))  # as validated
+            scores = score(model, loaders.test, ScoringSettings.for_run(cfg, device))  # as validated
             test = metrics(scores, spec.num_classes, reduce=distributed.all_reduce_sum)
             trackers.log_test(test, step=len(result.history))
             if distributed.current().world > 1:

@@ -39,8 +39,8 @@ from cnnkit.data.builder import shard_loaders
 from cnnkit.data.datasets import list_datasets
 from cnnkit.data.folder import read_skipped_files
 from cnnkit.data.tensor_data import Part, sample_images
+from cnnkit.device import amp_dtype, data_device
 from cnnkit.engine import distributed, resolve_device
-from cnnkit.engine.device import amp_dtype, data_device
 from cnnkit.engine.memory import available_bytes, estimate, human
 from cnnkit.engine.phases import total_epochs
 from cnnkit.errors import CnnkitError, DataError, UsageError
@@ -490,7 +490,7 @@ def _resumed_folder(given: Path) -> RunFolder:
 
 def _check_length(cfg: RunConfig, ckpt: Checkpoint, overrides: dict[str, Any], folder: RunFolder) -> None:
     total, done = total_epochs(cfg.train), ckpt.training.epoch
-    before = ckpt.config["train"]["epochs"]
+    before = ckpt.config.train.epochs
     if "train.epochs" in overrides and total != before and cfg.train.scheduler == "onecycle":
         raise UsageError("--epochs cannot change when resuming a onecycle schedule (its length is fixed); "
                          f"start a new run, e.g. with --weights {folder.path}")  # fmt: skip
@@ -520,7 +520,7 @@ def position(ckpt: Checkpoint, steps_per_epoch: int) -> str:
     in_epoch = ckpt.training.in_epoch
     if not in_epoch:
         return ""
-    return f" and {in_epoch['batches']}/{steps_per_epoch} steps of epoch {ckpt.training.epoch + 1}"
+    return f" and {in_epoch.batches}/{steps_per_epoch} steps of epoch {ckpt.training.epoch + 1}"
 
 
 def record_resume(folder: RunFolder, cfg: RunConfig) -> None:

@@ -21,14 +21,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cnnkit.checkpoint import rng_state, set_rng_state
-from cnnkit.engine.device import autocast
+from cnnkit.checkpoint import EpochProgress, rng_state, set_rng_state
+from cnnkit.device import autocast
 from cnnkit.engine.distributed import all_reduce_sum, current
 from cnnkit.engine.regularize import BatchMixer
-from cnnkit.engine.run_state import EpochProgress, TrainState
-from cnnkit.engine.scoring import to_device
+from cnnkit.engine.run_state import TrainState
 from cnnkit.engine.speed import NoTimer, StepTimer
 from cnnkit.errors import CnnkitError
+from cnnkit.scoring import to_device
 
 
 class TrainingStopped(Exception):

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from cnnkit.checkpoint import read_tensor_cache, save_tensor_file
 from cnnkit.data.tensor_data import Batching, EpochBatches
-from cnnkit.engine.device import autocast
+from cnnkit.device import autocast
 
 # Bump when the cache file layout or the extraction changes.
 CACHE_FORMAT = 1

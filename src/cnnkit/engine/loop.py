@@ -32,16 +32,16 @@ from tqdm.auto import tqdm
 
 from cnnkit.checkpoint import Checkpoint
 from cnnkit.config import METRIC_ALIASES, SELECT_METRICS, TrainConfig
-from cnnkit.engine.device import amp_dtype, resolve_device, seed_everything
+from cnnkit.device import amp_dtype, resolve_device, seed_everything
 from cnnkit.engine.distributed import all_reduce_sum, current
 from cnnkit.engine.epoch import EpochHooks, EpochOptions, EpochProgress, NonFiniteLoss, TrainingStopped, train_one_epoch
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.regularize import WeightEma, build_mixer
 from cnnkit.engine.run_state import FitResult, RunSaver, TrainState, restore
-from cnnkit.engine.scoring import EvalResult, metrics, score
 from cnnkit.engine.selection import LOWER_IS_BETTER, best_row, improves, metric_column
-from cnnkit.engine.speed import CompilePlan, StepTimer, to_layout, use_channels_last
+from cnnkit.engine.speed import CompilePlan, StepTimer
 from cnnkit.errors import UsageError
+from cnnkit.scoring import EvalResult, ScoringSettings, metrics, score
 
 __all__ = [  # other modules and tests import these from here
     "LOWER_IS_BETTER",
@@ -63,26 +63,16 @@ __all__ = [  # other modules and tests import these from here
 ]
 
 
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    num_classes: int,
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
-    tta: str = "none",
-    channels_last: bool = False,
-) -> EvalResult:
+def evaluate(model: nn.Module, loader: Iterable, num_classes: int,
+             settings: ScoringSettings | None = None) -> EvalResult:  # fmt: skip
     """Loss, top-1, top-5 (when there are more than 5 classes) and the confusion matrix:
-    :func:`~cnnkit.engine.scoring.metrics` of :func:`~cnnkit.engine.scoring.score`.
+    :func:`~cnnkit.scoring.metrics` of :func:`~cnnkit.scoring.score` with
+    ``settings`` (the run's device, precision, TTA and layout; None: float32 on the CPU).
 
-    The loss is the validation loss (plain cross-entropy of the TTA-combined logits);
-    ``tta`` names the test-time views (:mod:`cnnkit.engine.tta`), ``channels_last`` hands
-    the model its batches in that memory format. Under torchrun each rank scores its shard
-    and the sums are added up over the ranks.
+    The loss is the validation loss (plain cross-entropy of the TTA-combined logits). Under
+    torchrun each rank scores its shard and the sums are added up over the ranks.
     """
-    scores = score(model, loader, device=device, dtype=dtype, tta=tta, channels_last=channels_last)
-    return metrics(scores, num_classes, reduce=all_reduce_sum)
+    return metrics(score(model, loader, settings), num_classes, reduce=all_reduce_sum)
 
 
 @dataclass
@@ -141,7 +131,7 @@ def fit(
             epoch with the best ``cfg.select_metric``; a tie goes to the lower validation loss (:func:`improves`).
         num_classes: number of classes (for the confusion matrix).
         class_weights: ``[num_classes]`` weights of the training loss (``--balance weights``); like label smoothing
-            they shape the training loss only (validation: :func:`~cnnkit.engine.scoring.validation_loss`).
+            they shape the training loss only (validation: :func:`~cnnkit.scoring.validation_loss`).
         saver: writes the run's files into its run folder (``RunSaver(RunFolder(path), describe)``); None:
             nothing is written. Its ``save_every`` defaults to ``cfg.save_every``.
         hooks: the log, the progress bar, the per-epoch callback and the stop request (:class:`FitHooks`).
@@ -209,7 +199,7 @@ class _Run:
         state: what the steps change (the model wrapped for DDP under torchrun).
         cfg: the training settings.
         options: how each epoch's steps run (device, precision, mixer...); its ``epoch`` is set per epoch.
-        eval_dtype: the autocast dtype of validation.
+        scoring: how validation scores (:meth:`ScoringSettings.for_training`).
         plan: which module (eager or compiled) each epoch runs.
         loss_fn: the training loss (label smoothing, class weights).
         hooks: the caller's log, progress flag and stop request.
@@ -221,7 +211,7 @@ class _Run:
     state: TrainState
     cfg: TrainConfig
     options: EpochOptions
-    eval_dtype: torch.dtype | None
+    scoring: ScoringSettings
     plan: CompilePlan
     loss_fn: nn.Module
     hooks: FitHooks
@@ -249,9 +239,9 @@ def _set_up(model: nn.Module, train_loader, num_classes: int, cfg: TrainConfig, 
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     dtype = amp_dtype(cfg.amp, device, training=True, deterministic=cfg.deterministic)
-    eval_dtype = amp_dtype(cfg.amp, device, deterministic=cfg.deterministic)
-    channels_last = use_channels_last(cfg.channels_last, device)
-    to_layout(model, device, channels_last)
+    scoring = ScoringSettings.for_training(cfg, device)
+    channels_last = scoring.channels_last  # training batches in the layout validation scores in
+    scoring.place(model)
     model = _data_parallel(model, device, cfg.sync_bn, hooks.log)
     plan = CompilePlan(cfg.compile, device, cfg.deterministic, hooks.log, dtype=dtype)
     optimizer = build_optimizer(model, cfg)
@@ -263,7 +253,7 @@ def _set_up(model: nn.Module, train_loader, num_classes: int, cfg: TrainConfig, 
                            cfg.checkpoint_every_steps)  # fmt: skip
     weights = class_weights.to(device=device, dtype=torch.float32) if class_weights is not None else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    return _Run(state, cfg, options, eval_dtype, plan, loss_fn, hooks)
+    return _Run(state, cfg, options, scoring, plan, loss_fn, hooks)
 
 
 def _data_parallel(model: nn.Module, device: torch.device, sync_bn: bool, log: Callable[[str], None]) -> nn.Module:
@@ -333,8 +323,7 @@ def _validate(run: _Run, runner: nn.Module, val_loader: Iterable, num_classes: i
     """:func:`evaluate` of the weights being kept: the EMA when there is one, else ``runner``
     (or the eager model where the plan validates eager: :meth:`CompilePlan.eval_module`)."""
     model = run.plan.eval_module(run.state.model, runner) if run.state.ema is None else run.state.ema.module
-    return evaluate(model, val_loader, num_classes, device=run.device, dtype=run.eval_dtype, tta=tta,
-                    channels_last=run.options.channels_last)  # fmt: skip
+    return evaluate(model, val_loader, num_classes, run.scoring.with_tta(tta))
 
 
 def _mid_epoch_saver(run: _Run, lr: float) -> Callable[[EpochProgress], None] | None:

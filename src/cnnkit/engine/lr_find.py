@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cnnkit.config import TrainConfig
-from cnnkit.engine.device import amp_dtype, autocast
+from cnnkit.device import amp_dtype, autocast
 from cnnkit.engine.optim import build_optimizer
 from cnnkit.errors import CnnkitError, UsageError
 

@@ -25,8 +25,8 @@ from cnnkit.data.builder import shard_loaders
 from cnnkit.data.datasets import cache_dir
 from cnnkit.data.tensor_data import Part
 from cnnkit.data.transforms import config_augment
+from cnnkit.device import data_device, resolve_device
 from cnnkit.engine import distributed
-from cnnkit.engine.device import amp_dtype, data_device, resolve_device
 from cnnkit.engine.features import (
     FeatureLoader,
     HeadOnly,
@@ -38,8 +38,8 @@ from cnnkit.engine.features import (
 )
 from cnnkit.engine.loop import FitHooks, FitResult, FitStart, fit
 from cnnkit.engine.run_state import RunSaver
-from cnnkit.engine.scoring import Scores, score
 from cnnkit.models import BackboneClassifier
+from cnnkit.scoring import Scores, ScoringSettings, score
 
 EVAL_FEATURE_BATCH = 1024  # feature vectors per evaluation batch (memory, not results, depends on it)
 
@@ -200,7 +200,7 @@ def feature_loaders(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: to
     image loader and runs no backbone.
     """
     model.to(device)
-    dtype = amp_dtype(cfg.train.amp, device)
+    dtype = ScoringSettings.for_run(cfg, device).dtype  # the run's scoring precision: cached_head_scores' key
     backbone = state_digest(model.backbone)
     eval_loaders: list[Any] = []  # built on first need: a warm cache needs no image at all
 
@@ -244,7 +244,7 @@ def cached_head_scores(model: nn.Module, cfg: RunConfig, spec: DataSpec, device:
     """The scores of ``split`` from its cached backbone features through the model's head,
     with no backbone pass: what the run's own evaluation of that split computed.
 
-    Given only when they equal what :func:`cnnkit.engine.scoring.score` of the trained
+    Given only when they equal what :func:`cnnkit.scoring.score` of the trained
     model would give up to the features' float16 rounding: a backbone model whose features
     this run caches, no test-time augmentation (its views need the pixels), one process,
     and a cache file for the backbone's current weights (a fine-tuned backbone has none).
@@ -254,9 +254,9 @@ def cached_head_scores(model: nn.Module, cfg: RunConfig, spec: DataSpec, device:
         return None
     if distributed.current().world > 1 or split not in (spec.split.get("indices") or spec.split.get("files") or {}):
         return None
-    dtype = amp_dtype(cfg.train.amp, device)
-    found = read_cached_features(feature_cache_path(cfg, spec, split, state_digest(model.backbone), dtype))
+    settings = ScoringSettings.for_run(cfg, device)
+    found = read_cached_features(feature_cache_path(cfg, spec, split, state_digest(model.backbone), settings.dtype))
     if found is None:
         return None
     feats, labels = found
-    return score(HeadOnly(model), FeatureLoader(feats, labels, EVAL_FEATURE_BATCH), device=device, dtype=dtype)
+    return score(HeadOnly(model), FeatureLoader(feats, labels, EVAL_FEATURE_BATCH), settings)

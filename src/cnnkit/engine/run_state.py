@@ -22,6 +22,7 @@ from torch import nn
 
 from cnnkit.checkpoint import (
     Checkpoint,
+    EpochProgress,
     TrainingState,
     clean_state_dict,
     rng_state,
@@ -31,37 +32,6 @@ from cnnkit.checkpoint import (
 from cnnkit.engine.regularize import WeightEma
 from cnnkit.errors import CnnkitError
 from cnnkit.runfolder import RunFolder
-
-
-@dataclass
-class EpochProgress:
-    """How far one training epoch has got: what a mid-epoch checkpoint records.
-
-    Attributes:
-        batches: optimizer steps done in this epoch (the loader's first ``batches``
-            batches are consumed).
-        loss_sum: sum over those steps of batch loss x batch size.
-        correct: training images classified correctly so far.
-        seen: training images seen so far.
-        seconds: training time spent so far in this epoch.
-        rng: the RNG states right after step ``batches`` (None: not recorded).
-    """
-
-    batches: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    seconds: float = 0.0
-    rng: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plain values ``TrainingState.in_epoch`` stores."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # (asdict would copy the tensors)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> EpochProgress:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
 
 
 @dataclass
@@ -139,7 +109,7 @@ def run_checkpoint(state: TrainState, result: FitResult, describe: Checkpoint, e
         best_metric=result.best_metric,
         best_epoch=result.best_epoch,
         stale=result.stale,
-        in_epoch=in_epoch.to_dict() if in_epoch is not None else None,
+        in_epoch=in_epoch,
         in_epoch_lr=lr if in_epoch is not None else None,
     )
     return dataclasses.replace(describe, state_dict=clean_state_dict(unwrap(state.evaluated).state_dict()),
@@ -212,8 +182,8 @@ def restore(ckpt: Checkpoint, state: TrainState, result: FitResult) -> tuple[int
         state.scaler.load_state_dict(saved.scaler)
     result.history = [dict(row) for row in saved.history]
     result.best_metric, result.best_epoch, result.stale = saved.best_metric, saved.best_epoch, saved.stale
-    progress = EpochProgress.from_dict(saved.in_epoch) if saved.in_epoch else None
-    result.steps = saved.step - (progress.batches if progress is not None else 0)
-    if progress is None:
-        set_rng_state(saved.rng)  # the state the next epoch started with in the uninterrupted run
-    return saved.epoch + 1, progress
+    result.steps = saved.step - (saved.in_epoch.batches if saved.in_epoch else 0)
+    if saved.in_epoch:
+        return saved.epoch + 1, dataclasses.replace(saved.in_epoch)  # a copy the epoch advances
+    set_rng_state(saved.rng)  # the state the next epoch started with in the uninterrupted run
+    return saved.epoch + 1, None

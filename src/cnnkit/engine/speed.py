@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnnkit.config import SWITCH_MODES
-from cnnkit.errors import unknown_name
+from cnnkit.device import check_switch, to_layout, use_channels_last  # noqa: F401 (the engine's names for them)
 
 
 @dataclass(frozen=True)
@@ -61,25 +60,6 @@ def compile_estimate(device: torch.device, dtype: torch.dtype | None) -> Compile
     if device.type == "cpu" and dtype is not None:
         return None
     return COMPILE_ESTIMATES.get(device.type)
-
-
-def check_switch(name: str, mode: str) -> str:
-    """``mode`` itself when it is auto/on/off; else a UsageError naming the flag."""
-    if mode not in SWITCH_MODES:
-        raise unknown_name(f"--{name} mode", mode, SWITCH_MODES)
-    return mode
-
-
-def use_channels_last(mode: str, device: torch.device) -> bool:
-    """Whether to train in channels-last: ``on``, ``off``, or ``auto`` (CUDA only)."""
-    check_switch("channels-last", mode)
-    return mode == "on" or (mode == "auto" and device.type == "cuda")
-
-
-def to_layout(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    """``model`` moved (in place) to ``device``, its 4-D weights in channels-last memory format
-    when ``channels_last``; training, validation and ``cnnkit eval`` all place it this way."""
-    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
 
 
 @functools.lru_cache(maxsize=1)

@@ -327,7 +327,7 @@ def explain_image(
         UsageError: unknown layer or class (the message lists the valid ones).
     """
     model, names = loaded.model, loaded.class_names
-    pre = Preprocess.from_dict(loaded.preprocess)
+    pre = loaded.preprocess
     index = resolve_class(target_class, names)
     layers = conv_stages(model, pre.input_size)
     if layer is not None:

@@ -11,7 +11,7 @@ import os
 import time
 
 from cnnkit.data.audit.labels import LabelReport, label_report, require_cleanlab, training_files
-from cnnkit.evaluation.label_probs import DEFAULT_EPOCHS, out_of_sample_probs, plan_folds
+from cnnkit.evaluation.label_probs import DEFAULT_EPOCHS, FoldOptions, out_of_sample_probs, plan_folds
 
 
 def check_labels(data: str | os.PathLike[str], *, model: str | None = None, folds: int = 5,
@@ -39,8 +39,8 @@ def check_labels(data: str | os.PathLike[str], *, model: str | None = None, fold
     start = time.perf_counter()
     files = training_files(data)
     plan_folds(files.labels, files.class_names, folds)  # a too-small class fails before any slow work
-    probs = out_of_sample_probs(files.paths, files.labels, files.class_names, model=model, folds=folds, epochs=epochs,
-                                seed=seed, progress=progress, device=device)  # fmt: skip
+    probs = out_of_sample_probs(files.paths, files.labels, files.class_names,
+                                FoldOptions(model, folds, epochs, seed, progress, device))
     report = label_report(files, probs)
     report.seconds = time.perf_counter() - start
     return report

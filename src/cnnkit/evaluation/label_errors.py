@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from cnnkit.engine.scoring import Scores
+from cnnkit.scoring import Scores
 
 SHOWN = 16  # suspects in the section's table and image grid
 

@@ -380,25 +380,24 @@ def train_network(name: str, images: torch.Tensor, labels: torch.Tensor, pre: Pr
     return model.eval()
 
 
-@torch.no_grad()
 def network_probs(model: nn.Module, images: torch.Tensor, pre: Preprocess, device: torch.device) -> torch.Tensor:
-    """Softmax probabilities ``[N, K]`` of uint8 ``images``, 512 at a time."""
-    out = [model(pre.normalize(part).to(device)).float().softmax(1).cpu() for part in images.split(512)]
-    return torch.cat(out)
+    """Softmax probabilities ``[N, K]`` of uint8 ``images``, 512 at a time, scored by the one
+    scoring path (:func:`cnnkit.scoring.score`: float32 on ``device``, no TTA)."""
+    from cnnkit.scoring import ScoringSettings, score
+
+    # score takes (inputs, labels) batches: the labels are unused here (zeros)
+    batches = ((pre.normalize(part), torch.zeros(len(part), dtype=torch.long)) for part in images.split(512))
+    return score(model, batches, ScoringSettings(device)).logits.softmax(1)
 
 
 # ----------------------------------------------------------------------------- both
 
 
-def out_of_sample_probs(paths: Sequence[str], labels: np.ndarray, class_names: Sequence[str], *,
-                        model: str | None = None, folds: int = 5, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
-                        progress: bool = False, device: str = "auto") -> Probs:  # fmt: skip
-    """Class probabilities of every image from a model that did not train on it.
+@dataclass(frozen=True)
+class FoldOptions:
+    """How the out-of-sample probabilities are made (``cnnkit check --labels`` options).
 
-    Args:
-        paths: image files.
-        labels: ``[N]`` given class index of each.
-        class_names: index -> class name.
+    Attributes:
         model: a ``timm:``/``tv:`` backbone (frozen features + linear head), one of cnnkit's
             architectures (trained per fold), or None: features of
             :data:`DEFAULT_BACKBONE` for photos, :data:`DEFAULT_NETWORK` for small grey images.
@@ -407,6 +406,38 @@ def out_of_sample_probs(paths: Sequence[str], labels: np.ndarray, class_names: S
         seed: seeds the folds and the networks.
         progress: progress bars on the feature pass and the folds.
         device: where the model runs (``auto``: CUDA when present).
+    """
+
+    model: str | None = None
+    folds: int = 5
+    epochs: int = DEFAULT_EPOCHS
+    seed: int = 0
+    progress: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class _Task:
+    """One label check as its two routes see it: the images, the model chosen, where it runs."""
+
+    paths: Sequence[str]
+    labels: np.ndarray  # [N] given class of each image
+    class_names: Sequence[str]
+    name: str  # the model (options.model, or the default chosen from the images)
+    device: torch.device
+    options: FoldOptions
+    notes: list[str]
+
+
+def out_of_sample_probs(paths: Sequence[str], labels: np.ndarray, class_names: Sequence[str],
+                        options: FoldOptions | None = None) -> Probs:  # fmt: skip
+    """Class probabilities of every image from a model that did not train on it.
+
+    Args:
+        paths: image files.
+        labels: ``[N]`` given class index of each.
+        class_names: index -> class name.
+        options: the model, folds, epochs, seed, progress bars and device (None: the defaults).
 
     Raises:
         UsageError: an unknown model, or bad ``folds``/``epochs``.
@@ -415,47 +446,50 @@ def out_of_sample_probs(paths: Sequence[str], labels: np.ndarray, class_names: S
     from cnnkit.engine import resolve_device
     from cnnkit.models import model_info
 
-    if epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {epochs}")
-    k, notes = plan_folds(labels, class_names, folds)
+    options = options or FoldOptions()
+    if options.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {options.epochs}")
+    k, notes = plan_folds(labels, class_names, options.folds)
     grey = is_small_grey(paths)
-    name = model or (DEFAULT_NETWORK if grey else DEFAULT_BACKBONE)
+    name = options.model or (DEFAULT_NETWORK if grey else DEFAULT_BACKBONE)
     model_info(name)  # unknown names fail here, listing the valid ones
-    torch_device = resolve_device(device)
+    task = _Task(paths, labels, class_names, name, resolve_device(options.device), options, notes)
     if ":" in name and name.partition(":")[0] in ("timm", "tv"):
-        return _features_route(paths, labels, class_names, name, k, seed, progress, torch_device, notes)
-    return _network_route(paths, labels, class_names, name, k, epochs, grey, seed, progress, torch_device, notes)
+        return _features_route(task, k)
+    return _network_route(task, k, grey)
 
 
-def _features_route(paths, labels, class_names, name, k, seed, progress, device, notes) -> Probs:
-    features, readable, seconds, note = image_features(paths, name, device=device, progress=progress)
-    notes.append(note)
+def _features_route(task: _Task, k: int) -> Probs:
+    paths, labels, class_names, progress = task.paths, task.labels, task.class_names, task.options.progress
+    features, readable, seconds, note = image_features(paths, task.name, device=task.device, progress=progress)
+    task.notes.append(note)
     rows = _readable_rows(readable, paths)
-    k = _refold(labels[rows], class_names, k, notes)
+    k = _refold(labels[rows], class_names, k, task.notes)
     probs = np.full((len(paths), len(class_names)), np.nan)
-    splits = fold_splits(labels[rows], k, seed)
+    splits = fold_splits(labels[rows], k, task.options.seed)
     probs[rows] = _feature_probs(features[rows], labels[rows], splits, len(class_names), progress)
-    method = f"frozen {name} features + a linear head per fold, {k}-fold cross-validation"
-    return Probs(probs, readable, features, method, k, notes, seconds)
+    method = f"frozen {task.name} features + a linear head per fold, {k}-fold cross-validation"
+    return Probs(probs, readable, features, method, k, task.notes, seconds)
 
 
-def _network_route(paths, labels, class_names, name, k, epochs, grey, seed, progress, device, notes) -> Probs:
-    pre = network_preprocess(name, grey)
-    images, readable = decode_all(paths, pre, progress)
+def _network_route(task: _Task, k: int, grey: bool) -> Probs:
+    paths, labels, class_names, opts = task.paths, task.labels, task.class_names, task.options
+    pre = network_preprocess(task.name, grey)
+    images, readable = decode_all(paths, pre, opts.progress)
     rows = _readable_rows(readable, paths)
-    k = _refold(labels[rows], class_names, k, notes)
+    k = _refold(labels[rows], class_names, k, task.notes)
     pre = with_data_stats(pre, images[rows])
     probs = np.full((len(paths), len(class_names)), np.nan)
     x, y = images[rows], torch.from_numpy(labels[rows]).long()
-    splits = fold_splits(labels[rows], k, seed)
-    bar = _fold_bar(splits, progress)
+    splits = fold_splits(labels[rows], k, opts.seed)
     held = np.zeros((len(rows), len(class_names)))
-    for fold, (train_rows, test_rows) in enumerate(bar):
-        net = train_network(name, x[train_rows], y[train_rows], pre, len(class_names), epochs, seed + fold, device)
-        held[test_rows] = network_probs(net, x[test_rows], pre, device).double().numpy()
+    for fold, (train_rows, test_rows) in enumerate(_fold_bar(splits, opts.progress)):
+        net = train_network(task.name, x[train_rows], y[train_rows], pre, len(class_names), opts.epochs,
+                            opts.seed + fold, task.device)  # fmt: skip
+        held[test_rows] = network_probs(net, x[test_rows], pre, task.device).double().numpy()
     probs[rows] = held
-    method = f"{name} trained from scratch per fold ({epochs} epochs), {k}-fold cross-validation"
-    return Probs(probs, readable, None, method, k, notes)
+    method = f"{task.name} trained from scratch per fold ({opts.epochs} epochs), {k}-fold cross-validation"
+    return Probs(probs, readable, None, method, k, task.notes)
 
 
 def _refold(labels: np.ndarray, class_names: Sequence[str], k: int, notes: list[str]) -> int:

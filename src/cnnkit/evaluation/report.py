@@ -8,10 +8,10 @@ report`` (:mod:`cnnkit.commands.report`) loads them from a run folder first. Not
 loads data or checkpoints, so notebooks can pass their own.
 
 :func:`collect_predictions` scores a loader through the one scoring path
-(:func:`cnnkit.engine.scoring.score`, with the run's TTA and precision) or takes the
-:class:`~cnnkit.engine.scoring.Scores` of an evaluation already made, then fetches the
+(:func:`cnnkit.scoring.score`, with the run's TTA and precision) or takes the
+:class:`~cnnkit.scoring.Scores` of an evaluation already made, then fetches the
 pixels of only the images the report shows (the worst mistakes). :func:`summarise`
-computes the numbers with :func:`cnnkit.engine.scoring.metrics`, so they equal ``cnnkit
+computes the numbers with :func:`cnnkit.scoring.metrics`, so they equal ``cnnkit
 eval``'s on the same scores.
 """
 
@@ -29,10 +29,9 @@ import torch
 from torch import nn
 
 from cnnkit import atomic
-from cnnkit.engine.device import amp_dtype
-from cnnkit.engine.scoring import Scores, metrics, score
 from cnnkit.evaluation import metrics as M
 from cnnkit.evaluation import plots
+from cnnkit.scoring import Scores, ScoringSettings, metrics, score
 
 if TYPE_CHECKING:
     from cnnkit.config import RunConfig
@@ -65,7 +64,7 @@ class ReportInputs:
         config_text: the run's ``config.yaml``, shown as it is.
         train_loader: the training loader with its augmentation: its first batch is the
             "as the model sees them" preview (None: no preview).
-        scores: the split's :class:`~cnnkit.engine.scoring.Scores`, already computed with
+        scores: the split's :class:`~cnnkit.scoring.Scores`, already computed with
             the run's TTA and precision (the model then only runs for the summary's probe);
             None: scored here.
         robustness: also measure accuracy under FGSM and simple corruptions (slower).
@@ -111,8 +110,7 @@ class Predictions:
 
 def collect_predictions(
     model: nn.Module | None, loader: Iterable, *, mean: Iterable[float], std: Iterable[float],
-    device: torch.device | str = "cpu", dtype: torch.dtype | None = None, tta: str = "none",
-    scores: Scores | None = None,
+    settings: ScoringSettings | None = None, scores: Scores | None = None,
 ) -> Predictions:  # fmt: skip
     """The scores of ``loader`` and the pixels of its :data:`GALLERY_SIZE` highest-loss images.
 
@@ -120,15 +118,15 @@ def collect_predictions(
         model: the classifier (unused when ``scores`` is given: pass None).
         loader: the evaluation loader (unshuffled), scored or to be scored.
         mean: the loader's normalisation, undone for display (with ``std``).
-        dtype: autocast precision of the scoring pass (the run's ``train.amp``).
-        tta: the test-time augmentation (the run's ``train.tta``).
+        settings: how to score (the run's :meth:`ScoringSettings.for_run`: device, precision,
+            TTA, layout; the model already placed by :meth:`ScoringSettings.place`).
         scores: logits of this same loader already computed by
-            :func:`~cnnkit.engine.scoring.score` (no model pass is run).
+            :func:`~cnnkit.scoring.score` (no model pass is run).
     """
     if scores is None:
         if model is None:
             raise ValueError("collect_predictions needs a model or precomputed scores")
-        scores = score(model, loader, device=device, dtype=dtype, tta=tta)
+        scores = score(model, loader, settings)
     empty = torch.zeros(0, dtype=torch.long)
     worst = M.top_losses(scores.logits, scores.labels, GALLERY_SIZE).indices if scores.count else empty
     images = images_at(loader, worst, scores.labels, mean, std)
@@ -209,7 +207,7 @@ class ReportData:
 
 
 def summarise(pred: Predictions | Scores, class_names: list[str], split: str) -> ReportData:
-    """The report's numbers: :func:`cnnkit.engine.scoring.metrics` of the scores (the same
+    """The report's numbers: :func:`cnnkit.scoring.metrics` of the scores (the same
     loss/top-1/top-5 as ``cnnkit eval`` on the same images, TTA and precision)."""
     scores = pred.scores if isinstance(pred, Predictions) else pred
     result = metrics(scores, len(class_names))
@@ -235,14 +233,14 @@ def write_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
     the "likely label errors" section comes from those same held-out predictions.
     """
     cfg, pre = inputs.config, inputs.preprocess
-    model = inputs.model
-    dtype = amp_dtype(cfg.train.amp, inputs.device)  # the run's precision and TTA, as `cnnkit eval` scores
-    pred = collect_predictions(model, inputs.loader, mean=pre.mean, std=pre.std, device=inputs.device, dtype=dtype,
-                               tta=cfg.train.tta, scores=inputs.scores)  # fmt: skip
+    settings = ScoringSettings.for_run(cfg, inputs.device)  # precision, TTA and layout, as `cnnkit eval` scores
+    model = settings.place(inputs.model)
+    pred = collect_predictions(model, inputs.loader, mean=pre.mean, std=pre.std, settings=settings,
+                               scores=inputs.scores)  # fmt: skip
     data = summarise(pred, inputs.class_names, inputs.split)
     robustness = None
     if inputs.robustness:
-        robustness = _robustness(model, inputs.loader, pre, inputs.device, inputs.class_names, dtype, cfg.train.tta)
+        robustness = _robustness(model, inputs.loader, pre, inputs.class_names, settings)
         robustness["images"] = min(ROBUSTNESS_IMAGES, data.count)
     page = _Page(
         title=inputs.title, history=inputs.history, config_text=inputs.config_text,
@@ -323,12 +321,12 @@ def _train_preview(loader: Iterable, class_names: list[str], pre: Preprocess) ->
     return shown, [class_names[int(i)] for i in labels[:PREVIEW_SIZE]]
 
 
-def _robustness(model, loader, pre: Preprocess, device, class_names, dtype=None, tta="none") -> dict[str, Any]:
+def _robustness(model, loader, pre: Preprocess, class_names, settings: ScoringSettings) -> dict[str, Any]:
     """Accuracy under FGSM and simple corruptions on the split's first images, and the FGSM example figure."""
     from cnnkit.evaluation.robustness import Normalisation, robustness_table
 
-    rows, example = robustness_table(model, loader, Normalisation.of(pre.mean, pre.std), device=device,
-                                     max_images=ROBUSTNESS_IMAGES, dtype=dtype, tta=tta)  # fmt: skip
+    rows, example = robustness_table(model, loader, Normalisation.of(pre.mean, pre.std), settings,
+                                     max_images=ROBUSTNESS_IMAGES)  # fmt: skip
     figure = None
     if example is not None:
         diff = (example["adversarial"] - example["clean"]).abs()

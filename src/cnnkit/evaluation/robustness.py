@@ -4,9 +4,10 @@ The seed tutorial warns that an imperceptible perturbation can flip a confident
 prediction; :func:`robustness_table` measures it. Perturbations act in pixel space
 ([0, 1] per channel, so ``eps = 2/255`` means two grey levels), then the image is
 normalised again, exactly as the model would see a perturbed photo. The model is scored
-as everywhere else: the run's test-time views combined by :func:`cnnkit.engine.tta.tta_logits`
-under its precision, so the clean row equals ``cnnkit eval`` on the same images and FGSM
-attacks that same classifier.
+as everywhere else: through :func:`cnnkit.scoring.score` with the run's
+:class:`~cnnkit.scoring.ScoringSettings` (TTA, precision, layout, device), so the
+clean row equals ``cnnkit eval`` on the same images; FGSM attacks that same classifier
+through the same per-batch forward (:meth:`ScoringSettings.logits`, with gradients).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cnnkit.engine.device import autocast
-from cnnkit.engine.tta import check_tta, tta_logits
+from cnnkit.scoring import ScoringSettings, score
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # normalised inputs [B, C, H, W] -> float32 logits [B, K]
 
@@ -65,13 +65,13 @@ def corruptions(pixels: torch.Tensor, generator: torch.Generator) -> Iterator[tu
 
 
 def robustness_table(
-    model: nn.Module, loader: Iterable, norm: Normalisation, *, device: torch.device | str = "cpu",
-    max_images: int = 1000, seed: int = 0, dtype: torch.dtype | None = None, tta: str = "none",
+    model: nn.Module, loader: Iterable, norm: Normalisation, settings: ScoringSettings | None = None, *,
+    max_images: int = 1000, seed: int = 0,
 ) -> tuple[list[tuple[str, float]], dict[str, torch.Tensor] | None]:  # fmt: skip
     """Top-1 accuracy on clean images, under FGSM at each level and under each corruption.
 
-    ``tta`` and ``dtype`` are the run's test-time augmentation and autocast precision
-    (the forward of :func:`cnnkit.engine.scoring.score`).
+    ``settings``: the run's scoring settings (None: float32 on the CPU, no TTA); the model
+    is already placed (:meth:`ScoringSettings.place`).
 
     Returns:
         ``[(perturbation, accuracy)]`` over the first ``max_images`` images, and one
@@ -79,13 +79,15 @@ def robustness_table(
         ``clean_pred``, ``adv_pred``, ``eps``): the first image FGSM flips at the smallest
         level that flips any, or None.
     """
-    device = torch.device(device)
+    settings = settings or ScoringSettings()
     model.eval()
-    check_tta(tta)
 
-    def forward(inputs: torch.Tensor) -> torch.Tensor:
-        with autocast(device, dtype):
-            return tta_logits(model, inputs, tta)
+    def predicted(pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Top-1 ``[B]`` of a pixel batch, scored by the one scoring path."""
+        return score(model, [(norm.to_inputs(pixels), labels)], settings).logits.argmax(1).to(pixels.device)
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:  # the same forward, with gradients, for FGSM
+        return settings.logits(model, inputs)
 
     generator = torch.Generator().manual_seed(seed)
     correct: dict[str, int] = {}
@@ -95,24 +97,21 @@ def robustness_table(
         take = min(len(labels), max_images - seen)
         if take <= 0:
             break
-        pixels = norm.to_pixels(inputs[:take].to(device).float())
-        labels = labels[:take].to(device)
-        with torch.no_grad():
-            clean_pred = forward(norm.to_inputs(pixels)).argmax(1)
+        pixels = norm.to_pixels(inputs[:take].to(settings.device).float())
+        labels = labels[:take].to(settings.device)
+        clean_pred = predicted(pixels, labels)
         _count(correct, "clean", clean_pred, labels)
         for level in FGSM_LEVELS:
             adv = fgsm(forward, pixels, labels, level / 255, norm)
-            with torch.no_grad():
-                adv_pred = forward(norm.to_inputs(adv)).argmax(1)
+            adv_pred = predicted(adv, labels)
             _count(correct, f"FGSM eps {level}/255", adv_pred, labels)
             flipped = ((clean_pred == labels) & (adv_pred != labels)).nonzero()
             if example is None and len(flipped):
                 i = int(flipped[0])
                 example = {"clean": pixels[i].cpu(), "adversarial": adv[i].cpu(), "label": int(labels[i]),
                            "clean_pred": int(clean_pred[i]), "adv_pred": int(adv_pred[i]), "eps": level}  # fmt: skip
-        with torch.no_grad():
-            for name, corrupted in corruptions(pixels, generator):
-                _count(correct, name, forward(norm.to_inputs(corrupted)).argmax(1), labels)
+        for name, corrupted in corruptions(pixels, generator):
+            _count(correct, name, predicted(corrupted, labels), labels)
         seen += take
     return [(name, hits / max(seen, 1)) for name, hits in correct.items()], example
 

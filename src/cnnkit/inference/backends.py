@@ -1,8 +1,10 @@
 """The runtimes that turn a normalised batch ``[B, C, H, W]`` into logits ``[B, K]``:
 PyTorch (a checkpoint's model), ONNX Runtime and OpenVINO (a file from ``cnnkit export``).
 
-Each backend is a callable with a ``name``; :class:`~cnnkit.inference.Predictor` needs
-nothing else from it. ONNX Runtime and OpenVINO are optional (``cnnkit[export]``,
+Each backend is a callable with a ``name`` and the
+:class:`~cnnkit.scoring.ScoringSettings` its batches are scored with
+(:class:`~cnnkit.inference.Predictor` scores through :func:`cnnkit.scoring.score`);
+nothing else is needed from it. ONNX Runtime and OpenVINO are optional (``cnnkit[export]``,
 ``cnnkit[openvino]``) and imported only when a backend is built.
 """
 
@@ -18,6 +20,7 @@ from torch import nn
 from cnnkit.device import autocast
 from cnnkit.errors import CnnkitError
 from cnnkit.inference.metadata import METADATA_KEY, Metadata
+from cnnkit.scoring import ScoringSettings
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 
@@ -27,18 +30,19 @@ class TorchBackend:
 
     ``dtype`` (e.g. ``torch.bfloat16``) runs the model under autocast: faster on GPUs and
     on CPUs with bf16 matrix units (Intel AMX), at the cost of logits rounded to ~3
-    significant digits (a near-tie may then rank the other way).
+    significant digits (a near-tie may then rank the other way). ``settings`` says the same
+    (device, precision, channels-last) to :func:`~cnnkit.scoring.score`.
     """
 
     name = "torch"
 
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> None:
-        self.model = model.eval().to(device)
-        self.device = device
-        self.dtype = dtype
         # channels-last is up to 2x faster for convolutions on CPUs and tensor cores alike
+        self.settings = ScoringSettings(device, dtype, channels_last=True)
+        self.model = self.settings.place(model.eval())
+        self.device = self.settings.device
+        self.dtype = dtype
         self.memory_format = torch.channels_last
-        self.model.to(memory_format=self.memory_format)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -52,6 +56,7 @@ class _ArrayBackend:
 
     name = ""
     fixed_batch: int | None = None
+    settings = ScoringSettings()  # NumPy in, NumPy out: batches stay float32 on the CPU
 
     def run_array(self, array: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -17,11 +17,12 @@ from torch import nn
 
 from cnnkit import usercode
 from cnnkit.checkpoint import Checkpoint, checkpoint_file
-from cnnkit.config import RunConfig, config_from_dict
+from cnnkit.config import RunConfig
 from cnnkit.data import DataSpec, build
 from cnnkit.device import data_device
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.predictor import model_from_checkpoint
+from cnnkit.preprocess import Preprocess
 from cnnkit.runfolder import RunFolder
 
 SPLITS = ("train", "val", "test")
@@ -42,7 +43,7 @@ class LoadedCheckpoint:
 
     model: nn.Module
     class_names: list[str]
-    preprocess: dict[str, Any]
+    preprocess: Preprocess
     config: RunConfig
     metrics: dict[str, Any]
     path: Path
@@ -75,14 +76,17 @@ def load_checkpoint(path: str | Path, trust_code: Any = None) -> LoadedCheckpoin
     path = checkpoint_file(path)
     ckpt = Checkpoint.load(path)
     model = model_from_checkpoint(ckpt, trust_code=trust_code)
+    if ckpt.preprocess is None:
+        raise CnnkitError(f"{path} records no preprocessing (written by engine.fit without meta); "
+                          "it cannot prepare images on its own")  # fmt: skip
     return LoadedCheckpoint(model, list(ckpt.class_names), ckpt.preprocess, stored_config(ckpt), ckpt.metrics or {},
                             path, ckpt)  # fmt: skip
 
 
 def stored_config(ckpt: Checkpoint) -> RunConfig:
-    """The run config a checkpoint stores (in today's meaning: :meth:`Checkpoint.from_payload`
+    """A copy of the run config a checkpoint stores (in today's meaning: :meth:`Checkpoint.from_payload`
     upgrades a format-1 file's config, see :func:`cnnkit.config.upgrade_legacy`)."""
-    return config_from_dict(ckpt.config or {})
+    return copy.deepcopy(ckpt.config)
 
 
 def check_split(split: str) -> None:
@@ -236,10 +240,10 @@ def _evaluation_config(loaded: LoadedCheckpoint, *, training: bool, batch_size: 
     """The run's config with the checkpoint's preprocessing and, unless ``training``, no augmentation."""
     cfg = copy.deepcopy(loaded.config)  # callers build several loader sets from one checkpoint
     pre = loaded.preprocess
-    cfg.data.mean, cfg.data.std = list(pre["mean"]), list(pre["std"])
-    cfg.data.channels, cfg.data.image_size = pre["channels"], pre["input_size"][0]
-    cfg.data.resize = pre.get("resize")
-    cfg.data.interpolation = pre.get("interpolation")
+    cfg.data.mean, cfg.data.std = list(pre.mean), list(pre.std)
+    cfg.data.channels, cfg.data.image_size = pre.channels, pre.input_size[0]
+    cfg.data.resize = pre.resize
+    cfg.data.interpolation = pre.interpolation
     if not training:
         cfg.data.augment, cfg.data.shuffle = "none", False
     if batch_size:
@@ -321,11 +325,11 @@ def _one_per_class(loader: Any, count: int, num_classes: int) -> list[tuple[torc
     return ([(firsts[label], label) for label in sorted(firsts)] + rest)[:count]
 
 
-def _to_pil(image: torch.Tensor, pre: dict[str, Any]) -> Any:
+def _to_pil(image: torch.Tensor, pre: Preprocess) -> Any:
     """A normalised ``[C, H, W]`` tensor back to an 8-bit PIL image."""
     from PIL import Image
 
-    mean, std = torch.tensor(pre["mean"]).view(-1, 1, 1), torch.tensor(pre["std"]).view(-1, 1, 1)
+    mean, std = torch.tensor(pre.mean).view(-1, 1, 1), torch.tensor(pre.std).view(-1, 1, 1)
     pixels = ((image.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)  # [C, H, W]
     array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
     return Image.fromarray(array)

@@ -60,21 +60,21 @@ class Metadata:
             raise CnnkitError(f"{where}: its cnnkit metadata is unreadable ({exc}); re-export it") from None
 
 
-def checkpoint_metadata(ckpt: Checkpoint | dict[str, Any]) -> Metadata:
+def checkpoint_metadata(ckpt: Checkpoint) -> Metadata:
     """Class names, preprocessing, model description, training augmentation and test-time
-    augmentation of a checkpoint (its ``source_sha256`` when it was read from a file)."""
-    ckpt = as_checkpoint(ckpt)
-    augment = (ckpt.config.get("data") or {}).get("augment", "none")
-    tta = (ckpt.config.get("train") or {}).get("tta", "none")
+    augmentation of a checkpoint (its ``source_sha256`` when it was read from a file).
+
+    Raises:
+        CnnkitError: a checkpoint without preprocessing (written by ``engine.fit`` without ``meta``).
+    """
+    if ckpt.preprocess is None:
+        raise CnnkitError(f"{ckpt.path or 'the checkpoint'} records no preprocessing (written by engine.fit "
+                          "without meta); it cannot prepare images on its own")  # fmt: skip
     model = ckpt.model.to_dict() if ckpt.model is not None else {}
     digest = file_sha256(ckpt.path) if ckpt.path is not None and Path(ckpt.path).is_file() else ""
-    return Metadata(list(ckpt.class_names), Preprocess.from_dict(ckpt.preprocess), model, str(augment or "none"),
-                    check_tta(str(tta or "none")), source_sha256=digest)  # fmt: skip
-
-
-def as_checkpoint(ckpt: Checkpoint | dict[str, Any]) -> Checkpoint:
-    """A :class:`Checkpoint` as is, or one made from a payload dict."""
-    return ckpt if isinstance(ckpt, Checkpoint) else Checkpoint.from_payload(ckpt)
+    cfg = ckpt.config
+    return Metadata(list(ckpt.class_names), ckpt.preprocess, model, str(cfg.data.augment or "none"),
+                    check_tta(str(cfg.train.tta or "none")), source_sha256=digest)  # fmt: skip
 
 
 def file_sha256(path: str | Path) -> str:

@@ -30,9 +30,10 @@ from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_pixels, normalize_batch
 from cnnkit.errors import CnnkitError, UsageError
 from cnnkit.inference.backends import OnnxBackend, OpenVinoBackend, TorchBackend, onnx_session, openvino_model
-from cnnkit.inference.metadata import Metadata, as_checkpoint, checkpoint_metadata
+from cnnkit.inference.metadata import Metadata, checkpoint_metadata
 from cnnkit.models import create_model, require_model_code
-from cnnkit.tta import check_tta, suggested_tta, tta_logits, tta_views
+from cnnkit.scoring import ScoringSettings, score
+from cnnkit.tta import check_tta, suggested_tta, tta_views
 
 UNKNOWN = "unknown"
 MAX_PIXELS = 64_000_000  # arrays and tensors bigger than this are refused (like PIL's bomb check)
@@ -75,10 +76,9 @@ class Skipped:
     reason: str
 
 
-def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], trust_code: Any = None) -> nn.Module:
+def model_from_checkpoint(ckpt: Checkpoint, trust_code: Any = None) -> nn.Module:
     """The model a checkpoint describes, with its weights, in eval mode on the CPU.
 
-    ``ckpt`` is a :class:`~cnnkit.checkpoint.Checkpoint` (or a payload dict of one).
     A model from your own code (``FILE.py:NAME``, ``module:NAME``, or registered by your
     module) is built only if that code is already imported in this process or trusted:
     ``trust_code`` (files/modules, or ``True``), ``cnnkit.trust_code(...)`` blocks or
@@ -88,7 +88,6 @@ def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], trust_code: Any = N
         UsageError: untrusted user code (the message says what to pass).
         CnnkitError: a checkpoint without a model description.
     """
-    ckpt = as_checkpoint(ckpt)
     desc = ckpt.model
     if desc is None:
         raise CnnkitError(f"{ckpt.path or 'the checkpoint'} holds weights only, no model description to rebuild "
@@ -228,16 +227,20 @@ class Predictor:
     Build one with :meth:`from_checkpoint` (PyTorch) or :meth:`from_onnx` (ONNX Runtime).
 
     Args:
-        backend: callable, normalised float ``[B, C, H, W]`` -> logits ``[B, K]``.
+        backend: callable, normalised float ``[B, C, H, W]`` -> logits ``[B, K]`` (one of
+            :mod:`cnnkit.inference.backends`).
         metadata: class names, preprocessing and training augmentation.
         model: the PyTorch module, when there is one (Grad-CAM needs it).
+        settings: how :meth:`logits` scores (None: the backend's ``settings``, else float32
+            on the CPU); the test-time views are chosen per call (:meth:`resolve_tta`).
     """
 
     def __init__(self, backend: Callable[[torch.Tensor], torch.Tensor], metadata: Metadata,
-                 model: nn.Module | None = None) -> None:  # fmt: skip
+                 model: nn.Module | None = None, settings: ScoringSettings | None = None) -> None:  # fmt: skip
         self.backend = backend
         self.metadata = metadata
         self.model = model
+        self.settings = settings or getattr(backend, "settings", None) or ScoringSettings()
         self.note = ""  # how the backend was chosen (set by :meth:`load`)
         self.pixels = eval_pixels(metadata.preprocess)  # PIL -> uint8 [C, H, W]; normalised per batch
 
@@ -328,10 +331,13 @@ class Predictor:
         return check_tta(str(tta))
 
     def logits(self, images: torch.Tensor, tta: bool | str | None = None) -> torch.Tensor:
-        """Normalised ``[B, C, H, W]`` -> float32 logits ``[B, K]``, the views of
-        :meth:`resolve_tta` combined by the one rule of ``cnnkit eval`` (the mean of their
-        logits, :func:`cnnkit.tta.combine_views`)."""
-        return tta_logits(self.backend, images, self.resolve_tta(tta))
+        """Normalised ``[B, C, H, W]`` -> float32 logits ``[B, K]`` on the CPU, scored by the one
+        scoring path (:func:`cnnkit.scoring.score` with :attr:`settings`), the views
+        of :meth:`resolve_tta` combined by the rule of ``cnnkit eval``
+        (:func:`cnnkit.tta.combine_views`)."""
+        settings = self.settings.with_tta(self.resolve_tta(tta))
+        unlabelled = torch.zeros(len(images), dtype=torch.long)  # score takes (inputs, labels) batches
+        return score(self.backend, [(images, unlabelled)], settings).logits
 
     def tta_views(self, images: torch.Tensor, tta: bool | str | None = None) -> list[torch.Tensor]:
         """The test-time views of a normalised batch (see :meth:`resolve_tta`), the image first."""

@@ -409,7 +409,7 @@ def read_weights_file(path: str | Path) -> Weights:
     payload = load_tensor_file(path, what="weights file")
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict) and "model" in payload:
         ckpt = Checkpoint.from_payload(payload, path)  # a cnnkit checkpoint, any format
-        pre = ckpt.preprocess
+        pre = ckpt.preprocess.to_dict() if ckpt.preprocess is not None else {}
         preprocess = {k: pre[k] for k in ("input_size", "resize", "interpolation", "mean", "std") if k in pre} or None
         model = ckpt.model.to_dict() if ckpt.model is not None else None
         return Weights(ckpt.state_dict, str(path), preprocess, model)

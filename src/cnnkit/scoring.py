@@ -1,7 +1,7 @@
 """The one scoring path: the logits of a loader, and every number computed from them.
 
 :func:`score` runs a model over a loader once, in eval mode without gradients, with the
-run's test-time augmentation (:mod:`cnnkit.engine.tta`), precision and device, and keeps
+run's test-time augmentation (:mod:`cnnkit.tta`), precision and device, and keeps
 the combined float32 logits and the labels of every sample on the CPU. Validation during
 training, ``cnnkit eval``, the report and best-epoch selection all take their numbers
 from a :class:`Scores` through :func:`metrics`, so they cannot disagree.
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cnnkit.engine.device import autocast
-from cnnkit.engine.tta import check_tta, tta_logits
+from cnnkit.config import RunConfig, TrainConfig
+from cnnkit.device import amp_dtype, autocast, to_layout, use_channels_last
 from cnnkit.evaluation.metrics import (
     accuracy,
     confusion_matrix,
@@ -29,6 +29,64 @@ from cnnkit.evaluation.metrics import (
     precision_recall_f1,
     topk_correct,
 )
+from cnnkit.tta import check_tta, tta_logits
+
+Forward = Callable[[torch.Tensor], torch.Tensor]  # a model or a predictor backend: inputs -> logits [B, K]
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How a run's model is scored: the one object every scoring pass takes.
+
+    Attributes:
+        device: where the model runs and batches go.
+        dtype: autocast precision (None: float32).
+        tta: the test-time augmentation (:mod:`cnnkit.tta`).
+        channels_last: image batches (and the model, see :meth:`place`) in channels-last
+            memory format, the layout the run validated in.
+    """
+
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype | None = None
+    tta: str = "none"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", torch.device(self.device))
+        check_tta(self.tta)
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, device: torch.device | str, tta: str | None = None) -> ScoringSettings:
+        """The settings of a run on ``device``: its ``train.amp`` precision for evaluation, its
+        ``train.tta`` (or ``tta`` when given: ``cnnkit eval --tta``) and its channels-last choice.
+
+        Raises:
+            UsageError: an unknown amp, tta or channels-last mode.
+        """
+        return cls.for_training(cfg.train, device, tta)
+
+    @classmethod
+    def for_training(cls, cfg: TrainConfig, device: torch.device | str, tta: str | None = None) -> ScoringSettings:
+        """:meth:`for_run` from the ``train`` part of a config (what the training loop holds)."""
+        device = torch.device(device)
+        return cls(device, amp_dtype(cfg.amp, device), cfg.tta if tta is None else tta,
+                   use_channels_last(cfg.channels_last, device))  # fmt: skip
+
+    def with_tta(self, tta: str) -> ScoringSettings:
+        """The same settings with other test-time views (``Predictor.predict(tta=...)``)."""
+        return self if tta == self.tta else replace(self, tta=tta)  # checked by __post_init__
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` moved in place to the device, in the memory layout batches arrive in."""
+        return to_layout(model, self.device, self.channels_last)
+
+    def logits(self, model: nn.Module | Forward, inputs: torch.Tensor) -> torch.Tensor:
+        """Float32 logits ``[B, K]`` of one batch: moved to the device (channels-last images when
+        asked), under autocast, the test-time views combined. No ``no_grad`` here: :func:`score`
+        adds it, FGSM needs the gradient."""
+        inputs = to_device(inputs, self.device, self.channels_last)
+        with autocast(self.device, self.dtype):
+            return tta_logits(model, inputs, self.tta)
 
 
 @dataclass
@@ -71,41 +129,29 @@ def validation_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def score(
-    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
-    loader: Iterable,
-    *,
-    device: torch.device | str,
-    dtype: torch.dtype | None = None,
-    tta: str = "none",
-    channels_last: bool = False,
-) -> Scores:
-    """Logits and labels of every batch of ``loader``.
+def score(model: nn.Module | Forward, loader: Iterable, settings: ScoringSettings | None = None) -> Scores:
+    """Logits and labels of every batch of ``loader``, scored as ``settings`` say.
 
-    The model runs in eval mode without gradients, under autocast at ``dtype`` on
-    ``device`` (None: float32), once per view of ``tta``; the views' logits are combined by
-    the one rule of :func:`cnnkit.engine.tta.combine_views` (their mean). Under torchrun
-    each rank scores its own shard of the loader.
+    The model runs in eval mode without gradients, under autocast at ``settings.dtype`` on
+    ``settings.device`` (None: float32 on the CPU), once per view of ``settings.tta``; the
+    views' logits are combined by the one rule of :func:`cnnkit.tta.combine_views`.
+    Under torchrun each rank scores its own shard of the loader. The model is not moved:
+    place it with :meth:`ScoringSettings.place`.
 
     Args:
-        model: a classifier returning logits ``[B, K]``.
+        model: a classifier returning logits ``[B, K]`` (or a predictor backend).
         loader: yields ``(inputs, labels)`` batches (images ``[B, C, H, W]`` or features).
-        channels_last: hand the model image batches in channels-last memory format.
-
-    Raises:
-        UsageError: an unknown ``tta`` mode (the valid ones are listed).
+        settings: how to score (None: ``ScoringSettings()``, float32 on the CPU, no TTA).
     """
-    check_tta(tta)
-    device = torch.device(device)
+    settings = settings or ScoringSettings()
     if isinstance(model, nn.Module):
         model.eval()
     start = time.perf_counter()
     logits, labels = [], []
     for inputs, targets in loader:
-        inputs = to_device(inputs, device, channels_last)
-        with autocast(device, dtype):
-            logits.append(tta_logits(model, inputs, tta))  # float32 [B, K], stays on the device
+        logits.append(settings.logits(model, inputs))  # float32 [B, K], stays on the device
         labels.append(targets.reshape(-1))
+    tta = settings.tta
     if not logits:
         return Scores(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), tta, time.perf_counter() - start)
     # one copy to the host at the end: a per-batch .cpu() would stall a GPU on every batch
@@ -176,4 +222,4 @@ def metrics(
     )
 
 
-__all__ = ["EvalResult", "Scores", "metrics", "score", "validation_loss"]
+__all__ = ["EvalResult", "Scores", "ScoringSettings", "metrics", "score", "validation_loss"]
