@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from cnnkit.atomic import atomic_write, remove_strays
-from cnnkit.config import RunConfig, upgrade_legacy
+from cnnkit.config import RunConfig, config_from_dict, upgrade_legacy
 from cnnkit.errors import CnnkitError
 from cnnkit.preprocess import Preprocess
 
@@ -391,7 +391,7 @@ def _preprocess(values: Any, where: str | Path) -> Preprocess | None:
 def _run_config(values: dict[str, Any], where: str | Path) -> RunConfig:
     """A payload's ``config`` dict as a :class:`RunConfig` (the defaults for an empty one)."""
     try:
-        return RunConfig.from_dict(values)
+        return config_from_dict(values)
     except CnnkitError as exc:  # a key or value this cnnkit does not know
         raise CnnkitError(f"{where} holds a run config this cnnkit cannot read ({exc}); "
                           "upgrade cnnkit") from None  # fmt: skip

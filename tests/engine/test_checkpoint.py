@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from cnnkit.checkpoint import FORMAT_VERSION, EpochProgress, ModelDesc, TrainingState
-from cnnkit.config import DataConfig, RunConfig, TrainConfig
+from cnnkit.config import DataConfig, RunConfig, TrainConfig, config_from_dict
 from cnnkit.data import build
 from cnnkit.engine import Checkpoint, FitHooks, FitStart, RunSaver, fit, read_checkpoint, save_checkpoint
 from cnnkit.errors import CnnkitError
@@ -99,7 +99,7 @@ def test_a_format_1_checkpoint_loads_and_resumes_bit_identical(digits, tmp_path:
 def test_preprocessing_config_and_progress_are_typed_whatever_the_format(digits, tmp_path: Path) -> None:
     """In memory a Preprocess, a RunConfig and an EpochProgress; in the file their plain dicts."""
     _, spec = digits
-    cfg = RunConfig.from_dict({"train": {"tta": "flip", "epochs": 3}, "data": {"augment": "flip"}})
+    cfg = config_from_dict({"train": {"tta": "flip", "epochs": 3}, "data": {"augment": "flip"}})
     progress = EpochProgress(batches=2, loss_sum=3.5, correct=70, seen=128, seconds=0.25)
     ckpt = dataclasses.replace(_meta(spec), state_dict={"w": torch.ones(2)}, config=cfg,
                                training=TrainingState(epoch=1, step=10, in_epoch=progress))  # fmt: skip

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 import cnnkit
 from cnnkit import evaluate_checkpoint
-from cnnkit.config import DataConfig, TrainConfig
+from cnnkit.config import DataConfig, TrainConfig, config_from_dict
 from cnnkit.data import build
 from cnnkit.engine import FitHooks, RunSaver, Scores, evaluate, fit, score, validation_loss
 from cnnkit.engine.loop import improves
@@ -157,7 +157,7 @@ def test_scores_of_an_empty_loader() -> None:
 def test_scoring_settings_come_from_the_run_once() -> None:
     from cnnkit.config import RunConfig
 
-    cfg = RunConfig.from_dict({"train": {"tta": "flip", "channels_last": "on", "amp": "auto"}})
+    cfg = config_from_dict({"train": {"tta": "flip", "channels_last": "on", "amp": "auto"}})
     settings = ScoringSettings.for_run(cfg, "cpu")
     assert settings == ScoringSettings(torch.device("cpu"), None, "flip", True)  # auto: float32 evaluation on CPUs
     assert ScoringSettings.for_run(cfg, "cpu", tta="none").tta == "none"  # `cnnkit eval --tta none`

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import platform
@@ -248,8 +249,8 @@ def describe_checkpoint(cfg: RunConfig, spec: DataSpec, weights_source: str | No
         model=model,
         state_dict={},
         class_names=list(spec.class_names),
-        preprocess=spec.preprocess.to_dict(),
-        config=cfg.to_dict(),
+        preprocess=spec.preprocess,
+        config=copy.deepcopy(cfg),
         data_fingerprint=spec.fingerprint,
         data_code=usercode.record(cfg.data.name),  # your own Dataset: where its code came from
         cnnkit_version=__version__,

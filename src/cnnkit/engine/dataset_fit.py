@@ -11,6 +11,7 @@ known (PIL images or arrays, or ``preprocess=``) loads with :class:`~cnnkit.infe
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -125,10 +126,10 @@ def _describe(model: nn.Module, dataset: Dataset, num_classes: int, class_names:
     if desc is not None and preprocess is None:
         why = ("its images are tensors from your own transform: pass preprocess=cnnkit.Preprocess(...)"
                if isinstance(first, torch.Tensor) else "its images are neither grey nor RGB")
-    config = cfg.to_dict()
-    config["data"]["name"] = type(dataset).__name__  # not cnnkit's default dataset: this run never used it
+    config = copy.deepcopy(cfg)
+    config.data.name = type(dataset).__name__  # not cnnkit's default dataset: this run never used it
     names = list(class_names or getattr(dataset, "classes", None) or [str(k) for k in range(num_classes)])
-    describe = Checkpoint(None if why else desc, {}, names, preprocess.to_dict() if preprocess else {}, config,
+    describe = Checkpoint(None if why else desc, {}, names, preprocess, config,
                           cnnkit_version=__version__)  # fmt: skip
     return describe, why
 
