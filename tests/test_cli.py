@@ -230,12 +230,12 @@ def eval_spy(monkeypatch) -> dict:
     seen: dict = {}
     real = command.evaluate
 
-    def spy(model, loader, num_classes, **kwargs):
+    def spy(model, loader, num_classes, settings):
         # the conv with the most input channels: a 1-channel kernel is contiguous in both layouts
         conv = max((p for p in model.parameters() if p.dim() == 4), key=lambda p: p.shape[1])
         seen.update(weights_channels_last=conv.is_contiguous(memory_format=torch.channels_last),
-                    batches_channels_last=kwargs["channels_last"], flushing=sys.float_info.min / 2 == 0.0)  # fmt: skip
-        return real(model, loader, num_classes, **kwargs)
+                    batches_channels_last=settings.channels_last, flushing=sys.float_info.min / 2 == 0.0)  # fmt: skip
+        return real(model, loader, num_classes, settings)
 
     monkeypatch.setattr(command, "evaluate", spy)
     return seen

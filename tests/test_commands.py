@@ -135,8 +135,8 @@ def test_the_checkpoint_description_is_a_typed_checkpoint_that_round_trips(tmp_p
     assert isinstance(described, Checkpoint) and isinstance(described.model, ModelDesc)
     assert (described.model.name, described.model.num_classes, described.model.in_chans) == ("lenet", 10, 1)
     assert described.model.input_size == [28, 28] and described.model.source == "runs/earlier"
-    assert described.class_names == list(spec.class_names) and described.preprocess == spec.preprocess.to_dict()
-    assert described.config["train"]["seed"] == cfg.train.seed and described.data_fingerprint == spec.fingerprint
+    assert described.class_names == list(spec.class_names) and described.preprocess == spec.preprocess
+    assert described.config.train.seed == cfg.train.seed and described.data_fingerprint == spec.fingerprint
     assert described.training is None and described.state_dict == {}
     described.save(tmp_path / "described.pt")
     assert Checkpoint.load(tmp_path / "described.pt") == described
