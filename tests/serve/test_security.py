@@ -94,4 +94,4 @@ def test_an_upload_is_predicted_and_no_answer_names_a_server_folder(server, digi
 def test_a_port_out_of_range_is_one_line(capsys, digits_run: Path, port: str) -> None:
     code, _, err = run_cli(capsys, "serve", str(digits_run), "--port", port)
 
-    assert code == 2 and one_line_error(err) == f"cnnkit: error: --port must be between 1 and 65535, got {port}"
+    assert code == 2 and one_line_error(err) == f"cnnkit: error: --port must be in [1, 65535], got {port}"

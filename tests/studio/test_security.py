@@ -235,7 +235,7 @@ def test_the_page_open_to_the_network_offers_dataset_names_only(tmp_path: Path) 
 def test_a_bad_port_or_import_root_is_one_line_and_creates_nothing(tmp_path: Path, capsys) -> None:
     project = tmp_path / "new-project"
     code, _, err = run_cli(capsys, "studio", str(project), "--port", "99999")
-    assert code == 2 and one_line_error(err) == "cnnkit: error: --port must be between 1 and 65535, got 99999"
+    assert code == 2 and one_line_error(err) == "cnnkit: error: --port must be in [1, 65535], got 99999"
     code, _, err = run_cli(capsys, "studio", str(project), "--allow-import", str(tmp_path / "missing"))
     assert code == 2 and one_line_error(err).endswith("missing: not a folder")
     assert not project.exists()

@@ -103,7 +103,7 @@ SHARED: dict[str, Key] = {
     "no_progress": Key("no progress bar", flag="--no-progress"),
     "host": Key("interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 lets everyone on the network use "
                 "the page, with no login: see the README's threat model)", flag="--host"),
-    "port": Key("TCP port of the page", flag="--port", ge=0, le=65535),
+    "port": Key("TCP port of the page", flag="--port", ge=1, le=65535),
     "topk": Key("classes listed per image", flag="--topk", ge=1),
     "backend": Key("auto: ONNX Runtime when the export extra is installed (a checkpoint runs through an ONNX file "
                    "built once, checked and cached), else torch; or torch, onnxruntime, openvino", flag="--backend",
