@@ -363,7 +363,7 @@ def test_shared_options_are_declared_once_with_each_command_s_default() -> None:
     (["eval", "RUN", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["predict", "RUN", "x.png", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["check", "DATA", "--workers", "-2"], "--workers must be >= 0, got -2"),
-    (["serve", "RUN", "--port", "70000"], "--port must be in [0, 65535], got 70000"),
+    (["serve", "RUN", "--port", "70000"], "--port must be in [1, 65535], got 70000"),
     (["predict", "RUN.onnx", "x.png", "--backend", "torch"], "RUN.onnx is an ONNX file"),
     (["export", "RUN", "--format", "torchscript", "--opset", "17"], "--dynamic-batch and --opset apply to"),
     (["export", "RUN", "--opset", "6"], "--opset must be >= 7, got 6"),
