@@ -165,11 +165,18 @@ def test_a_second_writer_of_one_folder_is_refused_and_a_dead_ones_lock_taken_ove
 
 
 def test_a_killed_trainers_lock_is_free_while_its_forked_workers_linger(tmp_path: Path) -> None:
-    """DataLoader workers are forked and outlive a trainer killed with -9 by a few seconds."""
+    """DataLoader workers are forked and outlive a trainer killed with -9 by a few seconds.
+
+    The trainer names its worker only once the worker runs: until a forked child is first
+    scheduled (seconds on a loaded machine) its after-fork hook has not closed its copy of
+    the lock, and the lock is rightly still held.
+    """
     script = ("import multiprocessing, sys, time\nfrom cnnkit.runfolder import RunFolder\n"
+              "def work(ready):\n    ready.set()\n    time.sleep(600)\n"
               "with RunFolder(sys.argv[1]).lock():\n"
-              "    worker = multiprocessing.get_context('fork').Process(target=time.sleep, args=(600,))\n"
-              "    worker.start()\n    print(worker.pid, flush=True)\n    time.sleep(600)\n")  # fmt: skip
+              "    fork = multiprocessing.get_context('fork')\n    ready = fork.Event()\n"
+              "    worker = fork.Process(target=work, args=(ready,))\n"
+              "    worker.start()\n    ready.wait()\n    print(worker.pid, flush=True)\n    time.sleep(600)\n")  # fmt: skip
     trainer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert trainer.stdout is not None
     worker = int(trainer.stdout.readline())
