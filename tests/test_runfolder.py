@@ -176,7 +176,8 @@ def test_a_killed_trainers_lock_is_free_while_its_forked_workers_linger(tmp_path
               "with RunFolder(sys.argv[1]).lock():\n"
               "    fork = multiprocessing.get_context('fork')\n    ready = fork.Event()\n"
               "    worker = fork.Process(target=work, args=(ready,))\n"
-              "    worker.start()\n    ready.wait()\n    print(worker.pid, flush=True)\n    time.sleep(600)\n")  # fmt: skip
+              "    worker.start()\n    ready.wait()\n"
+              "    print(worker.pid, flush=True)\n    time.sleep(600)\n")  # fmt: skip
     trainer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert trainer.stdout is not None
     worker = int(trainer.stdout.readline())

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import math
 import pickle
 import random
 import re
@@ -257,6 +258,9 @@ class Checkpoint:
         data_code: where a user dataset's code came from, or None.
         cnnkit_version: the cnnkit that wrote it.
         training: what resuming needs (``last.pt``), None in ``best.pt``.
+        temperature: divides the logits before every probability shown (temperature scaling,
+            :mod:`cnnkit.confidence`), fitted on the validation split when training ends;
+            1.0 (raw softmax) before that and in files written before it was recorded.
         path: the file it was read from (not saved).
     """
 
@@ -270,6 +274,7 @@ class Checkpoint:
     data_code: dict[str, Any] | None = None
     cnnkit_version: str | None = None
     training: TrainingState | None = None
+    temperature: float = 1.0
     path: Path | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -295,6 +300,7 @@ class Checkpoint:
             "data_code": self.data_code,
             "cnnkit_version": self.cnnkit_version,
             "training": self.training.to_dict() if self.training is not None else None,
+            "temperature": float(self.temperature),
         }
 
     def to_flat_dict(self) -> dict[str, Any]:
@@ -354,6 +360,7 @@ class Checkpoint:
             data_code=payload.get("data_code"),
             cnnkit_version=payload.get("cnnkit_version"),
             training=training,
+            temperature=_temperature(payload.get("temperature"), where),
             path=Path(where) if isinstance(where, Path) else None,
         )
 
@@ -386,6 +393,15 @@ def _preprocess(values: Any, where: str | Path) -> Preprocess | None:
         return Preprocess.from_dict(values)
     except (KeyError, TypeError, ValueError) as exc:
         raise CnnkitError(f"{where} is not a usable checkpoint: its preprocessing is unreadable ({exc!r})") from None
+
+
+def _temperature(value: Any, where: str | Path) -> float:
+    """A stored temperature (absent: 1.0, files written before it was recorded)."""
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise CnnkitError(f"{where}: its temperature {value!r} is not a positive number; the file is damaged")
+    return float(value)
 
 
 def _run_config(values: dict[str, Any], where: str | Path) -> RunConfig:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnkit.engine import EvalResult, evaluate, resolve_device
+from cnnkit.confidence import calibrated
+from cnnkit.engine import EvalResult, resolve_device
+from cnnkit.evaluation.metrics import expected_calibration_error
 from cnnkit.inference.loading import (
     check_split,
     checkpoint_loaders,
@@ -18,7 +20,7 @@ from cnnkit.inference.loading import (
     run_data_path,
     split_loader,
 )
-from cnnkit.scoring import ScoringSettings
+from cnnkit.scoring import ScoringSettings, metrics, score
 from cnnkit.tta import check_tta
 
 
@@ -28,6 +30,8 @@ class EvalReport:
 
     ``held_out``: the absolute folder or CSV file scored as a held-out set (``split`` is
     then ``all`` or the one split asked for), or None for the run's own split or a dataset's.
+    ``ece``: the expected calibration error of the probabilities cnnkit shows (calibrated by
+    ``temperature``, :mod:`cnnkit.confidence`); ``ece_raw``: of the raw softmax.
     """
 
     split: str
@@ -36,6 +40,9 @@ class EvalReport:
     checkpoint: Path
     tta: str = "none"
     held_out: str | None = None
+    temperature: float = 1.0
+    ece: float = float("nan")
+    ece_raw: float = float("nan")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +54,9 @@ class EvalReport:
             "loss": self.result.loss,
             "top1": self.result.acc,
             "top5": self.result.top5,
+            "temperature": self.temperature,
+            "ece": self.ece,
+            "ece_raw_softmax": self.ece_raw,
             "per_class_accuracy": dict(zip(self.class_names, self.result.per_class_acc, strict=True)),
         }
 
@@ -89,12 +99,17 @@ def evaluate_checkpoint(
                                                 batch_size=batch_size)  # fmt: skip
     scored = "val" if held_out is not None else split or default_split(loaders)
     settings = ScoringSettings.for_run(cfg, torch_device, tta)  # the run's precision, TTA and layout
-    result = evaluate(settings.place(loaded.model), split_loader(loaders, scored), spec.num_classes, settings)
+    scores = score(settings.place(loaded.model), split_loader(loaders, scored), settings)
+    result = metrics(scores, spec.num_classes)
+    temperature = loaded.checkpoint.temperature
+    calibration = {"temperature": temperature,
+                   "ece": expected_calibration_error(calibrated(scores.logits, temperature), scores.labels).ece,
+                   "ece_raw": expected_calibration_error(calibrated(scores.logits), scores.labels).ece}  # fmt: skip
     views = settings.tta
     if held_out is None:
-        return EvalReport(scored, result, loaded.class_names, loaded.path, views)
+        return EvalReport(scored, result, loaded.class_names, loaded.path, views, **calibration)
     return EvalReport(split or "all", result, loaded.class_names, loaded.path, views,
-                      str(Path(data).expanduser().resolve()))  # fmt: skip
+                      str(Path(data).expanduser().resolve()), **calibration)  # fmt: skip
 
 
 def main(args: Any) -> None:
@@ -118,6 +133,11 @@ def main(args: Any) -> None:
     print(f"top-1: {result.acc:.2%}")
     if result.top5 is not None:
         print(f"top-5: {result.top5:.2%}")
+    if report.temperature != 1.0:
+        print(f"calibration: ECE {report.ece:.4f} with temperature {report.temperature:.3f} "
+              f"(raw softmax: {report.ece_raw:.4f})")
+    else:
+        print(f"calibration: ECE {report.ece:.4f} (no temperature fitted: raw softmax)")
     width = max(len(name) for name in report.class_names)
     support = result.confusion.sum(dim=1).tolist()
     print(f"{'class':<{width}}  accuracy  images")

@@ -45,6 +45,7 @@ from cnnkit.commands.train_run import (
     resume_state,
     saved_split,
 )
+from cnnkit.confidence import fit_temperature
 from cnnkit.config import RunConfig, keyword_overrides, resolve_config, to_yaml
 from cnnkit.data import DataSpec
 from cnnkit.data.folder import skipped_files_log
@@ -57,7 +58,7 @@ from cnnkit.engine.run_state import RunSaver
 from cnnkit.errors import CnnkitError
 from cnnkit.log import console, logger, quiet_unless, say
 from cnnkit.runfolder import RunFolder
-from cnnkit.scoring import Scores, ScoringSettings, metrics, score
+from cnnkit.scoring import Scores, ScoringSettings, metrics, score, validation_loss
 from cnnkit.tracking import open_loggers
 
 # A recipe's bar, the start of its ``expected`` text: ``>= 97% on the 2,000 held-out test digits``.
@@ -78,6 +79,8 @@ class Run:
         test: evaluation of the best weights on the test split (None when there is none).
         seconds: wall time of the whole run.
         notes: what the data layer noted (split drawn, channels converted...).
+        temperature: fitted on the validation split when training ended (:mod:`cnnkit.confidence`);
+            ``best.pt`` records it.
     """
 
     dir: Path | None
@@ -89,6 +92,7 @@ class Run:
     test: EvalResult | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    temperature: float = 1.0
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -194,10 +198,10 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
             _log_start(cfg, session, folder, state, data_check, ranks)
             if state is not None and folder.writer:
                 record_resume(folder, cfg)
-            result, test, scores = _fit_and_test(cfg, session, folder, state, data_check, progress and ranks.is_main,
-                                                 should_stop)  # fmt: skip
+            result, test, scores, temperature = _fit_and_test(cfg, session, folder, state, data_check,
+                                                              progress and ranks.is_main, should_stop)  # fmt: skip
             run = Run(folder.path, cfg, session.spec, session.model, result.history, result.best_epoch, test,
-                      time.perf_counter() - start, session.spec.notes)  # fmt: skip
+                      time.perf_counter() - start, session.spec.notes, temperature)  # fmt: skip
             if folder.writer:
                 _finish(folder, run, result, session, scores)
     distributed.barrier()  # the other ranks leave once the run folder is complete
@@ -206,11 +210,12 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
 
 def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Checkpoint | None, data_check: Any,
                   progress: bool, should_stop: Callable[[], bool] | None = None,
-                  ) -> tuple[Any, EvalResult | None, tuple[str, Scores] | None]:  # fmt: skip
-    """Fit (every phase), reload the best weights, score the test split with the run's TTA.
+                  ) -> tuple[Any, EvalResult | None, tuple[str, Scores] | None, float]:  # fmt: skip
+    """Fit (every phase), reload the best weights, fit their temperature, score the test split
+    with the run's TTA.
 
-    Returns the fit result, the test evaluation and the scores the report can reuse with
-    their split's name (None: the report scores its split itself).
+    Returns the fit result, the test evaluation, the scores the report can reuse with
+    their split's name (None: the report scores its split itself) and the temperature.
     """
     spec, model, loaders, device = session.spec, session.model, session.loaders, session.device
     if cfg.train.lr_find and state is None:  # --lr auto: sweep first, then train at the suggestion
@@ -228,13 +233,15 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
     with (skipped_files_log(folder.file(RunFolder.SKIP_LOG), loaders) as skip_log,  # bad files met by its loaders
           open_loggers(folder.path, tracked, first_epoch=first_epoch, say=say) as trackers):
         trackers.start(model, (spec.channels, *spec.input_size), cfg)  # TensorBoard, MLflow, W&B
-        result = fit_phases(model, loaders, cfg, spec, saver=RunSaver(folder, describe), resume=state,
+        saver = RunSaver(folder, describe)
+        result = fit_phases(model, loaders, cfg, spec, saver=saver, resume=state,
                             hooks=PhaseHooks(say, progress, should_stop=should_stop, trackers=trackers),
                             class_weights=class_weights)  # fmt: skip
         result.run_dir = folder.path
         if folder.writer:  # the best epoch's weights, read once: the test, the report and Run.model use them
             model.load_state_dict(Checkpoint.load(folder.best).state_dict)
         distributed.broadcast_module(model)  # rank 0's best weights on every rank (no shared disk needed)
+        temperature = _calibrate(model, cfg, session, saver) if folder.writer else 1.0
         test, scores = None, None
         if loaders.test is not None:  # the run's TTA and precision, as `cnnkit eval` scores
             scores = score(model, loaders.test, ScoringSettings.for_run(cfg, device))  # as validated
@@ -248,7 +255,26 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
     if folder.writer:
         list_skipped_files(folder, skip_log, data_check, loaders)
     model.eval()
-    return result, test, report_scores
+    return result, test, report_scores, temperature
+
+
+def _calibrate(model: nn.Module, cfg: RunConfig, session: Session, saver: RunSaver) -> float:
+    """Fit the temperature of the best weights on the validation split and record it in
+    ``best.pt`` (:mod:`cnnkit.confidence`): every probability shown from then on is calibrated.
+    Skipped (1.0 stays) without a validation split or under torchrun (each rank holds a shard)."""
+    if session.loaders.val is None or distributed.current().world > 1:
+        return 1.0
+    spec, device = session.spec, session.device
+    scores = cached_head_scores(model, cfg, spec, device, "val") or score(
+        model, session.loaders.val, ScoringSettings.for_run(cfg, device))  # fmt: skip
+    if scores.count < 2:
+        return 1.0
+    temperature = fit_temperature(scores.logits, scores.labels)
+    saver.save_temperature(temperature)
+    before, after = scores.loss, validation_loss(scores.logits / temperature, scores.labels)
+    say(f"calibration: temperature {temperature:.3f} fitted on val ({scores.count:,} images): "
+        f"val loss {before:.4f} -> {after:.4f}; probabilities shown are softmax(logits / {temperature:.3f})")
+    return temperature
 
 
 def _val_scores(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: Any) -> tuple[str, Scores] | None:
@@ -327,7 +353,7 @@ def _write_report(folder: RunFolder, run: Run, session: Session, scores: tuple[s
         model=run.model, loader=loader, split=split, class_names=list(run.spec.class_names),
         preprocess=run.spec.preprocess, config=cfg, device=session.device, history=run.history,
         title=f"{folder.name}: {cfg.model.name} on {cfg.data.name}", config_text=to_yaml(cfg),  # = config.yaml
-        train_loader=loaders.train, scores=split_scores,
+        train_loader=loaders.train, scores=split_scores, temperature=run.temperature,
     )  # fmt: skip
     try:
         with _whole_split(loader):

@@ -151,6 +151,14 @@ class RunSaver:
         if self.save_every and epoch % self.save_every == 0:  # snapshots to resume from, like last.pt
             ckpt.save(self.folder.epoch_checkpoint(epoch))
 
+    def save_temperature(self, temperature: float) -> None:
+        """Record the fitted temperature (:mod:`cnnkit.confidence`) in ``best.pt`` and in every
+        checkpoint written after it (a resumed run that improves refits it when it ends)."""
+        self.describe = dataclasses.replace(self.describe, temperature=temperature)
+        if self.folder.writer and self.folder.best.is_file():
+            best = Checkpoint.load(self.folder.best)
+            dataclasses.replace(best, temperature=temperature).save(self.folder.best)
+
     def save_progress(self, state: TrainState, result: FitResult, done: EpochProgress, lr: float) -> None:
         """``last.pt`` in the middle of the epoch after ``result.history``: ``done`` says how far
         it got, ``lr`` what it started with."""

@@ -27,6 +27,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from cnnkit.atomic import atomic_write
+from cnnkit.confidence import calibrated
 from cnnkit.data.folder import load_image
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_transform
@@ -52,7 +53,7 @@ class GradCamResult:
         heatmap: ``[H, W]`` in [0, 1] at the input size (all zeros when no location
             raises the class score).
         class_index: the class explained (the prediction unless one was asked for).
-        probabilities: softmax over the classes, ``[num_classes]``.
+        probabilities: calibrated softmax over the classes, ``[num_classes]``.
         layer: the layer whose feature maps were weighted.
     """
 
@@ -171,7 +172,8 @@ def feature_maps_figure(maps: dict[str, torch.Tensor], max_channels: int = 16) -
 
 
 def grad_cam(
-    model: nn.Module, image: torch.Tensor, target_class: int | None = None, layer: str | None = None
+    model: nn.Module, image: torch.Tensor, target_class: int | None = None, layer: str | None = None,
+    temperature: float = 1.0,
 ) -> GradCamResult:
     """Grad-CAM heatmap of ``target_class`` (default: the prediction) for one image.
 
@@ -184,6 +186,8 @@ def grad_cam(
         image: one normalised image ``[1, C, H, W]``.
         target_class: class index to explain.
         layer: layer name (default: :func:`default_gradcam_layer`).
+        temperature: the model's fitted temperature: the probabilities shown are calibrated
+            (:func:`cnnkit.confidence.calibrated`).
 
     Raises:
         UsageError: unknown layer, a layer without 4-D output, or a class out of range.
@@ -205,7 +209,7 @@ def grad_cam(
     try:
         with torch.enable_grad():
             logits = model(image.to(_device(model)))  # [1, num_classes]
-            probs = logits.detach().float().softmax(-1)[0].cpu()
+            probs = calibrated(logits.detach(), temperature)[0].cpu()
             index = (
                 int(probs.argmax())
                 if target_class is None
@@ -336,7 +340,7 @@ def explain_image(
             layers.append(layer)
     picture = load_image(image_path, "L" if pre.channels == 1 else "RGB")
     x = eval_transform(pre)(picture).unsqueeze(0)  # [1, C, H, W], normalised
-    result = grad_cam(model, x, index, layer)
+    result = grad_cam(model, x, index, layer, temperature=loaded.checkpoint.temperature)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem

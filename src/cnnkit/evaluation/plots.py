@@ -220,13 +220,14 @@ def per_class_figure(prf: Mapping[str, Any], class_names: Sequence[str]) -> Figu
 # ----------------------------------------------------------------------------- calibration
 
 
-def reliability_figure(calibration: CalibrationResult, show_counts: bool = True) -> Figure:
+def reliability_figure(calibration: CalibrationResult, show_counts: bool = True, title: str = "reliability") -> Figure:
     """Reliability diagram: accuracy against confidence per bin, the diagonal being perfect.
 
     Args:
         calibration: from :func:`cnnkit.evaluation.metrics.expected_calibration_error`.
         show_counts: add a lower panel with the number of samples per bin (log scale),
             which shows how much each bar can be trusted.
+        title: the plot's title, before its ECE.
     """
     edges = _numpy(calibration.bin_edges)
     lefts, widths = edges[:-1], np.diff(edges)
@@ -246,7 +247,7 @@ def reliability_figure(calibration: CalibrationResult, show_counts: bool = True)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"reliability (ECE {calibration.ece:.2%})")
+    ax.set_title(f"{title} (ECE {calibration.ece:.2%})")
     if count_ax is None:
         ax.set_xlabel("confidence (top-1 probability)")
         return fig

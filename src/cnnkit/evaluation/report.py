@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from cnnkit import atomic
+from cnnkit.confidence import calibrated
 from cnnkit.evaluation import metrics as M
 from cnnkit.evaluation import plots
 from cnnkit.scoring import Scores, ScoringSettings, metrics, score
@@ -68,6 +69,8 @@ class ReportInputs:
             the run's TTA and precision (the model then only runs for the summary's probe);
             None: scored here.
         robustness: also measure accuracy under FGSM and simple corruptions (slower).
+        temperature: the run's fitted temperature (``best.pt``): the probabilities and ECE
+            shown are calibrated by it, and the raw softmax's ECE is shown beside them.
     """
 
     model: nn.Module
@@ -83,6 +86,7 @@ class ReportInputs:
     train_loader: Iterable | None = None
     scores: Scores | None = None
     robustness: bool = False
+    temperature: float = 1.0
 
 
 @dataclass
@@ -204,13 +208,20 @@ class ReportData:
     confused_pairs: list[tuple[int, int, int]]
     class_names: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0
+    calibration_raw: M.CalibrationResult | None = None  # the raw softmax's, when a temperature was fitted
 
 
-def summarise(pred: Predictions | Scores, class_names: list[str], split: str) -> ReportData:
+def summarise(pred: Predictions | Scores, class_names: list[str], split: str, temperature: float = 1.0) -> ReportData:
     """The report's numbers: :func:`cnnkit.scoring.metrics` of the scores (the same
-    loss/top-1/top-5 as ``cnnkit eval`` on the same images, TTA and precision)."""
+    loss/top-1/top-5 as ``cnnkit eval`` on the same images, TTA and precision); calibration
+    of the probabilities shown (``softmax(logits / temperature)``) and, when the temperature
+    is not 1, of the raw softmax before it."""
     scores = pred.scores if isinstance(pred, Predictions) else pred
     result = metrics(scores, len(class_names))
+    raw = None
+    if temperature != 1.0:
+        raw = M.expected_calibration_error(scores.logits.softmax(1), scores.labels)
     return ReportData(
         split=split,
         count=result.count,
@@ -219,10 +230,12 @@ def summarise(pred: Predictions | Scores, class_names: list[str], split: str) ->
         top5=result.top5,
         confusion=result.confusion,
         prf=M.precision_recall_f1(result.confusion),
-        calibration=M.expected_calibration_error(scores.logits.softmax(1), scores.labels),
+        calibration=M.expected_calibration_error(calibrated(scores.logits, temperature), scores.labels),
         confused_pairs=M.most_confused_pairs(result.confusion, k=10),
         class_names=list(class_names),
         extra={"tta": scores.tta},
+        temperature=temperature,
+        calibration_raw=raw,
     )
 
 
@@ -237,7 +250,7 @@ def write_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
     model = settings.place(inputs.model)
     pred = collect_predictions(model, inputs.loader, mean=pre.mean, std=pre.std, settings=settings,
                                scores=inputs.scores)  # fmt: skip
-    data = summarise(pred, inputs.class_names, inputs.split)
+    data = summarise(pred, inputs.class_names, inputs.split, inputs.temperature)
     robustness = None
     if inputs.robustness:
         robustness = _robustness(model, inputs.loader, pre, inputs.class_names, settings)
@@ -360,9 +373,12 @@ def _figures(data, pred, history, preview, robustness) -> dict[str, Any]:
     figs["confusion"] = plots.confusion_figure(data.confusion, names, normalize=False, cluster=cluster)
     figs["confusion_normalized"] = plots.confusion_figure(data.confusion, names, normalize=True, cluster=cluster)
     figs["per_class"] = plots.per_class_figure(data.prf, names)
-    figs["reliability"] = plots.reliability_figure(data.calibration)
+    figs["reliability"] = plots.reliability_figure(data.calibration, title=(
+        f"after temperature scaling (T = {data.temperature:.3g})" if data.calibration_raw else "reliability"))
+    if data.calibration_raw is not None:
+        figs["reliability_raw"] = plots.reliability_figure(data.calibration_raw, title="before: raw softmax")
     if len(pred.worst_index):
-        probs = pred.logits[pred.worst_index].softmax(1)
+        probs = calibrated(pred.logits[pred.worst_index], data.temperature)
         titles = [
             f"true {names[int(pred.labels[i])]}\npred {names[int(p.argmax())]} {float(p.max()):.0%}"
             for i, p in zip(pred.worst_index.tolist(), probs, strict=True)

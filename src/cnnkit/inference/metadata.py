@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ class Metadata:
         precision: the exported file's numbers: ``fp32``, ``fp16`` or ``int8`` (``fp32``
             for checkpoints and for files exported before it was recorded).
         source_sha256: SHA-256 of the checkpoint file the export came from (``""`` if unknown).
+        temperature: the logits are divided by it before every probability shown
+            (:func:`cnnkit.confidence.calibrated`); 1.0 for files written before it was recorded.
     """
 
     class_names: list[str]
@@ -42,11 +45,13 @@ class Metadata:
     tta: str = "none"
     precision: str = "fp32"
     source_sha256: str = ""
+    temperature: float = 1.0
 
     def to_json(self) -> str:
         return json.dumps({"class_names": self.class_names, "preprocess": self.preprocess.to_dict(),
                            "model": self.model, "augment": self.augment, "tta": self.tta,
-                           "precision": self.precision, "source_sha256": self.source_sha256})  # fmt: skip
+                           "precision": self.precision, "source_sha256": self.source_sha256,
+                           "temperature": self.temperature})  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Metadata:
@@ -55,9 +60,17 @@ class Metadata:
             return cls(list(values["class_names"]), Preprocess.from_dict(values["preprocess"]),
                        dict(values.get("model", {})), str(values.get("augment", "none")),
                        check_tta(str(values.get("tta") or "none")), str(values.get("precision") or "fp32"),
-                       str(values.get("source_sha256") or ""))  # fmt: skip
+                       str(values.get("source_sha256") or ""),
+                       _temperature(values.get("temperature", 1.0)))  # fmt: skip
         except (ValueError, KeyError, TypeError) as exc:
             raise CnnkitError(f"{where}: its cnnkit metadata is unreadable ({exc}); re-export it") from None
+
+
+def _temperature(value: object) -> float:
+    temperature = float(value)  # type: ignore[arg-type]  (a TypeError or ValueError says unreadable)
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature {value!r} is not a positive number")
+    return temperature
 
 
 def checkpoint_metadata(ckpt: Checkpoint) -> Metadata:
@@ -74,7 +87,8 @@ def checkpoint_metadata(ckpt: Checkpoint) -> Metadata:
     digest = file_sha256(ckpt.path) if ckpt.path is not None and Path(ckpt.path).is_file() else ""
     cfg = ckpt.config
     return Metadata(list(ckpt.class_names), ckpt.preprocess, model, str(cfg.data.augment or "none"),
-                    check_tta(str(cfg.train.tta or "none")), source_sha256=digest)  # fmt: skip
+                    check_tta(str(cfg.train.tta or "none")), source_sha256=digest,
+                    temperature=ckpt.temperature)  # fmt: skip
 
 
 def file_sha256(path: str | Path) -> str:

@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from cnnkit.checkpoint import Checkpoint
+from cnnkit.confidence import calibrated
 from cnnkit.data.folder import ImageLoadError, load_image, to_mode, walk_files
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_pixels, normalize_batch
@@ -48,7 +49,7 @@ class Prediction:
     Attributes:
         source: the file path, or ``image[i]`` for in-memory images.
         label: top-1 class name, or ``"unknown"`` when its probability is under the threshold.
-        confidence: top-1 probability.
+        confidence: top-1 probability (calibrated: see :meth:`Predictor.rank`).
         topk: ``(class name, probability)`` pairs, most probable first.
         index: top-1 class index.
     """
@@ -395,8 +396,9 @@ class Predictor:
 
     def rank(self, logits: torch.Tensor, sources: Sequence[str], topk: int = 5,
              threshold: float | None = None) -> list[Prediction]:  # fmt: skip
-        """Logits ``[B, K]`` -> one :class:`Prediction` per row."""
-        probs = logits.float().softmax(-1)
+        """Logits ``[B, K]`` -> one :class:`Prediction` per row, its probabilities calibrated by
+        the model's temperature (:func:`cnnkit.confidence.calibrated`)."""
+        probs = calibrated(logits, self.metadata.temperature)
         k = max(1, min(topk, probs.shape[-1]))
         values, indices = probs.topk(k, dim=-1)
         results = []
