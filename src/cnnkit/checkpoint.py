@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from cnnkit.atomic import atomic_write, remove_strays
+from cnnkit.confidence import OpenSet
 from cnnkit.config import RunConfig, config_from_dict, upgrade_legacy
 from cnnkit.errors import CnnkitError
 from cnnkit.preprocess import Preprocess
@@ -261,6 +262,8 @@ class Checkpoint:
         temperature: divides the logits before every probability shown (temperature scaling,
             :mod:`cnnkit.confidence`), fitted on the validation split when training ends;
             1.0 (raw softmax) before that and in files written before it was recorded.
+        open_set: how the model says "none of these" (known-ness score, threshold, training
+            feature bank), fitted when training ends; None before that and in older files.
         path: the file it was read from (not saved).
     """
 
@@ -275,6 +278,7 @@ class Checkpoint:
     cnnkit_version: str | None = None
     training: TrainingState | None = None
     temperature: float = 1.0
+    open_set: OpenSet | None = None
     path: Path | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -301,6 +305,7 @@ class Checkpoint:
             "cnnkit_version": self.cnnkit_version,
             "training": self.training.to_dict() if self.training is not None else None,
             "temperature": float(self.temperature),
+            "open_set": self.open_set.to_dict() if self.open_set is not None else None,
         }
 
     def to_flat_dict(self) -> dict[str, Any]:
@@ -361,6 +366,7 @@ class Checkpoint:
             cnnkit_version=payload.get("cnnkit_version"),
             training=training,
             temperature=_temperature(payload.get("temperature"), where),
+            open_set=_open_set(payload.get("open_set"), where),
             path=Path(where) if isinstance(where, Path) else None,
         )
 
@@ -402,6 +408,16 @@ def _temperature(value: Any, where: str | Path) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise CnnkitError(f"{where}: its temperature {value!r} is not a positive number; the file is damaged")
     return float(value)
+
+
+def _open_set(values: Any, where: str | Path) -> OpenSet | None:
+    """A stored open-set part (absent: None, files written before it was recorded)."""
+    if values is None:
+        return None
+    try:
+        return OpenSet.from_dict(values)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CnnkitError(f"{where}: its open-set part is unreadable ({exc}); the file is damaged") from None
 
 
 def _run_config(values: dict[str, Any], where: str | Path) -> RunConfig:

@@ -18,8 +18,10 @@ serving (which applies them), so they sit beside :mod:`cnnkit.scoring`, not in e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +29,9 @@ from torch.nn import functional as F
 
 TEMPERATURE_RANGE = (0.05, 20.0)  # beyond these a fitted T says the logits are broken, not mis-scaled
 KNOWN_SCORES = ("msp", "energy", "knn")
+DEFAULT_KNOWN_RATE = 0.95
+DEFAULT_K = 10  # neighbours averaged by the knn score (bench/open_set.py)
+BANK_LIMIT = 10_000  # training images whose features the knn score keeps (float16: 2 bytes per value)
 
 
 def calibrated(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -150,5 +155,136 @@ def penultimate_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-__all__ = ["KNOWN_SCORES", "calibrated", "feature_bank", "fit_temperature", "known_score", "last_linear",
+@dataclass
+class OpenSet:
+    """How a single-label model says "none of these": its known-ness score and threshold.
+
+    Attributes:
+        score: ``msp``, ``energy`` or ``knn`` (:func:`known_score`).
+        threshold: an image whose score is below it looks unknown.
+        known_rate: the share of held-out known images the threshold keeps (what it was set for).
+        k: neighbours averaged (``knn``).
+        bank: ``[M, D]`` L2-normalised float16 training features (``knn``), else None.
+        fitted_on: where the threshold was set, in words (``val: 250 images``).
+    """
+
+    score: str
+    threshold: float
+    known_rate: float = DEFAULT_KNOWN_RATE
+    k: int = DEFAULT_K
+    bank: torch.Tensor | None = None
+    fitted_on: str = ""
+
+    def params(self) -> dict[str, Any]:
+        """Everything but the bank, as plain JSON values (exported metadata carries these)."""
+        return {"score": self.score, "threshold": self.threshold, "known_rate": self.known_rate, "k": self.k,
+                "fitted_on": self.fitted_on}  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values and the bank tensor (what a checkpoint stores)."""
+        return {**self.params(), "bank": self.bank}
+
+    @classmethod
+    def from_dict(cls, values: Any) -> OpenSet:
+        """Read :meth:`to_dict` or :meth:`params` back.
+
+        Raises:
+            ValueError: a missing or wrong value (the caller names the file).
+        """
+        if not isinstance(values, dict) or values.get("score") not in KNOWN_SCORES:
+            raise ValueError(f"its open-set score is not one of {', '.join(KNOWN_SCORES)}")
+        threshold, rate, k = float(values["threshold"]), float(values.get("known_rate", DEFAULT_KNOWN_RATE)), \
+            int(values.get("k", DEFAULT_K))  # fmt: skip
+        bank = values.get("bank")
+        if not math.isfinite(threshold) or not 0 < rate <= 1 or k < 1:
+            raise ValueError("its open-set threshold, known rate or k is out of range")
+        if values["score"] == "knn" and bank is not None and (not isinstance(bank, torch.Tensor) or bank.dim() != 2):
+            raise ValueError("its open-set feature bank is not a [M, D] tensor")
+        return cls(values["score"], threshold, rate, k, bank, str(values.get("fitted_on") or ""))
+
+    def scores(self, logits: torch.Tensor, features: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor:
+        """:func:`known_score` of a batch with these parameters."""
+        return known_score(self.score, logits, temperature=temperature, features=features, bank=self.bank, k=self.k)
+
+    def looks_known(self, scores: torch.Tensor) -> torch.Tensor:
+        """``[N]`` bool: the score reaches the threshold."""
+        return scores >= self.threshold
+
+
+def head_split(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """``model.head`` cut at its logits layer: ``(to_features, to_logits)`` with
+    ``to_logits(to_features(f))`` = ``model.head(f)``, ``to_features`` giving the penultimate
+    features. None when the head is not an ``nn.Sequential`` holding that layer as a direct
+    child (then only the logit-based scores apply)."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Sequential):
+        return None
+    layers = list(head)
+    last = last_linear(model)
+    if last not in layers:
+        return None
+    cut = layers.index(last)
+    return nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:])
+
+
+class OpenSetModel(nn.Module):
+    """A classifier and its known-ness score in one graph: ``forward(images)`` returns
+    ``(logits [B, K], known [B])``. What the torch backend runs and ``cnnkit export`` writes
+    (an ONNX file with the outputs ``logits`` and ``known``), so every runtime decides alike.
+
+    ``model`` is a :class:`~cnnkit.models.base.ClassifierBase` (``forward_features`` and a
+    sequential ``head``) for the ``knn`` score; any classifier for ``msp`` and ``energy``.
+    """
+
+    def __init__(self, model: nn.Module, open_set: OpenSet, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.kind, self.k, self.temperature = open_set.score, open_set.k, float(temperature)
+        parts = head_split(model) if open_set.score == "knn" else None
+        if open_set.score == "knn" and (parts is None or open_set.bank is None):
+            raise ValueError("the knn score needs a model with a sequential head and a feature bank")
+        self.parts = nn.ModuleList(parts) if parts is not None else None
+        self.register_buffer("bank", open_set.bank.float() if open_set.bank is not None else torch.zeros(0, 0))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.parts is None:
+            logits = self.model(images)
+            return logits, known_score(self.kind, logits, temperature=self.temperature)
+        to_features, to_logits = self.parts
+        features = to_features(self.model.forward_features(images)).flatten(1)
+        logits = to_logits(features)
+        similarity = F.normalize(features.float(), dim=-1) @ self.bank.T
+        return logits, similarity.topk(min(self.k, self.bank.shape[0]), dim=-1).values.mean(-1)
+
+
+def deployed(model: nn.Module, open_set: OpenSet | None, temperature: float = 1.0) -> nn.Module:
+    """What runs when a model is used: the model and its open set as one
+    :class:`OpenSetModel`, or the model itself when it has none."""
+    return OpenSetModel(model, open_set, temperature) if open_set is not None else model
+
+
+@torch.no_grad()
+def features_and_logits(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
+                        limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Penultimate features ``[N, D]``, logits ``[N, K]`` and labels ``[N]`` of a plain
+    (unaugmented) loader, float32 on the CPU, stopping after ``limit`` samples (None: all).
+    The model runs in eval mode in float32 (the features the deployed graph computes)."""
+    model.eval()
+    features, logits, labels = [], [], []
+    count = 0
+    with penultimate_features(model) as collected:
+        for inputs, targets in loader:
+            logits.append(model(inputs.to(device)).float().cpu())
+            features.append(collected.pop())
+            labels.append(targets.reshape(-1).long().cpu())
+            count += len(targets)
+            if limit is not None and count >= limit:
+                break
+    if not logits:
+        return torch.zeros(0, 0), torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(features), torch.cat(logits), torch.cat(labels)
+
+
+__all__ = ["BANK_LIMIT", "KNOWN_SCORES", "OpenSet", "OpenSetModel", "calibrated", "deployed", "feature_bank",
+           "features_and_logits", "fit_temperature", "head_split", "known_score", "last_linear",
            "penultimate_features", "threshold_keeping"]  # fmt: skip

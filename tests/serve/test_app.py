@@ -43,7 +43,7 @@ def test_a_drawing_is_predicted_with_its_input_and_grad_cam(predictor: Predictor
     model = DemoModel(predictor, topk=3)
     value = {"background": None, "layers": [drawn_seven()], "composite": drawn_seven()}
 
-    top, seen, cam = model.drawing(value)
+    top, seen, cam, _said = model.drawing(value)
 
     assert list(top)[0] == "7" and len(top) == 3 and top["7"] > 0.5
     assert seen.size == (224, 224) and seen.mode == "L"  # 28x28 enlarged 8x, nearest
@@ -66,7 +66,7 @@ def test_uploads_are_prepared_like_files_and_big_ones_refused(predictor: Predict
     images, labels = load_source("embedded-mnist", None, False).test
     digit = Image.fromarray(images[0, 0].numpy())
 
-    top, _, _ = DemoModel(predictor, gradcam=False).image(digit)
+    top, _, _, _ = DemoModel(predictor, gradcam=False).image(digit)
     assert list(top)[0] == str(int(labels[0]))
     assert DemoModel(predictor, gradcam=False).image(digit)[2] is None
     with pytest.raises(UsageError, match="at most 0 MP"):

@@ -105,7 +105,7 @@ def test_the_api_through_gradio_client(
     path, label = mnist_png
     client = Client(server.url, verbose=False)
 
-    top, seen, cam = client.predict(handle_file(str(path)), api_name="/predict_image")
+    top, seen, cam, _said = client.predict(handle_file(str(path)), api_name="/predict_image")
     assert top["label"] == label and top["confidences"][0]["confidence"] > 0.5
     with Image.open(seen) as shown:
         assert shown.size == (224, 224)

@@ -41,7 +41,7 @@ def digits(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
 def check_answer(result, expected: tuple[str, float]) -> None:
     """The label and probability the Predictor gives, and both output images whole."""
-    top, seen, cam = result
+    top, seen, cam, _said = result
     assert top["label"] == expected[0]
     assert top["confidences"][0]["confidence"] == pytest.approx(expected[1], abs=1e-4)
     for path in (seen, cam):  # downloaded by the client as the page would

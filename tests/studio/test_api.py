@@ -75,7 +75,7 @@ def test_collect_train_try_and_take_away_by_api(client, project_dir: Path, image
     assert results["command"].startswith("cnnkit train ")
     assert client.predict("", api_name="/command").splitlines()[-1] == results["command"]
 
-    top, seen, cam = client.predict(handle_file(str(photos(imagenette, "val", "church", 1)[0])), "",
+    top, seen, cam, _said = client.predict(handle_file(str(photos(imagenette, "val", "church", 1)[0])), "",
                                     api_name="/predict")  # fmt: skip
     assert top["label"] == "church" and seen and cam
 
@@ -127,5 +127,5 @@ def test_snapshots_drawings_deletions_stop_and_resume_by_api(start_studio, mnist
     (run,) = client.predict(api_name="/runs")
     assert run["epochs_run"] == run["epochs_planned"] == status["epoch"]
 
-    top, seen, cam = client.predict(drawing, "", api_name="/predict_drawing")
+    top, seen, cam, _said = client.predict(drawing, "", api_name="/predict_drawing")
     assert top["label"] in {str(d) for d in range(10)} and seen

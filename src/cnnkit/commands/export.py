@@ -113,11 +113,13 @@ def export_checkpoint(path: str | Path, fmt: str | None = None, *, options: Expo
     staging = target.with_name(f".{target.name}.partial") if opts.precision != "fp32" else target
     # the example fixes the file's batch size (1) unless dynamic_batch; any image traces the same graph
     try:
-        made = export.export_model(loaded.model, checks.images[:1], staging, checkpoint_metadata(loaded.checkpoint),
+        made = export.export_model(loaded.graph, checks.images[:1], staging, checkpoint_metadata(loaded.checkpoint),
                                    opts, calibration=cal)  # fmt: skip
-        reference = export.reference_logits(loaded.model, checks.images)
-        logits = export.exported_logits(made.path, opts.fmt, checks.images)
-        result = ExportResult(target, opts.fmt, opts.precision, export.check_parity(reference, logits, opts.tolerance),
+        reference_out = export.reference_outputs(loaded.graph, checks.images)
+        exported_out = export.exported_outputs(made.path, opts.fmt, checks.images)
+        parity = export.check_outputs(reference_out, exported_out, loaded.checkpoint.open_set, opts.tolerance)
+        reference, logits = reference_out[0], exported_out[0]
+        result = ExportResult(target, opts.fmt, opts.precision, parity,
                               export.compare_accuracy(reference, logits, checks.labels), checks.what, made,
                               0 if cal is None else len(cal), made.notes + checks.notes, opts.allow_drop)  # fmt: skip
         if staging != target and result.within_drop:

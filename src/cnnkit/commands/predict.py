@@ -25,10 +25,12 @@ class PredictSummary:
     out: Path | None
     backend: str
     backend_note: str = ""
+    not_known: int | None = None  # images that look like none of the classes (None: the model has no open set)
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.predicted / max(self.seconds, 1e-9)
         return {"predicted": self.predicted, "skipped": len(self.skipped), "unknown": self.unknown,
+                "looks_unknown": self.not_known,
                 "seconds": round(self.seconds, 3), "images_per_second": round(rate, 1), "backend": self.backend}
 
 
@@ -43,8 +45,9 @@ def predict(model: str | Path, inputs: list[str], options: PredictOptions | None
             may also be given as keywords: ``out``, ``backend`` (``auto``: ONNX Runtime when
             the export extra is installed, see :mod:`cnnkit.inference.runtime`; ``torch``,
             ``onnxruntime``, ``openvino``), ``device``, ``topk``, ``batch_size``, ``workers``,
-            ``tta``, ``threshold``, ``amp`` (torch backend: ``off``, ``bf16``, ``fp16``,
-            ``auto``); ``progress=False`` is ``no_progress=True``.
+            ``tta``, ``threshold``, ``reject`` (label images that look like none of the
+            classes ``unknown``; a model with an open set), ``amp`` (torch backend: ``off``,
+            ``bf16``, ``fp16``, ``auto``); ``progress=False`` is ``no_progress=True``.
 
     Unreadable files and inputs that match nothing are skipped and listed (in ``out`` and
     the returned summary); they never end the run. ``out`` is a .csv, .json or .jsonl file
@@ -71,25 +74,31 @@ def predict(model: str | Path, inputs: list[str], options: PredictOptions | None
     files, missing = expand_inputs(opts.inputs)
     if not files:
         raise CnnkitError("no files to predict: " + "; ".join(f"{m.source}: {m.reason}" for m in missing))
+    if opts.reject:  # said before an ONNX copy is built
+        _require_open_set(model)
     predictor = load_predictor(model, backend=opts.backend, device=opts.device, amp=opts.amp, sample_files=files,
                                trust_code=opts.trust_code,
                                announce=lambda line: print(line, file=sys.stderr, flush=True))  # stdout: results
+    open_set = predictor.open_set
+    if opts.reject and open_set is None:
+        raise _no_open_set(model)
     progress = not opts.no_progress
     if progress:
         print(f"backend: {predictor.note}", file=sys.stderr)
-    writer, target = open_writer(out_path, opts.topk)
+    writer, target = open_writer(out_path, opts.topk, known=open_set is not None)
     start = time.perf_counter()
     try:
         for item in missing:
             writer.write(item)
         bar = tqdm(total=len(files), unit="img", disable=not progress or None, file=sys.stderr, leave=False)
         for item in predictor.predict_files(files, topk=opts.topk, batch_size=opts.batch_size, workers=opts.workers,
-                                            tta=opts.tta, threshold=opts.threshold):  # fmt: skip
+                                            tta=opts.tta, threshold=opts.threshold, reject=opts.reject):  # fmt: skip
             writer.write(item)
             bar.update()
         bar.close()
         summary = PredictSummary(writer.predicted, writer.skipped, writer.unknown, time.perf_counter() - start,
-                                 out_path, predictor.backend.name, predictor.note)  # fmt: skip
+                                 out_path, predictor.backend.name, predictor.note,
+                                 writer.not_known if open_set is not None else None)  # fmt: skip
         writer.finish(summary.as_dict())
     except BaseException:
         if target is not None:
@@ -100,6 +109,20 @@ def predict(model: str | Path, inputs: list[str], options: PredictOptions | None
     return summary
 
 
+def _require_open_set(model: str | Path) -> None:
+    """Refuse ``--reject`` for a checkpoint or run without an open set (an ``.onnx`` file's
+    metadata is read when it loads, which costs nothing)."""
+    from cnnkit.checkpoint import Checkpoint
+
+    if Path(model).suffix.lower() != ".onnx" and Checkpoint.load(model).open_set is None:
+        raise _no_open_set(model)
+
+
+def _no_open_set(model: str | Path) -> CnnkitError:
+    return CnnkitError(f"--reject needs a model with an open set, and {model} has none (trained before cnnkit "
+                       "fitted one, or with --open-set off); train it again, or leave out --reject")  # fmt: skip
+
+
 def main(args: Any) -> None:
     """``cnnkit predict``: results on stdout (or --out), the summary on stderr; exit 1 when no
     file at all could be read (after listing them)."""
@@ -108,8 +131,10 @@ def main(args: Any) -> None:
     summary = predict(args.model, args.inputs, options_from_args(PredictOptions, args))
     rate = summary.predicted / max(summary.seconds, 1e-9)
     line = f"predicted {summary.predicted:,} images in {summary.seconds:.1f} s ({rate:,.0f} img/s, {summary.backend})"
+    if summary.not_known:
+        line += f"; {summary.not_known:,} look like none of the classes"
     if summary.unknown:
-        line += f"; {summary.unknown:,} below the threshold, labelled 'unknown'"
+        line += f"; {summary.unknown:,} labelled 'unknown'"
     if summary.out is not None:
         line += f"; wrote {summary.out}"
     print(line, file=sys.stderr)

@@ -23,6 +23,7 @@ from torch import nn
 
 from cnnkit.atomic import is_disk_full
 from cnnkit.checkpoint import Checkpoint
+from cnnkit.commands.train_confidence import Confidence, fit_confidence
 from cnnkit.commands.train_run import (
     IN_USE_ADVICE,
     Session,
@@ -45,7 +46,6 @@ from cnnkit.commands.train_run import (
     resume_state,
     saved_split,
 )
-from cnnkit.confidence import fit_temperature
 from cnnkit.config import RunConfig, keyword_overrides, resolve_config, to_yaml
 from cnnkit.data import DataSpec
 from cnnkit.data.folder import skipped_files_log
@@ -58,7 +58,7 @@ from cnnkit.engine.run_state import RunSaver
 from cnnkit.errors import CnnkitError
 from cnnkit.log import console, logger, quiet_unless, say
 from cnnkit.runfolder import RunFolder
-from cnnkit.scoring import Scores, ScoringSettings, metrics, score, validation_loss
+from cnnkit.scoring import Scores, ScoringSettings, metrics, score
 from cnnkit.tracking import open_loggers
 
 # A recipe's bar, the start of its ``expected`` text: ``>= 97% on the 2,000 held-out test digits``.
@@ -241,7 +241,8 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
         if folder.writer:  # the best epoch's weights, read once: the test, the report and Run.model use them
             model.load_state_dict(Checkpoint.load(folder.best).state_dict)
         distributed.broadcast_module(model)  # rank 0's best weights on every rank (no shared disk needed)
-        temperature = _calibrate(model, cfg, session, saver) if folder.writer else 1.0
+        confidence = fit_confidence(model, cfg, session, say) if folder.writer else Confidence()
+        saver.save_confidence(confidence.temperature, confidence.open_set)
         test, scores = None, None
         if loaders.test is not None:  # the run's TTA and precision, as `cnnkit eval` scores
             scores = score(model, loaders.test, ScoringSettings.for_run(cfg, device))  # as validated
@@ -255,26 +256,7 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
     if folder.writer:
         list_skipped_files(folder, skip_log, data_check, loaders)
     model.eval()
-    return result, test, report_scores, temperature
-
-
-def _calibrate(model: nn.Module, cfg: RunConfig, session: Session, saver: RunSaver) -> float:
-    """Fit the temperature of the best weights on the validation split and record it in
-    ``best.pt`` (:mod:`cnnkit.confidence`): every probability shown from then on is calibrated.
-    Skipped (1.0 stays) without a validation split or under torchrun (each rank holds a shard)."""
-    if session.loaders.val is None or distributed.current().world > 1:
-        return 1.0
-    spec, device = session.spec, session.device
-    scores = cached_head_scores(model, cfg, spec, device, "val") or score(
-        model, session.loaders.val, ScoringSettings.for_run(cfg, device))  # fmt: skip
-    if scores.count < 2:
-        return 1.0
-    temperature = fit_temperature(scores.logits, scores.labels)
-    saver.save_temperature(temperature)
-    before, after = scores.loss, validation_loss(scores.logits / temperature, scores.labels)
-    say(f"calibration: temperature {temperature:.3f} fitted on val ({scores.count:,} images): "
-        f"val loss {before:.4f} -> {after:.4f}; probabilities shown are softmax(logits / {temperature:.3f})")
-    return temperature
+    return result, test, report_scores, confidence.temperature
 
 
 def _val_scores(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: Any) -> tuple[str, Scores] | None:

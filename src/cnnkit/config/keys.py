@@ -312,6 +312,17 @@ class TrainConfig:
                   ("--no-cache-features", "off", "never cache backbone features")))  # fmt: skip
     tta: str = shared("tta", "none", "test-time augmentation when validating/testing: none, flip, shift, "
                       "flip-shift")  # fmt: skip
+    open_set: str = key(
+        "auto", "how the model tells an image of none of its classes: auto (knn where the head allows, else msp), "
+        "knn, msp, energy, off", flag="--open-set", choices=("auto", "knn", "msp", "energy", "off"),
+        kind="--open-set score", doc=(
+            "After training, a known-ness score and its threshold are fitted on the validation split and stored "
+            "with the weights (:mod:`cnnkit.confidence`): ``knn`` is the mean cosine similarity of an image's "
+            "penultimate features to its 10 nearest training images, ``msp`` the top calibrated probability, "
+            "``energy`` the calibrated log-sum-exp of the logits; ``off`` fits none. ``cnnkit predict --reject`` "
+            "then writes ``unknown`` for an image below the threshold; serve says \"none of these?\"."))  # fmt: skip
+    known_rate: float = key(0.95, "share of the validation images the none-of-these threshold keeps as known "
+                            "(default 0.95)", flag="--known-rate", gt=0, le=1)  # fmt: skip
     channels_last: str = key("auto", "channels-last memory format: auto (CUDA), on, off", flag="--channels-last",
                              choices=SWITCH_MODES, kind="--channels-last mode")  # fmt: skip
     compile: str = key("auto", "torch.compile: auto (when it pays off; CPU: float32 training, a C++ compiler), on, off",

@@ -86,6 +86,8 @@ class PredictOptions:
         choices=(True, False, *TTA_MODES), kind="test-time augmentation mode", metavar="MODE")  # fmt: skip
     threshold: float | None = key(None, "label predictions below this probability 'unknown'", flag="--threshold",
                                   ge=0, le=1)  # fmt: skip
+    reject: bool = key(False, "label images that look like none of the model's classes 'unknown' (its open set, "
+                       "fitted when it trained)", flag="--reject")  # fmt: skip
     out: str | None = shared("out", None, "write results to a .csv, .json or .jsonl file (default: print them)")
     backend: str = shared("backend", "auto")
     device: str = shared("device", "cpu", "torch backend: where the model runs: cpu (default), cuda, mps or auto")

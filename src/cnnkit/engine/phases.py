@@ -250,13 +250,24 @@ def cached_head_scores(model: nn.Module, cfg: RunConfig, spec: DataSpec, device:
     and a cache file for the backbone's current weights (a fine-tuned backbone has none).
     None otherwise: the caller scores the images.
     """
+    found = cached_head_inputs(model, cfg, spec, device, split)
+    if found is None:
+        return None
+    head, loader = found
+    return score(head, loader, ScoringSettings.for_run(cfg, device))
+
+
+def cached_head_inputs(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: torch.device,
+                       split: str = "val") -> tuple[nn.Module, FeatureLoader] | None:  # fmt: skip
+    """The model's head (:class:`HeadOnly`) and a loader of ``split``'s cached backbone
+    features, unshuffled, under the conditions of :func:`cached_head_scores`; else None."""
     if not isinstance(model, BackboneClassifier) or not use_feature_cache(cfg) or cfg.train.tta != "none":
         return None
     if distributed.current().world > 1 or split not in (spec.split.get("indices") or spec.split.get("files") or {}):
         return None
-    settings = ScoringSettings.for_run(cfg, device)
-    found = read_cached_features(feature_cache_path(cfg, spec, split, state_digest(model.backbone), settings.dtype))
+    dtype = ScoringSettings.for_run(cfg, device).dtype
+    found = read_cached_features(feature_cache_path(cfg, spec, split, state_digest(model.backbone), dtype))
     if found is None:
         return None
     feats, labels = found
-    return score(HeadOnly(model), FeatureLoader(feats, labels, EVAL_FEATURE_BATCH), settings)
+    return HeadOnly(model), FeatureLoader(feats, labels, EVAL_FEATURE_BATCH)

@@ -29,6 +29,7 @@ from cnnkit.checkpoint import (
     set_rng_state,
     unwrap,
 )
+from cnnkit.confidence import OpenSet
 from cnnkit.engine.regularize import WeightEma
 from cnnkit.errors import CnnkitError
 from cnnkit.runfolder import RunFolder
@@ -137,6 +138,7 @@ class RunSaver:
 
     def __post_init__(self) -> None:
         self.describe = dataclasses.replace(self.describe, state_dict={}, training=None)
+        self._best: Checkpoint | None = None  # the last best.pt written, kept to add the fitted confidence
 
     def save_epoch(self, state: TrainState, result: FitResult, improved: bool) -> None:
         """The files of the epoch that ends ``result.history``."""
@@ -147,17 +149,19 @@ class RunSaver:
         ckpt = run_checkpoint(state, result, self.describe, epoch)
         ckpt.save(self.folder.last)
         if improved:  # what is deployed: the validated weights and metadata, no optimizer state
-            ckpt.weights_only().save(self.folder.best)
+            self._best = ckpt.weights_only()
+            self._best.save(self.folder.best)
         if self.save_every and epoch % self.save_every == 0:  # snapshots to resume from, like last.pt
             ckpt.save(self.folder.epoch_checkpoint(epoch))
 
-    def save_temperature(self, temperature: float) -> None:
-        """Record the fitted temperature (:mod:`cnnkit.confidence`) in ``best.pt`` and in every
-        checkpoint written after it (a resumed run that improves refits it when it ends)."""
-        self.describe = dataclasses.replace(self.describe, temperature=temperature)
+    def save_confidence(self, temperature: float, open_set: OpenSet | None) -> None:
+        """Record the fitted temperature and open set (:mod:`cnnkit.confidence`) in ``best.pt``
+        and in every checkpoint written after it (a resumed run that improves refits them)."""
+        self.describe = dataclasses.replace(self.describe, temperature=temperature, open_set=open_set)
         if self.folder.writer and self.folder.best.is_file():
-            best = Checkpoint.load(self.folder.best)
-            dataclasses.replace(best, temperature=temperature).save(self.folder.best)
+            # the best checkpoint this process wrote, else (a resumed run that did not improve) the file's
+            best = self._best if self._best is not None else Checkpoint.load(self.folder.best)
+            dataclasses.replace(best, temperature=temperature, open_set=open_set).save(self.folder.best)
 
     def save_progress(self, state: TrainState, result: FitResult, done: EpochProgress, lr: float) -> None:
         """``last.pt`` in the middle of the epoch after ``result.history``: ``done`` says how far

@@ -44,11 +44,19 @@ class TorchBackend:
         self.dtype = dtype
         self.memory_format = torch.channels_last
 
-    @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.outputs(images)[0]
+
+    @torch.inference_mode()
+    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[B, K]`` and, for a model with an open set
+        (:class:`~cnnkit.confidence.OpenSetModel`), the known-ness scores ``[B]`` (else None)."""
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.dtype):
-            return self.model(images).float().cpu()
+            out = self.model(images)
+        if isinstance(out, tuple):
+            return out[0].float().cpu(), out[1].float().cpu()
+        return out.float().cpu(), None
 
 
 class _ArrayBackend:
@@ -58,23 +66,30 @@ class _ArrayBackend:
     fixed_batch: int | None = None
     settings = ScoringSettings()  # NumPy in, NumPy out: batches stay float32 on the CPU
 
-    def run_array(self, array: np.ndarray) -> np.ndarray:
+    def run_array(self, array: np.ndarray) -> list[np.ndarray]:
+        """Every output of the file for one batch (``logits``, then ``known`` when it has an open set)."""
         raise NotImplementedError
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.outputs(images)[0]
+
+    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[B, K]`` and the known-ness scores ``[B]`` of a file with an open set (else None)."""
         array = np.ascontiguousarray(images.detach().cpu().float().numpy())
         size = self.fixed_batch
         if size is None or size == len(array):
-            return torch.from_numpy(np.asarray(self.run_array(array), dtype=np.float32))
-        # exported without --dynamic-batch: run fixed-size chunks, the last one zero-padded
-        outputs = []
-        for start in range(0, len(array), size):
-            chunk = array[start : start + size]
-            real = len(chunk)
-            if real < size:
-                chunk = np.concatenate([chunk, np.zeros((size - real, *array.shape[1:]), array.dtype)])
-            outputs.append(np.asarray(self.run_array(chunk), dtype=np.float32)[:real])
-        return torch.from_numpy(np.concatenate(outputs))
+            results = [np.asarray(out, dtype=np.float32) for out in self.run_array(array)]
+        else:  # exported without --dynamic-batch: run fixed-size chunks, the last one zero-padded
+            chunks = []
+            for start in range(0, len(array), size):
+                chunk = array[start : start + size]
+                real = len(chunk)
+                if real < size:
+                    chunk = np.concatenate([chunk, np.zeros((size - real, *array.shape[1:]), array.dtype)])
+                chunks.append([np.asarray(out, dtype=np.float32)[:real] for out in self.run_array(chunk)])
+            results = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+        known = torch.from_numpy(results[1]).reshape(-1) if len(results) > 1 else None
+        return torch.from_numpy(results[0]), known
 
 
 class OnnxBackend(_ArrayBackend):
@@ -88,8 +103,8 @@ class OnnxBackend(_ArrayBackend):
         shape = session.get_inputs()[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
 
-    def run_array(self, array: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: array})[0]
+    def run_array(self, array: np.ndarray) -> list[np.ndarray]:
+        return list(self.session.run(None, {self.input_name: array}))
 
 
 class OpenVinoBackend(_ArrayBackend):
@@ -109,8 +124,9 @@ class OpenVinoBackend(_ArrayBackend):
         shape = compiled.inputs[0].get_partial_shape()[0]
         self.fixed_batch = shape.get_length() if shape.is_static else None
 
-    def run_array(self, array: np.ndarray) -> np.ndarray:
-        return self.compiled(array)[0]
+    def run_array(self, array: np.ndarray) -> list[np.ndarray]:
+        results = self.compiled(array)
+        return [results[output] for output in self.compiled.outputs]
 
 
 def _require_onnxruntime() -> Any:

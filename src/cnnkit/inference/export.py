@@ -29,6 +29,7 @@ from torch import nn
 
 from cnnkit.atomic import atomic_write
 from cnnkit.checkpoint import unwrap
+from cnnkit.confidence import OpenSet, OpenSetModel
 from cnnkit.config import EXPORT_FORMATS, ExportOptions, validate
 from cnnkit.config.options import DEFAULT_TOLERANCE
 from cnnkit.data.folder import ImageLoadError
@@ -85,6 +86,8 @@ class ParityResult:
         tolerance: the bound on ``max_abs_diff``.
         near_ties: top-1 disagreements excused because PyTorch itself ranked the two
             classes within ``tolerance`` of each other (see :func:`check_parity`).
+        known_changed: for a model with an open set, images whose known/unknown decision
+            differs from PyTorch's, near-threshold ties excused (None: no open set).
     """
 
     images: int
@@ -93,10 +96,13 @@ class ParityResult:
     ok: bool
     tolerance: float
     near_ties: int = 0
+    known_changed: int | None = None
 
     def summary(self) -> str:
         """``max |Δlogit| 3.1e-06, top-1 agreement 100.00% (tolerance 1e-03): OK``."""
         ties = f", {self.near_ties} near-tie(s) excused" if self.near_ties else ""
+        if self.known_changed is not None:
+            ties += f", known/unknown decisions changed: {self.known_changed}"
         short = f"{self.tolerance:.0e}"
         tolerance = short if float(short) == self.tolerance else f"{self.tolerance:.2e}"
         return (f"max |Δlogit| {self.max_abs_diff:.1e}, top-1 agreement {self.top1_agreement:.2%}{ties} "
@@ -239,7 +245,7 @@ def _convert(proto: Any, precision: str, calibration: torch.Tensor | None, notes
 
 def _onnx_dynamo(model: nn.Module, example: torch.Tensor, path: Path, dynamic: bool, opset: int | None) -> None:
     shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
-    torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+    torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=_output_names(model),
                       opset_version=opset, dynamo=True, dynamic_shapes=shapes, external_data=False,
                       verbose=False)  # fmt: skip
 
@@ -270,7 +276,7 @@ def _onnx_legacy(model: nn.Module, example: torch.Tensor, path: Path, dynamic: b
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the fallback is already in the notes
-        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=_output_names(model),
                           opset_version=opset, dynamo=False, dynamic_axes=axes)  # fmt: skip
 
 
@@ -359,29 +365,78 @@ def _first_line(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- parity
 
 
+Outputs = tuple[torch.Tensor, torch.Tensor | None]  # logits [N, K] and, with an open set, known-ness [N]
+
+
+def _output_names(model: nn.Module) -> list[str]:
+    """``logits``, and ``known`` for a model with an open set (:class:`OpenSetModel`)."""
+    return ["logits", "known"] if isinstance(model, OpenSetModel) else ["logits"]
+
+
+def _outputs(out: Any) -> Outputs:
+    if isinstance(out, tuple | list):
+        known = out[1] if len(out) > 1 else None
+        return out[0].float(), known.float().reshape(-1) if known is not None else None
+    return out.float(), None
+
+
+def _joined(parts: list[Outputs]) -> Outputs:
+    known = [k for _, k in parts if k is not None]
+    return torch.cat([logits for logits, _ in parts]), torch.cat(known) if known else None
+
+
 @torch.inference_mode()
-def reference_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """PyTorch logits ``[N, K]`` of normalised ``images`` ``[N, C, H, W]``: float32, eval mode, CPU."""
+def reference_outputs(model: nn.Module, images: torch.Tensor) -> Outputs:
+    """PyTorch logits ``[N, K]`` (and an open set's known-ness ``[N]``, else None) of normalised
+    ``images`` ``[N, C, H, W]``: float32, eval mode, CPU."""
     model, _ = _ready(model, images[:1])
-    return torch.cat([model(chunk) for chunk in images.float().cpu().split(_CHUNK)])
+    return _joined([_outputs(model(chunk)) for chunk in images.float().cpu().split(_CHUNK)])
 
 
-def exported_logits(path: str | Path, fmt: str, images: torch.Tensor) -> torch.Tensor:
-    """Run an exported file on normalised ``images`` ``[N, C, H, W]``; logits ``[N, K]``.
+def reference_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The logits of :func:`reference_outputs`."""
+    return reference_outputs(model, images)[0]
+
+
+def exported_outputs(path: str | Path, fmt: str, images: torch.Tensor) -> Outputs:
+    """Run an exported file on normalised ``images`` ``[N, C, H, W]``: logits ``[N, K]`` and,
+    for a file with an open set, its known-ness ``[N]`` (else None).
 
     ONNX files run in ONNX Runtime (as ``Predictor.from_onnx`` runs them), TorchScript
     files with ``torch.jit.load`` on the CPU.
     """
     if fmt == "onnx":
         session, _ = onnx_session(path)
-        run: Callable[[torch.Tensor], torch.Tensor] = OnnxBackend(session)
+        run: Callable[[torch.Tensor], Any] = OnnxBackend(session).outputs
     elif fmt == "torchscript":
         module, _ = load_torchscript(path)
         run = module
     else:
         raise unknown_name("format", fmt, FORMATS)
     with torch.inference_mode():
-        return torch.cat([run(chunk).float() for chunk in images.float().cpu().split(_CHUNK)])
+        return _joined([_outputs(run(chunk)) for chunk in images.float().cpu().split(_CHUNK)])
+
+
+def exported_logits(path: str | Path, fmt: str, images: torch.Tensor) -> torch.Tensor:
+    """The logits of :func:`exported_outputs`."""
+    return exported_outputs(path, fmt, images)[0]
+
+
+def known_changes(reference: torch.Tensor | None, exported: torch.Tensor | None, threshold: float,
+                  tolerance: float = DEFAULT_TOLERANCE) -> int | None:  # fmt: skip
+    """Images whose known/unknown decision (score >= ``threshold``) differs between PyTorch and
+    the file, those whose PyTorch score lies within ``tolerance`` of the threshold excused;
+    None when neither gives known-ness scores.
+
+    Raises:
+        CnnkitError: only one of them gives known-ness scores.
+    """
+    if reference is None and exported is None:
+        return None
+    if reference is None or exported is None:
+        raise CnnkitError("the exported file and PyTorch disagree on whether the model has an open set")
+    changed = (reference >= threshold) != (exported >= threshold)
+    return int((changed & ((reference - threshold).abs() > tolerance)).sum())
 
 
 def check_parity(reference: torch.Tensor, exported: torch.Tensor, tolerance: float = DEFAULT_TOLERANCE) -> ParityResult:
@@ -413,6 +468,17 @@ def check_parity(reference: torch.Tensor, exported: torch.Tensor, tolerance: flo
     agreement = float(agree.double().mean())
     ok = finite and max_diff <= tolerance and int((~agree).sum()) == near_ties
     return ParityResult(len(ref), max_diff, agreement, ok, float(tolerance), near_ties)
+
+
+def check_outputs(reference: Outputs, exported: Outputs, open_set: OpenSet | None,
+                  tolerance: float = DEFAULT_TOLERANCE) -> ParityResult:  # fmt: skip
+    """:func:`check_parity` of the logits, and for a model with an open set the known/unknown
+    decisions (:func:`known_changes`): ``ok`` also needs every decision to agree."""
+    parity = check_parity(reference[0], exported[0], tolerance)
+    if open_set is None:
+        return parity
+    changed = known_changes(reference[1], exported[1], open_set.threshold, tolerance)
+    return dataclasses.replace(parity, known_changed=changed, ok=parity.ok and changed == 0)
 
 
 def prepare_files(paths: Sequence[str], metadata: Metadata) -> tuple[torch.Tensor | None, list[Skipped]]:

@@ -17,6 +17,7 @@ from torch import nn
 
 from cnnkit import usercode
 from cnnkit.checkpoint import Checkpoint, checkpoint_file
+from cnnkit.confidence import deployed
 from cnnkit.config import RunConfig
 from cnnkit.data import DataSpec, build
 from cnnkit.device import data_device
@@ -53,6 +54,12 @@ class LoadedCheckpoint:
     def payload(self) -> dict[str, Any]:
         """The checkpoint as the plain dict of format 1 (``payload["model"]["name"]``...)."""
         return self.checkpoint.to_flat_dict()
+
+    @property
+    def graph(self) -> nn.Module:
+        """What runs when the model is used: the model, or with its open set one
+        :class:`~cnnkit.confidence.OpenSetModel` (outputs ``logits`` and ``known``)."""
+        return deployed(self.model, self.checkpoint.open_set, self.checkpoint.temperature)
 
     @property
     def run_folder(self) -> RunFolder | None:

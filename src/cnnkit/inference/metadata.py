@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnkit.checkpoint import Checkpoint
+from cnnkit.confidence import OpenSet
 from cnnkit.data.spec import Preprocess
 from cnnkit.errors import CnnkitError
 from cnnkit.tta import check_tta
@@ -36,6 +37,9 @@ class Metadata:
         source_sha256: SHA-256 of the checkpoint file the export came from (``""`` if unknown).
         temperature: the logits are divided by it before every probability shown
             (:func:`cnnkit.confidence.calibrated`); 1.0 for files written before it was recorded.
+        open_set: the parameters of the model's "none of these" decision
+            (:meth:`cnnkit.confidence.OpenSet.params`: score, threshold, known rate, k); the
+            score itself is the model file's second output ``known``. None: no open set.
     """
 
     class_names: list[str]
@@ -46,12 +50,13 @@ class Metadata:
     precision: str = "fp32"
     source_sha256: str = ""
     temperature: float = 1.0
+    open_set: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps({"class_names": self.class_names, "preprocess": self.preprocess.to_dict(),
                            "model": self.model, "augment": self.augment, "tta": self.tta,
                            "precision": self.precision, "source_sha256": self.source_sha256,
-                           "temperature": self.temperature})  # fmt: skip
+                           "temperature": self.temperature, "open_set": self.open_set})  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Metadata:
@@ -61,7 +66,7 @@ class Metadata:
                        dict(values.get("model", {})), str(values.get("augment", "none")),
                        check_tta(str(values.get("tta") or "none")), str(values.get("precision") or "fp32"),
                        str(values.get("source_sha256") or ""),
-                       _temperature(values.get("temperature", 1.0)))  # fmt: skip
+                       _temperature(values.get("temperature", 1.0)), _open_set(values.get("open_set")))  # fmt: skip
         except (ValueError, KeyError, TypeError) as exc:
             raise CnnkitError(f"{where}: its cnnkit metadata is unreadable ({exc}); re-export it") from None
 
@@ -71,6 +76,10 @@ def _temperature(value: object) -> float:
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature {value!r} is not a positive number")
     return temperature
+
+
+def _open_set(values: Any) -> dict[str, Any] | None:
+    return None if values is None else OpenSet.from_dict(values).params()  # a ValueError says unreadable
 
 
 def checkpoint_metadata(ckpt: Checkpoint) -> Metadata:
@@ -88,7 +97,8 @@ def checkpoint_metadata(ckpt: Checkpoint) -> Metadata:
     cfg = ckpt.config
     return Metadata(list(ckpt.class_names), ckpt.preprocess, model, str(cfg.data.augment or "none"),
                     check_tta(str(cfg.train.tta or "none")), source_sha256=digest,
-                    temperature=ckpt.temperature)  # fmt: skip
+                    temperature=ckpt.temperature,
+                    open_set=ckpt.open_set.params() if ckpt.open_set is not None else None)  # fmt: skip
 
 
 def file_sha256(path: str | Path) -> str:

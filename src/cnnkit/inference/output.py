@@ -25,12 +25,14 @@ FORMATS = (".csv", ".json", ".jsonl")
 class PredictionWriter:
     """Base: counts what it wrote; subclasses format rows. Use as a context manager."""
 
-    def __init__(self, handle: IO[str], topk: int) -> None:
+    def __init__(self, handle: IO[str], topk: int, known: bool = False) -> None:
         self.handle = handle
         self.topk = topk
+        self.known = known  # the model has an open set: each prediction has a known-ness score
         self.predicted = 0
         self.skipped: list[Skipped] = []
         self.unknown = 0
+        self.not_known = 0
 
     def write(self, item: Prediction | Skipped) -> None:
         if isinstance(item, Skipped):
@@ -39,6 +41,7 @@ class PredictionWriter:
         else:
             self.predicted += 1
             self.unknown += item.label == "unknown"
+            self.not_known += item.looks_known is False
             self.write_prediction(item)
 
     def write_prediction(self, item: Prediction) -> None:
@@ -65,6 +68,8 @@ class ConsoleWriter(PredictionWriter):
             aside = f"  (best guess {item.topk[0][0]})"
         else:
             aside = f"  (next: {item.topk[1][0]} {item.topk[1][1]:.1%})" if len(item.topk) > 1 else ""
+        if item.looks_known is False:
+            aside += f"  not sure: none of these? (known score {item.known_score:.3g})"
         self.handle.write(f"{item.source}\t{item.label}\t{item.confidence:.2%}{aside}\n")
 
     def write_skipped(self, item: Skipped) -> None:
@@ -72,28 +77,35 @@ class ConsoleWriter(PredictionWriter):
 
 
 class CsvWriter(PredictionWriter):
-    """Columns: file, label, confidence, top1_label, top1_prob ... topK_prob, error."""
+    """Columns: file, label, confidence, (a model with an open set: known_score, looks_known),
+    top1_label, top1_prob ... topK_prob, error."""
 
-    def __init__(self, handle: IO[str], topk: int) -> None:
-        super().__init__(handle, topk)
+    def __init__(self, handle: IO[str], topk: int, known: bool = False) -> None:
+        super().__init__(handle, topk, known)
         self.rows = csv.writer(handle)
         ranked = [f"top{i}_{part}" for i in range(1, topk + 1) for part in ("label", "prob")]
-        self.rows.writerow(["file", "label", "confidence", *ranked, "error"])
+        self.rows.writerow(["file", "label", "confidence", *self._known_columns, *ranked, "error"])
+
+    @property
+    def _known_columns(self) -> list[str]:
+        return ["known_score", "looks_known"] if self.known else []
 
     def write_prediction(self, item: Prediction) -> None:
         ranked = [value for name, prob in item.topk for value in (name, f"{prob:.6f}")]
         ranked += [""] * (2 * self.topk - len(ranked))
-        self.rows.writerow([item.source, item.label, f"{item.confidence:.6f}", *ranked, ""])
+        known = [f"{item.known_score:.6f}", str(item.looks_known).lower()] if self.known else []
+        self.rows.writerow([item.source, item.label, f"{item.confidence:.6f}", *known, *ranked, ""])
 
     def write_skipped(self, item: Skipped) -> None:
-        self.rows.writerow([item.source, "", "", *([""] * 2 * self.topk), item.reason])
+        blank = [""] * (2 * self.topk + len(self._known_columns))
+        self.rows.writerow([item.source, "", "", *blank, item.reason])
 
 
 class JsonWriter(PredictionWriter):
     """``{"predictions": [...], "skipped": [...], "summary": {...}}``, streamed."""
 
-    def __init__(self, handle: IO[str], topk: int) -> None:
-        super().__init__(handle, topk)
+    def __init__(self, handle: IO[str], topk: int, known: bool = False) -> None:
+        super().__init__(handle, topk, known)
         self.handle.write('{"predictions": [')
 
     def write_prediction(self, item: Prediction) -> None:
@@ -151,9 +163,10 @@ class AtomicFile:
         Path(self.tmp).unlink(missing_ok=True)
 
 
-def open_writer(out: Path | None, topk: int) -> tuple[PredictionWriter, AtomicFile | None]:
-    """The writer for ``out`` (None: the terminal) and the file to commit at the end."""
+def open_writer(out: Path | None, topk: int, known: bool = False) -> tuple[PredictionWriter, AtomicFile | None]:
+    """The writer for ``out`` (None: the terminal) and the file to commit at the end;
+    ``known``: the model has an open set (the CSV gets its two columns)."""
     if out is None:
-        return ConsoleWriter(sys.stdout, topk), None
+        return ConsoleWriter(sys.stdout, topk, known), None
     target = AtomicFile(out)
-    return _WRITERS[out.suffix.lower()](target.handle, topk), target
+    return _WRITERS[out.suffix.lower()](target.handle, topk, known), target

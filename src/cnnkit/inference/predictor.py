@@ -25,7 +25,7 @@ from PIL import Image
 from torch import nn
 
 from cnnkit.checkpoint import Checkpoint
-from cnnkit.confidence import calibrated
+from cnnkit.confidence import OpenSet, calibrated, deployed
 from cnnkit.data.folder import ImageLoadError, load_image, to_mode, walk_files
 from cnnkit.data.spec import Preprocess
 from cnnkit.data.transforms import eval_pixels, normalize_batch
@@ -48,10 +48,14 @@ class Prediction:
 
     Attributes:
         source: the file path, or ``image[i]`` for in-memory images.
-        label: top-1 class name, or ``"unknown"`` when its probability is under the threshold.
+        label: top-1 class name, or ``"unknown"`` when its probability is under the threshold
+            or (asked with ``reject``) it does not look like any known class.
         confidence: top-1 probability (calibrated: see :meth:`Predictor.rank`).
         topk: ``(class name, probability)`` pairs, most probable first.
         index: top-1 class index.
+        known_score: how much the image looks like the training data (higher: more), for a
+            model with an open set (:mod:`cnnkit.confidence`); None without one.
+        looks_known: the score reaches the model's threshold; None without an open set.
     """
 
     source: str
@@ -59,14 +63,19 @@ class Prediction:
     confidence: float
     topk: list[tuple[str, float]]
     index: int
+    known_score: float | None = None
+    looks_known: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "file": self.source,
             "label": self.label,
             "confidence": round(self.confidence, 6),
             "topk": [{"label": name, "prob": round(prob, 6)} for name, prob in self.topk],
         }
+        if self.known_score is not None:
+            out.update(known_score=round(self.known_score, 6), looks_known=self.looks_known)
+        return out
 
 
 @dataclass
@@ -234,6 +243,10 @@ class Predictor:
         model: the PyTorch module, when there is one (Grad-CAM needs it).
         settings: how :meth:`logits` scores (None: the backend's ``settings``, else float32
             on the CPU); the test-time views are chosen per call (:meth:`resolve_tta`).
+
+    A model with an open set (``metadata.open_set``) runs as one graph that also gives each
+    image's known-ness score (:class:`~cnnkit.confidence.OpenSetModel`; an exported file's
+    second output ``known``); the score is taken on the image itself, without test-time views.
     """
 
     def __init__(self, backend: Callable[[torch.Tensor], torch.Tensor], metadata: Metadata,
@@ -256,16 +269,29 @@ class Predictor:
         """
         ckpt = Checkpoint.load(path)
         model = model_from_checkpoint(ckpt, trust_code=trust_code)
-        return cls.from_model(model, checkpoint_metadata(ckpt), device, amp)
+        return cls.from_model(model, checkpoint_metadata(ckpt), device, amp, open_set=ckpt.open_set)
 
     @classmethod
     def from_model(cls, model: nn.Module, metadata: Metadata, device: str | torch.device = "cpu",
-                   amp: str = "off") -> Predictor:  # fmt: skip
-        """A PyTorch model with its metadata (see :meth:`from_checkpoint` for ``device`` and ``amp``)."""
+                   amp: str = "off", open_set: OpenSet | None = None) -> Predictor:  # fmt: skip
+        """A PyTorch model with its metadata (see :meth:`from_checkpoint` for ``device`` and
+        ``amp``); ``open_set``: the checkpoint's (with its feature bank), run with the model."""
         from cnnkit.device import amp_dtype, resolve_device
 
         device = device if isinstance(device, torch.device) else resolve_device(device)
-        return cls(TorchBackend(model, device, amp_dtype(amp, device)), metadata, model)
+        graph = deployed(model, open_set, metadata.temperature)
+        return cls(TorchBackend(graph, device, amp_dtype(amp, device)), metadata, model)
+
+    @property
+    def graph(self) -> nn.Module | None:
+        """The PyTorch module the backend runs (the model, or the model and its open set as
+        one :class:`~cnnkit.confidence.OpenSetModel`): what an ONNX copy is built from."""
+        return getattr(self.backend, "model", None) if self.model is not None else None
+
+    @property
+    def open_set(self) -> OpenSet | None:
+        """The open set's parameters (no feature bank: the model computes the score), or None."""
+        return OpenSet.from_dict(self.metadata.open_set) if self.metadata.open_set is not None else None
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> Predictor:
@@ -340,16 +366,29 @@ class Predictor:
         unlabelled = torch.zeros(len(images), dtype=torch.long)  # score takes (inputs, labels) batches
         return score(self.backend, [(images, unlabelled)], settings).logits
 
+    def scores(self, images: torch.Tensor, tta: bool | str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`logits` and, with an open set, the known-ness scores ``[B]`` of the images
+        themselves (one pass when there are no test-time views); None without an open set."""
+        if self.metadata.open_set is None:
+            return self.logits(images, tta), None
+        with torch.inference_mode():
+            logits, known = self.backend.outputs(images)  # type: ignore[attr-defined]
+        if self.resolve_tta(tta) != "none":
+            logits = self.logits(images, tta)
+        return logits, known
+
     def tta_views(self, images: torch.Tensor, tta: bool | str | None = None) -> list[torch.Tensor]:
         """The test-time views of a normalised batch (see :meth:`resolve_tta`), the image first."""
         return tta_views(images, self.resolve_tta(tta))
 
     def predict(self, images: ImageLike | Sequence[ImageLike], *, topk: int = 5, batch_size: int = 64,
-                tta: bool | str | None = None, threshold: float | None = None,
+                tta: bool | str | None = None, threshold: float | None = None, reject: bool = False,
                 ) -> Prediction | list[Prediction]:  # fmt: skip
         """Predict one image (returns a :class:`Prediction`) or a list of them (a list).
 
         ``tta``: see :meth:`resolve_tta` (default: the run's own, as ``cnnkit eval``).
+        ``reject``: label an image that does not look like any known class ``unknown``
+        (a model with an open set; see :meth:`rank`).
 
         A 4-D array/tensor ``[N, ...]`` counts as N images. Bad inputs raise
         :class:`~cnnkit.errors.CnnkitError` subclasses with a message (use
@@ -364,15 +403,17 @@ class Predictor:
             pixels = torch.stack([self.pixels(to_pil(item, self.mode)) for item in chunk])
             batch = normalize_batch(pixels, self.preprocess)
             sources = [_source_name(item, start + i) for i, item in enumerate(chunk)]
-            results += self.rank(self.logits(batch, tta), sources, topk, threshold)
+            logits, known = self.scores(batch, tta)
+            results += self.rank(logits, sources, topk, threshold, known=known, reject=reject)
         return results[0] if single else results
 
     def predict_files(self, paths: Sequence[str], *, topk: int = 5, batch_size: int = 64, workers: int | None = None,
-                      tta: bool | str | None = None, threshold: float | None = None,
+                      tta: bool | str | None = None, threshold: float | None = None, reject: bool = False,
                       ) -> Iterator[Prediction | Skipped]:  # fmt: skip
         """Stream results for many files, in the given order; bad files come as :class:`Skipped`.
 
-        ``tta``: see :meth:`resolve_tta` (default: the run's own, as ``cnnkit eval``).
+        ``tta``: see :meth:`resolve_tta` (default: the run's own, as ``cnnkit eval``);
+        ``reject``: see :meth:`predict`.
 
         Each batch is decoded by ``workers`` threads (default: one per CPU core, at most 8;
         0: in this thread), then the model runs on it with the cores to itself
@@ -389,23 +430,34 @@ class Predictor:
             if images is None:
                 ranked = []
             else:
-                ranked = self.rank(self.logits(normalize_batch(images, self.preprocess), tta), sources, topk, threshold)
+                logits, known = self.scores(normalize_batch(images, self.preprocess), tta)
+                ranked = self.rank(logits, sources, topk, threshold, known=known, reject=reject)
             by_index: dict[int, Prediction | Skipped] = dict(zip(indices, ranked, strict=True))
             by_index.update({index: Skipped(paths[index], reason) for index, reason in bad})
             yield from (by_index[index] for index in sorted(by_index))
 
-    def rank(self, logits: torch.Tensor, sources: Sequence[str], topk: int = 5,
-             threshold: float | None = None) -> list[Prediction]:  # fmt: skip
+    def rank(self, logits: torch.Tensor, sources: Sequence[str], topk: int = 5, threshold: float | None = None,
+             *, known: torch.Tensor | None = None, reject: bool = False) -> list[Prediction]:  # fmt: skip
         """Logits ``[B, K]`` -> one :class:`Prediction` per row, its probabilities calibrated by
-        the model's temperature (:func:`cnnkit.confidence.calibrated`)."""
+        the model's temperature (:func:`cnnkit.confidence.calibrated`).
+
+        ``known``: the rows' known-ness scores (:meth:`scores`), judged against the open set's
+        threshold; with ``reject`` a row below it is labelled ``unknown``. ``threshold``: a
+        top-1 probability under it is labelled ``unknown`` too.
+        """
         probs = calibrated(logits, self.metadata.temperature)
         k = max(1, min(topk, probs.shape[-1]))
         values, indices = probs.topk(k, dim=-1)
+        open_set = self.open_set if known is not None else None
+        scores = known.tolist() if open_set is not None else [None] * len(sources)
         results = []
-        for source, row_values, row_indices in zip(sources, values.tolist(), indices.tolist(), strict=True):
+        for source, row_values, row_indices, score_ in zip(sources, values.tolist(), indices.tolist(), scores,
+                                                          strict=True):  # fmt: skip
             top = [(self.class_names[i], p) for i, p in zip(row_indices, row_values, strict=True)]
-            label = top[0][0] if threshold is None or row_values[0] >= threshold else UNKNOWN
-            results.append(Prediction(source, label, row_values[0], top, row_indices[0]))
+            looks_known = None if score_ is None else bool(score_ >= open_set.threshold)
+            sure = threshold is None or row_values[0] >= threshold
+            label = top[0][0] if sure and not (reject and looks_known is False) else UNKNOWN
+            results.append(Prediction(source, label, row_values[0], top, row_indices[0], score_, looks_known))
         return results
 
 

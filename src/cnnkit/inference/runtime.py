@@ -64,7 +64,8 @@ def load_predictor(path: str | Path, *, backend: str = "auto", device: str | tor
     if _is_onnx(path):
         return _exported_file(Path(path), backend)
     loaded = load_checkpoint(path, trust_code=trust_code)
-    predictor = Predictor.from_model(loaded.model, checkpoint_metadata(loaded.checkpoint), device, amp)
+    predictor = Predictor.from_model(loaded.model, checkpoint_metadata(loaded.checkpoint), device, amp,
+                                     open_set=loaded.checkpoint.open_set)
     if backend == "torch":
         predictor.note = "torch (as asked)"
         return predictor
@@ -181,13 +182,14 @@ def _build(predictor: Predictor, images: torch.Tensor, target: Path) -> Any:
     """Export to a staging file, check it, move it into place only when it passes."""
     from cnnkit.inference import export
 
-    assert predictor.model is not None  # a checkpoint's Predictor holds its model
+    graph = predictor.graph
+    assert graph is not None  # a checkpoint's Predictor holds its model
     # a name of its own: two processes building the same checkpoint must not remove each other's file
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
-        export.export_onnx(predictor.model, images[:2], staging, predictor.metadata, dynamic_batch=True)
-        reference = export.reference_logits(predictor.model, images)
-        parity = export.check_parity(reference, export.exported_logits(staging, "onnx", images))
+        export.export_onnx(graph, images[:2], staging, predictor.metadata, dynamic_batch=True)
+        parity = export.check_outputs(export.reference_outputs(graph, images),
+                                      export.exported_outputs(staging, "onnx", images), predictor.open_set)
         if parity.ok:
             staging.replace(target)
         return parity

@@ -60,7 +60,7 @@ PORTS = (1, 65535)  # --port must be in this range
 LOOPBACK_NAMES = ("localhost",)  # host names taken for the loopback interface (IP addresses are parsed)
 NOT_UPLOADED = "refused: send the file itself with the request (an upload); a file path on the server is never read"
 
-Outputs = tuple[dict[str, float], Image.Image, Image.Image | None]
+Outputs = tuple[dict[str, float], Image.Image, Image.Image | None, str]  # classes, input, Grad-CAM, verdict
 
 
 def _gradio() -> Any:
@@ -243,19 +243,32 @@ class DemoModel:
         top, cam = self._model_thread.submit(self._run_model, x).result()
         shown = display_image(x[0], self.predictor.preprocess)  # [H, W] or [H, W, 3] in [0, 1]
         heatmap = overlay(shown, cam) if cam is not None else None
-        return dict(top.topk), enlarge(to_image(shown)), heatmap
+        return dict(top.topk), enlarge(to_image(shown)), heatmap, verdict(top)
 
     def _run_model(self, x: torch.Tensor) -> tuple[Prediction, torch.Tensor | None]:
         """(the ranked prediction, the Grad-CAM heatmap or None) for ``x`` ``[1, C, H, W]``."""
-        logits = self.predictor.logits(x)  # [1, K]
-        top = self.predictor.rank(logits, ["input"], self.topk)[0]
+        logits, known = self.predictor.scores(x)  # [1, K], [1] or None
+        top = self.predictor.rank(logits, ["input"], self.topk, known=known)[0]
         cam = grad_cam(self.predictor.model, x, top.index).heatmap if self.gradcam else None
         return top, cam
+
 
     def _check_size(self, image: Any) -> None:
         # a PIL image's size comes from its header: a huge upload is refused before decoding
         width, height = image.size if isinstance(image, Image.Image) else np.shape(image)[1::-1]
         check_pixels(width, height, self.max_pixels)
+
+
+NONE_OF_THESE = "not sure: none of these?"
+
+
+def verdict(top: Prediction) -> str:
+    """The line above the classes: empty when the image looks like the training data (or the
+    model has no open set); else that it may be none of the classes, in plain words."""
+    if top.looks_known is not False:
+        return ""
+    return (f"**{NONE_OF_THESE}** This image looks unlike the images the model learned from, so its answer "
+            f"({top.topk[0][0]}, {top.confidence:.0%}) is probably wrong.")  # fmt: skip
 
 
 def check_pixels(width: int, height: int, max_pixels: int, name: str = "the image") -> None:
@@ -367,8 +380,9 @@ def build_demo(
 
     API endpoints (for ``gradio_client``): ``/predict_image`` (an image file) and, for digit
     models, ``/predict_drawing`` (an image-editor value). Both return the top-``topk``
-    classes (a ``gr.Label``), the model's input image and the Grad-CAM overlay (None for
-    ONNX models or with ``gradcam=False``).
+    classes (a ``gr.Label``), the model's input image, the Grad-CAM overlay (None for
+    ONNX models or with ``gradcam=False``) and the verdict (Markdown: empty, or
+    :data:`NONE_OF_THESE` when the image looks like none of the classes).
 
     Args:
         predictor: the model (PyTorch or ONNX Runtime) and its preprocessing.
@@ -427,11 +441,12 @@ def build_demo(
 
 
 def _output_panel(gr: Any, model: DemoModel) -> list[Any]:
-    """[the ranked classes, the image the model saw, the Grad-CAM overlay]."""
+    """[the ranked classes, the image the model saw, the Grad-CAM overlay, the verdict]."""
+    said = gr.Markdown(elem_id="verdict")  # above the classes: "none of these?" is read first
     label = gr.Label(num_top_classes=model.topk, label="Prediction", elem_id="prediction")
     seen = gr.Image(label="What the model sees", type="pil", format="png", interactive=False)
     cam = gr.Image(label="Grad-CAM", type="pil", format="png", interactive=False, visible=model.gradcam)
-    return [label, seen, cam]
+    return [label, seen, cam, said]
 
 
 def _intro(title: str, names: list[str], digits: bool) -> str:
@@ -505,13 +520,13 @@ def _guarded(gr: Any, handler: Callable[[Any], Outputs], files: OutputFiles) -> 
     """``handler`` with its images as files and cnnkit's user errors shown as a message on
     the page (no traceback)."""
 
-    def run(value: Any) -> tuple[dict[str, float], str | None, str | None]:
+    def run(value: Any) -> tuple[dict[str, float], str | None, str | None, str]:
         try:
-            top, seen, cam = handler(value)
+            top, seen, cam, said = handler(value)
         except CnnkitError as exc:
             # the page renders the message as HTML, and it may hold the upload's own file name
             raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None
-        return top, files(seen), files(cam)
+        return top, files(seen), files(cam), said
 
     return run
 

@@ -245,12 +245,13 @@ class Studio:
 
     # ------------------------------------------------------------------ try
 
-    def predict(self, image: Any, run: str | None = None) -> tuple[dict[str, float], Any, Any]:
-        """(top classes -> probability, the image the model saw, the Grad-CAM overlay or None)
-        for an uploaded file payload, a file path or an image, as ``cnnkit serve`` does."""
+    def predict(self, image: Any, run: str | None = None) -> tuple[dict[str, float], Any, Any, str]:
+        """(top classes -> probability, the image the model saw, the Grad-CAM overlay or None,
+        the verdict: "" or "not sure: none of these?" in Markdown) for an uploaded file payload,
+        a file path or an image, as ``cnnkit serve`` does."""
         return self._demo_model(run).upload(image)
 
-    def predict_drawing(self, sketch: Any, run: str | None = None) -> tuple[dict[str, float], Any, Any]:
+    def predict_drawing(self, sketch: Any, run: str | None = None) -> tuple[dict[str, float], Any, Any, str]:
         """As :meth:`predict` for a sketchpad drawing, prepared as the studio stores drawings
         (an MNIST-style digit: ``Project.add_image``), whatever the model."""
         return self._demo_model(run).drawing(sketch)

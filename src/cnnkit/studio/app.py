@@ -212,12 +212,13 @@ def _try_tab(gr: Any, topk: int) -> SimpleNamespace:
                 sketch = _sketchpad(gr, "sketch-try")
                 draw = gr.Button("Predict", variant="primary", elem_id="predict-drawing")
         with gr.Column():
+            said = gr.Markdown(elem_id="verdict")  # "not sure: none of these?" when the run's open set says so
             label = gr.Label(num_top_classes=topk, label="Prediction", elem_id="prediction")
             with gr.Row():
                 seen = gr.Image(label="What the model sees", type="filepath", interactive=False, height=260,
                                 elem_id="seen")  # fmt: skip
                 cam = gr.Image(label="Grad-CAM", type="filepath", interactive=False, height=260, elem_id="gradcam")
-    return SimpleNamespace(image=image, send=send, sketch=sketch, draw=draw, outputs=[label, seen, cam])
+    return SimpleNamespace(image=image, send=send, sketch=sketch, draw=draw, outputs=[label, seen, cam, said])
 
 
 def _takeaway_tab(gr: Any) -> SimpleNamespace:
@@ -362,13 +363,13 @@ def _wire_runs(gr: Any, studio: Studio, ui: SimpleNamespace) -> None:
                   api_visibility="private")  # fmt: skip
     files = OutputFiles(Path(trying.outputs[1].GRADIO_CACHE) / "cnnkit-outputs")
 
-    def predict(image: Any, run: str) -> tuple[dict[str, float], str | None, str | None]:
-        top, seen, cam = studio.predict(image, run)
-        return top, files(seen), files(cam)
+    def predict(image: Any, run: str) -> tuple[dict[str, float], str | None, str | None, str]:
+        top, seen, cam, said = studio.predict(image, run)
+        return top, files(seen), files(cam), said
 
-    def predict_drawing(sketch: Any, run: str) -> tuple[dict[str, float], str | None, str | None]:
-        top, seen, cam = studio.predict_drawing(sketch, run)
-        return top, files(seen), files(cam)
+    def predict_drawing(sketch: Any, run: str) -> tuple[dict[str, float], str | None, str | None, str]:
+        top, seen, cam, said = studio.predict_drawing(sketch, run)
+        return top, files(seen), files(cam), said
 
     def download(run: str) -> str:
         return views.served(studio.download(run))  # a copy in Gradio's cache: it serves no project folder
