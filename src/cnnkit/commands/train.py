@@ -233,7 +233,7 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
     with (skipped_files_log(folder.file(RunFolder.SKIP_LOG), loaders) as skip_log,  # bad files met by its loaders
           open_loggers(folder.path, tracked, first_epoch=first_epoch, say=say) as trackers):
         trackers.start(model, (spec.channels, *spec.input_size), cfg)  # TensorBoard, MLflow, W&B
-        saver = RunSaver(folder, describe)
+        saver = RunSaver(folder, describe, save_every=cfg.train.save_every)  # one saver: it keeps best.pt to add to
         result = fit_phases(model, loaders, cfg, spec, saver=saver, resume=state,
                             hooks=PhaseHooks(say, progress, should_stop=should_stop, trackers=trackers),
                             class_weights=class_weights)  # fmt: skip

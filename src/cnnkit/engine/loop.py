@@ -142,7 +142,7 @@ def fit(
         ``cfg.device``.
     """
     hooks, start = hooks or FitHooks(), start or FitStart()
-    if saver is not None and saver.save_every is None:
+    if saver is not None and saver.save_every is None and cfg.save_every is not None:
         saver = dataclasses.replace(saver, save_every=cfg.save_every)
     select = metric_column(cfg.select_metric)
     train_loader, val_loader = loaders[0], loaders[1]
