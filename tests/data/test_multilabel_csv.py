@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnkit.data.folder import is_multilabel_csv, multilabel_split, read_multilabel_csv
+from cnnkit.data.folder import is_multilabel_csv, multilabel_sample_weights, multilabel_split, read_multilabel_csv
 from cnnkit.data.folder.multilabel import LAYOUT_COLUMNS, LAYOUT_LABELS, csv_layout, iter_label_sets
 from cnnkit.errors import DataError
 
@@ -182,3 +182,17 @@ def test_a_label_of_two_images_keeps_one_in_train() -> None:
     for seed in range(10):
         split = multilabel_split(targets, {"val": 0.4, "test": 0.4}, seed=seed)
         assert targets[split["train"], 1].sum() >= 1, (seed, split)
+
+
+def test_sample_weights_draw_every_label_about_equally() -> None:
+    # 90 images of "common" only, 10 of "common" + "rare", 20 with no label.
+    targets = torch.zeros(120, 2)
+    targets[:100, 0] = 1
+    targets[90:100, 1] = 1
+    weights = multilabel_sample_weights(targets)
+    assert weights[0] == pytest.approx(1 / 100) and weights[95] == pytest.approx(1 / 10)
+    assert weights[110] == pytest.approx(1 / 20)
+    drawn = torch.multinomial(weights, 30000, replacement=True, generator=torch.Generator().manual_seed(0))
+    rare_share = float(targets[drawn, 1].mean())  # 1/10 of the images, about a third of the draws
+    none_share = float((targets[drawn].sum(1) == 0).float().mean())
+    assert 0.28 < rare_share < 0.39 and 0.28 < none_share < 0.39

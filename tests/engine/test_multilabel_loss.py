@@ -10,6 +10,7 @@ import torch
 
 from cnnkit.engine.multilabel_loss import (
     MultiLabelMixer,
+    balanced_pos_weight,
     build_multilabel_loss,
     build_multilabel_mixer,
     smooth_multi_hot,
@@ -124,3 +125,21 @@ def test_mixer_factory_and_shape_check() -> None:
     assert torch.equal(mixed, images) and torch.equal(mixed_targets, targets)
     with pytest.raises(ValueError, match=r"multi-hot targets \[B, 5\]"):
         mixer(images, torch.arange(4))
+
+
+def test_balanced_pos_weight_evens_each_labels_positives_and_negatives() -> None:
+    targets = torch.zeros(100, 4)
+    targets[:50, 0] = 1  # half: weight 1
+    targets[:20, 1] = 1  # 20 of 100: 80 / 20 = 4
+    targets[:2, 2] = 1  # 98 / 2 = 49, capped at 10
+    weights = balanced_pos_weight(targets)
+    assert weights.tolist() == [1.0, 4.0, 10.0, 1.0]  # label 3: no positive, weight 1
+    logits = torch.zeros(100, 4)
+    weighted = build_multilabel_loss("bce", pos_weight=weights)(logits, targets)
+    plain = build_multilabel_loss("bce")(logits, targets)
+    assert float(weighted) > float(plain)
+    assert float(build_multilabel_loss("asl", pos_weight=weights)(logits, targets)) > float(
+        build_multilabel_loss("asl")(logits, targets)
+    )
+    with pytest.raises(UsageError, match="max_weight must be >= 1"):
+        balanced_pos_weight(targets, max_weight=0.5)

@@ -68,6 +68,7 @@ def build_multilabel_loss(
     gamma_neg: float = 4.0,
     gamma_pos: float = 0.0,
     clip: float = 0.05,
+    pos_weight: torch.Tensor | None = None,
 ) -> nn.Module:
     """The multi-label loss ``name`` (one of :data:`LOSSES`), mean over images and labels.
 
@@ -77,6 +78,8 @@ def build_multilabel_loss(
         gamma_neg: ASL's focusing exponent on negatives (the paper's default 4).
         gamma_pos: ASL's focusing exponent on positives (the paper's default 0).
         clip: ASL's probability margin on negatives (0.05 in the paper; 0: off).
+        pos_weight: optional ``[K]`` weight of each label's positive term (both losses), e.g.
+            :func:`balanced_pos_weight` for ``--balance weights``.
 
     Raises:
         UsageError: an unknown name or a value out of range.
@@ -84,7 +87,7 @@ def build_multilabel_loss(
     if name not in LOSSES:
         raise unknown_name("multi-label loss", name, LOSSES)
     if name == "bce":
-        return MultiLabelBCE(smoothing)
+        return MultiLabelBCE(smoothing, pos_weight)
     if gamma_neg < 0 or gamma_pos < 0 or not 0.0 <= clip < 1.0:
         raise UsageError(
             f"asl needs gamma_neg, gamma_pos >= 0 and clip in [0, 1); got {gamma_neg}, {gamma_pos}, {clip}"
@@ -93,7 +96,28 @@ def build_multilabel_loss(
     from timm.loss import AsymmetricLossMultiLabel
 
     return AsymmetricLossMultiLabel(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, smoothing=smoothing,
-                                    reduction="mean")  # fmt: skip
+                                    reduction="mean", pos_weight=pos_weight)  # fmt: skip
+
+
+def balanced_pos_weight(targets: torch.Tensor, max_weight: float = 10.0) -> torch.Tensor:
+    """Per-label positive weights ``n_negative / n_positive`` from the training targets, at most ``max_weight``.
+
+    With it, each label's positives and negatives weigh the same in the loss (the per-label
+    form of ``--balance weights``). The cap keeps a label seen on a handful of images from
+    dominating the gradient; a label with no positive gets 1 (it is never a target anyway).
+
+    Args:
+        targets: ``[N, K]`` multi-hot training targets.
+        max_weight: the largest weight given (>= 1).
+
+    Returns:
+        float32 ``[K]``, each in ``[1, max_weight]`` when positives are the minority.
+    """
+    if max_weight < 1:
+        raise UsageError(f"max_weight must be >= 1, got {max_weight}")
+    positive = (targets > 0.5).sum(0).double()
+    ratio = (len(targets) - positive) / positive.clamp_min(1)
+    return torch.where(positive > 0, ratio.clamp(max=max_weight), torch.ones_like(ratio)).float()
 
 
 class MultiLabelMixer:

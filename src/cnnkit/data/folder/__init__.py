@@ -52,6 +52,7 @@ from cnnkit.data.folder.multilabel import (
     MultiLabelDataset,
     MultiLabelList,
     is_multilabel_csv,
+    multilabel_sample_weights,
     multilabel_split,
     read_multilabel_csv,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "fingerprint",
     "is_multilabel_csv",
     "load_image",
+    "multilabel_sample_weights",
     "multilabel_split",
     "read_csv",
     "read_multilabel_csv",

@@ -239,6 +239,28 @@ def multilabel_split(targets: torch.Tensor, fractions: dict[str, float], seed: i
     return {name: sorted((place == s).nonzero().flatten().tolist()) for s, name in enumerate(names)}
 
 
+def multilabel_sample_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Per-image sampling weights that draw every label about equally often (``--balance sampler``).
+
+    An image weighs ``1 / n_k`` of its rarest label ``k`` (``n_k``: images with that label);
+    images with no label count as one more group of their own. Drawn with
+    ``torch.utils.data.WeightedRandomSampler``, an image of a rare label comes up as often
+    as one of a common label; an image with several labels already counts for each of them,
+    so its rarest label decides.
+
+    Args:
+        targets: ``[N, K]`` multi-hot.
+
+    Returns:
+        float64 ``[N]`` positive weights (not normalised).
+    """
+    positive = targets > 0.5
+    counts = positive.sum(0).double()  # [K]
+    inverse = torch.where(positive, 1.0 / counts.clamp_min(1)[None, :], torch.zeros(()))  # [N, K]
+    none = ~positive.any(1)
+    return torch.where(none, 1.0 / none.sum().clamp_min(1).double(), inverse.max(1).values)
+
+
 def _give_back_to_train(place: torch.Tensor, positive: torch.Tensor, order: torch.Tensor) -> None:
     """Move one held-out image of each label with none in train (and 2+ in all) to train."""
     for label in range(positive.shape[1]):
