@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -48,6 +49,22 @@ def test_asymmetric_loss_by_hand() -> None:
     negative = -(p_neg**4) * math.log(1 - p_neg)
     assert positive == pytest.approx(0.34657, abs=1e-5) and negative == pytest.approx(0.24586, abs=1e-5)
     assert float(loss) == pytest.approx((positive + negative) / 2, rel=1e-6)
+
+
+def test_asymmetric_loss_equals_timms_where_timm_has_it() -> None:
+    from timm.loss import AsymmetricLossMultiLabel
+
+    if "reduction" not in inspect.signature(AsymmetricLossMultiLabel).parameters:
+        pytest.skip("this timm's AsymmetricLossMultiLabel has no reduction/smoothing/pos_weight (timm < 1.0.29)")
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 7, generator=generator) * 3
+    targets = (torch.rand(16, 7, generator=generator) > 0.7).float()
+    pos_weight = torch.linspace(1, 3, 7)
+    # Hard targets only: with soft ones (smoothing, mixup) timm interpolates one focusing weight
+    # between the two terms, where this loss weighs each term with its own (the paper's formula).
+    ours = build_multilabel_loss("asl", gamma_neg=3, gamma_pos=1, clip=0.1, pos_weight=pos_weight)
+    theirs = AsymmetricLossMultiLabel(gamma_neg=3, gamma_pos=1, clip=0.1, pos_weight=pos_weight, reduction="mean")
+    assert float(ours(logits, targets)) == pytest.approx(float(theirs(logits, targets)), rel=1e-6)
 
 
 def test_asymmetric_loss_without_focusing_or_margin_is_bce() -> None:
@@ -107,12 +124,13 @@ def test_cutmix_weighs_targets_by_pasted_area() -> None:
     assert torch.allclose(mixed_targets[0], (1 - pasted) * targets[0] + pasted * targets[3], atol=1e-6)
 
 
-def test_odd_batch_leaves_the_last_image_unmixed() -> None:
+def test_odd_batch_leaves_the_middle_image_unmixed() -> None:
     np.random.seed(1)
     images, targets = _batch(size=5)
-    mixed, mixed_targets = MultiLabelMixer(5, mixup=1.0, cutmix=1.0)(images, targets)
-    assert torch.equal(mixed[4], images[4]) and torch.equal(mixed_targets[4], targets[4])
-    assert not torch.equal(mixed[:4], images[:4])
+    for mixer in (MultiLabelMixer(5, mixup=1.0), MultiLabelMixer(5, cutmix=1.0)):
+        mixed, mixed_targets = mixer(images, targets)
+        assert torch.equal(mixed[2], images[2]) and torch.equal(mixed_targets[2], targets[2])
+        assert not torch.equal(mixed[0], images[0])
     one, one_target = MultiLabelMixer(5, mixup=1.0)(images[:1], targets[:1])
     assert torch.equal(one, images[:1]) and torch.equal(one_target, targets[:1])
 

@@ -6,30 +6,37 @@ label) rather than one class index.
 
 * :func:`smooth_multi_hot`: label smoothing for independent binary targets, towards 0.5
   (``t * (1 - eps) + eps / 2``); the softmax rule ``eps / K`` would make every absent label
-  nearly certain-no and is wrong here. timm's multi-label ``mixup_target`` and
-  ``AsymmetricLossMultiLabel`` smooth the same way.
+  nearly certain-no and is wrong here (timm >= 1.0.29 smooths multi-label targets the same way).
 * :func:`build_multilabel_loss`: ``bce`` (``nn.BCEWithLogitsLoss`` on smoothed targets) or
   ``asl``, the asymmetric loss of Ridnik et al. (2021), "Asymmetric Loss For Multi-Label
-  Classification": focusing ``(1 - p_t) ** gamma`` with a larger gamma for the many easy
-  negatives, and a probability margin ``clip`` that discards very easy negatives. It is
-  timm's ``AsymmetricLossMultiLabel`` with ``reduction="mean"``: averaged over images and
-  labels like BCE, so a learning rate tuned for one suits the other (the paper sums).
-* :class:`MultiLabelMixer`: mixup/cutmix on a batch and its multi-hot targets, timm's
-  ``Mixup(multi_label=True)``: mixup gives ``lam * t1 + (1 - lam) * t2``, cutmix the same
-  with ``lam`` the share of the image left unpasted. Smoothing is left to the loss (it is
-  linear, so smoothing a mixed target equals mixing smoothed ones).
+  Classification" (:class:`AsymmetricLoss`): focusing ``(1 - p_t) ** gamma`` with a larger
+  gamma for the many easy negatives, and a probability margin ``clip`` that discards very
+  easy negatives. Averaged over images and labels like BCE, so a learning rate tuned for
+  one suits the other (the paper sums).
+* :class:`MultiLabelMixer`: mixup/cutmix of a batch and its multi-hot targets: mixup gives
+  ``lam * t1 + (1 - lam) * t2``, cutmix the same with ``lam`` the share of the image left
+  unpasted (timm's ``cutmix_bbox_and_lam`` draws the box). Smoothing is left to the loss
+  (it is linear, so smoothing a mixed target equals mixing smoothed ones).
+
+Why not timm's own: ``Mixup(multi_label=True)`` and an ``AsymmetricLossMultiLabel`` with a
+mean reduction, smoothing and ``pos_weight`` only exist since timm 1.0.29 (1.0.28 has
+neither; cnnkit supports timm >= 0.9.16). On hard targets the numbers are the same: a test
+checks this loss against timm's where the installed timm has it.
 
 Nothing here knows datasets or models.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from cnnkit.errors import UsageError, unknown_name
 
 LOSSES: tuple[str, ...] = ("bce", "asl")
+
+_EPS = 1e-8  # the log's floor (the paper's and timm's)
 
 
 def smooth_multi_hot(targets: torch.Tensor, eps: float) -> torch.Tensor:
@@ -61,6 +68,43 @@ class MultiLabelBCE(nn.Module):
         return nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight)
 
 
+class AsymmetricLoss(nn.Module):
+    """The asymmetric loss (ASL) on logits ``[B, K]`` and multi-hot (or mixed) targets ``[B, K]``.
+
+    Per label, with ``p = sigmoid(logit)``, ``p_m = max(p - clip, 0)`` and ``t`` the (smoothed) target::
+
+        loss = -t * (1 - p) ** gamma_pos * log(p) - (1 - t) * p_m ** gamma_neg * log(1 - p_m)
+
+    the mean over images and labels; ``pos_weight [K]`` scales the first term. With hard
+    targets this is timm's ``AsymmetricLossMultiLabel(reduction="mean")``; with soft ones
+    (smoothing, mixup) each term keeps its own focusing weight, where timm interpolates one
+    weight between them. Computed in float32 whatever the autocast precision (fp16
+    probabilities underflow the log's floor). The focusing weights carry gradients (timm's
+    default).
+    """
+
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, smoothing: float = 0.0,
+                 pos_weight: torch.Tensor | None = None) -> None:  # fmt: skip
+        super().__init__()
+        if gamma_neg < 0 or gamma_pos < 0 or not 0.0 <= clip < 1.0:
+            raise UsageError(
+                f"asl needs gamma_neg, gamma_pos >= 0 and clip in [0, 1); got {gamma_neg}, {gamma_pos}, {clip}"
+            )
+        smooth_multi_hot(torch.zeros(()), smoothing)  # validates the value now, not at the first batch
+        self.gamma_neg, self.gamma_pos, self.clip, self.smoothing = gamma_neg, gamma_pos, clip, smoothing
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(logits.float())
+        t = smooth_multi_hot(targets.float(), self.smoothing)
+        not_p = (1 - p + self.clip).clamp(max=1)  # 1 - p_m: the margin shifts negatives' probability down
+        positive = t * (1 - p).pow(self.gamma_pos) * torch.log(p.clamp(min=_EPS))
+        if self.pos_weight is not None:
+            positive = positive * self.pos_weight
+        negative = (1 - t) * (1 - not_p).pow(self.gamma_neg) * torch.log(not_p.clamp(min=_EPS))
+        return -(positive + negative).mean()
+
+
 def build_multilabel_loss(
     name: str = "bce",
     *,
@@ -88,15 +132,7 @@ def build_multilabel_loss(
         raise unknown_name("multi-label loss", name, LOSSES)
     if name == "bce":
         return MultiLabelBCE(smoothing, pos_weight)
-    if gamma_neg < 0 or gamma_pos < 0 or not 0.0 <= clip < 1.0:
-        raise UsageError(
-            f"asl needs gamma_neg, gamma_pos >= 0 and clip in [0, 1); got {gamma_neg}, {gamma_pos}, {clip}"
-        )
-    smooth_multi_hot(torch.zeros(()), smoothing)
-    from timm.loss import AsymmetricLossMultiLabel
-
-    return AsymmetricLossMultiLabel(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, smoothing=smoothing,
-                                    reduction="mean", pos_weight=pos_weight)  # fmt: skip
+    return AsymmetricLoss(gamma_neg, gamma_pos, clip, smoothing, pos_weight)
 
 
 def balanced_pos_weight(targets: torch.Tensor, max_weight: float = 10.0) -> torch.Tensor:
@@ -130,31 +166,39 @@ class MultiLabelMixer:
         prob: chance that a batch is mixed at all.
         switch_prob: with both on, the chance of cutmix rather than mixup for a batch.
 
-    Each image is mixed with the batch reversed (timm's ``mode="batch"``: one λ per batch).
-    timm needs an even batch; in an odd one the last image stays unmixed. Random draws come
-    from NumPy's global generator (timm's), which checkpoints save and resume restores.
+    Image ``i`` is mixed with image ``B - 1 - i`` (the batch reversed, one λ per batch, as
+    timm's ``mode="batch"``); in an odd batch the middle image meets itself and stays as it
+    is. Random draws come from NumPy's global generator (as timm's), which checkpoints save
+    and resume restores.
     """
 
     def __init__(self, num_classes: int, *, mixup: float = 0.0, cutmix: float = 0.0, prob: float = 1.0,
                  switch_prob: float = 0.5) -> None:  # fmt: skip
-        from timm.data import Mixup
-
         if mixup <= 0 and cutmix <= 0:
             raise UsageError("MultiLabelMixer needs mixup > 0 or cutmix > 0")
-        self.num_classes = num_classes
-        self._mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=switch_prob, mode="batch",
-                          label_smoothing=0.0, num_classes=num_classes, multi_label=True)  # fmt: skip
+        self.num_classes, self.mixup, self.cutmix = num_classes, mixup, cutmix
+        self.prob, self.switch_prob = prob, switch_prob
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, C, H, W]`` images, ``[B, K]`` multi-hot -> mixed images and targets (new tensors)."""
+        from timm.data.mixup import cutmix_bbox_and_lam
+
         if targets.ndim != 2 or targets.shape[1] != self.num_classes:
             raise ValueError(f"multi-hot targets [B, {self.num_classes}] expected, got {tuple(targets.shape)}")
-        images, targets = images.clone(), targets.float()  # timm mixes in place
-        even = len(images) - len(images) % 2
-        if even == 0:
+        images, targets = images.clone(), targets.float()
+        if np.random.rand() >= self.prob:
             return images, targets
-        _, mixed_targets = self._mix(images[:even], targets[:even])  # a view: mixes ``images`` in place
-        return images, torch.cat([mixed_targets.to(targets.dtype), targets[even:]])
+        use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or np.random.rand() < self.switch_prob)
+        alpha = self.cutmix if use_cutmix else self.mixup
+        lam = float(np.random.beta(alpha, alpha))
+        flipped = images.flip(0)
+        if use_cutmix:
+            # the box is drawn for lam, then lam is corrected to the unpasted share of the clipped box
+            (y0, y1, x0, x1), lam = cutmix_bbox_and_lam(images.shape, lam, correct_lam=True)
+            images[:, :, y0:y1, x0:x1] = flipped[:, :, y0:y1, x0:x1]
+        else:
+            images = images * lam + flipped * (1 - lam)
+        return images, targets * lam + targets.flip(0) * (1 - lam)
 
 
 def build_multilabel_mixer(num_classes: int, mixup: float, cutmix: float, prob: float) -> MultiLabelMixer | None:
