@@ -13,6 +13,7 @@ from cnnkit.evaluation.multilabel import (
     confused_label_pairs,
     label_sets,
     multilabel_scores,
+    precision_recall_curve,
     tune_thresholds,
 )
 
@@ -35,6 +36,18 @@ def test_average_precision_equals_sklearn(decimals: int | None) -> None:
     np.testing.assert_allclose(ap.numpy(), expected, rtol=1e-12)
     assert mean_ap == pytest.approx(sk.average_precision_score(targets, probs, average="macro"))
     assert 0.5 < mean_ap < 1.0
+
+
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_precision_recall_curve_equals_sklearn(decimals: int | None) -> None:
+    probs, targets = _scores(decimals=decimals)
+    for label in range(targets.shape[1]):
+        precision, recall, cuts = precision_recall_curve(probs, targets, label)
+        expected = sk.precision_recall_curve(targets[:, label], probs[:, label])
+        for got, want in zip((precision, recall, cuts), expected, strict=True):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    targets[:, 0] = 0
+    assert [x.tolist() for x in precision_recall_curve(probs, targets, 0)] == [[1.0], [0.0], []]
 
 
 def test_map_skips_labels_without_positives() -> None:

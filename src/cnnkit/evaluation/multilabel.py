@@ -11,6 +11,7 @@ or one float for all).
 * :func:`multilabel_scores`: mAP, precision, recall and F1 per label, macro and micro,
   exact-set accuracy and Hamming loss at given thresholds (scikit-learn's definitions,
   ``zero_division=0``).
+* :func:`precision_recall_curve`: one label's curve (the report's figure), equal to scikit-learn's.
 * :func:`tune_thresholds`: per-label thresholds that maximise F1 (or F-beta) on validation.
 * :func:`label_sets` turns probabilities into label names; :func:`confused_label_pairs`
   counts "given a, predicted b that was not given".
@@ -73,6 +74,27 @@ def _pr_curve(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tenso
     tp = positive.cumsum(0)[last]
     fp = (1 - positive).cumsum(0)[last]
     return scores[last], tp, fp
+
+
+def precision_recall_curve(
+    probs: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray, label: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One label's precision-recall curve, as scikit-learn's ``precision_recall_curve`` (>= 1.1) gives it.
+
+    Returns:
+        ``(precision, recall, thresholds)``: float64; ``thresholds`` ascending (every distinct
+        probability), ``precision``/``recall`` one longer, ending at ``(1, 0)``. Empty
+        thresholds and ``([1], [0])`` for a label with no positive (nothing to recall).
+    """
+    p, t = _pair(probs, targets)
+    positives = int(t[:, label].sum())
+    if positives == 0:
+        one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+        return one, zero, torch.zeros(0, dtype=torch.float64)
+    cuts, tp, fp = _pr_curve(p[:, label], t[:, label])
+    precision, recall = (tp / (tp + fp)).flip(0), (tp / positives).flip(0)
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    return torch.cat([precision, one]), torch.cat([recall, zero]), cuts.flip(0)
 
 
 def average_precision(
