@@ -88,7 +88,7 @@ def _photos(image_root: Path, split: str) -> list[tuple[str, str]]:
     """``(path, class)`` of every photo of an imagenette-style ``split/<class>/`` folder, sorted."""
     folder = image_root / split
     if not folder.is_dir():
-        raise SystemExit(f"no {folder}: give the imagenette-2k folder (train/ and val/ of class folders)")
+        raise FileNotFoundError(f"no {folder}: give the imagenette-2k folder (train/ and val/ of class folders)")
     return [(str(p), c.name) for c in sorted(folder.iterdir()) if c.is_dir() for p in sorted(c.iterdir())]
 
 
