@@ -12,12 +12,14 @@ Supported layouts::
     root/train/<class>/*.jpg                  split folders; val aliases: valid, validation
     root/val/<class>/*.jpg   root/test/<class>/*.jpg
     labels.csv with columns path,label[,split]
+    labels.csv with columns path,labels[,split] or path,<class>,<class>...   (multi-label)
 
 Layout (import every name from ``cnnkit.data.folder`` itself):
 :mod:`~cnnkit.data.folder.listing` (:class:`FileList`, :class:`FileDataset`, splitting,
 :func:`fingerprint`), :mod:`~cnnkit.data.folder.tree` (:func:`scan_folder`, :func:`walk_files`),
-:mod:`~cnnkit.data.folder.csv_list` (:func:`read_csv`), :mod:`~cnnkit.data.folder.decode`
-(:func:`load_image`, :func:`to_mode`, :class:`ImageLoadError`),
+:mod:`~cnnkit.data.folder.csv_list` (:func:`read_csv`),
+:mod:`~cnnkit.data.folder.multilabel` (:func:`read_multilabel_csv`, :func:`is_multilabel_csv`),
+:mod:`~cnnkit.data.folder.decode` (:func:`load_image`, :func:`to_mode`, :class:`ImageLoadError`),
 :mod:`~cnnkit.data.folder.skipped` (:class:`SkipLog`, :func:`skipped_files_log`) and
 :mod:`~cnnkit.data.folder.dataset` (:class:`ImageFileDataset`, :func:`collate_skip_bad`).
 """
@@ -46,6 +48,14 @@ from cnnkit.data.folder.listing import (
     fingerprint,
     stratified_split,
 )
+from cnnkit.data.folder.multilabel import (
+    MultiLabelDataset,
+    MultiLabelList,
+    is_multilabel_csv,
+    multilabel_sample_weights,
+    multilabel_split,
+    read_multilabel_csv,
+)
 from cnnkit.data.folder.skipped import SkipLog, read_skipped_files, skipped_files_log
 from cnnkit.data.folder.tree import scan_folder, walk_files
 
@@ -60,12 +70,18 @@ __all__ = [
     "FileList",
     "ImageFileDataset",
     "ImageLoadError",
+    "MultiLabelDataset",
+    "MultiLabelList",
     "SkipLog",
     "collate_skip_bad",
     "decode_error",
     "fingerprint",
+    "is_multilabel_csv",
     "load_image",
+    "multilabel_sample_weights",
+    "multilabel_split",
     "read_csv",
+    "read_multilabel_csv",
     "read_skipped_files",
     "refuse_bomb",
     "scan_folder",
