@@ -264,6 +264,20 @@ def deployed(model: nn.Module, open_set: OpenSet | None, temperature: float = 1.
 
 
 @torch.no_grad()
+def known_scores(graph: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The known-ness ``[N]`` (float32, CPU) of every image of an unaugmented loader through an
+    :class:`OpenSetModel`, in eval mode and float32: what ``--reject`` would judge."""
+    graph.eval()
+    scores = [graph(inputs.to(device))[1].float().cpu() for inputs, _ in loader]
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def turned_away(scores: torch.Tensor, open_set: OpenSet) -> float:
+    """The share of ``scores`` below the threshold (NaN for none)."""
+    return float((~open_set.looks_known(scores)).float().mean()) if scores.numel() else math.nan
+
+
+@torch.no_grad()
 def features_and_logits(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
                         limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Penultimate features ``[N, D]``, logits ``[N, K]`` and labels ``[N]`` of a plain
@@ -286,5 +300,5 @@ def features_and_logits(model: nn.Module, loader: Iterable, device: torch.device
 
 
 __all__ = ["BANK_LIMIT", "KNOWN_SCORES", "OpenSet", "OpenSetModel", "calibrated", "deployed", "feature_bank",
-           "features_and_logits", "fit_temperature", "head_split", "known_score", "last_linear",
-           "penultimate_features", "threshold_keeping"]  # fmt: skip
+           "features_and_logits", "fit_temperature", "head_split", "known_score", "known_scores", "last_linear",
+           "penultimate_features", "threshold_keeping", "turned_away"]  # fmt: skip

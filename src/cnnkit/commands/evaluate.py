@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnkit.confidence import calibrated
+from cnnkit.confidence import calibrated, known_scores, turned_away
 from cnnkit.engine import EvalResult, resolve_device
 from cnnkit.evaluation.metrics import expected_calibration_error
 from cnnkit.inference.loading import (
@@ -43,6 +43,8 @@ class EvalReport:
     temperature: float = 1.0
     ece: float = float("nan")
     ece_raw: float = float("nan")
+    open_set: dict[str, Any] | None = None  # the model's open-set parameters, or None
+    turned_away: float | None = None  # the share of the scored images --reject would call unknown
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,8 @@ class EvalReport:
             "temperature": self.temperature,
             "ece": self.ece,
             "ece_raw_softmax": self.ece_raw,
+            "open_set": self.open_set,
+            "turned_away": self.turned_away,
             "per_class_accuracy": dict(zip(self.class_names, self.result.per_class_acc, strict=True)),
         }
 
@@ -105,6 +109,10 @@ def evaluate_checkpoint(
     calibration = {"temperature": temperature,
                    "ece": expected_calibration_error(calibrated(scores.logits, temperature), scores.labels).ece,
                    "ece_raw": expected_calibration_error(calibrated(scores.logits), scores.labels).ece}  # fmt: skip
+    open_set = loaded.checkpoint.open_set
+    if open_set is not None:  # what --reject would turn away of these images (of known classes all)
+        known = known_scores(settings.place(loaded.graph), split_loader(loaders, scored), torch_device)
+        calibration.update(open_set=open_set.params(), turned_away=turned_away(known, open_set))
     views = settings.tta
     if held_out is None:
         return EvalReport(scored, result, loaded.class_names, loaded.path, views, **calibration)
@@ -138,6 +146,11 @@ def main(args: Any) -> None:
               f"(raw softmax: {report.ece_raw:.4f})")
     else:
         print(f"calibration: ECE {report.ece:.4f} (no temperature fitted: raw softmax)")
+    if report.open_set is not None and report.turned_away is not None:
+        params = report.open_set
+        print(f"none of these: {report.turned_away:.1%} of these images look like none of the classes "
+              f"({params['score']} score under {params['threshold']:.4g}, set to keep {params['known_rate']:.0%} "
+              f"of {params['fitted_on'] or 'val'}); predict --reject would label them unknown")  # fmt: skip
     width = max(len(name) for name in report.class_names)
     support = result.confusion.sum(dim=1).tolist()
     print(f"{'class':<{width}}  accuracy  images")

@@ -64,7 +64,7 @@ def report(
         title=f"{run.name if run else loaded.path.stem}: {loaded.checkpoint.model.name} on {cfg.data.name}",
         config_text=(run.read_text(RunFolder.CONFIG) if run else None) or "",
         train_loader=train_loaders.train, scores=scores, robustness=robustness,
-        temperature=loaded.checkpoint.temperature,
+        temperature=loaded.checkpoint.temperature, open_set=loaded.checkpoint.open_set,
     )  # fmt: skip
     default_out = run.report_dir if run else loaded.path.parent / RunFolder.REPORT
     return rep.write_report(inputs, Path(out_dir) if out_dir else default_out)

@@ -79,8 +79,8 @@ class Run:
         test: evaluation of the best weights on the test split (None when there is none).
         seconds: wall time of the whole run.
         notes: what the data layer noted (split drawn, channels converted...).
-        temperature: fitted on the validation split when training ended (:mod:`cnnkit.confidence`);
-            ``best.pt`` records it.
+        confidence: the temperature and open set fitted on the validation split when training
+            ended (:mod:`cnnkit.commands.train_confidence`); ``best.pt`` records them.
     """
 
     dir: Path | None
@@ -92,7 +92,7 @@ class Run:
     test: EvalResult | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-    temperature: float = 1.0
+    confidence: Confidence = field(default_factory=Confidence)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -103,6 +103,11 @@ class Run:
             out.update(test_acc=self.test.acc, test_loss=self.test.loss, test_top5=self.test.top5)
         out["seconds"] = round(self.seconds, 1)
         return out
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature (1.0: none)."""
+        return self.confidence.temperature
 
     @property
     def checkpoint(self) -> Path | None:
@@ -198,10 +203,10 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
             _log_start(cfg, session, folder, state, data_check, ranks)
             if state is not None and folder.writer:
                 record_resume(folder, cfg)
-            result, test, scores, temperature = _fit_and_test(cfg, session, folder, state, data_check,
+            result, test, scores, confidence = _fit_and_test(cfg, session, folder, state, data_check,
                                                               progress and ranks.is_main, should_stop)  # fmt: skip
             run = Run(folder.path, cfg, session.spec, session.model, result.history, result.best_epoch, test,
-                      time.perf_counter() - start, session.spec.notes, temperature)  # fmt: skip
+                      time.perf_counter() - start, session.spec.notes, confidence)  # fmt: skip
             if folder.writer:
                 _finish(folder, run, result, session, scores)
     distributed.barrier()  # the other ranks leave once the run folder is complete
@@ -210,12 +215,12 @@ def _run(cfg: RunConfig, folder: RunFolder | None, state: Checkpoint | None, dat
 
 def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Checkpoint | None, data_check: Any,
                   progress: bool, should_stop: Callable[[], bool] | None = None,
-                  ) -> tuple[Any, EvalResult | None, tuple[str, Scores] | None, float]:  # fmt: skip
+                  ) -> tuple[Any, EvalResult | None, tuple[str, Scores] | None, Confidence]:  # fmt: skip
     """Fit (every phase), reload the best weights, fit their temperature, score the test split
     with the run's TTA.
 
     Returns the fit result, the test evaluation, the scores the report can reuse with
-    their split's name (None: the report scores its split itself) and the temperature.
+    their split's name (None: the report scores its split itself) and the fitted confidence.
     """
     spec, model, loaders, device = session.spec, session.model, session.loaders, session.device
     if cfg.train.lr_find and state is None:  # --lr auto: sweep first, then train at the suggestion
@@ -256,7 +261,7 @@ def _fit_and_test(cfg: RunConfig, session: Session, folder: RunFolder, state: Ch
     if folder.writer:
         list_skipped_files(folder, skip_log, data_check, loaders)
     model.eval()
-    return result, test, report_scores, confidence.temperature
+    return result, test, report_scores, confidence
 
 
 def _val_scores(model: nn.Module, cfg: RunConfig, spec: DataSpec, device: Any) -> tuple[str, Scores] | None:
@@ -336,6 +341,7 @@ def _write_report(folder: RunFolder, run: Run, session: Session, scores: tuple[s
         preprocess=run.spec.preprocess, config=cfg, device=session.device, history=run.history,
         title=f"{folder.name}: {cfg.model.name} on {cfg.data.name}", config_text=to_yaml(cfg),  # = config.yaml
         train_loader=loaders.train, scores=split_scores, temperature=run.temperature,
+        open_set=run.confidence.open_set, known=run.confidence.val_known if split == "val" else None,
     )  # fmt: skip
     try:
         with _whole_split(loader):

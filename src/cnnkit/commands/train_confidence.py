@@ -44,10 +44,12 @@ from cnnkit.scoring import ScoringSettings, score, validation_loss
 
 @dataclasses.dataclass
 class Confidence:
-    """What :func:`fit_confidence` fitted (``temperature`` 1.0 and no ``open_set``: nothing)."""
+    """What :func:`fit_confidence` fitted (``temperature`` 1.0 and no ``open_set``: nothing),
+    and the validation images' known-ness scores it judged (for the report)."""
 
     temperature: float = 1.0
     open_set: OpenSet | None = None
+    val_known: torch.Tensor | None = None
 
 
 def fit_confidence(model: nn.Module, cfg: RunConfig, session: Any, say: Callable[[str], None]) -> Confidence:
@@ -64,13 +66,15 @@ def fit_confidence(model: nn.Module, cfg: RunConfig, session: Any, say: Callable
         f"{validation_loss(logits, labels):.4f} -> {validation_loss(logits / temperature, labels):.4f}; "
         f"probabilities shown are softmax(logits / {temperature:.3f})")  # fmt: skip
     open_set = _fit_open_set(model, cfg, session, val, temperature)
-    if open_set is not None:
-        kept = float(open_set.looks_known(open_set.scores(logits, features, temperature)).float().mean())
-        what = f"knn (mean cosine similarity to the {open_set.k} nearest of {len(open_set.bank):,} training " \
-            "images)" if open_set.score == "knn" else open_set.score  # fmt: skip
-        say(f"none of these: {what}; threshold {open_set.threshold:.4g} keeps {kept:.1%} of val "
-            f"(asked {open_set.known_rate:.0%}); predict --reject writes 'unknown' below it")  # fmt: skip
-    return Confidence(temperature, open_set)
+    if open_set is None:
+        return Confidence(temperature)
+    val_known = open_set.scores(logits, features, temperature)
+    kept = float(open_set.looks_known(val_known).float().mean())
+    what = f"knn (mean cosine similarity to the {open_set.k} nearest of {len(open_set.bank):,} training images)" \
+        if open_set.bank is not None else open_set.score  # fmt: skip
+    say(f"none of these: {what}; threshold {open_set.threshold:.4g} keeps {kept:.1%} of val "
+        f"(asked {open_set.known_rate:.0%}); predict --reject writes 'unknown' below it")  # fmt: skip
+    return Confidence(temperature, open_set, val_known)
 
 
 def _fit_open_set(model: nn.Module, cfg: RunConfig, session: Any, val: tuple[torch.Tensor, ...],

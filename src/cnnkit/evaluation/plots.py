@@ -263,6 +263,22 @@ def reliability_figure(calibration: CalibrationResult, show_counts: bool = True,
 # ----------------------------------------------------------------------------- image galleries
 
 
+def known_score_figure(scores: torch.Tensor | np.ndarray, threshold: float, split: str, score: str) -> Figure:
+    """Histogram of a split's known-ness scores with the none-of-these threshold: the images
+    left of the line are what ``--reject`` turns away (every one of a known class here)."""
+    values = _numpy(scores)
+    fig = _figure(6.0, 3.4)
+    ax = fig.subplots()
+    ax.hist(values, bins=40, color="tab:blue", alpha=0.8, label=f"{split} images")
+    ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.3g}")
+    away = float((values < threshold).mean()) if len(values) else math.nan
+    ax.set_title(f"{score} score on {split}: {away:.1%} below the threshold")
+    ax.set_xlabel(f"{score} score (higher: more like the training images)")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def _to_display(image: torch.Tensor) -> np.ndarray:
     """``[C, H, W]`` float in [0, 1] or uint8 -> ``[H, W]`` (grey) or ``[H, W, 3]`` floats."""
     array = image.detach().cpu()

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from cnnkit import atomic
-from cnnkit.confidence import calibrated
+from cnnkit.confidence import OpenSet, OpenSetModel, calibrated, known_scores, turned_away
 from cnnkit.evaluation import metrics as M
 from cnnkit.evaluation import plots
 from cnnkit.scoring import Scores, ScoringSettings, metrics, score
@@ -71,6 +71,10 @@ class ReportInputs:
         robustness: also measure accuracy under FGSM and simple corruptions (slower).
         temperature: the run's fitted temperature (``best.pt``): the probabilities and ECE
             shown are calibrated by it, and the raw softmax's ECE is shown beside them.
+        open_set: the run's open set (``best.pt``): the split's known-ness scores are shown
+            against its threshold (None: no such section).
+        known: the split's known-ness scores already computed (the end of training has val's);
+            None: computed here through the model and its open set.
     """
 
     model: nn.Module
@@ -87,6 +91,8 @@ class ReportInputs:
     scores: Scores | None = None
     robustness: bool = False
     temperature: float = 1.0
+    open_set: OpenSet | None = None
+    known: torch.Tensor | None = None
 
 
 @dataclass
@@ -210,6 +216,7 @@ class ReportData:
     extra: dict[str, Any] = field(default_factory=dict)
     temperature: float = 1.0
     calibration_raw: M.CalibrationResult | None = None  # the raw softmax's, when a temperature was fitted
+    known: dict[str, Any] | None = None  # the split's known-ness scores, threshold and share turned away
 
 
 def summarise(pred: Predictions | Scores, class_names: list[str], split: str, temperature: float = 1.0) -> ReportData:
@@ -251,6 +258,13 @@ def write_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
     pred = collect_predictions(model, inputs.loader, mean=pre.mean, std=pre.std, settings=settings,
                                scores=inputs.scores)  # fmt: skip
     data = summarise(pred, inputs.class_names, inputs.split, inputs.temperature)
+    if inputs.open_set is not None:
+        known = inputs.known
+        if known is None:
+            known = known_scores(settings.place(OpenSetModel(inputs.model, inputs.open_set, inputs.temperature)),
+                                 inputs.loader, inputs.device)  # fmt: skip
+        data.known = {"scores": known, "threshold": inputs.open_set.threshold, "score": inputs.open_set.score,
+                      "turned_away": turned_away(known, inputs.open_set), "known_rate": inputs.open_set.known_rate}
     robustness = None
     if inputs.robustness:
         robustness = _robustness(model, inputs.loader, pre, inputs.class_names, settings)
@@ -375,6 +389,9 @@ def _figures(data, pred, history, preview, robustness) -> dict[str, Any]:
     figs["per_class"] = plots.per_class_figure(data.prf, names)
     figs["reliability"] = plots.reliability_figure(data.calibration, title=(
         f"after temperature scaling (T = {data.temperature:.3g})" if data.calibration_raw else "reliability"))
+    if data.known is not None:
+        known = data.known
+        figs["known"] = plots.known_score_figure(known["scores"], known["threshold"], data.split, known["score"])
     if data.calibration_raw is not None:
         figs["reliability_raw"] = plots.reliability_figure(data.calibration_raw, title="before: raw softmax")
     if len(pred.worst_index):
