@@ -98,6 +98,7 @@ def feature_bank(features: torch.Tensor, labels: torch.Tensor, limit: int = 10_0
         classes = labels.unique()
         per_class = max(1, limit // len(classes))
         keep = torch.cat([order[labels[order] == c][:per_class] for c in classes])
+        keep = keep[torch.randperm(len(keep), generator=generator)[:limit]]  # more classes than the limit
         features = features[keep.sort().values]
     return F.normalize(features, dim=-1).half()
 
