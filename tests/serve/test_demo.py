@@ -96,6 +96,33 @@ def test_an_uploaded_digit_and_an_example_are_recognised(
     page.close()
 
 
+def test_a_photo_of_none_of_the_classes_says_so_in_the_page(
+    server, browser, digits_run: Path, imagenette: Path, mnist_png: tuple[Path, str],
+) -> None:  # fmt: skip
+    """The digits model's open set turns a photo away: the page says "not sure: none of
+    these?" above the classes, and says nothing of the kind for a digit."""
+    from playwright.sync_api import expect
+
+    from cnnkit.inference import Predictor
+
+    photos = [str(p) for p in sorted((imagenette / "val").glob("*/*.JPEG"))[:40]]
+    results = list(Predictor.from_checkpoint(digits_run).predict_files(photos, workers=0))
+    unknown = next(r.source for r in results if r.looks_known is False)  # most photos are: one is enough
+    page = browser.new_page()
+    page.goto(server.url)
+    page.get_by_role("tab", name="Upload").click()
+    page.set_input_files("#upload input[type=file]", unknown)
+    expect(page.locator("#verdict")).to_contain_text("not sure: none of these?", timeout=WAIT_MS)
+    page.close()
+    page = browser.new_page()
+    page.goto(server.url)
+    page.get_by_role("tab", name="Upload").click()
+    page.set_input_files("#upload input[type=file]", str(mnist_png[0]))
+    expect(page.locator("#prediction [data-testid=label-output-value]")).to_have_text(mnist_png[1], timeout=WAIT_MS)
+    expect(page.locator("#verdict")).not_to_contain_text("none of these", timeout=WAIT_MS)
+    page.close()
+
+
 def test_the_api_through_gradio_client(
     server, mnist_png: tuple[Path, str], tmp_path: Path
 ) -> None:
