@@ -245,7 +245,14 @@ class OpenSetModel(nn.Module):
         if open_set.score == "knn" and (parts is None or open_set.bank is None):
             raise ValueError("the knn score needs a model with a sequential head and a feature bank")
         self.parts = nn.ModuleList(parts) if parts is not None else None
-        self.register_buffer("bank", open_set.bank.float() if open_set.bank is not None else torch.zeros(0, 0))
+        # float16 as stored (half the size of an exported file); the score casts it to float32
+        self.register_buffer("bank", open_set.bank.half() if open_set.bank is not None else torch.zeros(0, 0).half())
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (torch's signature)
+        """Moves and casts reach the bank too, but it stays float16 (``.float()`` included)."""
+        super()._apply(fn, recurse)
+        self.bank = self.bank.half()
+        return self
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.parts is None:
@@ -254,7 +261,7 @@ class OpenSetModel(nn.Module):
         to_features, to_logits = self.parts
         features = to_features(self.model.forward_features(images)).flatten(1)
         logits = to_logits(features)
-        similarity = F.normalize(features.float(), dim=-1) @ self.bank.T
+        similarity = F.normalize(features.float(), dim=-1) @ self.bank.float().T
         return logits, similarity.topk(min(self.k, self.bank.shape[0]), dim=-1).values.mean(-1)
 
 

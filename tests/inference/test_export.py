@@ -48,7 +48,8 @@ PER_CLASS = 4  # real images per class for the parity subjects: 40 images each
 PARITY_LINE = re.compile(  # the accuracy of both models on the run's validation images, then the logits
     r"check on 1000 validation images: top-1 PyTorch (\d+\.\d\d)%, exported \1% \(\+0\.00 points\), "
     r"top-1 agreement 100\.00%\n"
-    r"logits: max \|Δlogit\| \d\.\de[-+]\d\d, top-1 agreement 100\.00% \(tolerance 1e-03\): OK"
+    r"logits: max \|Δlogit\| \d\.\de[-+]\d\d, top-1 agreement 100\.00%"
+    r"(, known/unknown decisions changed: 0)? \(tolerance 1e-03\): OK"
 )
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
@@ -196,7 +197,9 @@ def test_export_command_writes_torchscript(run_dir, capsys) -> None:
     assert metadata == predictor.metadata
     images = predictor.preprocess.normalize(load_source("embedded-mnist", None, False).test[0][:256])
     with torch.no_grad():
-        assert torch.equal(module(images).argmax(1), predictor.logits(images).argmax(1))
+        logits, known = module(images)  # a model with an open set: its score is the second output
+        assert torch.equal(logits.argmax(1), predictor.logits(images).argmax(1))
+        assert known.shape == (256,)
 
 
 def test_onnx_file_alone_predicts_like_the_checkpoint_on_image_files(onnx_export, run_dir, tmp_path) -> None:
@@ -270,8 +273,13 @@ def test_check_parity_flags_differences_and_excuses_only_near_ties() -> None:
 
 
 def test_export_command_exits_1_when_parity_fails_and_keeps_the_file(run_dir, tmp_path, monkeypatch, capsys) -> None:
-    real = export_module.exported_logits
-    monkeypatch.setattr(export_module, "exported_logits", lambda *args: real(*args) + 0.01)  # a broken runtime
+    real = export_module.exported_outputs
+
+    def drifted(*args):  # a broken runtime
+        logits, known = real(*args)
+        return logits + 0.01, known
+
+    monkeypatch.setattr(export_module, "exported_outputs", drifted)
     target = tmp_path / "drifted.pt"
     code, out, err = run_cli(capsys, "export", str(run_dir), "--format", "torchscript", "--out", str(target))
 

@@ -47,7 +47,7 @@ def test_an_upload_payload_is_read_by_cnnkit_and_predicted(
     path, label = mnist_png
     model = DemoModel(predictor, gradcam=False)
 
-    top, seen, _ = model.upload({"path": str(path), "orig_name": "seven.png", "meta": {"_type": "gradio.FileData"}})
+    top, seen, _, _ = model.upload({"path": str(path), "orig_name": "seven.png", "meta": {"_type": "gradio.FileData"}})
     assert list(top)[0] == label
     assert top == model.image(Image.open(path))[0] == model.upload(str(path))[0]
     assert seen.size == (224, 224)

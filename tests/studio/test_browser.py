@@ -48,6 +48,18 @@ def test_collect_train_try_take_away_and_reopen_a_photo_project(
     held_out = photos(imagenette, "val", "church", 1)[0]
     assert tour.try_photo(page, held_out) == "church"
 
+    # a photo of a class the project does not have: the page says so (the run's open set
+    # decides which of ten parachutes it turns away; the page must show that decision)
+    from cnnkit.inference import Predictor
+
+    (trained,) = project.glob("runs/*/checkpoints/best.pt")
+    parachutes = [str(p) for p in photos(imagenette, "val", "parachute", 10)]
+    judged = list(Predictor.from_checkpoint(trained).predict_files(parachutes, workers=0))
+    unseen = next((r.source for r in judged if r.looks_known is False), None)
+    assert unseen is not None, [r.known_score for r in judged]
+    tour.try_photo(page, Path(unseen))
+    expect(page.locator("#verdict")).to_contain_text("not sure: none of these?", timeout=WAIT_MS)
+
     archive = tour.download_zip(page, tmp_path)
     with zipfile.ZipFile(archive) as opened:
         opened.extractall(tmp_path / "unpacked")

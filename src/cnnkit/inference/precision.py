@@ -39,8 +39,50 @@ def to_fp16(proto: Any) -> Any:
         from onnxconverter_common import float16
     except ImportError:
         raise CnnkitError("--precision fp16 needs onnxconverter-common: pip install 'cnnkit[export]'") from None
-    with _quiet():
-        return float16.convert_float_to_float16(proto, keep_io_types=True)
+    with _quiet():  # the open set's score stays float32: its decisions must match the fp32 file's
+        converted = float16.convert_float_to_float16(proto, keep_io_types=True, check_fp16_ready=False,
+                                                     node_block_list=known_only_nodes(proto))  # fmt: skip
+    return _float32_outputs(converted)
+
+
+def _float32_outputs(proto: Any) -> Any:
+    """Every graph output float32 (the converter leaves ``known`` float16 when the blocked
+    nodes before it read the float16 bank): a Cast is added where one is not."""
+    from onnx import TensorProto, helper
+
+    for output in proto.graph.output:
+        if output.type.tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        half = f"{output.name}_float16"
+        for node in proto.graph.node:
+            node.output[:] = [half if name == output.name else name for name in node.output]
+        proto.graph.node.append(helper.make_node("Cast", [half], [output.name], to=TensorProto.FLOAT,
+                                                 name=f"{output.name}_to_float32"))  # fmt: skip
+        output.type.tensor_type.elem_type = TensorProto.FLOAT
+    return proto
+
+
+def known_only_nodes(proto: Any) -> list[str]:
+    """Names of the nodes that compute only the ``known`` output (the open set's score:
+    normalising the features, the similarity to the training bank, its top k), not the
+    logits: they stay float32 in fp16 and int8 files, so the known/unknown decisions stay
+    the fp32 file's (a rounded bank moves scores near the threshold). Empty without ``known``."""
+    outputs = [out.name for out in proto.graph.output]
+    if "known" not in outputs:
+        return []
+    producer = {name: node for node in proto.graph.node for name in node.output}
+
+    def needed(output: str) -> set[int]:
+        seen, todo = set(), [output]
+        while todo:
+            node = producer.get(todo.pop())
+            if node is not None and id(node) not in seen:
+                seen.add(id(node))
+                todo.extend(node.input)
+        return seen
+
+    known_only = needed("known") - needed("logits")
+    return [node.name for node in proto.graph.node if id(node) in known_only and node.name]
 
 
 def quantize_int8(proto: Any, calibration: torch.Tensor, notes: list[str]) -> Any:
@@ -78,6 +120,7 @@ def quantize_int8(proto: Any, calibration: torch.Tensor, notes: list[str]) -> An
                     quant_format=quantization.QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                     activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
                     calibrate_method=quantization.CalibrationMethod.MinMax,
+                    nodes_to_exclude=known_only_nodes(onnx.load(str(prepared))),
                 )  # fmt: skip
         except Exception as exc:  # onnxruntime raises many types for graphs it cannot quantise
             raise CnnkitError(f"int8 quantisation failed ({type(exc).__name__}: {str(exc)[:300]}); "
