@@ -69,15 +69,16 @@ def known_score(kind: str, logits: torch.Tensor, *, temperature: float = 1.0, fe
     """How much each image looks like the training data, ``[N]`` float32 (higher: more known).
 
     Args:
-        kind: ``msp``, ``energy`` or ``knn`` (see the module doc).
+        kind: ``msp`` (the log of the top calibrated probability), ``energy`` or ``knn``
+            (see the module doc).
         logits: ``[N, K]``.
         temperature: the fitted temperature (``msp`` and ``energy``).
         features: ``[N, D]`` penultimate features (``knn``).
         bank: ``[M, D]`` training features, L2-normalised (:func:`feature_bank`; ``knn``).
         k: neighbours averaged (``knn``); at most ``M``.
     """
-    if kind == "msp":
-        return calibrated(logits, temperature).max(-1).values
+    if kind == "msp":  # in log space: top probabilities within 6e-8 of 1 would all round to 1.0 and tie
+        return (logits.float() / float(temperature)).log_softmax(-1).max(-1).values
     if kind == "energy":
         return float(temperature) * torch.logsumexp(logits.float() / float(temperature), -1)
     if kind == "knn":
