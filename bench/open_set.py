@@ -64,6 +64,7 @@ KNOWN_PHOTOS = ("tench", "english_springer", "cassette_player", "chain_saw", "ch
 KNOWN_DIGITS = (0, 1, 2, 3, 4)
 KNN_MEAN_KS = (1, 5, 10, 50)
 KNN_KTH_KS = (5, 10, 50)
+KNN_CENTRED_KS = (5, 10)
 METRICS = ("auroc near", "auroc far", "near accepted", "far accepted", "known kept")
 Image_ = Image.Image | str | Path  # what Predictor.prepare takes
 
@@ -250,8 +251,26 @@ def kth_similarity(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.
     return similarity.topk(min(k, bank.shape[0]), dim=-1).values[:, -1]
 
 
-def base_scores(out: Outputs, temperature: float, bank: torch.Tensor) -> dict[str, torch.Tensor]:
+@dataclass
+class Banks:
+    """The training features the knn scores compare with: as they are, and less their mean (so that
+    the cosine measures the direction from the centre of the training data, not from the origin
+    that ReLU features all lie on one side of)."""
+
+    plain: torch.Tensor
+    centre: torch.Tensor
+    centred: torch.Tensor
+
+    @classmethod
+    def of(cls, train: Outputs) -> Banks:
+        centre = train.features.mean(0)
+        return cls(feature_bank(train.features, train.labels), centre,
+                   feature_bank(train.features - centre, train.labels))  # fmt: skip
+
+
+def base_scores(out: Outputs, temperature: float, banks: Banks) -> dict[str, torch.Tensor]:
     """Every score measured, higher = more known, ``[N]`` each."""
+    bank = banks.plain
     scores = {
         "msp (T=1)": known_score("msp", out.logits),
         "msp (fitted T)": known_score("msp", out.logits, temperature=temperature),
@@ -266,6 +285,9 @@ def base_scores(out: Outputs, temperature: float, bank: torch.Tensor) -> dict[st
         scores[f"knn mean of top {k}"] = known_score("knn", out.logits, features=out.features, bank=bank, k=k)
     for k in KNN_KTH_KS:
         scores[f"knn {k}-th neighbour"] = kth_similarity(out.features, bank, k)
+    for k in KNN_CENTRED_KS:
+        scores[f"knn mean of top {k}, centred"] = known_score("knn", out.logits, features=out.features - banks.centre,
+                                                              bank=banks.centred, k=k)  # fmt: skip
     return scores
 
 
@@ -276,9 +298,9 @@ COMBINED = {"msp (fitted T) + knn top 10, z-sum": ("msp (fitted T)", "knn mean o
 Scores = dict[str, dict[str, torch.Tensor]]  # scores[set][score]: [N]
 
 
-def all_scores(sets: dict[str, Outputs], fit: str, temperature: float, bank: torch.Tensor) -> Scores:
+def all_scores(sets: dict[str, Outputs], fit: str, temperature: float, banks: Banks) -> Scores:
     """``scores[set][score]``, with the combinations: the sum of two scores each z-scored on the ``fit`` set."""
-    scores = {name: base_scores(out, temperature, bank) for name, out in sets.items()}
+    scores = {name: base_scores(out, temperature, banks) for name, out in sets.items()}
     for combined, parts in COMBINED.items():
         stats = {p: (scores[fit][p].mean(), scores[fit][p].std().clamp_min(1e-12)) for p in parts}
         for per_set in scores.values():
@@ -327,10 +349,10 @@ def judge_seed(outputs: dict[str, Outputs], protocols: dict[str, tuple[str, str]
                result: Judged) -> None:  # fmt: skip
     """Add one seed's figures to ``result``: per protocol (``name -> (fit set, check set)``), the
     temperature and threshold are set on the fit set and judged on the check set."""
-    bank = feature_bank(outputs["train"].features, outputs["train"].labels)
+    banks = Banks.of(outputs["train"])
     for protocol, (fit, check) in protocols.items():
         temperature, calibrated_figures = calibration(outputs[fit], outputs[check])
-        scores = all_scores(outputs, fit, temperature, bank)
+        scores = all_scores(outputs, fit, temperature, banks)
         result.add(protocol, judge(scores, fit, check, known_rate), calibrated_figures)
 
 
