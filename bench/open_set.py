@@ -23,7 +23,7 @@ known split (imagenette val, 50 per class): it is judged twice, on the very imag
 threshold was set on (as the lead's first measurement did) and on a seeded 50/50 split of
 them ("fit half" sets, "check half" judges).
 
-    python bench/open_set.py                       # both models, 3 seeds (about 25 min on 2 loaded cores)
+    python bench/open_set.py                       # both models, 3 seeds (about 30 min on 2 loaded cores)
     python bench/open_set.py --quick               # a smoke run: few images, 1 seed, 1 epoch
     python bench/open_set.py --models digits --seeds 5
 """
