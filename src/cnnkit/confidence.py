@@ -77,8 +77,8 @@ def known_score(kind: str, logits: torch.Tensor, *, temperature: float = 1.0, fe
         bank: ``[M, D]`` training features, L2-normalised (:func:`feature_bank`; ``knn``).
         k: neighbours averaged (``knn``); at most ``M``.
     """
-    if kind == "msp":  # in log space: top probabilities within 6e-8 of 1 would all round to 1.0 and tie
-        return (logits.float() / float(temperature)).log_softmax(-1).max(-1).values
+    if kind == "msp":  # log space, float64: top probabilities within 6e-8 of 1 would all round to 1.0 and tie
+        return (logits.double() / float(temperature)).log_softmax(-1).max(-1).values.float()
     if kind == "energy":
         return float(temperature) * torch.logsumexp(logits.float() / float(temperature), -1)
     if kind == "knn":
