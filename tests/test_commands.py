@@ -15,25 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import cnnkit
 from cli_helpers import one_line_error, run_cli
+from digit_folders import write_digits
 from polling import WAIT_S
 
-EMBEDDED = Path(cnnkit.__file__).parent / "data" / "embedded" / "mnist_subset.npz"
 
 
 def _digit_folder(root: Path, per_class: int, classes: int = 10) -> Path:
     """``root/<digit>/<i>.png``: real greyscale digits, ``per_class`` of each."""
-    data = np.load(EMBEDDED)
-    images, labels = data["train_images"], data["train_labels"]
-    for digit in range(classes):
-        folder = root / str(digit)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, index in enumerate(np.flatnonzero(labels == digit)[:per_class]):
-            Image.fromarray(images[index]).save(folder / f"{i}.png")
-    return root
+    return write_digits(root, range(classes), per_class)
 
 
 @pytest.fixture(scope="module")

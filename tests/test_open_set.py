@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import cnnkit
 from cli_helpers import one_line_error, run_cli
@@ -23,34 +22,18 @@ from cnnkit.checkpoint import Checkpoint
 from cnnkit.confidence import OpenSet, OpenSetModel, threshold_keeping
 from cnnkit.inference import Predictor
 from cnnkit.runfolder import RunFolder
+from digit_folders import write_digits
 
-EMBEDDED = Path(cnnkit.__file__).parent / "data" / "embedded" / "mnist_subset.npz"
 KNOWN, UNSEEN = range(5), range(5, 10)
-
-
-def _write(root: Path, images: np.ndarray, labels: np.ndarray, digits: range, per_digit: int) -> Path:
-    for digit in digits:
-        folder = root / str(digit)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, index in enumerate(np.flatnonzero(labels == digit)[:per_digit]):
-            Image.fromarray(images[index]).save(folder / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("open-set")
-    data = np.load(EMBEDDED)
-    train_images, train_labels = data["train_images"], data["train_labels"]
-    cut = 600  # per digit: the first 600 train, the next 100 val
-    _write(root / "known" / "train", train_images, train_labels, KNOWN, cut)
-    for digit in KNOWN:  # val: the next 100 of each known digit
-        folder = root / "known" / "val" / str(digit)
-        folder.mkdir(parents=True)
-        for i, index in enumerate(np.flatnonzero(train_labels == digit)[cut : cut + 100]):
-            Image.fromarray(train_images[index]).save(folder / f"{i}.png")
-    _write(root / "held_out", data["test_images"], data["test_labels"], KNOWN, 100)
-    _write(root / "unseen", data["test_images"], data["test_labels"], UNSEEN, 100)
+    write_digits(root / "known" / "train", KNOWN, 600)  # per digit: the first 600 train, the next 100 val
+    write_digits(root / "known" / "val", KNOWN, 100, skip=600)
+    write_digits(root / "held_out", KNOWN, 100, split="test")
+    write_digits(root / "unseen", UNSEEN, 100, split="test")
     return {"known": root / "known", "held_out": root / "held_out", "unseen": root / "unseen", "root": root}
 
 
