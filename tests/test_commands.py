@@ -22,7 +22,6 @@ from digit_folders import write_digits
 from polling import WAIT_S
 
 
-
 def _digit_folder(root: Path, per_class: int, classes: int = 10) -> Path:
     """``root/<digit>/<i>.png``: real greyscale digits, ``per_class`` of each."""
     return write_digits(root, range(classes), per_class)
