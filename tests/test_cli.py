@@ -228,16 +228,16 @@ def eval_spy(monkeypatch) -> dict:
     from cnnkit.commands import evaluate as command
 
     seen: dict = {}
-    real = command.evaluate
+    real = command.score
 
-    def spy(model, loader, num_classes, settings):
+    def spy(model, loader, settings):
         # the conv with the most input channels: a 1-channel kernel is contiguous in both layouts
         conv = max((p for p in model.parameters() if p.dim() == 4), key=lambda p: p.shape[1])
         seen.update(weights_channels_last=conv.is_contiguous(memory_format=torch.channels_last),
                     batches_channels_last=settings.channels_last, flushing=sys.float_info.min / 2 == 0.0)  # fmt: skip
-        return real(model, loader, num_classes, settings)
+        return real(model, loader, settings)
 
-    monkeypatch.setattr(command, "evaluate", spy)
+    monkeypatch.setattr(command, "score", spy)
     return seen
 
 

@@ -177,7 +177,7 @@ def channels_last_run(tmp_path_factory: pytest.TempPathFactory) -> cnnkit.Run:
 def test_eval_and_report_score_a_split_with_the_same_settings_and_logits(channels_last_run, monkeypatch,
                                                                          tmp_path: Path) -> None:  # fmt: skip
     """The report used to score without the run's channels-last layout that eval used."""
-    import cnnkit.engine.loop as loop
+    import cnnkit.commands.evaluate as evaluate_command
     from cnnkit.commands.report import report
 
     seen: dict[str, tuple[ScoringSettings, Scores]] = {}
@@ -188,7 +188,7 @@ def test_eval_and_report_score_a_split_with_the_same_settings_and_logits(channel
             return seen[name][1]
         return scored
 
-    monkeypatch.setattr(loop, "score", spy("eval", loop.score))
+    monkeypatch.setattr(evaluate_command, "score", spy("eval", evaluate_command.score))
     monkeypatch.setattr(rep, "score", spy("report", rep.score))
     result = evaluate_checkpoint(channels_last_run.dir, split="test").result
     report(channels_last_run.dir, split="test", out_dir=tmp_path / "report")
