@@ -65,7 +65,7 @@ def fit_confidence(model: nn.Module, cfg: RunConfig, session: Any, say: Callable
     say(f"calibration: temperature {temperature:.3f} fitted on val ({len(labels):,} images): val loss "
         f"{validation_loss(logits, labels):.4f} -> {validation_loss(logits / temperature, labels):.4f}; "
         f"probabilities shown are softmax(logits / {temperature:.3f})")  # fmt: skip
-    open_set = _fit_open_set(model, cfg, session, val, temperature)
+    open_set = _fit_open_set(model, cfg, session, val, temperature, say)
     if open_set is None:
         return Confidence(temperature)
     val_known = open_set.scores(logits, features, temperature)
@@ -78,12 +78,16 @@ def fit_confidence(model: nn.Module, cfg: RunConfig, session: Any, say: Callable
 
 
 def _fit_open_set(model: nn.Module, cfg: RunConfig, session: Any, val: tuple[torch.Tensor, ...],
-                  temperature: float) -> OpenSet | None:  # fmt: skip
+                  temperature: float, say: Callable[[str], None]) -> OpenSet | None:  # fmt: skip
     kind = cfg.train.open_set
     if kind == "off":
         return None
     if kind in ("auto", "knn"):
-        kind = "knn" if head_split(model) is not None and _graph_matches(model) else "msp"
+        fits = head_split(model) is not None and _graph_matches(model)
+        if kind == "knn" and not fits:
+            say("note: --open-set knn needs a model whose head is an nn.Sequential ending in its logits layer "
+                "(every built-in model); this one scores with msp instead")  # fmt: skip
+        kind = "knn" if fits else "msp"
     features, logits, _ = val
     bank = None
     if kind == "knn":
