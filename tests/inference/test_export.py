@@ -36,9 +36,9 @@ from cnnkit.inference.backends import onnx_session
 from cnnkit.inference.export import (
     check_parity,
     export_model,
-    exported_logits,
+    exported_outputs,
     load_torchscript,
-    reference_logits,
+    reference_outputs,
 )
 from cnnkit.inference.metadata import METADATA_KEY, Metadata
 from cnnkit.models import create_model
@@ -121,7 +121,7 @@ def subjects(request: pytest.FixtureRequest) -> Callable[[str], tuple]:
                 scale = 5 / model.eval()(images).std()
                 last.weight.mul_(scale)
                 last.bias.mul_(scale)
-            reference = reference_logits(model, images)
+            reference = reference_outputs(model, images)[0]
             assert reference.std() == pytest.approx(5, rel=1e-3)
             built[name] = (model, images, pre, reference)
         return built[name]
@@ -140,7 +140,7 @@ def test_exported_model_matches_pytorch_on_real_images(name, fmt, subjects, tmp_
     target = tmp_path / f"model.{fmt}"
 
     made = export_model(model, images[:1], target, metadata, ExportOptions(fmt=fmt, dynamic_batch=fmt == "onnx"))
-    parity = check_parity(reference, exported_logits(target, fmt, images), STRICT)
+    parity = check_parity(reference, exported_outputs(target, fmt, images)[0], STRICT)
 
     assert len(images) >= 32 and parity.images == len(images)
     assert parity.top1_agreement == 1.0 and parity.near_ties == 0

@@ -393,11 +393,6 @@ def reference_outputs(model: nn.Module, images: torch.Tensor) -> Outputs:
     return _joined([_outputs(model(chunk)) for chunk in images.float().cpu().split(_CHUNK)])
 
 
-def reference_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The logits of :func:`reference_outputs`."""
-    return reference_outputs(model, images)[0]
-
-
 def exported_outputs(path: str | Path, fmt: str, images: torch.Tensor) -> Outputs:
     """Run an exported file on normalised ``images`` ``[N, C, H, W]``: logits ``[N, K]`` and,
     for a file with an open set, its known-ness ``[N]`` (else None).
@@ -415,11 +410,6 @@ def exported_outputs(path: str | Path, fmt: str, images: torch.Tensor) -> Output
         raise unknown_name("format", fmt, FORMATS)
     with torch.inference_mode():
         return _joined([_outputs(run(chunk)) for chunk in images.float().cpu().split(_CHUNK)])
-
-
-def exported_logits(path: str | Path, fmt: str, images: torch.Tensor) -> torch.Tensor:
-    """The logits of :func:`exported_outputs`."""
-    return exported_outputs(path, fmt, images)[0]
 
 
 def known_changes(reference: torch.Tensor | None, exported: torch.Tensor | None, threshold: float,
